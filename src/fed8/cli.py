@@ -1,0 +1,181 @@
+"""The ``fed8`` command: argument parsing and printing only; the work is in :mod:`fed8.pipeline`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .errors import ConfigError, DataError, Fed8Error
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fed8", description="Federated training of vision models, shipped in 8 bits.")
+    p.add_argument("--version", action="version", version=f"fed8 {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="train a global model federatedly (and report)")
+    r.add_argument("config", nargs="?", help="TOML config (default: built-in defaults; see 'fed8 init')")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config key, e.g. --set train.rounds=30 (repeatable)")
+    r.add_argument("--out", help="run directory (default: <run.out>/<time>-<model>-<data>)")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue a run after its last completed round")
+    r.add_argument("--no-report", action="store_true", help="skip report.html and plots")
+
+    i = sub.add_parser("init", help="write the default config with a comment on every key")
+    i.add_argument("path", nargs="?", default="fed8.toml")
+    i.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    sub.add_parser("info", help="versions, threads, datasets and models")
+
+    rep = sub.add_parser("report", help="write report.html and plots for a run directory")
+    rep.add_argument("run_dir")
+    return p
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=False, highlight=False)
+
+
+def _cmd_init(args) -> int:
+    from ._io import atomic_write_text
+    from .config import Config, to_toml
+
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        print(f"fed8 init: {path} exists; pass --force to overwrite it.", file=sys.stderr)
+        return EXIT_USAGE
+    atomic_write_text(path, to_toml(Config(), comments=True))
+    print(f"wrote {path}; run it with: fed8 run {path}")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    import platform
+
+    import torch
+
+    from .config import DataConfig, ModelConfig
+    from dataclasses import fields
+
+    def choices(cls, name):
+        return ", ".join(next(f for f in fields(cls) if f.name == name).metadata["choices"])
+
+    con = _console()
+    con.print(f"fed8 {__version__}")
+    con.print(f"python {platform.python_version()} ({platform.platform()})")
+    con.print(f"torch {torch.__version__}; threads {torch.get_num_threads()} (cores {os.cpu_count()}); "
+              f"cuda {'yes' if torch.cuda.is_available() else 'no'}")
+    for mod in ("onnx", "onnxruntime", "flwr", "dp_accounting"):
+        try:
+            from importlib.metadata import version
+            con.print(f"{mod} {version(mod.replace('_', '-'))}")
+        except Exception:
+            con.print(f"{mod} not installed")
+    con.print(f"datasets: {choices(DataConfig, 'source')}")
+    con.print(f"partitions: {choices(DataConfig, 'partition')}")
+    con.print(f"models: {choices(ModelConfig, 'name')}")
+    return 0
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000:
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} PB"
+
+
+def _cmd_run(args) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from .config import load_config
+    from .pipeline import default_run_dir, run
+    from .rundir import RunDir
+
+    con = _console()
+    if args.resume:
+        if args.config:
+            raise ConfigError("pass either a CONFIG or --resume RUN_DIR, not both: a resumed run uses its own "
+                              "config.toml (with --set for train.rounds and eval keys).")
+        out = Path(args.resume)
+        cfg = RunDir.open(out).load_config().replace(args.overrides)
+    else:
+        cfg = load_config(args.config, args.overrides)
+        out = Path(args.out) if args.out else default_run_dir(cfg)
+    con.print(f"[bold]fed8 run[/] {cfg.model.name} on {cfg.data.source}: {cfg.data.num_clients} clients "
+              f"({cfg.data.partition}), {cfg.train.rounds} rounds, run directory {out}")
+    with Progress(TextColumn("round {task.completed:.0f}/{task.total:.0f}"), BarColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.description}"), console=con, transient=False) as bar:
+        task = bar.add_task("preparing data and model", total=cfg.train.rounds)
+
+        def progress(row: dict) -> None:
+            desc = f"train loss {row['train_loss']:.3f}"
+            if row.get("eval_accuracy") is not None:
+                desc += (f" | eval acc {row['eval_accuracy']:.4f} | clients mean {row['client_accuracy_mean']:.3f}"
+                         f" min {row['client_accuracy_min']:.3f}")
+            bar.update(task, completed=row["round"], description=desc)
+
+        try:
+            result = run(cfg, out=None if args.resume else out, resume=args.resume, overrides=args.overrides,
+                         progress=progress, report=not args.no_report)
+        except KeyboardInterrupt:
+            bar.stop()
+            con.print(f"\ninterrupted; the last completed round is saved. Continue with: fed8 run --resume {out}")
+            return 130
+    s = result.summary
+    table = Table(title="fed8 run summary", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    f = s["final"]
+    for k, v in [
+        ("run directory", str(result.run_dir)),
+        ("model / parameters", f"{s['model']} / {s['parameters']:,}"),
+        ("rounds", str(s["rounds"])),
+        ("eval accuracy (global)", f"{f['eval_accuracy']:.4f}" if f["eval_accuracy"] is not None else "-"),
+        ("eval loss", f"{f['eval_loss']:.4f}" if f["eval_loss"] is not None else "-"),
+        ("client accuracy mean / p10 / min", " / ".join(
+            f"{f[k]:.4f}" if f[k] is not None else "-"
+            for k in ("client_accuracy_mean", "client_accuracy_p10", "client_accuracy_min"))),
+        ("uplink / downlink", f"{_fmt_bytes(s['total_uplink_bytes'])} / {_fmt_bytes(s['total_downlink_bytes'])}"),
+        ("training time", f"{s['train_seconds']:.1f} s"),
+        ("report", str(result.run_dir / "report.html") if not args.no_report else "skipped"),
+    ]:
+        table.add_row(k, v)
+    con.print(table)
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .report import write_report
+
+    path = write_report(args.run_dir)
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"run": _cmd_run, "init": _cmd_init, "info": _cmd_info, "report": _cmd_report}
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, DataError) as e:
+        print(f"fed8 {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except Fed8Error as e:
+        print(f"fed8 {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

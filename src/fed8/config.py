@@ -1,0 +1,368 @@
+"""Run configuration: frozen dataclasses, loaded from TOML plus ``--set`` overrides.
+
+A config has one section per stage (``[data]``, ``[model]``, ``[train]``,
+``[server]``, ``[eval]``, ``[run]``). Every key carries its documentation and its
+allowed values in the dataclass field metadata, so validation, ``fed8 init`` and
+the error messages come from one place. Unknown sections or keys are errors.
+
+Examples
+--------
+>>> cfg = load_config(None, ["train.rounds=3", "data.alpha=0.1"])
+>>> cfg.train.rounds
+3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "RunConfig",
+    "ServerConfig",
+    "TrainConfig",
+    "load_config",
+    "to_toml",
+]
+
+
+def _key(default: Any, doc: str, **rules: Any) -> Any:
+    """A config field: default value, one-line doc, and validation rules.
+
+    Rules: ``choices`` (allowed values), ``gt``/``ge``/``lt``/``le`` (numeric bounds),
+    ``hint`` (what to do instead, appended to errors).
+    """
+    return field(default=default, metadata={"doc": doc, **rules})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they are split across clients."""
+
+    source: str = _key(
+        "mnist10k",
+        "dataset source: mnist10k (bundled) | idx (MNIST-format folder) | cifar10 "
+        "(CIFAR-10 binary folder) | folder (root/<class>/*.png|jpg) | npz",
+        choices=("mnist10k", "idx", "cifar10", "folder", "npz"),
+    )
+    path: str = _key("", "file or folder for idx, cifar10, folder and npz; unused for mnist10k")
+    partition: str = _key(
+        "dirichlet",
+        "how training images are split across clients: iid | dirichlet (label skew, "
+        "see alpha) | shards (k label-sorted shards per client, McMahan et al. 2017)",
+        choices=("iid", "dirichlet", "shards"),
+    )
+    alpha: float = _key(
+        0.5,
+        "Dirichlet concentration for partition = dirichlet; smaller = more skew "
+        "(0.1 strong, 0.5 moderate, 100 ~ iid)",
+        gt=0.0,
+        hint="Use e.g. 0.5 for moderate skew.",
+    )
+    shards_per_client: int = _key(2, "label-sorted shards per client for partition = shards", ge=1)
+    num_clients: int = _key(20, "number of simulated clients", ge=1)
+    test_fraction: float = _key(
+        0.2, "fraction of each client's images kept as its local test split", ge=0.0, lt=1.0
+    )
+    eval_fraction: float = _key(
+        0.2,
+        "fraction held out as the server eval split when the source has no test split "
+        "(mnist10k always uses its fixed 8000/2000 split)",
+        gt=0.0,
+        lt=1.0,
+    )
+    image_size: int = _key(32, "side in pixels that folder images are resized to", ge=4, le=1024)
+    subset: int = _key(
+        0, "use only the first N training images after shuffling (0 = all); for quick tries", ge=0
+    )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network to train; input shape and class count come from the data."""
+
+    name: str = _key(
+        "cnn",
+        "cnn (McMahan et al. 2017 CNN) | resnet20 (CIFAR-style ResNet) | mlp (2 hidden layers)",
+        choices=("cnn", "resnet20", "mlp"),
+    )
+    norm: str = _key(
+        "batch",
+        "normalization in resnet20: batch | group (GroupNorm; better for non-IID data and DP)",
+        choices=("batch", "group"),
+    )
+    hidden: int = _key(200, "hidden units per layer of the mlp", ge=1)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Rounds and the local training each sampled client does."""
+
+    rounds: int = _key(20, "number of federated rounds", ge=1)
+    fraction: float = _key(0.5, "fraction of clients sampled each round", gt=0.0, le=1.0)
+    local_epochs: int = _key(2, "local epochs E per round on each sampled client", ge=1)
+    batch_size: int = _key(32, "local minibatch size B", ge=1)
+    lr: float = _key(0.05, "client SGD learning rate", gt=0.0)
+    momentum: float = _key(0.9, "client SGD momentum (reset every round)", ge=0.0, lt=1.0)
+    weight_decay: float = _key(0.0, "client SGD weight decay (L2)", ge=0.0)
+    prox_mu: float = _key(
+        0.0, "FedProx proximal term mu (Li et al. 2020); 0 = off (plain FedAvg client)", ge=0.0
+    )
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the server turns the averaged client update into the next global model."""
+
+    strategy: str = _key(
+        "fedavg",
+        "fedavg (McMahan et al. 2017) | fedavgm (server momentum, Hsu et al. 2019) | "
+        "fedadam (Reddi et al. 2021)",
+        choices=("fedavg", "fedavgm", "fedadam"),
+    )
+    lr: float = _key(
+        1.0, "server learning rate; fedavg with lr = 1 is exactly the weighted average", gt=0.0
+    )
+    momentum: float = _key(0.9, "server momentum beta for fedavgm", ge=0.0, lt=1.0)
+    beta1: float = _key(0.9, "first-moment decay for fedadam", ge=0.0, lt=1.0)
+    beta2: float = _key(0.99, "second-moment decay for fedadam", ge=0.0, lt=1.0)
+    tau: float = _key(1e-3, "adaptivity (epsilon) of fedadam", gt=0.0)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """When and how the global model is evaluated."""
+
+    every: int = _key(
+        1,
+        "evaluate every N rounds (the last round is always evaluated); 0 = only the last round",
+        ge=0,
+    )
+    batch_size: int = _key(500, "batch size for evaluation", ge=1)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Seed, threads and where the run directory goes."""
+
+    seed: int = _key(0, "seed of every random choice (sampling, init, shuffling)", ge=0)
+    threads: int = _key(0, "torch CPU threads; 0 = number of cores", ge=0)
+    out: str = _key(
+        "runs", "parent folder of run directories (each run gets runs/<time>-<model>-<data>)"
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    """A complete, validated fed8 configuration (one frozen dataclass per section)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def replace(self, overrides: Sequence[str] | Mapping[str, Any]) -> "Config":
+        """Return a copy with ``section.key=value`` overrides applied and validated."""
+        return _build(self.to_dict(), overrides, source="--set")
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "server": ServerConfig,
+    "eval": EvalConfig,
+    "run": RunConfig,
+}
+
+
+def _allowed(meta: Mapping[str, Any], typ: str) -> str:
+    if "choices" in meta:
+        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+    parts = []
+    for rule, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+        if rule in meta:
+            parts.append(f"{sym} {meta[rule]}")
+    article = "an" if typ[0] in "aeiou" else "a"
+    return f"{article} {typ}" + (" " + " and ".join(parts) if parts else "")
+
+
+def _check(section: str, f: dataclasses.Field, value: Any) -> Any:
+    """Type-check and range-check one value; return it converted (int -> float)."""
+    name = f"{section}.{f.name}"
+    meta = f.metadata
+    typ = f.type if isinstance(f.type, str) else f.type.__name__
+    hint = meta.get("hint", "")
+
+    def fail(why: str) -> ConfigError:
+        msg = f"{name} must be {_allowed(meta, typ)}; got {value!r}{why}."
+        return ConfigError(msg + (" " + hint if hint else ""))
+
+    if typ == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail(f" ({type(value).__name__})")
+        value = float(value)
+        if not math.isfinite(value):
+            raise fail(" (not finite)")
+    elif typ == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail(f" ({type(value).__name__})")
+    elif typ == "str":
+        if not isinstance(value, str):
+            raise fail(f" ({type(value).__name__})")
+    elif typ == "bool":
+        if not isinstance(value, bool):
+            raise fail(f" ({type(value).__name__})")
+    if "choices" in meta and value not in meta["choices"]:
+        raise fail("")
+    for rule, ok in (
+        ("gt", lambda v, b: v > b),
+        ("ge", lambda v, b: v >= b),
+        ("lt", lambda v, b: v < b),
+        ("le", lambda v, b: v <= b),
+    ):
+        if rule in meta and not ok(value, meta[rule]):
+            raise fail("")
+    return value
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(
+            f"--set expects section.key=value (e.g. train.rounds=10); got {item!r}."
+        )
+    key, raw = item.split("=", 1)
+    key, raw = key.strip(), raw.strip()
+    try:  # TOML literal: 10, 0.5, true, "text"
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word is a string: data.source=idx
+    return key, value
+
+
+def _build(
+    base: Mapping[str, Mapping[str, Any]],
+    overrides: Sequence[str] | Mapping[str, Any],
+    *,
+    source: str,
+) -> Config:
+    merged = {s: dict(v) for s, v in base.items()}
+    items = overrides.items() if isinstance(overrides, Mapping) else map(_parse_override, overrides)
+    for key, value in items:
+        if "." not in key:
+            raise ConfigError(
+                f"{source}: key {key!r} must be section.key, with section one of "
+                f"{', '.join(_SECTIONS)}; e.g. train.rounds=10."
+            )
+        section, name = key.split(".", 1)
+        merged.setdefault(section, {})[name] = value
+    return _from_dict(merged, source=source)
+
+
+def _from_dict(raw: Mapping[str, Any], *, source: str) -> Config:
+    sections = {}
+    for section, values in raw.items():
+        if section not in _SECTIONS:
+            raise ConfigError(
+                f"{source}: unknown section [{section}]; allowed: "
+                f"{', '.join(_SECTIONS)}. Run 'fed8 init' to see every key."
+            )
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{source}: [{section}] must be a table of keys; got {values!r}.")
+        cls = _SECTIONS[section]
+        known = {f.name: f for f in fields(cls)}
+        kwargs = {}
+        for name, value in values.items():
+            if name not in known:
+                close = [k for k in known if k.startswith(name[:3])]
+                raise ConfigError(
+                    f"{source}: unknown key {section}.{name}; [{section}] has "
+                    f"{', '.join(known)}."
+                    + (f" Did you mean {section}.{close[0]}?" if close else "")
+                )
+            kwargs[name] = _check(section, known[name], value)
+        sections[section] = cls(**kwargs)
+    return Config(**sections)
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+) -> Config:
+    """Load a config from a TOML file (or the defaults) and apply overrides.
+
+    Parameters
+    ----------
+    path
+        A TOML file with any subset of the sections and keys; ``None`` for defaults.
+    overrides
+        ``["section.key=value", ...]`` as given to ``--set`` (values are TOML
+        literals; bare words are strings), or a mapping ``{"section.key": value}``.
+
+    Raises
+    ------
+    ConfigError
+        Unknown section or key, wrong type, value out of range, unreadable file.
+    """
+    raw: dict[str, Any] = {}
+    source = "--set"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} does not exist; run 'fed8 init {p}' to create one.") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {p} is not valid TOML: {e}.") from None
+    base = _from_dict(raw, source=source).to_dict()
+    return _build(base, overrides, source="--set")
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def to_toml(config: Config, *, comments: bool = False) -> str:
+    """Serialize a config to TOML; with ``comments``, document every key above it."""
+    lines: list[str] = []
+    if comments:
+        lines += ["# fed8 configuration. Every key is optional; shown are the defaults.",
+                  "# Override any key on the command line: fed8 run --set train.rounds=30", ""]
+    for section, cls in _SECTIONS.items():
+        obj = getattr(config, section)
+        if comments and cls.__doc__:
+            lines.append(f"# {cls.__doc__.strip()}")
+        lines.append(f"[{section}]")
+        for f in fields(cls):
+            if comments:
+                lines.append(f"# {f.metadata['doc']}")
+            lines.append(f"{f.name} = {_toml_value(getattr(obj, f.name))}")
+        lines.append("")
+    return "\n".join(lines)

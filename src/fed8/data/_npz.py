@@ -1,0 +1,75 @@
+"""NumPy ``.npz`` archives with ``x_train, y_train`` and optionally ``x_test, y_test``.
+
+Images may be ``[N, H, W]``, ``[N, H, W, C]`` or ``[N, C, H, W]`` with C in {1, 3},
+as uint8 (0..255) or float in [0, 1]. Loaded with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+
+__all__ = ["read_npz"]
+
+
+def _images(path: Path, key: str, x: np.ndarray) -> np.ndarray:
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    elif not (x.ndim == 4 and x.shape[1] in (1, 3)):
+        raise DataError(
+            f"{path}: {key} has shape {x.shape}; expected [N, H, W], [N, H, W, C] or [N, C, H, W] "
+            "with C = 1 or 3."
+        )
+    if x.dtype == np.uint8:
+        return np.ascontiguousarray(x)
+    if np.issubdtype(x.dtype, np.floating):
+        if x.size and (not np.isfinite(x).all() or x.min() < 0 or x.max() > 1):
+            raise DataError(f"{path}: float {key} must lie in [0, 1] (got min {x.min()}, max {x.max()}); "
+                            "store uint8 pixels or scale to [0, 1].")
+        return np.ascontiguousarray(np.rint(x * 255).astype(np.uint8))
+    raise DataError(f"{path}: {key} has dtype {x.dtype}; expected uint8 or float in [0, 1].")
+
+
+def _labels(path: Path, key: str, y: np.ndarray, n: int) -> np.ndarray:
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: {key} has dtype {y.dtype}; labels must be integers 0..K-1.")
+    y = y.reshape(-1).astype(np.int64)
+    if y.shape[0] != n:
+        raise DataError(f"{path}: {key} has {y.shape[0]} labels for {n} images.")
+    if y.size and y.min() < 0:
+        raise DataError(f"{path}: {key} has label {y.min()} out of range; labels must be >= 0.")
+    return y
+
+
+def read_npz(path: Path):
+    """Return ``(train, test_or_None)``, each ``(images [N,C,H,W] uint8, labels [N])``."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise DataError(f"{path}: {e} (object arrays need pickle, which fed8 refuses).") from None
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: not a readable .npz archive ({e}).") from None
+    with archive:
+        missing = [k for k in ("x_train", "y_train") if k not in archive.files]
+        if missing:
+            raise DataError(f"{path}: missing arrays {missing}; found {archive.files}. "
+                            "Save with np.savez(path, x_train=..., y_train=...).")
+        try:
+            xtr = _images(path, "x_train", archive["x_train"])
+            train = (xtr, _labels(path, "y_train", archive["y_train"], xtr.shape[0]))
+            test = None
+            if "x_test" in archive.files and "y_test" in archive.files:
+                xte = _images(path, "x_test", archive["x_test"])
+                if xte.shape[1:] != xtr.shape[1:]:
+                    raise DataError(f"{path}: x_test images are {xte.shape[1:]}, x_train {xtr.shape[1:]}.")
+                test = (xte, _labels(path, "y_test", archive["y_test"], xte.shape[0]))
+        except ValueError as e:
+            if isinstance(e, DataError):
+                raise
+            raise DataError(f"{path}: {e}") from None
+    return train, test

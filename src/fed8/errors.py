@@ -1,0 +1,37 @@
+"""The fed8 exception tree.
+
+Every error subclasses :class:`Fed8Error` and also the builtin exception a caller
+would naturally catch, so ``except ValueError`` keeps working for callers that do
+not know about fed8. Messages name the parameter, the value received, what is
+allowed, and how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CheckpointError", "ConfigError", "DataError", "Fed8Error", "MissingExtraError"]
+
+
+class Fed8Error(Exception):
+    """Base class of every error raised by fed8."""
+
+
+class ConfigError(Fed8Error, ValueError):
+    """A configuration key is unknown or its value is not allowed."""
+
+
+class DataError(Fed8Error, ValueError):
+    """A dataset file or folder is missing, malformed or inconsistent."""
+
+
+class CheckpointError(Fed8Error, RuntimeError):
+    """A run directory or checkpoint cannot be read or resumed."""
+
+
+class MissingExtraError(Fed8Error, ImportError):
+    """An optional dependency is not installed."""
+
+    def __init__(self, module: str, extra: str) -> None:
+        super().__init__(
+            f"{module!r} is not installed; it is needed for this feature. "
+            f"Install it with: pip install 'fed8[{extra}]'"
+        )

@@ -1,0 +1,60 @@
+"""Evaluation of the global model: on the server's eval split and on every client's local test split."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["client_accuracy_stats", "evaluate", "predict_correct"]
+
+
+@torch.no_grad()
+def predict_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample cross-entropy loss and correctness (bool), in eval mode."""
+    model.eval()
+    losses, correct = [], []
+    for i in range(0, x.shape[0], batch_size):
+        logits = model(x[i : i + batch_size])
+        yb = y[i : i + batch_size]
+        losses.append(F.cross_entropy(logits, yb, reduction="none"))
+        correct.append(logits.argmax(1) == yb)
+    if not losses:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.bool)
+    return torch.cat(losses), torch.cat(correct)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 500) -> tuple[float, float]:
+    """Mean loss and top-1 accuracy of ``model`` on ``(x, y)``."""
+    loss, correct = predict_correct(model, x, y, batch_size=batch_size)
+    if loss.numel() == 0:
+        return float("nan"), float("nan")
+    return float(loss.mean()), float(correct.float().mean())
+
+
+def client_accuracy_stats(correct: torch.Tensor, owner: torch.Tensor, num_clients: int) -> dict[str, float | None]:
+    """Mean, 10th percentile and min of per-client accuracy (clients without local test data skipped).
+
+    ``correct[i]`` says whether sample i was classified right and ``owner[i]`` which
+    client holds it. The percentile uses linear interpolation (``numpy.percentile``).
+    """
+    counts = torch.bincount(owner, minlength=num_clients).double()
+    hits = torch.bincount(owner, weights=correct.double(), minlength=num_clients)
+    has = counts > 0
+    if not bool(has.any()):
+        return {"client_accuracy_mean": None, "client_accuracy_p10": None, "client_accuracy_min": None}
+    acc = (hits[has] / counts[has]).numpy()
+    return {
+        "client_accuracy_mean": float(acc.mean()),
+        "client_accuracy_p10": float(np.percentile(acc, 10)),
+        "client_accuracy_min": float(acc.min()),
+    }
+
+
+def per_client_accuracy(correct: torch.Tensor, owner: torch.Tensor, num_clients: int) -> Sequence[float | None]:
+    counts = torch.bincount(owner, minlength=num_clients)
+    hits = torch.bincount(owner, weights=correct.double(), minlength=num_clients)
+    return [float(h / c) if c else None for h, c in zip(hits.tolist(), counts.tolist())]

@@ -1,0 +1,39 @@
+"""Build a reference model by name, with input shape and class count taken from the data."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+__all__ = ["MODELS", "build_model", "count_parameters"]
+
+MODELS = ("cnn", "resnet20", "mlp")
+
+
+def build_model(name: str, *, in_channels: int, height: int, width: int, num_classes: int,
+                norm: str = "batch", hidden: int = 200, seed: int | None = None) -> nn.Module:
+    """Instantiate model ``name``; with ``seed``, its initial weights depend on the seed alone."""
+    from .cnn import CNN
+    from .mlp import MLP
+    from .resnet import ResNet20
+
+    if name == "cnn" and (height < 4 or width < 4):
+        raise ConfigError(f"model.name = 'cnn' needs images of at least 4x4; got {height}x{width}.")
+    makers = {
+        "cnn": lambda: CNN(in_channels, height, width, num_classes),
+        "resnet20": lambda: ResNet20(in_channels, height, width, num_classes, norm=norm),
+        "mlp": lambda: MLP(in_channels, height, width, num_classes, hidden=hidden),
+    }
+    if name not in makers:
+        raise ConfigError(f"model.name must be one of {', '.join(MODELS)}; got {name!r}.")
+    if seed is None:
+        return makers[name]()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return makers[name]()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

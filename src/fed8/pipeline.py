@@ -1,0 +1,211 @@
+"""``fed8 run``: data -> partition -> federated training -> report, over one run directory."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from . import __version__
+from ._rng import INIT, derive_seed
+from .config import Config, load_config
+from .errors import CheckpointError, ConfigError
+from .rundir import RunDir
+
+__all__ = ["RESUMABLE_KEYS", "RunResult", "default_run_dir", "prepare", "run"]
+
+# Keys that may change when a run is resumed; anything else would make it another run.
+RESUMABLE_KEYS = ("train.rounds", "eval.every", "eval.batch_size", "run.threads")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What :func:`run` returns: the run directory, every metrics row, and the summary."""
+
+    run_dir: Path
+    metrics: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.summary["final"]
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs before round 1: data, clients, model, strategy, partition summary."""
+
+    config: Config
+    simulation: Any
+    state: dict[str, torch.Tensor]
+    partition: dict
+    classes: tuple[str, ...]
+    input_shape: tuple[int, int, int]
+    num_parameters: int
+
+
+def default_run_dir(cfg: Config) -> Path:
+    """``<run.out>/<YYYYmmdd-HHMMSS>-<model>-<dataset>``, made unique."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(cfg.run.out) / f"{stamp}-{cfg.model.name}-{cfg.data.source}"
+    out, i = base, 1
+    while out.exists():
+        i += 1
+        out = base.with_name(f"{base.name}-{i}")
+    return out
+
+
+def prepare(cfg: Config):
+    """Load data, partition it, build the clients, the model and the strategy."""
+    from .data import load_splits, local_split, partition, partition_summary, to_float
+    from .federated import ClientData, Simulation, make_strategy
+    from .models import build_model, count_parameters
+
+    splits = load_splits(cfg.data)
+    train, ev = splits.train, splits.eval
+    labels = train.labels.numpy()
+    parts = partition(labels, cfg.data.num_clients, cfg.data.partition, alpha=cfg.data.alpha,
+                      shards_per_client=cfg.data.shards_per_client, seed=cfg.run.seed)
+    client_splits = [local_split(p, test_fraction=cfg.data.test_fraction, seed=cfg.run.seed, client=k)
+                     for k, p in enumerate(parts)]
+    # Lay the clients out contiguously so each client's tensors are views, not copies.
+    order = np.concatenate([np.concatenate([s.train, s.test]) for s in client_splits])
+    x_all, y_all = to_float(train.images[torch.from_numpy(order)]), train.labels[torch.from_numpy(order)]
+    clients, at = [], 0
+    for s in client_splits:
+        a, b, c = at, at + len(s.train), at + len(s.train) + len(s.test)
+        clients.append(ClientData(x_all[a:b], y_all[a:b], x_all[b:c], y_all[b:c]))
+        at = c
+    c_, h, w = train.shape
+    model = build_model(cfg.model.name, in_channels=c_, height=h, width=w, num_classes=train.num_classes,
+                        norm=cfg.model.norm, hidden=cfg.model.hidden, seed=derive_seed(cfg.run.seed, INIT))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    param_names = {k for k, _ in model.named_parameters()}
+    buffers = [k for k, v in state.items() if v.is_floating_point() and k not in param_names]
+    sim = Simulation(model=model, clients=clients, eval_x=to_float(ev.images), eval_y=ev.labels,
+                     strategy=make_strategy(cfg.server, buffers=buffers), train=cfg.train,
+                     eval=cfg.eval, seed=cfg.run.seed)
+    return Prepared(cfg, sim, state, partition_summary(client_splits, labels, train.num_classes),
+                    train.classes, train.shape, count_parameters(model))
+
+
+def _resume_config(rd: RunDir, overrides: Sequence[str]) -> Config:
+    saved = rd.load_config()
+    cfg = saved.replace(overrides)
+    a, b = saved.to_dict(), cfg.to_dict()
+    changed = [f"{s}.{k}" for s in a for k in a[s] if a[s][k] != b[s][k]]
+    bad = [k for k in changed if k not in RESUMABLE_KEYS]
+    if bad:
+        raise ConfigError(
+            f"cannot change {', '.join(bad)} when resuming {rd.path}: the run would no longer be the "
+            f"same run. Resumable keys: {', '.join(RESUMABLE_KEYS)}. Start a new run instead."
+        )
+    return cfg
+
+
+def _summary(prep: Prepared, rows: list[dict], wall_s: float) -> dict:
+    cfg = prep.config
+    evals = [r for r in rows if r.get("eval_accuracy") is not None]
+    final = evals[-1] if evals else {}
+    return {
+        "fed8_version": __version__, "torch_version": torch.__version__,
+        "dataset": cfg.data.source, "model": cfg.model.name, "parameters": prep.num_parameters,
+        "input_shape": list(prep.input_shape), "classes": list(prep.classes),
+        "num_clients": cfg.data.num_clients, "rounds": rows[-1]["round"] if rows else 0,
+        "final": {k: final.get(k) for k in ("round", "eval_accuracy", "eval_loss", "client_accuracy_mean",
+                                             "client_accuracy_p10", "client_accuracy_min")},
+        "best_eval_accuracy": max((r["eval_accuracy"] for r in evals), default=None),
+        "total_uplink_bytes": sum(r["uplink_bytes"] for r in rows),
+        "total_downlink_bytes": sum(r["downlink_bytes"] for r in rows),
+        "train_seconds": sum(r["seconds"] for r in rows),
+        "wall_seconds_this_invocation": wall_s,
+    }
+
+
+def run(
+    config: Config | None = None,
+    *,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    progress: Callable[[dict], None] | None = None,
+    on_round: Callable[[int, dict], None] | None = None,
+    report: bool = True,
+) -> RunResult:
+    """Train a global model federatedly and write the run directory.
+
+    Parameters
+    ----------
+    config
+        The run's configuration (defaults if None). Ignored with ``resume``, where the
+        run directory's own config.toml is used (plus ``overrides`` of resumable keys).
+    out
+        Run directory; default ``<run.out>/<time>-<model>-<dataset>``.
+    resume
+        An existing run directory to continue after its last completed round.
+    progress
+        Called with each round's metrics row (for live displays).
+    on_round
+        Called as ``on_round(round, row)`` after the round's checkpoint is committed.
+
+    Returns
+    -------
+    RunResult
+    """
+    t0 = time.perf_counter()
+    if resume is not None:
+        rd = RunDir.open(resume)
+        cfg = _resume_config(rd, overrides)
+        from ._io import atomic_write_text
+        from .config import to_toml
+        atomic_write_text(rd.config, to_toml(cfg))
+    else:
+        cfg = (config or load_config()).replace(overrides) if overrides else (config or load_config())
+        rd = RunDir.create(out if out is not None else default_run_dir(cfg), cfg)
+    torch.set_num_threads(cfg.run.threads or os.cpu_count() or 1)
+
+    prep = prepare(cfg)
+    sim, state = prep.simulation, prep.state
+    rd.write_json(rd.partition, prep.partition)
+    rows: list[dict] = []
+    start = 0
+    if resume is not None:
+        ck = rd.load_checkpoint()
+        if ck is not None:
+            if ck["model"].keys() != state.keys():
+                raise CheckpointError(f"{rd.checkpoints}: checkpoint does not match the model in config.toml.")
+            start, state = ck["round"], ck["model"]
+            sim.strategy.load_state_dict(ck["server"])
+        rows = [r for r in rd.read_metrics() if r["round"] <= start]
+        rd.write_metrics(rows)
+
+    def after_round(rnd: int, new_state: dict, strategy, row: dict) -> None:
+        rows.append(row)
+        rd.write_metrics(rows)  # metrics first: a crash before the checkpoint replays this round
+        rd.save_checkpoint(rnd, new_state, strategy.state_dict(),
+                           {"seed": cfg.run.seed, "rng": "stateless: generators derive from "
+                            "SeedSequence([seed, stream, round, client])"})
+        if progress is not None:
+            progress(row)
+        if on_round is not None:
+            on_round(rnd, row)
+
+    state = sim.run(state, start_round=start, on_round=after_round)
+    from ._io import save_tensors
+    from .data import PIXEL_MEAN, PIXEL_STD
+    save_tensors(rd.model, state, metadata={
+        "model": cfg.model.name, "input_shape": ",".join(map(str, prep.input_shape)),
+        "classes": ",".join(prep.classes), "pixel_mean": str(PIXEL_MEAN), "pixel_std": str(PIXEL_STD),
+        "norm": cfg.model.norm, "hidden": str(cfg.model.hidden)})
+    summary = _summary(prep, rows, time.perf_counter() - t0)
+    rd.write_json(rd.summary, summary)
+    if report:
+        from .report import write_report
+        write_report(rd.path)
+    return RunResult(rd.path, rows, summary)

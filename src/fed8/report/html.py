@@ -1,0 +1,60 @@
+"""``report.html``: a self-contained page of a run's summary, metrics and plots."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["render_html"]
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f4f4f4}img{max-width:100%;margin:0.5em 0}code{background:#f4f4f4;padding:1px 4px}"""
+
+
+def fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 100 else f"{v:,.1f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def _table(rows: list[dict], keys: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(r.get(k)))}</td>" for k in keys) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_html(run_dir: Path, summary: dict, rows: list[dict], config_text: str, plots: list[Path]) -> str:
+    final = summary.get("final", {})
+    facts = [
+        ("dataset", summary.get("dataset")), ("model", summary.get("model")),
+        ("parameters", summary.get("parameters")), ("clients", summary.get("num_clients")),
+        ("rounds", summary.get("rounds")), ("final eval accuracy", final.get("eval_accuracy")),
+        ("client accuracy mean / p10 / min", " / ".join(fmt(final.get(k)) for k in
+            ("client_accuracy_mean", "client_accuracy_p10", "client_accuracy_min"))),
+        ("total uplink bytes", summary.get("total_uplink_bytes")),
+        ("total downlink bytes", summary.get("total_downlink_bytes")),
+        ("training seconds", summary.get("train_seconds")),
+    ]
+    imgs = "".join(
+        f'<img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">' for p in plots
+    )
+    keys = ["round", "num_clients", "train_loss", "eval_loss", "eval_accuracy", "client_accuracy_mean",
+            "client_accuracy_p10", "client_accuracy_min", "uplink_bytes", "downlink_bytes", "seconds"]
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>fed8 report: {html.escape(run_dir.name)}</title>
+<style>{_CSS}</style></head><body>
+<h1>fed8 report</h1><p><code>{html.escape(str(run_dir))}</code></p>
+<h2>Summary</h2>{_table([dict(facts)], [k for k, _ in facts])}
+<h2>Plots</h2>{imgs}
+<h2>Metrics per round</h2>{_table(rows, keys)}
+<h2>Configuration</h2><pre>{html.escape(config_text)}</pre>
+<h2>summary.json</h2><pre>{html.escape(json.dumps(summary, indent=2))}</pre>
+</body></html>
+"""

@@ -1,0 +1,131 @@
+"""The run directory: the contract between ``fed8 run``, ``resume``, ``report`` and later stages.
+
+Layout::
+
+    RUN/config.toml          fully resolved config
+    RUN/partition.json       samples and label histogram per client
+    RUN/metrics.jsonl        one JSON object per round
+    RUN/checkpoints/         latest completed round: model + server state (safetensors) + state.json
+    RUN/model.safetensors    final global model
+    RUN/summary.json         final numbers
+    RUN/report.html, plots/  written by fed8 report
+
+Every file is written atomically. A checkpoint is committed by ``state.json``, written
+last; it names the round's safetensors files and their SHA-256, so a crash between
+writes leaves the previous checkpoint intact and usable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from ._io import atomic_write_json, atomic_write_text, load_tensors, read_jsonl, save_tensors, write_jsonl
+from .config import Config, load_config, to_toml
+from .errors import CheckpointError
+
+__all__ = ["Checkpoint", "RunDir"]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class Checkpoint(dict):
+    """``round``, ``model`` (state dict), ``server`` (strategy state), ``meta`` (state.json)."""
+
+
+class RunDir:
+    """Paths and atomic reads/writes of one run directory."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    # paths ---------------------------------------------------------------------
+    config = property(lambda self: self.path / "config.toml")
+    partition = property(lambda self: self.path / "partition.json")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    model = property(lambda self: self.path / "model.safetensors")
+    summary = property(lambda self: self.path / "summary.json")
+    report = property(lambda self: self.path / "report.html")
+    plots = property(lambda self: self.path / "plots")
+
+    # creation / opening ----------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path, config: Config) -> "RunDir":
+        """Make a new run directory and write its config; refuse to overwrite a run."""
+        rd = cls(path)
+        if rd.config.exists():
+            raise CheckpointError(
+                f"{rd.path} already holds a run (config.toml exists). Continue it with "
+                f"'fed8 run --resume {rd.path}', or choose another --out."
+            )
+        rd.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(rd.config, to_toml(config))
+        return rd
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RunDir":
+        rd = cls(path)
+        if not rd.config.is_file():
+            raise CheckpointError(f"{rd.path} is not a fed8 run directory (no config.toml); "
+                                  "pass the folder that 'fed8 run' printed.")
+        return rd
+
+    def load_config(self) -> Config:
+        return load_config(self.config)
+
+    # metrics ---------------------------------------------------------------------
+    def read_metrics(self) -> list[dict[str, Any]]:
+        try:
+            return read_jsonl(self.metrics)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{self.metrics}: not valid JSON lines ({e}).") from None
+
+    def write_metrics(self, rows: list[Mapping[str, Any]]) -> None:
+        write_jsonl(self.metrics, rows)
+
+    def write_json(self, path: Path, obj: Any) -> None:
+        atomic_write_json(path, obj)
+
+    # checkpoints -----------------------------------------------------------------
+    def save_checkpoint(self, rnd: int, model: Mapping[str, torch.Tensor],
+                        server: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+        """Write round ``rnd``'s model and server state, commit with state.json, drop older rounds."""
+        ck = self.checkpoints
+        model_file, server_file = ck / f"round-{rnd:06d}.model.safetensors", ck / f"round-{rnd:06d}.server.safetensors"
+        save_tensors(model_file, model)
+        save_tensors(server_file, server)
+        atomic_write_json(ck / "state.json", {
+            "round": rnd,
+            "model_file": model_file.name, "model_sha256": _sha256(model_file),
+            "server_file": server_file.name, "server_sha256": _sha256(server_file),
+            **meta,
+        })
+        for old in ck.glob("round-*.safetensors"):
+            if old.name not in (model_file.name, server_file.name):
+                old.unlink(missing_ok=True)
+
+    def load_checkpoint(self) -> Checkpoint | None:
+        """The latest committed checkpoint, or None if no round has completed."""
+        state_file = self.checkpoints / "state.json"
+        if not state_file.exists():
+            return None
+        try:
+            meta = json.loads(state_file.read_text())
+            out = Checkpoint(round=int(meta["round"]), meta=meta)
+            for part in ("model", "server"):
+                f = self.checkpoints / meta[f"{part}_file"]
+                if _sha256(f) != meta[f"{part}_sha256"]:
+                    raise CheckpointError(f"{f}: SHA-256 does not match state.json; the checkpoint is corrupt.")
+                out[part] = load_tensors(f)
+        except (KeyError, ValueError, OSError) as e:
+            if isinstance(e, CheckpointError):
+                raise
+            raise CheckpointError(f"{state_file}: cannot read checkpoint ({e!r}).") from None
+        return out
