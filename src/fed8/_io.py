@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import torch
 
 __all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text",
-           "load_tensors", "read_jsonl", "save_tensors", "write_jsonl"]
+           "load_metadata", "load_tensors", "read_jsonl", "save_tensors", "write_jsonl"]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -54,12 +54,27 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor],
-                 metadata: Mapping[str, str] | None = None) -> None:
-    """Atomically write tensors as safetensors (contiguous CPU copies)."""
+                 metadata: Mapping[str, Any] | None = None) -> None:
+    """Atomically write tensors as safetensors (contiguous CPU copies).
+
+    ``metadata`` is stored as one JSON string under the key ``"fed8"`` with sorted
+    keys: safetensors writes its metadata map in arbitrary order, and one key keeps
+    the file bytes reproducible.
+    """
     from safetensors.torch import save
 
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write_bytes(path, save(flat, metadata=dict(metadata) if metadata else None))
+    meta = {"fed8": json.dumps(dict(metadata), sort_keys=True)} if metadata else None
+    atomic_write_bytes(path, save(flat, metadata=meta))
+
+
+def load_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata written by :func:`save_tensors` (empty if none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    return json.loads(meta["fed8"]) if "fed8" in meta else {}
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:

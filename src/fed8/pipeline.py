@@ -200,9 +200,8 @@ def run(
     from ._io import save_tensors
     from .data import PIXEL_MEAN, PIXEL_STD
     save_tensors(rd.model, state, metadata={
-        "model": cfg.model.name, "input_shape": ",".join(map(str, prep.input_shape)),
-        "classes": ",".join(prep.classes), "pixel_mean": str(PIXEL_MEAN), "pixel_std": str(PIXEL_STD),
-        "norm": cfg.model.norm, "hidden": str(cfg.model.hidden)})
+        "model": cfg.model.name, "input_shape": list(prep.input_shape), "classes": list(prep.classes),
+        "pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD, "norm": cfg.model.norm, "hidden": cfg.model.hidden})
     summary = _summary(prep, rows, time.perf_counter() - t0)
     rd.write_json(rd.summary, summary)
     if report:
