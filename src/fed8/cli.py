@@ -149,10 +149,11 @@ def _cmd_run(args) -> int:
             for k in ("client_accuracy_mean", "client_accuracy_p10", "client_accuracy_min"))),
         ("uplink / downlink", f"{_fmt_bytes(s['total_uplink_bytes'])} / {_fmt_bytes(s['total_downlink_bytes'])}"),
         ("training time", f"{s['train_seconds']:.1f} s"),
-        ("report", str(result.run_dir / "report.html") if not args.no_report else "skipped"),
     ]:
         table.add_row(k, v)
     con.print(table)
+    if not args.no_report:
+        con.print(f"report: {result.run_dir / 'report.html'}", soft_wrap=True)
     return 0
 
 

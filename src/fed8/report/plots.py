@@ -29,6 +29,8 @@ def _save(fig, path: Path) -> None:
 def plot_all(rows: list[dict[str, Any]], partition: dict | None, out: Path) -> list[Path]:
     """Write the plots into ``out`` and return their paths."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     ev = [r for r in rows if r.get("eval_accuracy") is not None]
     rounds = [r["round"] for r in ev]
     paths = []
@@ -37,6 +39,8 @@ def plot_all(rows: list[dict[str, Any]], partition: dict | None, out: Path) -> l
     a1.plot(rounds, [r["eval_accuracy"] for r in ev], marker="o", ms=3)
     a1.set(xlabel="round", ylabel="accuracy", title="Global model, eval split")
     a1.grid(alpha=0.3)
+    for ax in (a1, a2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     a2.plot(rounds, [r["eval_loss"] for r in ev], marker="o", ms=3, label="eval loss")
     a2.plot([r["round"] for r in rows], [r["train_loss"] for r in rows], marker=".", ms=3, label="client train loss")
     a2.set(xlabel="round", ylabel="cross-entropy", title="Loss")
@@ -57,6 +61,7 @@ def plot_all(rows: list[dict[str, Any]], partition: dict | None, out: Path) -> l
         ax.plot(x, [r["client_accuracy_mean"] for r in band], lw=2, label="mean")
         ax.legend()
     ax.set(xlabel="round", ylabel="accuracy", title="Global model on each client's local test split")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     paths.append(out / "client_accuracy.png")
     _save(fig, paths[-1])
@@ -72,8 +77,9 @@ def plot_all(rows: list[dict[str, Any]], partition: dict | None, out: Path) -> l
             ax.bar(range(len(clients)), vals, bottom=bottom, width=0.85, label=str(label))
             bottom = [b + v for b, v in zip(bottom, vals)]
         ax.set(xlabel="client", ylabel="samples", title="Samples per client, by label")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if partition["num_classes"] <= 20:
-            ax.legend(ncol=2, fontsize=7, title="label", loc="upper right", bbox_to_anchor=(1.15, 1))
+            ax.legend(ncol=2, fontsize=7, title="label", loc="upper left", bbox_to_anchor=(1.01, 1))
         paths.append(out / "samples_per_client.png")
         _save(fig, paths[-1])
         plt.close(fig)
