@@ -8,7 +8,7 @@ allowed, and how to fix it.
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "Fed8Error", "MissingExtraError"]
+__all__ = ["CheckpointError", "ConfigError", "DataError", "DeployError", "Fed8Error", "MissingExtraError"]
 
 
 class Fed8Error(Exception):
@@ -25,6 +25,10 @@ class DataError(Fed8Error, ValueError):
 
 class CheckpointError(Fed8Error, RuntimeError):
     """A run directory or checkpoint cannot be read or resumed."""
+
+
+class DeployError(Fed8Error, ValueError):
+    """A model cannot be exported, quantized or run (bad ONNX file, format, calibration data)."""
 
 
 class MissingExtraError(Fed8Error, ImportError):

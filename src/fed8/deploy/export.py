@@ -1,0 +1,77 @@
+"""Export the global model to ONNX and check it against PyTorch."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import DeployError
+
+__all__ = ["OPSET", "export_onnx", "read_metadata"]
+
+# Opset 19 is the first with float8 QuantizeLinear / DequantizeLinear.
+OPSET = 19
+INPUT, OUTPUT = "input", "logits"
+
+
+def export_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str | Path, *,
+                metadata: Mapping[str, Any]) -> Path:
+    """Write ``model`` as ONNX (dynamic batch) with ``metadata`` (preprocessing, classes) as JSON props.
+
+    The legacy TorchScript exporter is used: it needs no extra dependency and handles
+    the reference models exactly.
+    """
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    x = torch.zeros(1, *input_shape)
+    tmp = path.with_suffix(".tmp.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(tmp), dynamo=False, opset_version=OPSET, input_names=[INPUT],
+                          output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+    m = onnx.load(str(tmp))
+    set_metadata(m, metadata)
+    onnx.save(m, str(tmp))
+    tmp.replace(path)
+    return path
+
+
+def set_metadata(model, metadata: Mapping[str, Any]) -> None:
+    """Store ``metadata`` as one JSON string under ``fed8`` in the ONNX metadata_props."""
+    import onnx
+
+    keep = [p for p in model.metadata_props if p.key != "fed8"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep + [onnx.StringStringEntryProto(key="fed8", value=json.dumps(dict(metadata)))])
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The fed8 metadata of an ONNX file (preprocessing, classes, input shape)."""
+    import onnx
+
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError and others for non-models
+        raise DeployError(f"{path}: not an ONNX model ({type(e).__name__}: {e}).") from None
+    if not m.graph.node:
+        raise DeployError(f"{path}: not an ONNX model (no graph nodes).")
+    props = {p.key: p.value for p in m.metadata_props}
+    return json.loads(props["fed8"]) if "fed8" in props else {}
+
+
+def parity(model: nn.Module, logits_onnx: np.ndarray, x: torch.Tensor, *, batch_size: int = 500) -> dict[str, float]:
+    """Top-1 agreement and max |logit difference| between PyTorch and ONNX outputs on ``x``."""
+    model = model.eval()
+    with torch.no_grad():
+        ref = torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]).numpy()
+    return {"top1_agreement": float((ref.argmax(1) == logits_onnx.argmax(1)).mean()),
+            "max_abs_logit_error": float(np.abs(ref - logits_onnx).max())}

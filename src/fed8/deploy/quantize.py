@@ -1,0 +1,170 @@
+"""Post-training quantization of an FP32 ONNX model to INT8 or FP8 QDQ models.
+
+* INT8: ONNX Runtime's static quantizer (QDQ format, signed per-channel weights,
+  unsigned affine activations) with ranges from federated calibration. The result is
+  checked to run integer kernels on ORT CPU; a model that silently stays float is an error.
+* ``float8_e4m3fn`` / ``float8_e5m2``: QDQ nodes written here (ORT's quantizer has no
+  E5M2 and calibrates E4M3 only by matching a standard deviation). Weights are stored in
+  8 bits with a per-output-channel scale chosen by :func:`fed8.formats.choose_scale_fp8`;
+  activation inputs of Conv / Gemm / MatMul get a QuantizeLinear -> DequantizeLinear
+  pair with scale ``max(|min|, |max|) / fmt.max`` from the merged ranges. ORT's CPU has
+  FP8 Q/DQ kernels but no FP8 arithmetic: the math between Q/DQ runs in float32.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from ..errors import DeployError
+from ..formats import PerChannel, choose_scale_fp8, fp8_format, quantize_fp8
+from .calibrate import to_tensors_data
+from .runtime import INTEGER_OPS, kernel_ops
+
+__all__ = ["COMPUTE_OPS", "FORMATS", "quantize_fp8_model", "quantize_int8_model"]
+
+FORMATS = ("int8", "float8_e4m3fn", "float8_e5m2")
+COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
+# Ops that commute with rounding to a grid (monotone, or pure data movement):
+# Q(op(x)) == op(Q(x)) for the same scale.
+_COMMUTING = ("Relu", "MaxPool", "Flatten", "Reshape")
+
+
+def _hoist(src: str, producers: dict, consumers: dict) -> tuple[str, str | None]:
+    """Walk back from ``src`` through commuting ops with a single consumer.
+
+    Returns the earliest tensor of the chain and the node that consumes it inside the
+    chain (None if ``src`` itself). ORT's extended optimizations rewrite
+    ``Relu -> QuantizeLinear`` as if the zero point clipped negatives, which is false
+    for FP8 (it is for uint8); quantizing before the Relu gives identical values and
+    no such pattern.
+    """
+    t, first = src, None
+    while t in producers and producers[t].op_type in _COMMUTING and len(consumers.get(t, ())) <= 1:
+        first = producers[t]
+        t = first.input[0]
+        if len(consumers.get(t, ())) != 1:
+            break
+    return t, first
+
+
+def quantize_int8_model(fp32_path: str | Path, out_path: str | Path, ranges: Mapping[str, tuple[float, float]], *,
+                        per_channel: bool = True, nodes_to_exclude: list[str] | None = None) -> Path:
+    """INT8 QDQ model via ``onnxruntime.quantization.quantize_static`` with the given activation ranges."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    out_path = Path(out_path)
+    with tempfile.TemporaryDirectory(prefix="fed8-q-") as tmp:
+        cache = Path(tmp) / "ranges.json"
+        save_tensors_data(to_tensors_data(ranges), cache)
+        quantize_static(str(fp32_path), str(out_path), None, quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
+                        calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(cache),
+                        nodes_to_exclude=nodes_to_exclude or [],
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    used = kernel_ops(out_path)
+    if not (set(used) & INTEGER_OPS) and not nodes_to_exclude:
+        raise DeployError(f"{out_path}: the INT8 model runs no integer kernel on ORT CPU (ops: {dict(used)}); "
+                          "it would silently compute in float. Check that the model has Conv/Gemm/MatMul layers.")
+    return out_path
+
+
+def _tensor(name: str, arr: np.ndarray | bytes, dims, dtype: int):
+    from onnx import helper
+
+    if isinstance(arr, bytes):
+        return helper.make_tensor(name, dtype, dims, vals=arr, raw=True)
+    return helper.make_tensor(name, dtype, dims, vals=np.asarray(arr).tobytes(), raw=True)
+
+
+def quantize_fp8_model(fp32_path: str | Path, out_path: str | Path, ranges: Mapping[str, tuple[float, float]],
+                       fmt: str, *, scale_method: str = "amax", keep_float: frozenset[str] = frozenset()) -> Path:
+    """Write an FP8 QDQ model: 8-bit weights (per-channel scale) and Q/DQ on compute-op inputs.
+
+    Parameters
+    ----------
+    fmt
+        ``"float8_e4m3fn"`` or ``"float8_e5m2"``.
+    scale_method
+        Weight scale selection (``amax``, ``percentile``, ``mse``); activations use amax
+        of the calibrated range.
+    keep_float
+        Names of nodes left in float (the accuracy gate's fallback).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    f = fp8_format(fmt)
+    elem = {"float8_e4m3fn": TensorProto.FLOAT8E4M3FN, "float8_e5m2": TensorProto.FLOAT8E5M2}[f.name]
+    model = onnx.load(str(fp32_path))
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    new_nodes, act_q = [], {}
+    producers = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    rewire = {}  # id(node) -> (input index 0 replacement)
+    zero8 = f"fed8_zero_{f.name}"
+    g.initializer.append(_tensor(zero8, bytes([0]), [], elem))
+    for node in g.node:
+        if node.op_type in COMPUTE_OPS and node.name not in keep_float and len(node.input) > 1 and node.input[1] in inits:
+            src = node.input[0]
+            if src not in ranges:
+                raise DeployError(f"no calibration range for tensor {src!r} (input of {node.name}); "
+                                  "calibrate the same ONNX model that is quantized.")
+            if src not in act_q:
+                lo, hi = ranges[src]
+                amax = max(abs(lo), abs(hi)) or 1.0
+                t, first = _hoist(src, producers, consumers)
+                s_name = f"{t}_fp8_scale"
+                g.initializer.append(numpy_helper.from_array(np.array(amax / f.max, dtype=np.float32), s_name))
+                q, dq = f"{t}_fp8_q", f"{t}_fp8_dq"
+                qdq = [helper.make_node("QuantizeLinear", [t, s_name, zero8], [q], name=f"{t}_Q", saturate=1),
+                       helper.make_node("DequantizeLinear", [q, s_name, zero8], [dq], name=f"{t}_DQ")]
+                if first is None:
+                    new_nodes.extend(qdq)
+                    act_q[src] = dq
+                else:  # quantize at the start of the chain; the chain then carries grid values
+                    rewire[id(first)] = (dq, qdq)
+                    act_q[src] = src
+            node.input[0] = act_q[src]
+            w_name = node.input[1]
+            w = torch.from_numpy(numpy_helper.to_array(inits[w_name]).copy())
+            transposed = node.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in node.attribute)
+            axis = 1 if (node.op_type == "MatMul" or transposed) else 0  # the output-channel axis
+            scale = choose_scale_fp8(w, f, method=scale_method, granularity=PerChannel(axis))
+            bits = quantize_fp8(w, scale, f)
+            qw, sw, zw = f"{w_name}_fp8", f"{w_name}_fp8_scale", f"{w_name}_fp8_zero"
+            g.initializer.append(_tensor(qw, bits.numpy().tobytes(), list(w.shape), elem))
+            g.initializer.append(numpy_helper.from_array(scale.reshape(-1).numpy().astype(np.float32), sw))
+            g.initializer.append(_tensor(zw, bytes(w.shape[axis]), [w.shape[axis]], elem))
+            new_nodes.append(helper.make_node("DequantizeLinear", [qw, sw, zw], [f"{w_name}_fp8_dq"],
+                                              name=f"{w_name}_DQ", axis=axis))
+            node.input[1] = f"{w_name}_fp8_dq"
+        new_nodes.append(node)
+    if rewire:  # insert hoisted Q/DQ pairs just before the chain's first node
+        ordered = []
+        for n in new_nodes:
+            if id(n) in rewire:
+                dq, qdq = rewire[id(n)]
+                ordered.extend(qdq)
+                n.input[0] = dq
+            ordered.append(n)
+        new_nodes = ordered
+    used_weights = {n.input[0] for n in new_nodes if n.op_type == "DequantizeLinear"}
+    keep = [t for t in g.initializer if not (t.name.endswith("_fp8") is False and f"{t.name}_fp8" in used_weights)]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    del g.node[:]
+    g.node.extend(new_nodes)
+    onnx.checker.check_model(model)
+    out_path = Path(out_path)
+    onnx.save(model, str(out_path))
+    return out_path

@@ -1,0 +1,60 @@
+"""ONNX Runtime sessions on CPU: inference, latency, and which kernels the optimized graph runs."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["INTEGER_OPS", "kernel_ops", "latency_ms", "run_logits", "session"]
+
+# Operators that compute in integers on ORT CPU once QDQ groups are fused.
+INTEGER_OPS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger",
+                         "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearAdd", "QLinearGlobalAveragePool"})
+
+
+def session(path: str | Path, *, threads: int = 2, optimized_path: str | Path | None = None):
+    """An ORT CPU session with ``threads`` intra-op threads and all graph optimizations."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if optimized_path is not None:
+        so.optimized_model_filepath = str(optimized_path)
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def run_logits(sess, x: np.ndarray, *, batch_size: int = 500) -> np.ndarray:
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i : i + batch_size]})[0] for i in range(0, x.shape[0], batch_size)])
+
+
+def kernel_ops(path: str | Path) -> Counter:
+    """Op types of the graph ORT actually executes (after its optimizations and QDQ fusion)."""
+    import onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opt = Path(tmp) / "optimized.onnx"
+        session(path, threads=1, optimized_path=opt)
+        return Counter(n.op_type for n in onnx.load(str(opt)).graph.node)
+
+
+def latency_ms(sess, shape: tuple[int, ...], *, batch: int, repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time in milliseconds of one ``sess.run`` at ``batch``."""
+    name = sess.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
+    for _ in range(warmup):
+        sess.run(None, {name: x})
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sess.run(None, {name: x})
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
