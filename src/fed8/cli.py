@@ -33,6 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("path", nargs="?", default="fed8.toml")
     i.add_argument("--force", action="store_true", help="overwrite an existing file")
 
+    q = sub.add_parser("quantize", help="build INT8 / FP8 ONNX models of a finished run and measure them")
+    q.add_argument("run_dir")
+    q.add_argument("--formats", help="comma-separated: int8,float8_e4m3fn,float8_e5m2")
+    q.add_argument("--calibration", help="activation calibration method (minmax)")
+    q.add_argument("--set", dest="overrides", action="append", default=[], metavar="quantize.KEY=VALUE")
+
     sub.add_parser("info", help="versions, threads, datasets and models")
 
     rep = sub.add_parser("report", help="write report.html and plots for a run directory")
@@ -152,8 +158,53 @@ def _cmd_run(args) -> int:
     ]:
         table.add_row(k, v)
     con.print(table)
+    if s.get("deploy"):
+        con.print(_deploy_table(s["deploy"]))
     if not args.no_report:
         con.print(f"report: {result.run_dir / 'report.html'}", soft_wrap=True)
+    return 0
+
+
+def _deploy_table(rows: list[dict]):
+    from rich.table import Table
+
+    t = Table(title="8-bit deployment (ONNX Runtime CPU; clients = mean on-device accuracy, x = speedup)",
+              padding=(0, 1))
+    t.add_column("format", no_wrap=True)
+    for c in ("acc", "Δ pts", "agree", "clients", "MB", "b1 ms", "b256 ms", "x b1", "x b256"):
+        t.add_column(c, justify="right")
+    for r in rows:
+        od = r["on_device"]
+        t.add_row(r["format"], f"{r['eval_accuracy']:.4f}", f"{r['accuracy_delta_points']:+.2f}",
+                  f"{r['top1_agreement_with_float32']:.3f}",
+                  "-" if od["client_accuracy_mean"] is None else f"{od['client_accuracy_mean']:.3f}",
+                  f"{r['bytes'] / 1e6:.2f}", f"{r['latency_ms_batch1']:.3f}", f"{r['latency_ms_batch256']:.1f}",
+                  f"{r['speedup_batch1']:.2f}", f"{r['speedup_batch256']:.2f}")
+    return t
+
+
+def _cmd_quantize(args) -> int:
+    from dataclasses import replace
+
+    from .deploy_stage import quantize_run
+    from .rundir import RunDir
+
+    cfg = RunDir.open(args.run_dir).load_config()
+    extra = list(args.overrides)
+    if args.formats:
+        extra.append(f'quantize.formats="{args.formats}"')
+    if args.calibration:
+        extra.append(f"quantize.calibration={args.calibration}")
+    bad = [o for o in extra if not o.startswith("quantize.")]
+    if bad:
+        raise ConfigError(f"fed8 quantize takes only quantize.* keys; got {bad[0]!r}.")
+    q = replace(cfg.replace(extra).quantize, enabled=True)
+    con = _console()
+    res = quantize_run(args.run_dir, q, progress=lambda s: con.print(f"[dim]{s}[/]"))
+    con.print(_deploy_table(res["formats"]))
+    for note in res["notes"]:
+        con.print(f"note: {note}", soft_wrap=True)
+    con.print(f"wrote {Path(args.run_dir) / 'deploy' / 'quantization.json'}")
     return 0
 
 
@@ -167,7 +218,8 @@ def _cmd_report(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"run": _cmd_run, "init": _cmd_init, "info": _cmd_info, "report": _cmd_report}
+    handlers = {"run": _cmd_run, "init": _cmd_init, "info": _cmd_info, "report": _cmd_report,
+                "quantize": _cmd_quantize}
     try:
         return handlers[args.command](args)
     except (ConfigError, DataError) as e:

@@ -33,6 +33,7 @@ __all__ = [
     "DataConfig",
     "EvalConfig",
     "ModelConfig",
+    "QuantizeConfig",
     "RunConfig",
     "ServerConfig",
     "TrainConfig",
@@ -156,6 +157,47 @@ class EvalConfig:
     batch_size: int = _key(500, "batch size for evaluation", ge=1)
 
 
+DEPLOY_FORMATS = ("int8", "float8_e4m3fn", "float8_e5m2")
+
+
+def _check_formats(name: str, value: str) -> None:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in items if v not in DEPLOY_FORMATS]
+    if bad or not items:
+        raise ConfigError(
+            f"{name} must list formats from {', '.join(DEPLOY_FORMATS)} separated by commas; got {value!r}"
+            + (f" ({bad[0]!r} is not a format" + ("; name the FP8 format exactly" if "fp8" in bad[0].lower() else "")
+               + ")" if bad else "") + "."
+        )
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """8-bit deployment after training: ONNX export, federated calibration, INT8 / FP8 models."""
+
+    enabled: bool = _key(True, "run the quantize stage at the end of fed8 run")
+    formats: str = _key(
+        "int8,float8_e4m3fn,float8_e5m2",
+        "comma-separated formats to build: int8, float8_e4m3fn, float8_e5m2",
+        validate=_check_formats,
+    )
+    calibration: str = _key(
+        "minmax", "activation calibration: minmax (per-tensor min/max merged across clients)",
+        choices=("minmax",),
+    )
+    calibration_samples_per_client: int = _key(
+        64, "images each client runs through the model to compute its activation ranges", ge=1
+    )
+    centralized_calibration: bool = _key(
+        False, "calibrate on the server's eval split instead of on the clients (for comparison)"
+    )
+    fp8_weight_scale: str = _key(
+        "mse", "FP8 weight scale per output channel: amax | percentile | mse (search for least error)",
+        choices=("amax", "percentile", "mse"),
+    )
+    threads: int = _key(2, "ONNX Runtime threads for evaluation and latency", ge=1)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Seed, threads and where the run directory goes."""
@@ -176,6 +218,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def replace(self, overrides: Sequence[str] | Mapping[str, Any]) -> "Config":
@@ -192,6 +235,7 @@ _SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "server": ServerConfig,
     "eval": EvalConfig,
+    "quantize": QuantizeConfig,
     "run": RunConfig,
 }
 
@@ -235,6 +279,8 @@ def _check(section: str, f: dataclasses.Field, value: Any) -> Any:
             raise fail(f" ({type(value).__name__})")
     if "choices" in meta and value not in meta["choices"]:
         raise fail("")
+    if "validate" in meta:
+        meta["validate"](name, value)
     for rule, ok in (
         ("gt", lambda v, b: v > b),
         ("ge", lambda v, b: v >= b),

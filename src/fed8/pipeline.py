@@ -21,7 +21,9 @@ from .rundir import RunDir
 __all__ = ["RESUMABLE_KEYS", "RunResult", "default_run_dir", "prepare", "run"]
 
 # Keys that may change when a run is resumed; anything else would make it another run.
-RESUMABLE_KEYS = ("train.rounds", "eval.every", "eval.batch_size", "run.threads")
+RESUMABLE_KEYS = ("train.rounds", "eval.every", "eval.batch_size", "run.threads", "quantize.enabled",
+                  "quantize.formats", "quantize.calibration", "quantize.calibration_samples_per_client",
+                  "quantize.centralized_calibration", "quantize.fp8_weight_scale", "quantize.threads")
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,10 @@ def run(
         "pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD, "norm": cfg.model.norm, "hidden": cfg.model.hidden})
     summary = _summary(prep, rows, time.perf_counter() - t0)
     rd.write_json(rd.summary, summary)
+    if cfg.quantize.enabled:
+        from .deploy_stage import quantize_run
+        summary["deploy"] = quantize_run(rd.path, cfg.quantize)["formats"]
+        rd.write_json(rd.summary, summary)
     if report:
         from .report import write_report
         write_report(rd.path)

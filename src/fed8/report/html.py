@@ -31,7 +31,30 @@ def _table(rows: list[dict], keys: list[str]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def render_html(run_dir: Path, summary: dict, rows: list[dict], config_text: str, plots: list[Path]) -> str:
+def _deploy_section(deploy: dict | None) -> str:
+    if not deploy:
+        return ""
+    rows = []
+    for r in deploy["formats"]:
+        od = r["on_device"]
+        rows.append({
+            "format": r["format"], "eval accuracy": r["eval_accuracy"], "delta (points)": r["accuracy_delta_points"],
+            "top-1 agreement": r["top1_agreement_with_float32"],
+            "clients mean / p10 / min": " / ".join(fmt(od[k]) for k in ("client_accuracy_mean", "client_accuracy_p10",
+                                                                          "client_accuracy_min")),
+            "bytes": r["bytes"], "x float32": r["bytes_ratio_to_float32"],
+            "latency b1 (ms)": r["latency_ms_batch1"], "latency b256 (ms)": r["latency_ms_batch256"],
+            "speedup b1": r["speedup_batch1"], "speedup b256": r["speedup_batch256"],
+            "kept in float": ", ".join(r["layers_kept_float"]) or "-",
+        })
+    notes = "".join(f"<p>{html.escape(n)}</p>" for n in deploy.get("notes", []))
+    cal = html.escape(json.dumps(deploy.get("calibration", {})))
+    return (f"<h2>8-bit deployment (ONNX Runtime CPU, {deploy.get('threads')} threads)</h2>"
+            f"{_table(rows, list(rows[0]))}<p>Calibration: <code>{cal}</code></p>{notes}")
+
+
+def render_html(run_dir: Path, summary: dict, rows: list[dict], config_text: str, plots: list[Path],
+                deploy: dict | None = None) -> str:
     final = summary.get("final", {})
     facts = [
         ("dataset", summary.get("dataset")), ("model", summary.get("model")),
@@ -53,6 +76,7 @@ def render_html(run_dir: Path, summary: dict, rows: list[dict], config_text: str
 <h1>fed8 report</h1><p><code>{html.escape(str(run_dir))}</code></p>
 <h2>Summary</h2>{_table([dict(facts)], [k for k, _ in facts])}
 <h2>Plots</h2>{imgs}
+{_deploy_section(deploy)}
 <h2>Metrics per round</h2>{_table(rows, keys)}
 <h2>Configuration</h2><pre>{html.escape(config_text)}</pre>
 <h2>summary.json</h2><pre>{html.escape(json.dumps(summary, indent=2))}</pre>

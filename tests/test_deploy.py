@@ -1,0 +1,178 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import fed8
+from fed8.cli import main
+from fed8.deploy.calibrate import client_ranges, merge_ranges
+from fed8.deploy.export import export_onnx, read_metadata
+from fed8.deploy.quantize import quantize_fp8_model, quantize_int8_model
+from fed8.deploy.runtime import INTEGER_OPS, kernel_ops, run_logits, session
+from fed8.errors import CheckpointError, ConfigError, DeployError
+
+
+class OddNet(nn.Module):
+    """First layer with 7 output channels (odd), last layer a Gemm: both must be quantized.
+
+    ``fc1 -> Relu -> fc2`` is the pattern ORT's optimizer rewrites wrongly for FP8 Q/DQ.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 7, 3, padding=1)
+        self.fc1 = nn.Linear(7 * 4 * 4, 33)
+        self.fc = nn.Linear(33, 5)
+
+    def forward(self, x):
+        x = nn.functional.max_pool2d(torch.relu(self.conv(x)), 2)
+        return self.fc(torch.relu(self.fc1(torch.flatten(x, 1))))
+
+
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory):
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("odd")
+    model = OddNet().eval()
+    path = export_onnx(model, (3, 8, 8), d / "fp32.onnx", metadata={"classes": list("abcde")})
+    x = torch.randn(300, 3, 8, 8).numpy()
+    return model, path, x, d
+
+
+def test_export_parity_and_metadata(odd):
+    model, path, x, _ = odd
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    out = run_logits(session(path), x)
+    assert (out.argmax(1) == ref.argmax(1)).all() and np.abs(out - ref).max() < 1e-4
+    assert read_metadata(path)["classes"] == list("abcde")
+
+
+def test_federated_minmax_equals_union_exactly(odd):
+    _, path, x, _ = odd
+    parts = [x[:50], x[50:170], x[170:]]
+    merged = merge_ranges(client_ranges(path, p) for p in parts)
+    union = client_ranges(path, x)
+    assert merged.keys() == union.keys() and len(merged) >= 4
+    assert merged == union  # exact, not approximately
+    # and one client alone sees a narrower range somewhere
+    assert any(client_ranges(path, parts[0])[k] != union[k] for k in union)
+
+
+def _weight_dq_inputs(path):
+    m = onnx.load(str(path))
+    inits = {t.name: t.data_type for t in m.graph.initializer}
+    return {n.input[0]: inits.get(n.input[0]) for n in m.graph.node if n.op_type == "DequantizeLinear"}
+
+
+def test_int8_quantizes_first_and_last_layer_and_runs_integer_kernels(odd):
+    _, path, x, d = odd
+    ranges = merge_ranges([client_ranges(path, x)])
+    q = quantize_int8_model(path, d / "int8.onnx", ranges)
+    dq = _weight_dq_inputs(q)
+    assert any("conv.weight" in k and v == onnx.TensorProto.INT8 for k, v in dq.items())
+    assert any("fc.weight" in k and v == onnx.TensorProto.INT8 for k, v in dq.items())
+    ops = kernel_ops(q)
+    assert {"QLinearConv", "QGemm"} <= set(ops) and set(ops) & INTEGER_OPS
+    a, b = run_logits(session(path), x), run_logits(session(q), x)
+    assert (a.argmax(1) == b.argmax(1)).mean() > 0.9
+
+
+def _default_vs_unoptimized(q, x):
+    import onnxruntime as ort
+
+    default = ort.InferenceSession(str(q), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    plain = ort.InferenceSession(str(q), so, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    return default, plain
+
+
+@pytest.mark.parametrize("fmt, code", [("float8_e4m3fn", onnx.TensorProto.FLOAT8E4M3FN),
+                                       ("float8_e5m2", onnx.TensorProto.FLOAT8E5M2)])
+def test_fp8_models_work_in_a_default_session(odd, fmt, code, monkeypatch):
+    import fed8.deploy.quantize as qmod
+
+    _, path, x, d = odd
+    ranges = merge_ranges([client_ranges(path, x)])
+    q = quantize_fp8_model(path, d / f"{fmt}.onnx", ranges, fmt)
+    dq = _weight_dq_inputs(q)
+    assert [v for k, v in dq.items() if "conv.weight" in k] == [code]
+    assert [v for k, v in dq.items() if "fc.weight" in k] == [code]
+    assert not any(t.name in ("conv.weight", "fc.weight") for t in onnx.load(str(q)).graph.initializer)
+    default, plain = _default_vs_unoptimized(q, x)
+    # Same graph, with and without ORT's optimizations: equal up to summation order (a rare
+    # FP8 rounding flip moves a logit by ~1e-3). ORT's Relu->Q rewrite changes far more.
+    assert (default.argmax(1) == plain.argmax(1)).all() and np.abs(default - plain).max() < 0.05
+    fp32 = run_logits(session(path), x)
+    assert (default.argmax(1) == fp32.argmax(1)).mean() > 0.9
+    # Without hoisting Q/DQ before Relu chains, the default session breaks the model.
+    monkeypatch.setattr(qmod, "_hoist", lambda src, producers, consumers: (src, None))
+    bad = quantize_fp8_model(path, d / f"{fmt}_nohoist.onnx", ranges, fmt)
+    default, plain = _default_vs_unoptimized(bad, x)
+    assert np.abs(default - plain).max() > 0.05
+
+
+def test_int8_model_without_compute_layers_fails_loudly(tmp_path):
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Relu", ["input"], ["logits"])], "g",
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])])
+    path = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)]), str(path))
+    ranges = client_ranges(path, np.random.randn(10, 4).astype(np.float32))
+    with pytest.raises(DeployError, match="runs no integer kernel"):
+        quantize_int8_model(path, tmp_path / "q.onnx", ranges)
+
+
+def test_errors(tmp_path, small):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"this is not a model")
+    with pytest.raises(DeployError, match="not an ONNX model"):
+        read_metadata(junk)
+    with pytest.raises(ConfigError, match="name the FP8 format exactly"):
+        fed8.load_config(None, ['quantize.formats="int8,fp8"'])
+    with pytest.raises(ConfigError, match="'bf8' is not a format"):
+        fed8.load_config(None, ['quantize.formats="bf8"'])
+    cfg = fed8.load_config(None, small)
+
+    def stop(rnd, row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fed8.run(cfg, out=tmp_path / "unfinished", on_round=stop, report=False)
+    with pytest.raises(CheckpointError, match="has not finished"):
+        from fed8.deploy_stage import quantize_run
+        quantize_run(tmp_path / "unfinished")
+
+
+def test_run_with_quantize_stage(tmp_path, small):
+    cfg = fed8.load_config(None, small + ["quantize.enabled=true", "data.subset=1000", "train.rounds=3"])
+    res = fed8.run(cfg, out=tmp_path / "r")
+    q = json.loads((tmp_path / "r/deploy/quantization.json").read_text())
+    names = [r["format"] for r in q["formats"]]
+    assert names == ["float32", "int8", "float8_e4m3fn", "float8_e5m2"]
+    assert q["float32_parity"]["top1_agreement"] == 1.0
+    assert q["calibration"]["clients"] == 4 and "only per-tensor min/max" in q["calibration"]["where"]
+    rows = {r["format"]: r for r in q["formats"]}
+    assert rows["int8"]["integer_kernels"] and not rows["float8_e4m3fn"]["integer_kernels"]
+    for f in ("int8", "float8_e4m3fn", "float8_e5m2"):
+        assert rows[f]["bytes_ratio_to_float32"] < 0.26
+        assert abs(rows[f]["accuracy_delta_points"]) < 3.0
+        assert rows[f]["top1_agreement_with_float32"] > 0.95
+        assert rows[f]["on_device"]["client_accuracy_mean"] is not None
+        assert rows[f]["latency_ms_batch1"] > 0 and rows[f]["latency_ms_batch256"] > 0
+    for f in ("float32", "int8"):
+        assert read_metadata(tmp_path / f"r/deploy/{rows[f]['file']}")["preprocess"]["std"] == 0.5
+    assert "no FP8 arithmetic" in q["notes"][0]
+    assert "8-bit deployment" in (tmp_path / "r/report.html").read_text()
+    assert res.summary["deploy"][1]["format"] == "int8"
+    # the CLI re-quantizes a finished run with other formats
+    assert main(["quantize", str(tmp_path / "r"), "--formats", "float8_e5m2"]) == 0
+    q2 = json.loads((tmp_path / "r/deploy/quantization.json").read_text())
+    assert [r["format"] for r in q2["formats"]] == ["float32", "float8_e5m2"]
+    assert main(["quantize", str(tmp_path / "r"), "--formats", "fp8"]) == 2
