@@ -65,8 +65,8 @@ def quantize_run(run_dir: str | Path, q: QuantizeConfig | None = None, *,
     say("exporting ONNX")
     fp32 = export_onnx(model, prep.input_shape, out / "fp32.onnx", metadata={**meta, "format": "float32"})
     ex, ey = prep.simulation.eval_x.numpy(), prep.simulation.eval_y.numpy()
-    local_x = prep.simulation._local_x.numpy()
-    local_y, owner = prep.simulation._local_y, prep.simulation._owner
+    local_x = prep.simulation.local_x.numpy()
+    local_y, owner = prep.simulation.local_y, prep.simulation.owner
 
     say("calibrating on the clients")
     n = q.calibration_samples_per_client

@@ -65,6 +65,14 @@ def _holdout(train: ImageDataset, fraction: float) -> tuple[ImageDataset, ImageD
     return train.take(perm[n_eval:]), train.take(perm[:n_eval])
 
 
+def _eval_split(train: ImageDataset, test, classes: tuple[str, ...], where: str,
+                fraction: float) -> tuple[ImageDataset, ImageDataset]:
+    """The source's own test split if it has one, else a fixed-seed holdout from train."""
+    if test is None:
+        return _holdout(train, fraction)
+    return train, _dataset(test[0], test[1], classes, where)
+
+
 def _require(path: str, source: str, kind: str) -> Path:
     if not path:
         raise DataError(f"data.path is empty; data.source = {source!r} needs the {kind}. "
@@ -101,25 +109,19 @@ def load_splits(cfg: DataConfig) -> Splits:
         root = _require(cfg.path, src, "cifar-10-batches-bin folder")
         (xtr, ytr), test = read_cifar10(root)
         train = _dataset(xtr, ytr, CIFAR10_CLASSES, str(root))
-        ev = _dataset(*test, CIFAR10_CLASSES, str(root)) if test else None
-        if ev is None:
-            train, ev = _holdout(train, cfg.eval_fraction)
+        train, ev = _eval_split(train, test, CIFAR10_CLASSES, str(root), cfg.eval_fraction)
     elif src == "folder":
         root = _require(cfg.path, src, "image folder root/<class>/*.png")
         (xtr, ytr), test, classes = read_folder(root, size=cfg.image_size)
         train = _dataset(xtr, ytr, classes, str(root))
-        ev = _dataset(*test, classes, str(root)) if test else None
-        if ev is None:
-            train, ev = _holdout(train, cfg.eval_fraction)
+        train, ev = _eval_split(train, test, classes, str(root), cfg.eval_fraction)
     elif src == "npz":
         path = _require(cfg.path, src, "file.npz with x_train, y_train[, x_test, y_test]")
         (xtr, ytr), test = read_npz(path)
         k = int(max(ytr.max(initial=0), test[1].max(initial=0) if test else 0)) + 1
         classes = tuple(str(i) for i in range(k))
         train = _dataset(xtr, ytr, classes, str(path))
-        ev = _dataset(*test, classes, str(path)) if test else None
-        if ev is None:
-            train, ev = _holdout(train, cfg.eval_fraction)
+        train, ev = _eval_split(train, test, classes, str(path), cfg.eval_fraction)
     else:  # config validation makes this unreachable; keep the error for API callers
         raise DataError(f"data.source must be one of {', '.join(SOURCES)}; got {src!r}.")
     if cfg.subset:

@@ -69,10 +69,11 @@ class Simulation:
     seed: int
 
     def __post_init__(self) -> None:
+        # All clients' local test splits in one tensor; owner[i] = the client holding sample i.
         tests = [c.x_test for c in self.clients]
-        self._local_x = torch.cat(tests) if tests else torch.zeros(0)
-        self._local_y = torch.cat([c.y_test for c in self.clients])
-        self._owner = torch.cat([torch.full((c.y_test.shape[0],), k, dtype=torch.long)
+        self.local_x = torch.cat(tests) if tests else torch.zeros(0)
+        self.local_y = torch.cat([c.y_test for c in self.clients])
+        self.owner = torch.cat([torch.full((c.y_test.shape[0],), k, dtype=torch.long)
                                  for k, c in enumerate(self.clients)])
         self._sizes: tuple[int, int] | None = None  # (uplink, downlink) bytes per client
 
@@ -84,9 +85,9 @@ class Simulation:
         """Global accuracy/loss on the eval split and the per-client accuracy statistics."""
         self.model.load_state_dict(state)
         loss, acc = evaluate(self.model, self.eval_x, self.eval_y, batch_size=self.eval.batch_size)
-        _, correct = predict_correct(self.model, self._local_x, self._local_y, batch_size=self.eval.batch_size)
+        _, correct = predict_correct(self.model, self.local_x, self.local_y, batch_size=self.eval.batch_size)
         return {"eval_loss": loss, "eval_accuracy": acc,
-                **client_accuracy_stats(correct, self._owner, len(self.clients))}
+                **client_accuracy_stats(correct, self.owner, len(self.clients))}
 
     def run_round(self, rnd: int, state: Tensors) -> tuple[Tensors, dict]:
         """Train, aggregate and (if due) evaluate round ``rnd``; returns the new state and its metrics row."""
