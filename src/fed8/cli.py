@@ -166,10 +166,11 @@ def _cmd_run(args) -> int:
 
 
 def _deploy_table(rows: list[dict]):
+    from rich import box
     from rich.table import Table
 
-    t = Table(title="8-bit deployment (ONNX Runtime CPU; clients = mean on-device accuracy, x = speedup)",
-              padding=(0, 1))
+    t = Table(title="8-bit deployment (ONNX Runtime CPU)", caption="clients = mean on-device accuracy; "
+              "x = speedup over float32", box=box.SIMPLE_HEAD, padding=(0, 1))
     t.add_column("format", no_wrap=True)
     for c in ("acc", "Δ pts", "agree", "clients", "MB", "b1 ms", "b256 ms", "x b1", "x b256"):
         t.add_column(c, justify="right")
