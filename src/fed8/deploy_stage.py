@@ -36,7 +36,7 @@ def quantize_run(run_dir: str | Path, q: QuantizeConfig | None = None, *,
     """Build and measure the deployable models of a finished run; returns quantization.json's content."""
     from .data import PIXEL_MEAN, PIXEL_STD
     from .deploy.calibrate import client_ranges, merge_ranges
-    from .deploy.export import export_onnx, parity
+    from .deploy.export import export_onnx, parity, stamp_metadata
     from .deploy.quantize import quantize_fp8_model, quantize_int8_model
     from .deploy.runtime import INTEGER_OPS, kernel_ops, latency_ms, run_logits, session
     from .errors import CheckpointError
@@ -114,11 +114,7 @@ def quantize_run(run_dir: str | Path, q: QuantizeConfig | None = None, *,
             quantize_int8_model(fp32, path, ranges)
         else:
             quantize_fp8_model(fp32, path, ranges, fmt, scale_method=q.fp8_weight_scale)
-        from .deploy.export import set_metadata
-        import onnx
-        m = onnx.load(str(path))
-        set_metadata(m, {**meta, "format": fmt})
-        onnx.save(m, str(path))
+        stamp_metadata(path, {**meta, "format": fmt})
         rows.append(measure(fmt, path, session(path, threads=q.threads)))
     base = rows[0]
     for r in rows:

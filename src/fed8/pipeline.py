@@ -164,11 +164,11 @@ def run(
     if resume is not None:
         rd = RunDir.open(resume)
         cfg = _resume_config(rd, overrides)
-        from ._io import atomic_write_text
-        from .config import to_toml
-        atomic_write_text(rd.config, to_toml(cfg))
+        rd.write_config(cfg)
     else:
-        cfg = (config or load_config()).replace(overrides) if overrides else (config or load_config())
+        cfg = config if config is not None else load_config()
+        if overrides:
+            cfg = cfg.replace(overrides)
         rd = RunDir.create(out if out is not None else default_run_dir(cfg), cfg)
     torch.set_num_threads(cfg.run.threads or os.cpu_count() or 1)
 

@@ -66,7 +66,7 @@ class RunDir:
                 f"'fed8 run --resume {rd.path}', or choose another --out."
             )
         rd.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(rd.config, to_toml(config))
+        rd.write_config(config)
         return rd
 
     @classmethod
@@ -79,6 +79,9 @@ class RunDir:
 
     def load_config(self) -> Config:
         return load_config(self.config)
+
+    def write_config(self, config: Config) -> None:
+        atomic_write_text(self.config, to_toml(config))
 
     # metrics ---------------------------------------------------------------------
     def read_metrics(self) -> list[dict[str, Any]]:

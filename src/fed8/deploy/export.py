@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import DeployError
 
-__all__ = ["OPSET", "export_onnx", "read_metadata"]
+__all__ = ["OPSET", "export_onnx", "read_metadata", "set_metadata", "stamp_metadata"]
 
 # Opset 19 is the first with float8 QuantizeLinear / DequantizeLinear.
 OPSET = 19
@@ -52,6 +52,15 @@ def set_metadata(model, metadata: Mapping[str, Any]) -> None:
     keep = [p for p in model.metadata_props if p.key != "fed8"]
     del model.metadata_props[:]
     model.metadata_props.extend(keep + [onnx.StringStringEntryProto(key="fed8", value=json.dumps(dict(metadata)))])
+
+
+def stamp_metadata(path: str | Path, metadata: Mapping[str, Any]) -> None:
+    """Rewrite an ONNX file with ``metadata`` set (for models written by other tools, e.g. ORT's quantizer)."""
+    import onnx
+
+    m = onnx.load(str(path))
+    set_metadata(m, metadata)
+    onnx.save(m, str(path))
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

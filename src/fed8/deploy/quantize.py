@@ -110,7 +110,8 @@ def quantize_fp8_model(fp32_path: str | Path, out_path: str | Path, ranges: Mapp
     for n in g.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    rewire = {}  # id(node) -> (input index 0 replacement)
+    rewire = {}  # id(first node of a hoisted chain) -> (dequantized tensor, its Q/DQ nodes)
+    replaced: set[str] = set()  # float weights now stored in FP8
     zero8 = f"fed8_zero_{f.name}"
     g.initializer.append(_tensor(zero8, bytes([0]), [], elem))
     for node in g.node:
@@ -148,6 +149,7 @@ def quantize_fp8_model(fp32_path: str | Path, out_path: str | Path, ranges: Mapp
             new_nodes.append(helper.make_node("DequantizeLinear", [qw, sw, zw], [f"{w_name}_fp8_dq"],
                                               name=f"{w_name}_DQ", axis=axis))
             node.input[1] = f"{w_name}_fp8_dq"
+            replaced.add(w_name)
         new_nodes.append(node)
     if rewire:  # insert hoisted Q/DQ pairs just before the chain's first node
         ordered = []
@@ -158,8 +160,7 @@ def quantize_fp8_model(fp32_path: str | Path, out_path: str | Path, ranges: Mapp
                 n.input[0] = dq
             ordered.append(n)
         new_nodes = ordered
-    used_weights = {n.input[0] for n in new_nodes if n.op_type == "DequantizeLinear"}
-    keep = [t for t in g.initializer if not (t.name.endswith("_fp8") is False and f"{t.name}_fp8" in used_weights)]
+    keep = [t for t in g.initializer if t.name not in replaced]
     del g.initializer[:]
     g.initializer.extend(keep)
     del g.node[:]

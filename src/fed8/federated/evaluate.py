@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -53,8 +51,3 @@ def client_accuracy_stats(correct: torch.Tensor, owner: torch.Tensor, num_client
         "client_accuracy_min": float(acc.min()),
     }
 
-
-def per_client_accuracy(correct: torch.Tensor, owner: torch.Tensor, num_clients: int) -> Sequence[float | None]:
-    counts = torch.bincount(owner, minlength=num_clients)
-    hits = torch.bincount(owner, weights=correct.double(), minlength=num_clients)
-    return [float(h / c) if c else None for h, c in zip(hits.tolist(), counts.tolist())]
