@@ -10,7 +10,7 @@ import fed8
 from fed8.cli import main
 from fed8.deploy.calibrate import client_ranges, merge_ranges
 from fed8.deploy.export import export_onnx, read_metadata
-from fed8.deploy.quantize import quantize_fp8_model, quantize_int8_model
+from fed8.deploy.quantize import fp8_activation_scales, quantize_fp8_model, quantize_int8_model
 from fed8.deploy.runtime import INTEGER_OPS, kernel_ops, run_logits, session
 from fed8.errors import CheckpointError, ConfigError, DeployError
 
@@ -98,7 +98,7 @@ def test_fp8_models_work_in_a_default_session(odd, fmt, code, monkeypatch):
 
     _, path, x, d = odd
     ranges = merge_ranges([client_ranges(path, x)])
-    q = quantize_fp8_model(path, d / f"{fmt}.onnx", ranges, fmt)
+    q = quantize_fp8_model(path, d / f"{fmt}.onnx", fp8_activation_scales(fmt, ranges), fmt)
     dq = _weight_dq_inputs(q)
     assert [v for k, v in dq.items() if "conv.weight" in k] == [code]
     assert [v for k, v in dq.items() if "fc.weight" in k] == [code]
@@ -111,7 +111,7 @@ def test_fp8_models_work_in_a_default_session(odd, fmt, code, monkeypatch):
     assert (default.argmax(1) == fp32.argmax(1)).mean() > 0.9
     # Without hoisting Q/DQ before Relu chains, the default session breaks the model.
     monkeypatch.setattr(qmod, "_hoist", lambda src, producers, consumers: (src, None))
-    bad = quantize_fp8_model(path, d / f"{fmt}_nohoist.onnx", ranges, fmt)
+    bad = quantize_fp8_model(path, d / f"{fmt}_nohoist.onnx", fp8_activation_scales(fmt, ranges), fmt)
     default, plain = _default_vs_unoptimized(bad, x)
     assert np.abs(default - plain).max() > 0.05
 
@@ -157,7 +157,7 @@ def test_run_with_quantize_stage(tmp_path, small):
     names = [r["format"] for r in q["formats"]]
     assert names == ["float32", "int8", "float8_e4m3fn", "float8_e5m2"]
     assert q["float32_parity"]["top1_agreement"] == 1.0
-    assert q["calibration"]["clients"] == 4 and "only per-tensor min/max" in q["calibration"]["where"]
+    assert q["calibration"]["clients"] == 4 and "only per-tensor statistics" in q["calibration"]["where"]
     rows = {r["format"]: r for r in q["formats"]}
     assert rows["int8"]["integer_kernels"] and not rows["float8_e4m3fn"]["integer_kernels"]
     for f in ("int8", "float8_e4m3fn", "float8_e5m2"):

@@ -33,11 +33,22 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("path", nargs="?", default="fed8.toml")
     i.add_argument("--force", action="store_true", help="overwrite an existing file")
 
-    q = sub.add_parser("quantize", help="build INT8 / FP8 ONNX models of a finished run and measure them")
-    q.add_argument("run_dir")
+    q = sub.add_parser("quantize", help="build INT8 / FP8 ONNX models of a run directory or an ONNX model")
+    q.add_argument("target", metavar="RUN_DIR|MODEL.onnx")
     q.add_argument("--formats", help="comma-separated: int8,float8_e4m3fn,float8_e5m2")
-    q.add_argument("--calibration", help="activation calibration method (minmax)")
+    q.add_argument("--calibration", help="activation calibration: minmax | percentile | entropy")
+    q.add_argument("--calibration-data", nargs="+", default=[], metavar="PATH",
+                   help="images to calibrate on (.npz, folder, image files); required for MODEL.onnx, "
+                        "replaces federated calibration for a run directory")
+    q.add_argument("--out", help="output folder for MODEL.onnx (default: MODEL-deploy/ next to it)")
     q.add_argument("--set", dest="overrides", action="append", default=[], metavar="quantize.KEY=VALUE")
+
+    pr = sub.add_parser("predict", help="top-k classes of images with a deployed ONNX model")
+    pr.add_argument("model", metavar="MODEL.onnx")
+    pr.add_argument("images", nargs="*", metavar="IMAGE", help="image files (png, jpg, ...) or an .npz")
+    pr.add_argument("--folder", action="append", default=[], metavar="DIR", help="every image in DIR (repeatable)")
+    pr.add_argument("--top-k", type=int, default=3, help="classes to print per image (default 3)")
+    pr.add_argument("--json", action="store_true", help="print JSON lines instead of text")
 
     sub.add_parser("info", help="versions, threads, datasets and models")
 
@@ -169,29 +180,51 @@ def _deploy_table(rows: list[dict]):
     from rich import box
     from rich.table import Table
 
-    t = Table(title="8-bit deployment (ONNX Runtime CPU)", caption="clients = mean on-device accuracy; b1, b256 = latency in ms at batch 1, 256; "
-              "x = speedup over float32", box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False, pad_edge=False)
+    t = Table(title="8-bit deployment (ONNX Runtime CPU)",
+              caption="clients = mean on-device accuracy; b1, b256 = latency in ms at batch 1, 256; "
+              "x = speedup over float32; float = layers kept in float by the accuracy gate",
+              box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False, pad_edge=False)
     t.add_column("format", no_wrap=True)
     for c, w in (("acc", 6), ("agree", 5), ("clients", 5), ("MB", 4), ("b1", 5),
-                 ("b256", 5), ("x b1", 4), ("x b256", 6)):
+                 ("b256", 5), ("x b1", 4), ("x b256", 6), ("float", 3)):
         t.add_column(c, justify="right", no_wrap=True, min_width=w)
+
+    def num(v, f: str) -> str:
+        return "-" if v is None else format(v, f)
+
     for r in rows:
-        od = r["on_device"]
-        t.add_row(r["format"], f"{r['eval_accuracy']:.4f}",
-                  f"{r['top1_agreement_with_float32']:.3f}",
-                  "-" if od["client_accuracy_mean"] is None else f"{od['client_accuracy_mean']:.3f}",
-                  f"{r['bytes'] / 1e6:.2f}", f"{r['latency_ms_batch1']:.3f}", f"{r['latency_ms_batch256']:.1f}",
-                  f"{r['speedup_batch1']:.2f}", f"{r['speedup_batch256']:.2f}")
+        od = r.get("on_device") or {}
+        name = r["format"] if r.get("status", "ok") == "ok" else f"[red]{r['format']} FAILED[/]"
+        t.add_row(name, num(r["eval_accuracy"], ".4f"), num(r["top1_agreement_with_float32"], ".3f"),
+                  num(od.get("client_accuracy_mean"), ".3f"), f"{r['bytes'] / 1e6:.2f}",
+                  f"{r['latency_ms_batch1']:.3f}", f"{r['latency_ms_batch256']:.1f}",
+                  f"{r['speedup_batch1']:.2f}", f"{r['speedup_batch256']:.2f}",
+                  str(len(r.get("layers_kept_float", []))))
     return t
+
+
+def _print_deploy(con, res: dict, where: Path) -> None:
+    con.print(_deploy_table(res["formats"]))
+    for r in res["formats"]:
+        for k in r.get("layers_kept_float", []):
+            con.print(f"{r['format']}: kept {k['node']} in float (local SQNR {k['sqnr_db']:.1f} dB)", soft_wrap=True)
+    for f in res.get("failed", []):
+        con.print(f"[red]{f}: fails max_accuracy_drop even with every layer in float; reported, not usable.[/]")
+    for note in res["notes"]:
+        con.print(f"note: {note}", soft_wrap=True)
+    con.print(f"wrote {where}", soft_wrap=True)
 
 
 def _cmd_quantize(args) -> int:
     from dataclasses import replace
 
-    from .deploy_stage import quantize_run
+    from .config import Config
+    from .deploy_stage import quantize_model, quantize_run
     from .rundir import RunDir
 
-    cfg = RunDir.open(args.run_dir).load_config()
+    target = Path(args.target)
+    is_model = target.is_file()
+    cfg = Config() if is_model else RunDir.open(target).load_config()
     extra = list(args.overrides)
     if args.formats:
         extra.append(f'quantize.formats="{args.formats}"')
@@ -202,11 +235,32 @@ def _cmd_quantize(args) -> int:
         raise ConfigError(f"fed8 quantize takes only quantize.* keys; got {bad[0]!r}.")
     q = replace(cfg.replace(extra).quantize, enabled=True)
     con = _console()
-    res = quantize_run(args.run_dir, q, progress=lambda s: con.print(f"[dim]{s}[/]"))
-    con.print(_deploy_table(res["formats"]))
-    for note in res["notes"]:
-        con.print(f"note: {note}", soft_wrap=True)
-    con.print(f"wrote {Path(args.run_dir) / 'deploy' / 'quantization.json'}")
+    say = lambda s: con.print(f"[dim]{s}[/]")  # noqa: E731
+    if is_model:
+        out = Path(args.out) if args.out else target.parent / f"{target.stem}-deploy"
+        res = quantize_model(target, q, args.calibration_data, out=out, progress=say)
+        _print_deploy(con, res, out / "quantization.json")
+    else:
+        res = quantize_run(target, q, calibration_data=args.calibration_data, progress=say)
+        _print_deploy(con, res, target / "deploy" / "quantization.json")
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    import json
+
+    from .deploy.predict import predict
+
+    paths = list(args.images) + list(args.folder)
+    if not paths:
+        raise ConfigError("fed8 predict needs images: give IMAGE... or --folder DIR.")
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k must be >= 1; got {args.top_k}.")
+    for r in predict(args.model, paths, top_k=args.top_k):
+        if args.json:
+            print(json.dumps(r))
+        else:
+            print(f"{r['image']}: " + ", ".join(f"{c} {p:.3f}" for c, p in r["top"]))
     return 0
 
 
@@ -221,7 +275,7 @@ def _cmd_report(args) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"run": _cmd_run, "init": _cmd_init, "info": _cmd_info, "report": _cmd_report,
-                "quantize": _cmd_quantize}
+                "quantize": _cmd_quantize, "predict": _cmd_predict}
     try:
         return handlers[args.command](args)
     except (ConfigError, DataError) as e:

@@ -182,11 +182,16 @@ class QuantizeConfig:
         validate=_check_formats,
     )
     calibration: str = _key(
-        "minmax", "activation calibration: minmax (per-tensor min/max merged across clients)",
-        choices=("minmax",),
+        "percentile",
+        "activation ranges: minmax (merged min/max) | percentile (cut calibration_percentile of "
+        "the merged histogram) | entropy (KL-optimal threshold, TensorRT-style)",
+        choices=("minmax", "percentile", "entropy"),
+    )
+    calibration_percentile: float = _key(
+        99.999, "percent of activation values the range keeps when calibration = percentile", gt=50.0, le=100.0
     )
     calibration_samples_per_client: int = _key(
-        64, "images each client runs through the model to compute its activation ranges", ge=1
+        64, "images each client runs through the model to compute its activation statistics", ge=1
     )
     centralized_calibration: bool = _key(
         False, "calibrate on the server's eval split instead of on the clients (for comparison)"
@@ -194,6 +199,15 @@ class QuantizeConfig:
     fp8_weight_scale: str = _key(
         "mse", "FP8 weight scale per output channel: amax | percentile | mse (search for least error)",
         choices=("amax", "percentile", "mse"),
+    )
+    fp8_activation_scale: str = _key(
+        "auto",
+        "FP8 activation scale: amax (range fills the format) | std (ONNX Runtime's rule: match the "
+        "standard deviation) | auto (build both, keep the one more accurate on the clients' data)",
+        choices=("auto", "amax", "std"),
+    )
+    max_accuracy_drop: float = _key(
+        1.0, "accuracy points a format may lose against float32 before layers are kept in float", ge=0.0
     )
     threads: int = _key(2, "ONNX Runtime threads for evaluation and latency", ge=1)
 

@@ -1,26 +1,26 @@
-"""The quantize stage of ``fed8 run`` / ``fed8 quantize``: run directory in, ``deploy/`` out.
+"""The quantize stage of ``fed8 run`` / ``fed8 quantize``: FP32 ONNX in, INT8 / FP8 ONNX models and measurements out.
 
-FP32 ONNX export (parity-checked against PyTorch), federated calibration (each client
-computes activation ranges on its own images; only the ranges leave it), INT8 and FP8
-QDQ models, and for each format: eval accuracy, change against FP32, top-1 agreement
-with FP32, per-client on-device accuracy, file bytes, and ORT CPU latency at batch 1
-and 256. Results go to ``deploy/quantization.json``.
+For a run directory: FP32 export (parity-checked against PyTorch), federated
+calibration (each client computes activation statistics on its own images; only the
+statistics leave it), INT8 and FP8 QDQ models with the accuracy gate, and per format:
+eval accuracy, change against FP32, top-1 agreement with FP32, per-client on-device
+accuracy, file bytes and ORT CPU latency at batch 1 and 256 -> ``deploy/quantization.json``.
+For a standalone ONNX model the same, calibrated and evaluated on user-supplied images.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 
-from ._io import atomic_write_json, load_tensors
+from ._io import atomic_write_json
 from .config import QuantizeConfig
-from .rundir import RunDir
 
-__all__ = ["quantize_run"]
+__all__ = ["quantize_model", "quantize_run"]
 
 NOTE_FP8_CPU = ("ONNX Runtime's CPU has FP8 QuantizeLinear/DequantizeLinear kernels but no FP8 arithmetic: "
                 "FP8 models store 8-bit weights and round activations to FP8, and compute in float32 between. "
@@ -31,17 +31,146 @@ def _formats(q: QuantizeConfig) -> list[str]:
     return [f.strip() for f in q.formats.split(",") if f.strip()]
 
 
-def quantize_run(run_dir: str | Path, q: QuantizeConfig | None = None, *,
-                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Build and measure the deployable models of a finished run; returns quantization.json's content."""
-    from .data import PIXEL_MEAN, PIXEL_STD
-    from .deploy.calibrate import client_ranges, merge_ranges
-    from .deploy.export import export_onnx, parity, stamp_metadata
-    from .deploy.quantize import quantize_fp8_model, quantize_int8_model
+@dataclass
+class _Data:
+    """What the stage calibrates and evaluates on."""
+
+    calib_sets: list[np.ndarray]  # one array per client (one in total if centralized)
+    eval_x: np.ndarray
+    eval_y: np.ndarray | None  # None: score is top-1 agreement with float32
+    input_shape: tuple[int, ...]
+    on_device: Callable[[Any], dict] | None = None  # session -> per-client accuracy stats
+    select: Callable[[Any], float] | None = None  # session -> score on the clients' data (FP8 scale choice)
+
+
+def _deploy(fp32: Path, out: Path, q: QuantizeConfig, data: _Data, meta: dict, calibration: dict,
+            say: Callable[[str], None], extra: dict | None = None) -> dict[str, Any]:
+    from .deploy.calibrate import client_histograms, client_ranges, merge_histograms, merge_ranges, thresholds
+    from .deploy.export import stamp_metadata
+    from .deploy.gate import gate, layer_sqnr
+    from .deploy.quantize import fp8_activation_scales, quantize_fp8_model, quantize_int8_model
     from .deploy.runtime import INTEGER_OPS, kernel_ops, latency_ms, run_logits, session
+
+    fmts = _formats(q)
+    say("calibrating" + (" on the clients" if len(data.calib_sets) > 1 else ""))
+    ranges = merge_ranges(client_ranges(fp32, x) for x in data.calib_sets)
+    hists = None
+    if q.calibration != "minmax" or (q.fp8_activation_scale != "amax" and any(f != "int8" for f in fmts)):
+        bounds = {k: max(abs(lo), abs(hi)) for k, (lo, hi) in ranges.items()}
+        hists = merge_histograms(client_histograms(fp32, x, bounds) for x in data.calib_sets)
+    act_ranges = thresholds(q.calibration, ranges, hists or {}, percentile=q.calibration_percentile)
+    calibration.update(method=q.calibration, statistics="min/max per tensor" + (
+        ", 2048-bin histogram and moments per tensor" if hists else ""))
+
+    fp32_sess = session(fp32, threads=q.threads)
+    fp32_logits = run_logits(fp32_sess, data.eval_x)
+    ref = data.eval_y if data.eval_y is not None else fp32_logits.argmax(1)
+
+    def score(logits: np.ndarray) -> float:
+        return float((logits.argmax(1) == ref).mean())
+
+    base = score(fp32_logits)
+
+    def measure(name: str, path: Path, sess, logits: np.ndarray) -> dict[str, Any]:
+        say(f"measuring {name}")
+        acc = score(logits)
+        shape = tuple(data.input_shape)
+        return {
+            "format": name, "file": path.name, "bytes": os.path.getsize(path),
+            "eval_accuracy": acc if data.eval_y is not None else None,
+            "accuracy_delta_points": 100 * (acc - base) if data.eval_y is not None else None,
+            "top1_agreement_with_float32": float((logits.argmax(1) == fp32_logits.argmax(1)).mean()),
+            "on_device": data.on_device(sess) if data.on_device else None,
+            "latency_ms_batch1": latency_ms(sess, shape, batch=1, repeats=30),
+            "latency_ms_batch256": latency_ms(sess, shape, batch=256, repeats=5),
+            "integer_kernels": sorted(set(kernel_ops(path)) & INTEGER_OPS),
+            "status": "ok", "layers_kept_float": [],
+        }
+
+    rows = [measure("float32", fp32, fp32_sess, fp32_logits)]
+    for fmt in fmts:
+        path = out / f"{fmt}.onnx"
+        info: dict[str, Any] = {}
+        if fmt == "int8":
+            def make(keep: Sequence[str] = ()) -> None:
+                quantize_int8_model(fp32, path, act_ranges, nodes_to_exclude=list(keep))
+            fp8_scales = None
+        else:
+            candidates = ["amax", "std"] if q.fp8_activation_scale == "auto" else [q.fp8_activation_scale]
+            scales = {m: fp8_activation_scales(fmt, act_ranges, method=m, hists=hists) for m in candidates}
+            choice = candidates[0]
+            if len(candidates) > 1:  # keep the activation scale that is more accurate on the clients' data
+                tried = {}
+                for m in candidates:
+                    say(f"{fmt}: trying {m} activation scales")
+                    quantize_fp8_model(fp32, path, scales[m], fmt, scale_method=q.fp8_weight_scale)
+                    sess = session(path, threads=q.threads)
+                    tried[m] = data.select(sess) if data.select else score(run_logits(sess, data.eval_x))
+                choice = max(candidates, key=lambda m: tried[m])  # ties keep the first (amax)
+                info["activation_scale_candidates"] = tried
+            info["activation_scale"] = choice
+            fp8_scales = scales[choice]
+
+            def make(keep: Sequence[str] = (), _f=fmt, _s=fp8_scales) -> None:
+                quantize_fp8_model(fp32, path, _s, _f, scale_method=q.fp8_weight_scale, keep_float=keep)
+
+        def build(keep: Sequence[str]) -> float:
+            say(f"quantizing {fmt}" + (f" ({len(keep)} layer(s) kept in float)" if keep else ""))
+            make(keep)
+            return score(run_logits(session(path, threads=q.threads), data.eval_x))
+
+        def ranking(_f=fmt, _s=fp8_scales):
+            say(f"{_f}: ranking layers by SQNR")
+            return layer_sqnr(fp32, _f, data.calib_sets, ranges=act_ranges, fp8_scales=_s,
+                              weight_scale=q.fp8_weight_scale)
+
+        res = gate(build, ranking, float_accuracy=base, max_drop_points=q.max_accuracy_drop)
+        if not res.passed:  # report the fully quantized model, marked failed
+            make(())
+        stamp_metadata(path, {**meta, "format": fmt})
+        sess = session(path, threads=q.threads)
+        row = measure(fmt, path, sess, run_logits(sess, data.eval_x))
+        row.update(info)
+        row["status"] = "ok" if res.passed else "failed"
+        row["layers_kept_float"] = [
+            {"node": r.node, "op": r.op, "sqnr_db": r.sqnr_db, "weight_sqnr_db": r.weight_db,
+             "input_sqnr_db": r.input_db,
+             "why": f"accuracy drop above max_accuracy_drop = {q.max_accuracy_drop} points with this layer "
+                    f"quantized; lowest local SQNR ({r.sqnr_db:.1f} dB) among the remaining layers"}
+            for r in (res.kept_float if res.passed else ())]
+        row["gate"] = {"max_accuracy_drop": q.max_accuracy_drop, "passed": res.passed,
+                       "builds": [{"layers_kept_float": k, "score": a} for k, a in res.tried]}
+        rows.append(row)
+    first = rows[0]
+    for r in rows:
+        r["bytes_ratio_to_float32"] = r["bytes"] / first["bytes"]
+        r["speedup_batch1"] = first["latency_ms_batch1"] / r["latency_ms_batch1"]
+        r["speedup_batch256"] = first["latency_ms_batch256"] / r["latency_ms_batch256"]
+    result = {**(extra or {}), "calibration": calibration, "threads": q.threads, "formats": rows,
+              "failed": [r["format"] for r in rows if r["status"] == "failed"],
+              "notes": [NOTE_FP8_CPU] if any(f.startswith("float8") for f in fmts) else []}
+    atomic_write_json(out / "quantization.json", result)
+    return result
+
+
+def quantize_run(run_dir: str | Path, q: QuantizeConfig | None = None, *, calibration_data: Sequence[str] = (),
+                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Build and measure the deployable models of a finished run; returns quantization.json's content.
+
+    ``calibration_data`` (files / folders / .npz) replaces federated calibration with
+    centralized calibration on those images.
+    """
+    import torch
+
+    from ._io import load_tensors
+    from .data import PIXEL_MEAN, PIXEL_STD
+    from .deploy.export import export_onnx, parity, read_metadata
+    from .deploy.images import load_images
+    from .deploy.runtime import run_logits, session
     from .errors import CheckpointError
     from .federated.evaluate import client_accuracy_stats
     from .pipeline import prepare
+    from .rundir import RunDir
 
     say = progress or (lambda s: None)
     rd = RunDir.open(run_dir)
@@ -59,69 +188,79 @@ def quantize_run(run_dir: str | Path, q: QuantizeConfig | None = None, *,
     out = rd.path / "deploy"
     out.mkdir(exist_ok=True)
     meta = {"model": cfg.model.name, "input_shape": list(prep.input_shape), "classes": list(prep.classes),
-            "preprocess": {"scale": 1 / 255, "mean": PIXEL_MEAN, "std": PIXEL_STD,
-                           "formula": "x = (pixel / 255 - mean) / std", "layout": "NCHW",
-                           "resize": list(prep.input_shape[1:])}}
+            "preprocess": {"divisor": 255, "mean": PIXEL_MEAN, "std": PIXEL_STD,
+                           "formula": "x = (pixel / divisor - mean) / std", "layout": "NCHW",
+                           "resize": list(prep.input_shape[1:]), "resample": "bilinear"}}
     say("exporting ONNX")
     fp32 = export_onnx(model, prep.input_shape, out / "fp32.onnx", metadata={**meta, "format": "float32"})
     ex, ey = prep.simulation.eval_x.numpy(), prep.simulation.eval_y.numpy()
     local_x = prep.simulation.local_x.numpy()
-    local_y, owner = prep.simulation.local_y, prep.simulation.owner
+    local_y, owner = prep.simulation.local_y.numpy(), prep.simulation.owner
 
-    say("calibrating on the clients")
-    n = q.calibration_samples_per_client
-    if q.centralized_calibration:
-        ranges = client_ranges(fp32, ex[: n * len(clients)])
-        calibration = {"where": "server eval split (centralized)", "samples": int(min(len(ex), n * len(clients)))}
-    else:
-        ranges = merge_ranges(client_ranges(fp32, c.x_train[:n].numpy()) for c in clients)
-        calibration = {"where": "clients (federated: only per-tensor min/max left each client)",
-                       "clients": len(clients), "samples": int(sum(min(n, c.num_train) for c in clients))}
-    calibration["method"] = q.calibration
-
-    fp32_sess = session(fp32, threads=q.threads)
-    fp32_logits = run_logits(fp32_sess, ex)
-    fp32_acc = float((fp32_logits.argmax(1) == ey).mean())
-    par = parity(model, fp32_logits, prep.simulation.eval_x)
+    par = parity(model, run_logits(session(fp32, threads=q.threads), ex), prep.simulation.eval_x)
     if par["top1_agreement"] < 1.0:
         raise CheckpointError(f"ONNX export disagrees with PyTorch on {1 - par['top1_agreement']:.2%} of the eval "
                               f"split (max logit error {par['max_abs_logit_error']:.3g}); refusing to quantize.")
+    n = q.calibration_samples_per_client
+    if calibration_data:
+        imgs = load_images(calibration_data, read_metadata(fp32))
+        sets = [imgs.x]
+        calibration = {"where": f"user data (centralized): {', '.join(map(str, calibration_data))}",
+                       "samples": len(imgs.x)}
+    elif q.centralized_calibration:
+        sets = [ex[: n * len(clients)]]
+        calibration = {"where": "server eval split (centralized)", "samples": len(sets[0])}
+    else:
+        sets = [c.x_train[:n].numpy() for c in clients]
+        calibration = {"where": "clients (federated: only per-tensor statistics left each client)",
+                       "clients": len(clients), "samples": int(sum(len(s) for s in sets))}
 
-    def measure(name: str, path: Path, sess) -> dict[str, Any]:
-        say(f"evaluating {name}")
-        logits = fp32_logits if name == "float32" else run_logits(sess, ex)
-        acc = float((logits.argmax(1) == ey).mean())
-        local = run_logits(sess, local_x) if local_x.shape[0] else np.zeros((0, 1))
-        correct = torch.from_numpy(local.argmax(1) == local_y.numpy()) if local_x.shape[0] else torch.zeros(0, dtype=torch.bool)
-        shape = tuple(prep.input_shape)
-        ops = kernel_ops(path)
-        return {
-            "format": name, "file": path.name, "bytes": os.path.getsize(path),
-            "eval_accuracy": acc, "accuracy_delta_points": 100 * (acc - fp32_acc),
-            "top1_agreement_with_float32": float((logits.argmax(1) == fp32_logits.argmax(1)).mean()),
-            "on_device": client_accuracy_stats(correct, owner, len(clients)),
-            "latency_ms_batch1": latency_ms(sess, shape, batch=1, repeats=30),
-            "latency_ms_batch256": latency_ms(sess, shape, batch=256, repeats=5),
-            "integer_kernels": sorted(set(ops) & INTEGER_OPS),
-            "layers_kept_float": [],
-        }
+    def on_device(sess) -> dict:
+        if not local_x.shape[0]:
+            return client_accuracy_stats(torch.zeros(0, dtype=torch.bool), owner, len(clients))
+        correct = run_logits(sess, local_x).argmax(1) == local_y
+        return client_accuracy_stats(torch.from_numpy(correct), owner, len(clients))
 
-    rows = [measure("float32", fp32, fp32_sess)]
-    for fmt in _formats(q):
-        say(f"quantizing {fmt}")
-        path = out / f"{fmt}.onnx"
-        if fmt == "int8":
-            quantize_int8_model(fp32, path, ranges)
-        else:
-            quantize_fp8_model(fp32, path, ranges, fmt, scale_method=q.fp8_weight_scale)
-        stamp_metadata(path, {**meta, "format": fmt})
-        rows.append(measure(fmt, path, session(path, threads=q.threads)))
-    base = rows[0]
-    for r in rows:
-        r["bytes_ratio_to_float32"] = r["bytes"] / base["bytes"]
-        r["speedup_batch1"] = base["latency_ms_batch1"] / r["latency_ms_batch1"]
-        r["speedup_batch256"] = base["latency_ms_batch256"] / r["latency_ms_batch256"]
-    result = {"float32_parity": par, "calibration": calibration, "threads": q.threads, "formats": rows,
-              "notes": [NOTE_FP8_CPU] if any(f.startswith("float8") for f in _formats(q)) else []}
-    atomic_write_json(out / "quantization.json", result)
-    return result
+    def select(sess) -> float:
+        """Accuracy over the clients' local test images (each client counts its own; counts are summed)."""
+        if not local_x.shape[0]:  # no local test split: agreement with float32 on the calibration images
+            ref = session(fp32, threads=q.threads)
+            return float(np.mean([np.mean(run_logits(sess, s).argmax(1) == run_logits(ref, s).argmax(1))
+                                  for s in sets if len(s)]))
+        return float(np.mean(run_logits(sess, local_x).argmax(1) == local_y))
+
+    data = _Data(sets, ex, ey, tuple(prep.input_shape), on_device, select)
+    return _deploy(fp32, out, q, data, meta, calibration, say, extra={"float32_parity": par})
+
+
+def quantize_model(model_path: str | Path, q: QuantizeConfig, calibration_data: Sequence[str], *,
+                   out: str | Path | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Quantize a standalone FP32 ONNX model, calibrated on user images.
+
+    The images are shuffled (seed 0); half (at most 1,000) calibrate, the rest (at
+    most 5,000) evaluate: accuracy if the source has labels, otherwise top-1 agreement
+    with the FP32 model.
+    """
+    from .deploy.export import read_metadata
+    from .deploy.images import load_images
+    from .errors import DeployError
+
+    say = progress or (lambda s: None)
+    model_path = Path(model_path)
+    meta = read_metadata(model_path)
+    if not calibration_data:
+        raise DeployError(f"quantizing {model_path.name} needs images to calibrate on: pass --calibration-data "
+                          "FILE.npz | DIR | IMAGE... (a run directory calibrates on its clients instead).")
+    imgs = load_images(calibration_data, meta)
+    if len(imgs.x) < 2:
+        raise DeployError(f"--calibration-data has {len(imgs.x)} image(s); give at least 2 (one to calibrate, one "
+                          "to evaluate), ideally hundreds.")
+    perm = np.random.default_rng(0).permutation(len(imgs.x))
+    k = min(len(perm) // 2, 1000)
+    cal, ev = perm[:k], perm[k : k + 5000]
+    out = Path(out) if out else model_path.parent / f"{model_path.stem}-deploy"
+    out.mkdir(parents=True, exist_ok=True)
+    data = _Data([imgs.x[cal]], imgs.x[ev], imgs.y[ev] if imgs.y is not None else None, tuple(meta["input_shape"]))
+    calibration = {"where": f"user data (centralized): {', '.join(map(str, calibration_data))}",
+                   "samples": len(cal), "evaluated_on": f"{len(ev)} other images of the same data"}
+    return _deploy(model_path, out, q, data, {**meta}, calibration, say, extra={"model": str(model_path)})

@@ -22,8 +22,10 @@ __all__ = ["RESUMABLE_KEYS", "RunResult", "default_run_dir", "prepare", "run"]
 
 # Keys that may change when a run is resumed; anything else would make it another run.
 RESUMABLE_KEYS = ("train.rounds", "eval.every", "eval.batch_size", "run.threads", "quantize.enabled",
-                  "quantize.formats", "quantize.calibration", "quantize.calibration_samples_per_client",
-                  "quantize.centralized_calibration", "quantize.fp8_weight_scale", "quantize.threads")
+                  "quantize.formats", "quantize.calibration", "quantize.calibration_percentile",
+                  "quantize.calibration_samples_per_client", "quantize.centralized_calibration",
+                  "quantize.fp8_weight_scale", "quantize.fp8_activation_scale", "quantize.max_accuracy_drop",
+                  "quantize.threads")
 
 
 @dataclass(frozen=True)

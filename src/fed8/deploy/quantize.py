@@ -7,27 +7,31 @@
   E5M2 and calibrates E4M3 only by matching a standard deviation). Weights are stored in
   8 bits with a per-output-channel scale chosen by :func:`fed8.formats.choose_scale_fp8`;
   activation inputs of Conv / Gemm / MatMul get a QuantizeLinear -> DequantizeLinear
-  pair with scale ``max(|min|, |max|) / fmt.max`` from the merged ranges. ORT's CPU has
-  FP8 Q/DQ kernels but no FP8 arithmetic: the math between Q/DQ runs in float32.
+  pair with a per-tensor scale from :func:`fp8_activation_scales`: ``amax`` maps the
+  calibrated range onto the format's largest finite value, ``std`` is ORT's rule
+  (``std(x) / std(all finite FP8 values)``). ORT's CPU has FP8 Q/DQ kernels but no FP8
+  arithmetic: the math between Q/DQ runs in float32.
 """
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 import torch
 
 from ..errors import DeployError
-from ..formats import PerChannel, choose_scale_fp8, fp8_format, quantize_fp8
-from .calibrate import to_tensors_data
+from ..formats import PerChannel, choose_scale_fp8, fp8_format, from_bits, quantize_fp8
+from .calibrate import Histogram, to_tensors_data
 from .runtime import INTEGER_OPS, kernel_ops
 
-__all__ = ["COMPUTE_OPS", "FORMATS", "quantize_fp8_model", "quantize_int8_model"]
+__all__ = ["COMPUTE_OPS", "FORMATS", "FP8_ACTIVATION_SCALES", "fp8_activation_scales", "quantize_fp8_model",
+           "quantize_int8_model"]
 
 FORMATS = ("int8", "float8_e4m3fn", "float8_e5m2")
+FP8_ACTIVATION_SCALES = ("amax", "std")
 COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
 # Ops that commute with rounding to a grid (monotone, or pure data movement):
 # Q(op(x)) == op(Q(x)) for the same scale.
@@ -67,11 +71,36 @@ def quantize_int8_model(fp32_path: str | Path, out_path: str | Path, ranges: Map
                         calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(cache),
                         nodes_to_exclude=nodes_to_exclude or [],
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    import onnx
+
     used = kernel_ops(out_path)
-    if not (set(used) & INTEGER_OPS) and not nodes_to_exclude:
+    compute = {n.name for n in onnx.load(str(fp32_path)).graph.node if n.op_type in COMPUTE_OPS}
+    if not (set(used) & INTEGER_OPS) and (not compute or compute - set(nodes_to_exclude or ())):
         raise DeployError(f"{out_path}: the INT8 model runs no integer kernel on ORT CPU (ops: {dict(used)}); "
                           "it would silently compute in float. Check that the model has Conv/Gemm/MatMul layers.")
     return out_path
+
+
+def fp8_activation_scales(fmt: str, ranges: Mapping[str, tuple[float, float]], *, method: str = "amax",
+                          hists: Mapping[str, "Histogram"] | None = None) -> dict[str, float]:
+    """Per-tensor FP8 activation scales.
+
+    ``amax``: ``s = max(|min|, |max|) / fmt.max``, the calibrated range fills the format.
+    ``std``: ``s = std(x) / std(V)`` with ``V`` every finite value of the format, which is
+    ONNX Runtime's default FP8 calibration (``compute_scale_zp_float8``); it needs the
+    moments of the histogram pass.
+    """
+    f = fp8_format(fmt)
+    if method == "amax":
+        return {k: (max(abs(lo), abs(hi)) or 1.0) / f.max for k, (lo, hi) in ranges.items()}
+    if method == "std":
+        if hists is None:
+            raise DeployError("FP8 'std' activation scales need the histogram calibration pass (its moments).")
+        v = from_bits(torch.arange(256, dtype=torch.uint8), f).double()
+        std_fmt = float(v[torch.isfinite(v)].std(unbiased=False))
+        return {k: (hists[k].std or 1.0) / std_fmt if k in hists else (max(abs(lo), abs(hi)) or 1.0) / f.max
+                for k, (lo, hi) in ranges.items()}
+    raise DeployError(f"FP8 activation scale must be one of {', '.join(FP8_ACTIVATION_SCALES)}; got {method!r}.")
 
 
 def _tensor(name: str, arr: np.ndarray | bytes, dims, dtype: int):
@@ -82,24 +111,26 @@ def _tensor(name: str, arr: np.ndarray | bytes, dims, dtype: int):
     return helper.make_tensor(name, dtype, dims, vals=np.asarray(arr).tobytes(), raw=True)
 
 
-def quantize_fp8_model(fp32_path: str | Path, out_path: str | Path, ranges: Mapping[str, tuple[float, float]],
-                       fmt: str, *, scale_method: str = "amax", keep_float: frozenset[str] = frozenset()) -> Path:
+def quantize_fp8_model(fp32_path: str | Path, out_path: str | Path, act_scales: Mapping[str, float],
+                       fmt: str, *, scale_method: str = "amax", keep_float: Iterable[str] = ()) -> Path:
     """Write an FP8 QDQ model: 8-bit weights (per-channel scale) and Q/DQ on compute-op inputs.
 
     Parameters
     ----------
+    act_scales
+        Per-tensor activation scale (see :func:`fp8_activation_scales`).
     fmt
         ``"float8_e4m3fn"`` or ``"float8_e5m2"``.
     scale_method
-        Weight scale selection (``amax``, ``percentile``, ``mse``); activations use amax
-        of the calibrated range.
+        Weight scale selection per output channel (``amax``, ``percentile``, ``mse``).
     keep_float
-        Names of nodes left in float (the accuracy gate's fallback).
+        Names of Conv / Gemm / MatMul nodes left in float (the accuracy gate's fallback).
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     f = fp8_format(fmt)
+    keep_float = frozenset(keep_float)
     elem = {"float8_e4m3fn": TensorProto.FLOAT8E4M3FN, "float8_e5m2": TensorProto.FLOAT8E5M2}[f.name]
     model = onnx.load(str(fp32_path))
     g = model.graph
@@ -117,15 +148,13 @@ def quantize_fp8_model(fp32_path: str | Path, out_path: str | Path, ranges: Mapp
     for node in g.node:
         if node.op_type in COMPUTE_OPS and node.name not in keep_float and len(node.input) > 1 and node.input[1] in inits:
             src = node.input[0]
-            if src not in ranges:
+            if src not in act_scales:
                 raise DeployError(f"no calibration range for tensor {src!r} (input of {node.name}); "
                                   "calibrate the same ONNX model that is quantized.")
             if src not in act_q:
-                lo, hi = ranges[src]
-                amax = max(abs(lo), abs(hi)) or 1.0
                 t, first = _hoist(src, producers, consumers)
                 s_name = f"{t}_fp8_scale"
-                g.initializer.append(numpy_helper.from_array(np.array(amax / f.max, dtype=np.float32), s_name))
+                g.initializer.append(numpy_helper.from_array(np.array(act_scales[src], dtype=np.float32), s_name))
                 q, dq = f"{t}_fp8_q", f"{t}_fp8_dq"
                 qdq = [helper.make_node("QuantizeLinear", [t, s_name, zero8], [q], name=f"{t}_Q", saturate=1),
                        helper.make_node("DequantizeLinear", [q, s_name, zero8], [dq], name=f"{t}_DQ")]

@@ -36,16 +36,16 @@ def _deploy_section(deploy: dict | None) -> str:
         return ""
     rows = []
     for r in deploy["formats"]:
-        od = r["on_device"]
+        od = r.get("on_device") or {}
         rows.append({
-            "format": r["format"], "eval accuracy": r["eval_accuracy"], "delta (points)": r["accuracy_delta_points"],
+            "format": r["format"] + ("" if r.get("status", "ok") == "ok" else " (FAILED the accuracy gate)"), "eval accuracy": r["eval_accuracy"], "delta (points)": r["accuracy_delta_points"],
             "top-1 agreement": r["top1_agreement_with_float32"],
-            "clients mean / p10 / min": " / ".join(fmt(od[k]) for k in ("client_accuracy_mean", "client_accuracy_p10",
+            "clients mean / p10 / min": " / ".join(fmt(od.get(k)) for k in ("client_accuracy_mean", "client_accuracy_p10",
                                                                           "client_accuracy_min")),
             "bytes": r["bytes"], "x float32": r["bytes_ratio_to_float32"],
             "latency b1 (ms)": r["latency_ms_batch1"], "latency b256 (ms)": r["latency_ms_batch256"],
             "speedup b1": r["speedup_batch1"], "speedup b256": r["speedup_batch256"],
-            "kept in float": ", ".join(r["layers_kept_float"]) or "-",
+            "kept in float": ", ".join(f"{k['node']} ({k['sqnr_db']:.1f} dB)" for k in r["layers_kept_float"]) or "-",
         })
     notes = "".join(f"<p>{html.escape(n)}</p>" for n in deploy.get("notes", []))
     cal = html.escape(json.dumps(deploy.get("calibration", {})))

@@ -1,0 +1,144 @@
+"""Accuracy gate: rank layers by quantization SQNR and keep the most sensitive ones in float.
+
+Each Conv / Gemm / MatMul layer gets a *local* sensitivity, the quantization error it
+introduces itself (not the error it inherits from earlier layers):
+
+    SQNR_w = 10 log10(sum w^2 / sum (w - Q(w))^2)        weights, as the format stores them
+    SQNR_x = 10 log10(sum x^2 / sum (x - Q(x))^2)        its input activation, with the calibrated scale
+    SQNR   = -10 log10(10^(-SQNR_w / 10) + 10^(-SQNR_x / 10))
+
+(the noise-to-signal ratios of the two factors of a product add, to first order).
+The activation sums are computed on each client over its calibration images and only
+the two sums per tensor leave it, like the calibration statistics. If a format loses
+more than ``max_accuracy_drop`` points, :func:`gate` keeps layers in float, lowest SQNR
+first, until the model passes; a format that fails with every layer in float is
+reported as failed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..formats import PerChannel, choose_scale_fp8, dequantize_fp8, fake_quantize_int8, fp8_format, quantize_fp8
+from ..formats import sqnr_db
+from .calibrate import _activations, check_input
+
+__all__ = ["GateResult", "LayerSQNR", "gate", "layer_sqnr"]
+
+_COMPUTE = ("Conv", "Gemm", "MatMul")
+
+
+@dataclass(frozen=True)
+class LayerSQNR:
+    """Local quantization SQNR (dB) of one compute layer."""
+
+    node: str
+    op: str
+    weight_db: float
+    input_db: float
+
+    @property
+    def sqnr_db(self) -> float:
+        nsr = sum(10 ** (-v / 10) for v in (self.weight_db, self.input_db) if math.isfinite(v))
+        return math.inf if nsr == 0 else -10 * math.log10(nsr)
+
+
+def _fake_act(x: torch.Tensor, fmt: str, lo: float, hi: float, fp8_scale: float | None) -> torch.Tensor:
+    """Input activation as the deployed model sees it: INT8 as ORT's uint8 affine grid, FP8 with its scale."""
+    if fmt == "int8":
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        s = (hi - lo) / 255 or 1.0
+        z = round(-lo / s)
+        return ((torch.round(x / s) + z).clamp(0, 255) - z) * s
+    f = fp8_format(fmt)
+    s = torch.tensor(fp8_scale)
+    return dequantize_fp8(quantize_fp8(x, s, f), s, f)
+
+
+def _fake_weight(w: torch.Tensor, fmt: str, axis: int, weight_scale: str) -> torch.Tensor:
+    if fmt == "int8":
+        return fake_quantize_int8(w, symmetric=True, granularity=PerChannel(axis))
+    f = fp8_format(fmt)
+    s = choose_scale_fp8(w, f, method=weight_scale, granularity=PerChannel(axis))
+    return dequantize_fp8(quantize_fp8(w, s, f), s, f)
+
+
+def layer_sqnr(fp32_path: str | Path, fmt: str, client_images: Iterable[np.ndarray], *,
+               ranges: Mapping[str, tuple[float, float]], fp8_scales: Mapping[str, float] | None = None,
+               weight_scale: str = "mse") -> list[LayerSQNR]:
+    """Local SQNR of every compute layer with a constant weight, lowest (most sensitive) first."""
+    import onnx
+    from onnx import numpy_helper
+
+    g = onnx.load(str(fp32_path)).graph
+    inits = {t.name: t for t in g.initializer}
+    layers = [n for n in g.node if n.op_type in _COMPUTE and len(n.input) > 1 and n.input[1] in inits]
+    acts = sorted({n.input[0] for n in layers if n.input[0] in ranges})
+    sig = dict.fromkeys(acts, 0.0)
+    noise = dict.fromkeys(acts, 0.0)
+    for x in client_images:  # on each client: two sums per tensor leave it
+        if x.shape[0] == 0:
+            continue
+        check_input(fp32_path, x)
+        for batch in _activations(fp32_path, acts, x, 100):
+            for k, a in batch.items():
+                t = torch.from_numpy(a).double()
+                q = _fake_act(t, fmt, *ranges[k], fp8_scales[k] if fp8_scales else None)
+                sig[k] += float((t * t).sum())
+                noise[k] += float(((t - q) ** 2).sum())
+    out = []
+    for n in layers:
+        w = torch.from_numpy(numpy_helper.to_array(inits[n.input[1]]).copy())
+        transposed = n.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in n.attribute)
+        axis = 1 if (n.op_type == "MatMul" or transposed) else 0
+        w_db = sqnr_db(w, _fake_weight(w, fmt, axis, weight_scale))
+        k = n.input[0]
+        if k not in sig or noise[k] == 0:
+            x_db = math.inf
+        else:
+            x_db = 10 * math.log10(sig[k] / noise[k]) if sig[k] > 0 else -math.inf
+        out.append(LayerSQNR(n.name, n.op_type, w_db, x_db))
+    return sorted(out, key=lambda r: r.sqnr_db)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """Outcome of the gate for one format."""
+
+    passed: bool
+    accuracy: float
+    kept_float: tuple[LayerSQNR, ...]
+    tried: tuple[tuple[int, float], ...]  # (layers kept in float, accuracy) for every model built
+
+
+def gate(build: Callable[[Sequence[str]], float], ranking: Callable[[], Sequence[LayerSQNR]], *,
+         float_accuracy: float, max_drop_points: float) -> GateResult:
+    """Keep the most sensitive layers in float until the accuracy drop is within ``max_drop_points``.
+
+    Parameters
+    ----------
+    build
+        Builds the format with the given node names kept in float and returns its accuracy.
+    ranking
+        Layers, most sensitive first; only called if the fully quantized model fails.
+    """
+    def ok(acc: float) -> bool:
+        return 100 * (float_accuracy - acc) <= max_drop_points + 1e-9
+
+    acc = build(())
+    tried = [(0, acc)]
+    if ok(acc):
+        return GateResult(True, acc, (), tuple(tried))
+    layers = list(ranking())
+    for k in range(1, len(layers) + 1):
+        acc = build([r.node for r in layers[:k]])
+        tried.append((k, acc))
+        if ok(acc):
+            return GateResult(True, acc, tuple(layers[:k]), tuple(tried))
+    return GateResult(False, acc, tuple(layers), tuple(tried))
