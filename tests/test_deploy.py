@@ -169,6 +169,14 @@ def test_run_with_quantize_stage(tmp_path, small):
     for f in ("float32", "int8"):
         assert read_metadata(tmp_path / f"r/deploy/{rows[f]['file']}")["preprocess"]["std"] == 0.5
     assert "no FP8 arithmetic" in q["notes"][0]
+    assert q["failed"] == [] and all(rows[f]["gate"]["passed"] for f in ("int8", "float8_e5m2"))
+    assert q["calibration"]["method"] == "percentile" and "histogram" in q["calibration"]["statistics"]
+    # FP8 files recommend folding their weight DQ at load; the result matches a default session
+    f8 = tmp_path / "r/deploy/float8_e4m3fn.onnx"
+    assert read_metadata(f8)["ort_session_config"] == {"session.disable_quant_qdq": "1"}
+    x = np.random.default_rng(0).standard_normal((64, 1, 28, 28)).astype(np.float32)
+    folded, default = run_logits(session(f8), x), run_logits(session(f8, config={}), x)
+    assert (folded.argmax(1) == default.argmax(1)).mean() > 0.98 and np.abs(folded - default).max() < 0.05
     assert "8-bit deployment" in (tmp_path / "r/report.html").read_text()
     assert res.summary["deploy"][1]["format"] == "int8"
     # the CLI re-quantizes a finished run with other formats

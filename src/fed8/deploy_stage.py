@@ -20,11 +20,13 @@ import numpy as np
 from ._io import atomic_write_json
 from .config import QuantizeConfig
 
-__all__ = ["quantize_model", "quantize_run"]
+__all__ = ["DeployData", "deploy_formats", "quantize_model", "quantize_run"]
 
 NOTE_FP8_CPU = ("ONNX Runtime's CPU has FP8 QuantizeLinear/DequantizeLinear kernels but no FP8 arithmetic: "
                 "FP8 models store 8-bit weights and round activations to FP8, and compute in float32 between. "
-                "Their latency on CPU is not what FP8 hardware (e.g. NVIDIA Hopper) gives.")
+                "Their latency on CPU is not what FP8 hardware (e.g. NVIDIA Hopper) gives. The models recommend "
+                "(metadata fed8.ort_session_config) session.disable_quant_qdq=1, which dequantizes the FP8 weights "
+                "once at load; they also run in a default session, slower.")
 
 
 def _formats(q: QuantizeConfig) -> list[str]:
@@ -32,7 +34,7 @@ def _formats(q: QuantizeConfig) -> list[str]:
 
 
 @dataclass
-class _Data:
+class DeployData:
     """What the stage calibrates and evaluates on."""
 
     calib_sets: list[np.ndarray]  # one array per client (one in total if centralized)
@@ -43,13 +45,14 @@ class _Data:
     select: Callable[[Any], float] | None = None  # session -> score on the clients' data (FP8 scale choice)
 
 
-def _deploy(fp32: Path, out: Path, q: QuantizeConfig, data: _Data, meta: dict, calibration: dict,
-            say: Callable[[str], None], extra: dict | None = None) -> dict[str, Any]:
+def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, meta: dict, calibration: dict,
+                   say: Callable[[str], None], extra: dict | None = None) -> dict[str, Any]:
+    """Calibrate, quantize (with the accuracy gate) and measure every format of ``q``; writes quantization.json."""
     from .deploy.calibrate import client_histograms, client_ranges, merge_histograms, merge_ranges, thresholds
     from .deploy.export import stamp_metadata
     from .deploy.gate import gate, layer_sqnr
     from .deploy.quantize import fp8_activation_scales, quantize_fp8_model, quantize_int8_model
-    from .deploy.runtime import INTEGER_OPS, kernel_ops, latency_ms, run_logits, session
+    from .deploy.runtime import FP8_CPU_SESSION_CONFIG, INTEGER_OPS, kernel_ops, latency_ms, run_logits, session
 
     fmts = _formats(q)
     say("calibrating" + (" on the clients" if len(data.calib_sets) > 1 else ""))
@@ -127,7 +130,8 @@ def _deploy(fp32: Path, out: Path, q: QuantizeConfig, data: _Data, meta: dict, c
         res = gate(build, ranking, float_accuracy=base, max_drop_points=q.max_accuracy_drop)
         if not res.passed:  # report the fully quantized model, marked failed
             make(())
-        stamp_metadata(path, {**meta, "format": fmt})
+        stamp_metadata(path, {**meta, "format": fmt,
+                              **({"ort_session_config": FP8_CPU_SESSION_CONFIG} if fmt != "int8" else {})})
         sess = session(path, threads=q.threads)
         row = measure(fmt, path, sess, run_logits(sess, data.eval_x))
         row.update(info)
@@ -229,8 +233,8 @@ def quantize_run(run_dir: str | Path, q: QuantizeConfig | None = None, *, calibr
                                   for s in sets if len(s)]))
         return float(np.mean(run_logits(sess, local_x).argmax(1) == local_y))
 
-    data = _Data(sets, ex, ey, tuple(prep.input_shape), on_device, select)
-    return _deploy(fp32, out, q, data, meta, calibration, say, extra={"float32_parity": par})
+    data = DeployData(sets, ex, ey, tuple(prep.input_shape), on_device, select)
+    return deploy_formats(fp32, out, q, data, meta, calibration, say, extra={"float32_parity": par})
 
 
 def quantize_model(model_path: str | Path, q: QuantizeConfig, calibration_data: Sequence[str], *,
@@ -260,7 +264,7 @@ def quantize_model(model_path: str | Path, q: QuantizeConfig, calibration_data: 
     cal, ev = perm[:k], perm[k : k + 5000]
     out = Path(out) if out else model_path.parent / f"{model_path.stem}-deploy"
     out.mkdir(parents=True, exist_ok=True)
-    data = _Data([imgs.x[cal]], imgs.x[ev], imgs.y[ev] if imgs.y is not None else None, tuple(meta["input_shape"]))
+    data = DeployData([imgs.x[cal]], imgs.x[ev], imgs.y[ev] if imgs.y is not None else None, tuple(meta["input_shape"]))
     calibration = {"where": f"user data (centralized): {', '.join(map(str, calibration_data))}",
                    "samples": len(cal), "evaluated_on": f"{len(ev)} other images of the same data"}
-    return _deploy(model_path, out, q, data, {**meta}, calibration, say, extra={"model": str(model_path)})
+    return deploy_formats(model_path, out, q, data, {**meta}, calibration, say, extra={"model": str(model_path)})

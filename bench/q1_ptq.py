@@ -1,0 +1,127 @@
+"""Workload Q1: post-training quantization of the `cnn`, FP32 vs INT8 vs float8_e4m3fn vs float8_e5m2.
+
+The `cnn` is trained centrally on the MNIST-10k train split (8,000 images; 3 epochs,
+SGD lr 0.05, momentum 0.9, batch 32, seed 0), exported to ONNX and quantized by fed8's
+quantize stage (`fed8.deploy_stage.deploy_formats`, the code `fed8 run` uses) with 512
+training images as calibration data, once per calibration method. Accuracy is on the
+2,000-image eval split. Latency is ORT CPU with `--threads` intra-op threads: every model
+is timed in turn, `--rounds` times (batch 1: 200 runs, batch 256: 10 runs per turn), and
+the median per model is reported with its ratio to FP32, so machine noise hits all
+models alike. The peer row "ORT static INT8" is onnxruntime's quantize_static with the
+options the issue names (QDQ, U8 activations, S8 per-channel weights, MinMax) on the
+same calibration images, in a default session.
+
+    python bench/q1_ptq.py                # all of the above, ~3 minutes on 2 cores
+    python bench/q1_ptq.py --threads 2 --rounds 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fed8.config import DataConfig, QuantizeConfig
+from fed8.data import load_splits, to_float
+from fed8.deploy.export import export_onnx
+from fed8.deploy.runtime import latency_ms, run_logits, session
+from fed8.deploy_stage import DeployData, deploy_formats
+from fed8.models import build_model
+
+
+def train(seed: int = 0):
+    torch.manual_seed(seed)
+    sp = load_splits(DataConfig())
+    x, y = to_float(sp.train.images), sp.train.labels
+    m = build_model("cnn", in_channels=1, height=28, width=28, num_classes=10, seed=seed)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(3):
+        m.train()
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), 32):
+            idx = perm[i : i + 32]
+            loss = F.cross_entropy(m(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return m.eval(), x, to_float(sp.eval.images), sp.eval.labels
+
+
+def ort_peer(fp32: Path, out: Path, calib: np.ndarray) -> Path:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    class Reader:
+        def __init__(self):
+            self.it = iter([{"input": calib[i : i + 64]} for i in range(0, len(calib), 64)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, per_channel=True, calibrate_method=CalibrationMethod.MinMax)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=7)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    model, xtr, ex, ey = train()
+    with torch.no_grad():
+        torch_acc = float((model(ex).argmax(1) == ey).float().mean())
+    print(f"trained in {time.time() - t0:.0f} s; PyTorch FP32 eval accuracy {torch_acc:.4f}", flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix="fed8-q1-"))
+    meta = {"model": "cnn", "input_shape": [1, 28, 28], "classes": [str(i) for i in range(10)]}
+    fp32 = export_onnx(model, (1, 28, 28), tmp / "fp32.onnx", metadata=meta)
+    calib = xtr[:512].numpy()
+    default = QuantizeConfig().calibration
+    results, models = {}, {}
+    for method in ("minmax", "percentile", "entropy"):
+        out = tmp / method
+        out.mkdir()
+        q = QuantizeConfig(calibration=method, threads=args.threads)
+        data = DeployData([calib], ex.numpy(), ey.numpy(), (1, 28, 28))
+        res = deploy_formats(fp32, out, q, data, meta, {"where": "512 train images"}, lambda s: None)
+        results[method] = {r["format"]: r for r in res["formats"]}
+        print(method, {f: round(r["eval_accuracy"], 4) for f, r in results[method].items()}, flush=True)
+        if method == default:
+            models = {f: out / r["file"] if f != "float32" else fp32 for f, r in results[method].items()}
+    models["ORT static INT8 (peer)"] = ort_peer(fp32, tmp / "ort_int8.onnx", calib)
+
+    sessions = {k: session(p, threads=args.threads) for k, p in models.items()}
+    acc = {k: float((run_logits(s, ex.numpy()).argmax(1) == ey.numpy()).mean()) for k, s in sessions.items()}
+    lat = {k: {1: [], 256: []} for k in sessions}
+    for _ in range(args.rounds):
+        for k, s in sessions.items():
+            lat[k][1].append(latency_ms(s, (1, 28, 28), batch=1, repeats=200))
+            lat[k][256].append(latency_ms(s, (1, 28, 28), batch=256, repeats=10))
+    med = {k: {b: statistics.median(v) for b, v in d.items()} for k, d in lat.items()}
+    rows = []
+    print(f"\n{'model':24} {'acc':>7} {'delta':>6} {'bytes':>9} {'size':>5} {'b1 ms':>7} {'b1 x':>5} "
+          f"{'b256 ms':>8} {'b256 x':>6}")
+    for k, p in models.items():
+        r = {"model": k, "eval_accuracy": acc[k], "delta_points": 100 * (acc[k] - acc["float32"]),
+             "bytes": p.stat().st_size, "size_ratio": p.stat().st_size / models["float32"].stat().st_size,
+             "latency_ms_b1": med[k][1], "ratio_b1": med[k][1] / med["float32"][1],
+             "latency_ms_b256": med[k][256], "ratio_b256": med[k][256] / med["float32"][256]}
+        rows.append(r)
+        print(f"{k:24} {r['eval_accuracy']:7.4f} {r['delta_points']:+6.2f} {r['bytes']:9d} {r['size_ratio']:5.3f} "
+              f"{r['latency_ms_b1']:7.3f} {r['ratio_b1']:5.2f} {r['latency_ms_b256']:8.2f} {r['ratio_b256']:6.2f}")
+    calib_table = {m: {f: r["eval_accuracy"] for f, r in v.items()} for m, v in results.items()}
+    print(json.dumps({"threads": args.threads, "rounds": args.rounds, "default_calibration": default,
+                      "torch_fp32_accuracy": torch_acc, "calibration_accuracy": calib_table, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
