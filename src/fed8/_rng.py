@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["INIT", "SAMPLE", "TRAIN", "derive_seed", "numpy_rng", "torch_generator"]
+__all__ = ["COMPRESS", "DOWNLINK", "INIT", "SAMPLE", "TRAIN", "derive_seed", "numpy_rng", "torch_generator"]
 
 # Stream tags keep the streams of different purposes independent.
-INIT, SAMPLE, TRAIN = 1, 2, 3
+INIT, SAMPLE, TRAIN, COMPRESS, DOWNLINK = 1, 2, 3, 4, 5
 
 
 def derive_seed(seed: int, *keys: int) -> int:

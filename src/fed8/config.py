@@ -29,6 +29,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = [
+    "CompressionConfig",
     "Config",
     "DataConfig",
     "EvalConfig",
@@ -145,6 +146,35 @@ class ServerConfig:
     tau: float = _key(1e-3, "adaptivity (epsilon) of fedadam", gt=0.0)
 
 
+_CODEC_DOC = (
+    "float32 (exact, 4 bytes/value) | float16 | bfloat16 (2 bytes) | int8 (1 byte + float32 scale per "
+    "granularity group; rounding nearest or stochastic) | float8_e4m3fn | float8_e5m2 (1 byte, scaled so "
+    "the group's max lands on 448 / 57344) | topk (keep topk_fraction of entries, int8 values, packed indices)"
+)
+_CODECS = ("float32", "float16", "bfloat16", "int8", "float8_e4m3fn", "float8_e5m2", "topk")
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """What crosses the network: codecs for client updates (uplink) and model broadcasts (downlink)."""
+
+    uplink: str = _key("float32", "codec of client updates: " + _CODEC_DOC, choices=_CODECS)
+    downlink: str = _key("float32", "codec of the global model sent to clients (same choices as uplink)",
+                         choices=_CODECS)
+    downlink_mode: str = _key(
+        "full", "full: send the (encoded) model | delta: send the encoded change since the model the clients "
+        "already hold (clients that missed a round get the full model in float32)", choices=("full", "delta"))
+    error_feedback: bool = _key(
+        False, "clients keep what the uplink codec dropped and add it next time (Karimireddy et al. 2019); "
+        "residuals live on disk in <run>/residuals")
+    granularity: str = _key("channel", "scale groups of int8 / float8 codecs: tensor | channel (axis 0) | block",
+                            choices=("tensor", "channel", "block"))
+    block_size: int = _key(256, "elements per scale when granularity = block", ge=1)
+    rounding: str = _key("nearest", "int8 / topk rounding: nearest (half to even) | stochastic (unbiased)",
+                         choices=("nearest", "stochastic"))
+    topk_fraction: float = _key(0.1, "fraction of entries the topk codec keeps per tensor", gt=0.0, le=1.0)
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """When and how the global model is evaluated."""
@@ -232,6 +262,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -249,6 +280,7 @@ _SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "server": ServerConfig,
     "eval": EvalConfig,
+    "compression": CompressionConfig,
     "quantize": QuantizeConfig,
     "run": RunConfig,
 }

@@ -8,7 +8,7 @@ allowed, and how to fix it.
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "DeployError", "Fed8Error", "MissingExtraError"]
+__all__ = ["CheckpointError", "ConfigError", "DataError", "DeployError", "Fed8Error", "MissingExtraError", "PayloadError"]
 
 
 class Fed8Error(Exception):
@@ -29,6 +29,10 @@ class CheckpointError(Fed8Error, RuntimeError):
 
 class DeployError(Fed8Error, ValueError):
     """A model cannot be exported, quantized or run (bad ONNX file, format, calibration data)."""
+
+
+class PayloadError(Fed8Error, ValueError):
+    """A wire payload is truncated, corrupted, foreign or of an unknown version or codec."""
 
 
 class MissingExtraError(Fed8Error, ImportError):

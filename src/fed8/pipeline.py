@@ -18,7 +18,7 @@ from .config import Config, load_config
 from .errors import CheckpointError, ConfigError
 from .rundir import RunDir
 
-__all__ = ["RESUMABLE_KEYS", "RunResult", "default_run_dir", "prepare", "run"]
+__all__ = ["RESUMABLE_KEYS", "RunResult", "default_run_dir", "make_wire", "prepare", "run"]
 
 # Keys that may change when a run is resumed; anything else would make it another run.
 RESUMABLE_KEYS = ("train.rounds", "eval.every", "eval.batch_size", "run.threads", "quantize.enabled",
@@ -65,8 +65,24 @@ def default_run_dir(cfg: Config) -> Path:
     return out
 
 
-def prepare(cfg: Config):
-    """Load data, partition it, build the clients, the model and the strategy."""
+def make_wire(cfg: Config, num_clients: int, residuals: Path | None = None):
+    """The uplink / downlink codecs of ``cfg.compression``; error-feedback residuals under ``residuals``."""
+    from .compression import ResidualStore, make_codec
+    from .compression.wire import Wire
+
+    c = cfg.compression
+    opts = dict(granularity=c.granularity, block_size=c.block_size, rounding=c.rounding,
+                topk_fraction=c.topk_fraction)
+    store = ResidualStore(residuals) if c.error_feedback else None
+    return Wire(make_codec(c.uplink, **opts), make_codec(c.downlink, **opts), seed=cfg.run.seed,
+                num_clients=num_clients, downlink_mode=c.downlink_mode, residuals=store)
+
+
+def prepare(cfg: Config, residuals: Path | None = None):
+    """Load data, partition it, build the clients, the model, the strategy and the wire.
+
+    ``residuals``: folder for error-feedback residuals (the run directory's); in memory if None.
+    """
     from .data import load_splits, local_split, partition, partition_summary, to_float
     from .federated import ClientData, Simulation, make_strategy
     from .models import build_model, count_parameters
@@ -94,7 +110,7 @@ def prepare(cfg: Config):
     buffers = [k for k, v in state.items() if v.is_floating_point() and k not in param_names]
     sim = Simulation(model=model, clients=clients, eval_x=to_float(ev.images), eval_y=ev.labels,
                      strategy=make_strategy(cfg.server, buffers=buffers), train=cfg.train,
-                     eval=cfg.eval, seed=cfg.run.seed)
+                     eval=cfg.eval, seed=cfg.run.seed, wire=make_wire(cfg, len(clients), residuals))
     return Prepared(cfg, sim, state, partition_summary(client_splits, labels, train.num_classes),
                     train.classes, train.shape, count_parameters(model))
 
@@ -127,6 +143,12 @@ def _summary(prep: Prepared, rows: list[dict], wall_s: float) -> dict:
         "best_eval_accuracy": max((r["eval_accuracy"] for r in evals), default=None),
         "total_uplink_bytes": sum(r["uplink_bytes"] for r in rows),
         "total_downlink_bytes": sum(r["downlink_bytes"] for r in rows),
+        "uplink_ratio_to_float32": (sum(r["uplink_bytes"] for r in rows)
+                                    / max(sum(r.get("uplink_bytes_float32", 0) for r in rows), 1)),
+        "downlink_ratio_to_float32": (sum(r["downlink_bytes"] for r in rows)
+                                      / max(sum(r.get("downlink_bytes_float32", 0) for r in rows), 1)),
+        "uplink_codec": cfg.compression.uplink + ("+error_feedback" if cfg.compression.error_feedback else ""),
+        "downlink_codec": f"{cfg.compression.downlink} ({cfg.compression.downlink_mode})",
         "train_seconds": sum(r["seconds"] for r in rows),
         "wall_seconds_this_invocation": wall_s,
     }
@@ -174,7 +196,7 @@ def run(
         rd = RunDir.create(out if out is not None else default_run_dir(cfg), cfg)
     torch.set_num_threads(cfg.run.threads or os.cpu_count() or 1)
 
-    prep = prepare(cfg)
+    prep = prepare(cfg, residuals=rd.path / "residuals")
     sim, state = prep.simulation, prep.state
     rd.write_json(rd.partition, prep.partition)
     rows: list[dict] = []
@@ -185,16 +207,20 @@ def run(
             if ck["model"].keys() != state.keys():
                 raise CheckpointError(f"{rd.checkpoints}: checkpoint does not match the model in config.toml.")
             start, state = ck["round"], ck["model"]
-            sim.strategy.load_state_dict(ck["server"])
+            sim.load_server_state(ck["server"])
+        if sim.wire.feedback is not None:
+            sim.wire.feedback.store.rollback(start)
         rows = [r for r in rd.read_metrics() if r["round"] <= start]
         rd.write_metrics(rows)
 
     def after_round(rnd: int, new_state: dict, strategy, row: dict) -> None:
         rows.append(row)
         rd.write_metrics(rows)  # metrics first: a crash before the checkpoint replays this round
-        rd.save_checkpoint(rnd, new_state, strategy.state_dict(),
+        rd.save_checkpoint(rnd, new_state, sim.server_state(),
                            {"seed": cfg.run.seed, "rng": "stateless: generators derive from "
                             "SeedSequence([seed, stream, round, client])"})
+        if sim.wire.feedback is not None:
+            sim.wire.feedback.store.commit(rnd)
         if progress is not None:
             progress(row)
         if on_round is not None:

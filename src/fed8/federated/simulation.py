@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from .._rng import SAMPLE, TRAIN, torch_generator
 from ..config import EvalConfig, TrainConfig
-from .client import ClientData, train_client, trainable_keys
+from .client import ClientData, ClientUpdate, train_client, trainable_keys
 from .evaluate import client_accuracy_stats, evaluate, predict_correct
 from .sampling import sample_clients
 from .strategy import Strategy
+
+if TYPE_CHECKING:
+    from ..compression.wire import Wire
 
 __all__ = ["RoundCallback", "Simulation", "payload_bytes"]
 
@@ -57,6 +60,8 @@ class Simulation:
         The ``[train]`` and ``[eval]`` config sections.
     seed
         Root seed of sampling and client shuffling.
+    wire
+        Uplink / downlink codecs (:class:`fed8.compression.wire.Wire`); None = float32 both ways.
     """
 
     model: nn.Module
@@ -67,6 +72,7 @@ class Simulation:
     train: TrainConfig
     eval: EvalConfig
     seed: int
+    wire: "Wire | None" = None
 
     def __post_init__(self) -> None:
         # All clients' local test splits in one tensor; owner[i] = the client holding sample i.
@@ -75,7 +81,12 @@ class Simulation:
         self.local_y = torch.cat([c.y_test for c in self.clients])
         self.owner = torch.cat([torch.full((c.y_test.shape[0],), k, dtype=torch.long)
                                  for k, c in enumerate(self.clients)])
-        self._sizes: tuple[int, int] | None = None  # (uplink, downlink) bytes per client
+        if self.wire is None:
+            from ..compression import make_codec
+            from ..compression.wire import Wire
+
+            self.wire = Wire(make_codec("float32"), make_codec("float32"), seed=self.seed,
+                             num_clients=len(self.clients))
 
     def is_eval_round(self, rnd: int) -> bool:
         every = self.eval.every
@@ -95,31 +106,42 @@ class Simulation:
         sampled = sample_clients(len(self.clients), self.train.fraction,
                                  generator=torch_generator(self.seed, SAMPLE, rnd))
         self.strategy.begin_round(rnd)
-        loss_sum, n_sum = 0.0, 0
+        client_state, down = self.wire.broadcast(rnd, state, sampled)
+        loss_sum, n_sum, up = 0.0, 0, 0
         for k in sampled:
-            update = train_client(self.model, state, self.clients[k], self.train,
+            update = train_client(self.model, client_state, self.clients[k], self.train,
                                   generator=torch_generator(self.seed, TRAIN, rnd, k), client=k)
+            delta, nbytes = self.wire.upload(rnd, k, update.delta)
+            up += nbytes
             loss_sum += update.train_loss * update.num_samples
             n_sum += update.num_samples
-            self.strategy.accumulate(update)
-            del update  # streaming: at most one update alive at a time
+            self.strategy.accumulate(ClientUpdate(k, delta, update.num_samples, update.train_loss))
+            del update, delta  # streaming: at most one update alive at a time
         new_state = self.strategy.finish_round(state)
-        if self._sizes is None:  # shapes never change, so the payload sizes do not either
-            self._sizes = (payload_bytes({k: state[k] for k in trainable_keys(state)}), payload_bytes(state))
-        up, down = self._sizes
+        up32, down32 = self.wire.float32_bytes(state)
         row: dict = {
             "round": rnd,
             "num_clients": len(sampled),
             "train_loss": loss_sum / max(n_sum, 1),
             "eval_loss": None, "eval_accuracy": None,
             "client_accuracy_mean": None, "client_accuracy_p10": None, "client_accuracy_min": None,
-            "uplink_bytes": up * len(sampled),
-            "downlink_bytes": down * len(sampled),
+            "uplink_bytes": up,
+            "downlink_bytes": down,
+            "uplink_bytes_float32": up32 * len(sampled),
+            "downlink_bytes_float32": down32 * len(sampled),
         }
         if self.is_eval_round(rnd):
             row.update(self.evaluate(new_state))
         row["seconds"] = time.perf_counter() - t0
         return new_state, row
+
+    def server_state(self) -> Tensors:
+        """Everything the server must checkpoint besides the model: optimizer and wire state."""
+        return {**self.strategy.state_dict(), **self.wire.state_dict()}
+
+    def load_server_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.strategy.load_state_dict({k: v for k, v in state.items() if not k.startswith("wire.")})
+        self.wire.load_state_dict({k: v for k, v in state.items() if k.startswith("wire.")})
 
     def run(self, state: Tensors, *, start_round: int = 0, on_round: RoundCallback | None = None) -> Tensors:
         """Run rounds ``start_round + 1 .. train.rounds``; call ``on_round`` after each."""

@@ -64,6 +64,9 @@ def render_html(run_dir: Path, summary: dict, rows: list[dict], config_text: str
             ("client_accuracy_mean", "client_accuracy_p10", "client_accuracy_min"))),
         ("total uplink bytes", summary.get("total_uplink_bytes")),
         ("total downlink bytes", summary.get("total_downlink_bytes")),
+        ("uplink / downlink vs float32", " / ".join(fmt(summary.get(k)) for k in
+            ("uplink_ratio_to_float32", "downlink_ratio_to_float32"))),
+        ("codecs (uplink / downlink)", f"{summary.get('uplink_codec')} / {summary.get('downlink_codec')}"),
         ("training seconds", summary.get("train_seconds")),
     ]
     imgs = "".join(

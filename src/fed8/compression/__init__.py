@@ -1,0 +1,14 @@
+"""8-bit (and other) codecs for client updates and broadcasts, with real payload bytes.
+
+See :mod:`fed8.compression.codec` for the wire format.
+"""
+
+from .codec import MAGIC, VERSION, Codec, TensorCodec, decode, payload_size
+from .feedback import ErrorFeedback, ResidualStore
+from .floats import FloatCodec
+from .registry import CODECS, make_codec
+from .scaled import ScaledCodec
+from .topk import TopKCodec
+
+__all__ = ["CODECS", "MAGIC", "VERSION", "Codec", "ErrorFeedback", "FloatCodec", "ResidualStore", "ScaledCodec",
+           "TensorCodec", "TopKCodec", "decode", "make_codec", "payload_size"]

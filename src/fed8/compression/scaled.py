@@ -1,0 +1,104 @@
+"""Scaled 8-bit codecs: ``int8`` and ``float8_e4m3fn`` / ``float8_e5m2``, using :mod:`fed8.formats`.
+
+Per tensor, per channel (axis 0 of tensors with two or more dimensions; 1-D tensors get
+one scale) or per block of ``block_size`` consecutive elements. Data section per tensor:
+the float32 scales, then one byte per element.
+
+* ``int8``: symmetric, ``s = amax / 127``, codes ``clamp(round(x / s), -127, 127)``;
+  round half to even (``|x - x_hat| <= s / 2``) or stochastic (``floor(x / s + u)``,
+  ``u ~ U[0, 1)``: unbiased, ``|x - x_hat| < s``).
+* FP8: ``s = amax / max`` (448 for e4m3fn, 57344 for e5m2), codes are the format's
+  bytes of ``x / s`` rounded to nearest even, saturating: relative error ``<= 2^-4``
+  (e4m3fn) or ``2^-3`` (e5m2) for normals, absolute ``<= s * 2^-10`` / ``s * 2^-17`` below.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..formats import (PerBlock, PerChannel, PerTensor, choose_qparams_int8, choose_scale_fp8, dequantize_fp8,
+                       dequantize_int8, fp8_format, quantize_fp8, quantize_int8)
+from .codec import TensorCodec
+
+__all__ = ["GRANULARITIES", "ScaledCodec"]
+
+GRANULARITIES = ("tensor", "channel", "block")
+ROUNDINGS = ("nearest", "stochastic")
+
+
+class ScaledCodec(TensorCodec):
+    """8-bit codes with float32 scales; ``name`` is ``int8``, ``float8_e4m3fn`` or ``float8_e5m2``."""
+
+    def __init__(self, name: str = "int8", *, granularity: str = "channel", block_size: int = 256,
+                 rounding: str = "nearest") -> None:
+        if name != "int8":
+            fp8_format(name)  # validates the name
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}; got {granularity!r}.")
+        if rounding not in ROUNDINGS:
+            raise ValueError(f"rounding must be one of {', '.join(ROUNDINGS)}; got {rounding!r}.")
+        if rounding == "stochastic" and name != "int8":
+            raise ValueError(f"stochastic rounding is implemented for int8 only; got it for {name}.")
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1; got {block_size}.")
+        self.name, self.granularity, self.block_size, self.rounding = name, granularity, int(block_size), rounding
+
+    def params(self) -> dict:
+        return {"granularity": self.granularity, "block_size": self.block_size, "rounding": self.rounding}
+
+    def _g(self, shape: tuple[int, ...]):
+        if self.granularity == "channel" and len(shape) >= 2:
+            return PerChannel(0)
+        if self.granularity == "block":
+            return PerBlock(self.block_size)
+        return PerTensor()
+
+    def _num_scales(self, shape: tuple[int, ...]) -> int:
+        g, n = self._g(shape), math.prod(shape)
+        if isinstance(g, PerChannel):
+            return shape[0]
+        if isinstance(g, PerBlock):
+            return -(-n // self.block_size)
+        return 1
+
+    def layout(self, shape: tuple[int, ...]) -> tuple[int, dict]:
+        return 4 * self._num_scales(shape) + math.prod(shape), {}
+
+    def encode_tensor(self, x: torch.Tensor, generator=None) -> bytes:
+        g = self._g(tuple(x.shape))
+        if self.name == "int8":
+            scale, _ = choose_qparams_int8(x, symmetric=True, granularity=g)
+            q = quantize_int8(x, scale, granularity=g, symmetric=True,
+                              generator=generator if self.rounding == "stochastic" else None)
+            codes = q.view(torch.uint8)
+        else:
+            scale = choose_scale_fp8(x, self.name, method="amax", granularity=g)
+            codes = quantize_fp8(x, scale, self.name, granularity=g)
+        n = math.prod(x.shape)
+        return (scale.reshape(-1).to(torch.float32).numpy().tobytes()
+                + codes.reshape(-1)[:n].contiguous().numpy().tobytes())
+
+    def decode_tensor(self, data: bytes, entry: dict, shape: tuple[int, ...]) -> torch.Tensor:
+        ns, n = self._num_scales(shape), math.prod(shape)
+        if len(data) != 4 * ns + n:
+            raise ValueError(f"{len(data)} data bytes, expected {4 * ns + n}")
+        buf = bytearray(data)
+        scale = torch.frombuffer(buf, dtype=torch.float32, count=ns)
+        codes = torch.frombuffer(buf, dtype=torch.uint8, offset=4 * ns, count=n)
+        if not torch.isfinite(scale).all():
+            raise ValueError("non-finite scale")
+        g = self._g(shape)
+        if isinstance(g, PerBlock):
+            pad = (-n) % self.block_size
+            codes = torch.cat([codes, codes.new_zeros(pad)]).reshape(-1, self.block_size)
+            scale = scale.reshape(-1, 1)
+        else:
+            codes = codes.reshape(shape) if shape else codes.reshape(())
+            scale = scale.reshape([shape[0]] + [1] * (len(shape) - 1)) if isinstance(g, PerChannel) else scale.reshape([1] * len(shape))
+        if self.name == "int8":
+            out = dequantize_int8(codes.view(torch.int8), scale, granularity=g, shape=torch.Size(shape))
+        else:
+            out = dequantize_fp8(codes, scale, self.name, granularity=g, shape=torch.Size(shape))
+        return out.reshape(shape)
