@@ -6,7 +6,7 @@ A payload is self-describing and versioned::
 
 The header names the codec and its parameters and lists every tensor: name, shape,
 original dtype, and the byte length of its data section (codec-specific: codes, scales,
-indices). The CRC-32 covers everything before it. :func:`decode` reads any payload
+indices), in sorted name order so equal inputs give equal bytes. The CRC-32 covers everything before it. :func:`decode` reads any payload
 without knowing which codec wrote it and raises :class:`~fed8.errors.PayloadError` for
 a payload that is truncated, corrupted, foreign or from a newer version, never
 returning garbage.
@@ -119,7 +119,7 @@ class TensorCodec:
 
     def _entries(self, tensors: Mapping[str, torch.Tensor]) -> list[dict]:
         entries = []
-        for name, t in tensors.items():
+        for name, t in sorted(tensors.items()):  # canonical order: same bytes whatever the dict order
             dtype = str(t.dtype).removeprefix("torch.")
             if dtype not in _DTYPES:
                 raise PayloadError(f"tensor {name!r} has dtype {dtype}; codecs take floating-point tensors "
@@ -135,8 +135,12 @@ class TensorCodec:
     def encode(self, tensors: Mapping[str, torch.Tensor], *, generator: torch.Generator | None = None) -> bytes:
         entries = self._entries(tensors)
         chunks = []
-        for e, t in zip(entries, tensors.values()):
-            data = self.encode_tensor(t.detach().to(torch.float32).contiguous(), generator)
+        for e in entries:
+            t = tensors[e["name"]]
+            if t.numel() == 0:  # nothing to send but the header entry (and a codec's fixed fields)
+                data = bytes(e["nbytes"])
+            else:
+                data = self.encode_tensor(t.detach().to(torch.float32).contiguous(), generator)
             if len(data) != e["nbytes"]:  # a codec bug, never the caller's
                 raise AssertionError(f"{self.name}: {len(data)} bytes for {e['name']}, layout says {e['nbytes']}")
             chunks.append(data)
@@ -156,7 +160,9 @@ def decode(payload: bytes) -> dict[str, torch.Tensor]:
     for entry, data in zip(header["tensors"], chunks):
         shape = tuple(int(d) for d in entry["shape"])
         try:
-            t = codec.decode_tensor(data, entry, shape)
+            if len(data) != codec.layout(shape)[0]:
+                raise ValueError(f"{len(data)} data bytes, the layout of shape {shape} is {codec.layout(shape)[0]}")
+            t = torch.zeros(shape) if 0 in shape else codec.decode_tensor(data, entry, shape)
         except (ValueError, RuntimeError, KeyError, IndexError) as e:
             raise PayloadError(f"tensor {entry.get('name')!r} of the {header['codec']} payload cannot be "
                                f"decoded ({e}).") from None

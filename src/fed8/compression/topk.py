@@ -3,8 +3,12 @@
 Per tensor: ``k = max(1, ceil(fraction * n))`` entries by ``|x|`` (Aji & Heafield 2017;
 with error feedback it converges like dense SGD, Stich et al. 2018). Data section: the
 float32 int8 scale, ``k`` int8 values (symmetric, ``s = max|kept| / 127``), and the
-indices, sorted, either bit-packed with ``ceil(log2 n)`` bits each or as an ``n``-bit
-bitmap, whichever is smaller (the choice depends only on ``n`` and ``k``).
+sorted indices in chunks of ``2^b`` positions: per chunk its count in ``b + 1`` bits, per
+index its offset in the chunk in ``b`` bits, all bit-packed. ``b`` minimizes
+``ceil(n / 2^b) (b + 1) + k b`` bits, so the size depends only on ``n`` and ``k``
+(``b = 0`` is a bitmap, ``b = ceil(log2 n)`` plain packed indices). At 10% density
+this is 0.69 bits per entry, against 1 for a bitmap and 21 for packed indices of a
+1.6M-entry tensor.
 """
 
 from __future__ import annotations
@@ -24,10 +28,26 @@ def _k(n: int, fraction: float) -> int:
     return 0 if n == 0 else min(n, max(1, math.ceil(fraction * n)))
 
 
-def _index_layout(n: int, k: int) -> tuple[str, int, int]:
-    bits = max(1, math.ceil(math.log2(n))) if n > 1 else 1
-    packed, bitmap = -(-k * bits // 8), -(-n // 8)
-    return ("bitmap", bitmap, bits) if bitmap < packed else ("packed", packed, bits)
+def _index_layout(n: int, k: int) -> tuple[int, int]:
+    """(b, bytes): the chunk exponent with the fewest bits for ``k`` of ``n`` indices, and their byte size."""
+    top = max(1, math.ceil(math.log2(n))) if n > 1 else 1
+    best = min(range(top + 1), key=lambda b: (-(-n >> b) * (b + 1) + k * b, b))
+    return best, -(-(-(-n >> best) * (best + 1) + k * best) // 8)
+
+
+def _pack(values: np.ndarray, bits: int) -> np.ndarray:
+    if bits == 0 or values.size == 0:
+        return np.zeros(0, np.uint8)
+    return np.packbits(((values.astype(np.int64)[:, None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(-1))
+
+
+def _unpack(raw: np.ndarray, count: int, bits: int) -> np.ndarray:
+    if bits == 0 or count == 0:
+        return np.zeros(count, np.int64)
+    b = np.unpackbits(raw)[: count * bits]
+    if b.size != count * bits:
+        raise ValueError("index section too short")
+    return (b.reshape(count, bits).astype(np.int64) << np.arange(bits)).sum(1)
 
 
 class TopKCodec(TensorCodec):
@@ -48,8 +68,7 @@ class TopKCodec(TensorCodec):
     def layout(self, shape: tuple[int, ...]) -> tuple[int, dict]:
         n = math.prod(shape)
         k = _k(n, self.fraction)
-        _, idx_bytes, _ = _index_layout(n, k)
-        return 4 + k + idx_bytes, {}
+        return 4 + k + _index_layout(n, k)[1], {}
 
     def encode_tensor(self, x: torch.Tensor, generator=None) -> bytes:
         flat = x.reshape(-1)
@@ -61,21 +80,19 @@ class TopKCodec(TensorCodec):
         vals = flat[idx]
         scale, _ = choose_qparams_int8(vals, symmetric=True, granularity=PerTensor())
         q = quantize_int8(vals, scale, symmetric=True, generator=generator if self.rounding == "stochastic" else None)
-        mode, nbytes, bits = _index_layout(n, k)
+        b, nbytes = _index_layout(n, k)
         ii = idx.numpy().astype(np.int64)
-        if mode == "bitmap":
-            mask = np.zeros(n, dtype=np.uint8)
-            mask[ii] = 1
-            packed = np.packbits(mask)
-        else:
-            packed = np.packbits(((ii[:, None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(-1))
+        counts = np.bincount(ii >> b, minlength=-(-n >> b))
+        bits = np.concatenate([np.unpackbits(_pack(counts, b + 1))[: counts.size * (b + 1)],
+                               np.unpackbits(_pack(ii & ((1 << b) - 1), b))[: k * b]])
+        packed = np.packbits(bits)
         assert packed.size == nbytes
         return scale.reshape(1).numpy().astype(np.float32).tobytes() + q.numpy().tobytes() + packed.tobytes()
 
     def decode_tensor(self, data: bytes, entry: dict, shape: tuple[int, ...]) -> torch.Tensor:
         n = math.prod(shape)
         k = _k(n, self.fraction)
-        mode, nbytes, bits = _index_layout(n, k) if k else ("packed", 0, 1)
+        b, nbytes = _index_layout(n, k) if k else (0, 0)
         if len(data) != 4 + k + nbytes:
             raise ValueError(f"{len(data)} data bytes, expected {4 + k + nbytes}")
         out = torch.zeros(n, dtype=torch.float32)
@@ -84,13 +101,14 @@ class TopKCodec(TensorCodec):
         buf = np.frombuffer(data, dtype=np.uint8)
         scale = torch.from_numpy(buf[:4].copy().view(np.float32))
         q = torch.from_numpy(buf[4 : 4 + k].copy().view(np.int8))
-        raw = buf[4 + k :]
-        if mode == "bitmap":
-            idx = np.flatnonzero(np.unpackbits(raw)[:n])
-        else:
-            b = np.unpackbits(raw)[: k * bits].reshape(k, bits).astype(np.int64)
-            idx = (b << np.arange(bits)).sum(1)
-        if idx.size != k or (idx.size and (idx.max() >= n or np.any(np.diff(idx) <= 0))):
+        bits = np.unpackbits(buf[4 + k :])
+        chunks = -(-n >> b)
+        counts = _unpack(np.packbits(bits[: chunks * (b + 1)]), chunks, b + 1)
+        offsets = _unpack(np.packbits(bits[chunks * (b + 1) : chunks * (b + 1) + k * b]), k, b)
+        if counts.sum() != k:
+            raise ValueError("index section is inconsistent (chunk counts do not add up to k)")
+        idx = (np.repeat(np.arange(chunks), counts) << b) + offsets
+        if idx.max() >= n or np.any(np.diff(idx) <= 0) or np.any(counts > (1 << b)):
             raise ValueError("index section is inconsistent")
         out[torch.from_numpy(idx)] = dequantize_int8(q, scale)
         return out.reshape(shape)
