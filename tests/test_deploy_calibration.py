@@ -6,7 +6,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from torch import nn
 
 from fed8.cli import main
 from fed8.deploy.calibrate import (Histogram, check_input, client_histograms, client_ranges, merge_histograms,
@@ -17,28 +16,17 @@ from fed8.deploy.images import load_images
 from fed8.deploy.quantize import fp8_activation_scales, quantize_fp8_model, quantize_int8_model
 from fed8.deploy.runtime import run_logits, session
 from fed8.errors import DeployError
+from test_deploy import OddNet  # conv(7, odd) -> fc1 -> fc: first and last layers quantized
 
 META = {"input_shape": [3, 8, 8], "classes": list("abcde"),
         "preprocess": {"divisor": 255, "mean": 0.5, "std": 0.5}}
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 7, 3, padding=1)
-        self.fc1 = nn.Linear(7 * 4 * 4, 33)
-        self.fc = nn.Linear(33, 5)
-
-    def forward(self, x):
-        x = nn.functional.max_pool2d(torch.relu(self.conv(x)), 2)
-        return self.fc(torch.relu(self.fc1(torch.flatten(x, 1))))
 
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
     torch.manual_seed(1)
     d = tmp_path_factory.mktemp("net")
-    path = export_onnx(Net().eval(), (3, 8, 8), d / "fp32.onnx", metadata=META)
+    path = export_onnx(OddNet().eval(), (3, 8, 8), d / "fp32.onnx", metadata=META)
     pixels = torch.randint(0, 256, (400, 3, 8, 8), generator=torch.Generator().manual_seed(2)).to(torch.uint8)
     x = ((pixels.float() / 255 - 0.5) / 0.5).numpy()
     return path, x, pixels.numpy(), d
