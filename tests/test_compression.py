@@ -206,3 +206,23 @@ def test_compressed_run_counts_real_bytes_and_resumes_bit_identical(tmp_path, sm
     resumed = fed8.run(resume=tmp_path / "cut", report=False)
     assert _strip(resumed.metrics) == _strip(rows)
     assert (tmp_path / "cut/model.safetensors").read_bytes() == (tmp_path / "full/model.safetensors").read_bytes()
+
+
+def test_delta_downlink_tracks_the_clients_model_and_counts_catch_up():
+    from fed8.compression.wire import Wire
+
+    g = torch.Generator().manual_seed(0)
+    w = {"a": torch.randn(20, 10, generator=g), "steps": torch.tensor(3)}
+    wire = Wire(make_codec("float32"), make_codec("int8"), seed=0, num_clients=3, downlink_mode="delta")
+    got1, bytes1 = wire.broadcast(1, w, [0, 1])
+    full_int8 = make_codec("int8").size({"a": w["a"]})
+    raw = bytes1 // 2 - full_int8  # the non-float entry travels as safetensors
+    assert bytes1 == 2 * (full_int8 + raw) and raw > 0 and torch.equal(got1["steps"], w["steps"])
+    w2 = {"a": w["a"] + 0.01 * torch.randn(20, 10, generator=g), "steps": torch.tensor(4)}
+    got2, bytes2 = wire.broadcast(2, w2, [1, 2])  # client 2 missed round 1: it first gets w_ref in float32
+    delta_size = make_codec("int8").size({"a": w2["a"]})
+    assert bytes2 == (delta_size + raw) + (make_codec("float32").size({"a": w["a"]}) + delta_size + raw)
+    # the delta is small, so the clients' model is much closer to w2 than a full int8 copy would be
+    full = decode(make_codec("int8").encode({"a": w2["a"]}))["a"]
+    assert (got2["a"] - w2["a"]).abs().max() < 0.2 * (full - w2["a"]).abs().max()
+    assert torch.equal(wire.ref["a"], got2["a"])
