@@ -165,8 +165,8 @@ def _cmd_run(args) -> int:
             f"{f[k]:.4f}" if f[k] is not None else "-"
             for k in ("client_accuracy_mean", "client_accuracy_p10", "client_accuracy_min"))),
         ("uplink / downlink", f"{_fmt_bytes(s['total_uplink_bytes'])} / {_fmt_bytes(s['total_downlink_bytes'])}"),
-        ("  vs float32", f"{s['uplink_ratio_to_float32']:.3f}x / {s['downlink_ratio_to_float32']:.3f}x "
-                         f"({s['uplink_codec']} / {s['downlink_codec']})"),
+        ("  vs float32", f"{s['uplink_ratio_to_float32']:.3f}x / {s['downlink_ratio_to_float32']:.3f}x"),
+        ("  codecs", f"{s['uplink_codec']} / {s['downlink_codec']}"),
         ("training time", f"{s['train_seconds']:.1f} s"),
     ]:
         table.add_row(k, v)

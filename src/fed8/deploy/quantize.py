@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -66,11 +67,17 @@ def quantize_int8_model(fp32_path: str | Path, out_path: str | Path, ranges: Map
     with tempfile.TemporaryDirectory(prefix="fed8-q-") as tmp:
         cache = Path(tmp) / "ranges.json"
         save_tensors_data(to_tensors_data(ranges), cache)
-        quantize_static(str(fp32_path), str(out_path), None, quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
-                        calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(cache),
-                        nodes_to_exclude=nodes_to_exclude or [],
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        root = logging.getLogger()  # ORT logs a pre-processing hint on the root logger every call
+        level = root.level
+        root.setLevel(max(level, logging.ERROR))
+        try:
+            quantize_static(str(fp32_path), str(out_path), None, quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
+                            calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(cache),
+                            nodes_to_exclude=nodes_to_exclude or [],
+                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        finally:
+            root.setLevel(level)
     import onnx
 
     used = kernel_ops(out_path)
