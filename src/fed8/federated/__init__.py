@@ -3,11 +3,11 @@
 from .client import ClientData, ClientUpdate, train_client, trainable_keys
 from .evaluate import client_accuracy_stats, evaluate
 from .sampling import num_sampled, sample_clients
-from .simulation import Simulation, payload_bytes
+from .simulation import Simulation
 from .strategy import FedAdam, FedAvg, FedAvgM, Strategy, StrategyWrapper, WeightedSum, make_strategy
 
 __all__ = sorted([
     "ClientData", "ClientUpdate", "FedAdam", "FedAvg", "FedAvgM", "Simulation", "Strategy",
     "StrategyWrapper", "WeightedSum", "client_accuracy_stats", "evaluate", "make_strategy",
-    "num_sampled", "payload_bytes", "sample_clients", "train_client", "trainable_keys",
+    "num_sampled", "sample_clients", "train_client", "trainable_keys",
 ])

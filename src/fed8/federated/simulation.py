@@ -29,17 +29,10 @@ from .strategy import Strategy
 if TYPE_CHECKING:
     from ..compression.wire import Wire
 
-__all__ = ["RoundCallback", "Simulation", "payload_bytes"]
+__all__ = ["RoundCallback", "Simulation"]
 
 Tensors = dict[str, torch.Tensor]
 RoundCallback = Callable[[int, Tensors, Strategy, dict], None]
-
-
-def payload_bytes(tensors: Mapping[str, torch.Tensor]) -> int:
-    """Bytes of ``tensors`` serialized as safetensors (header + raw data), as sent over the wire."""
-    from safetensors.torch import save
-
-    return len(save({k: v.contiguous() for k, v in tensors.items()}))
 
 
 @dataclass
