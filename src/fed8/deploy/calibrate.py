@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import DeployError
 
-__all__ = ["CALIBRATION_METHODS", "Histogram", "Ranges", "check_input", "client_histograms", "client_ranges",
+__all__ = ["CALIBRATION_METHODS", "Histogram", "Ranges", "activations", "check_input", "client_histograms", "client_ranges",
            "merge_histograms", "merge_ranges", "thresholds", "to_tensors_data"]
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
@@ -111,7 +111,7 @@ def merge_ranges(stats: Iterable[Mapping[str, tuple[float, float]]]) -> Ranges:
     return out
 
 
-def _activations(model_path: str | Path, names: list[str], x: np.ndarray, batch_size: int
+def activations(model_path: str | Path, names: list[str], x: np.ndarray, batch_size: int
                  ) -> Iterator[dict[str, np.ndarray]]:
     """Batches of the named intermediate tensors (the model with them added as outputs)."""
     import onnx
@@ -138,7 +138,7 @@ def client_histograms(model_path: str | Path, x: np.ndarray, bounds: Mapping[str
     out = {k: Histogram(np.zeros(bins, np.int64), float(bounds[k]), 0, 0.0, 0.0) for k in names}
     if x.shape[0] == 0:
         return out
-    for batch in _activations(model_path, names, x, batch_size):
+    for batch in activations(model_path, names, x, batch_size):
         for k, a in batch.items():
             a = a.ravel().astype(np.float64)
             h = out[k]

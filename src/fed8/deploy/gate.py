@@ -25,9 +25,9 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..formats import PerChannel, choose_scale_fp8, dequantize_fp8, fake_quantize_int8, fp8_format, quantize_fp8
-from ..formats import sqnr_db
-from .calibrate import _activations, check_input
+from ..formats import (PerChannel, choose_scale_fp8, dequantize_fp8, fake_quantize_int8, fp8_format, quantize_fp8,
+                       sqnr_db)
+from .calibrate import activations, check_input
 
 __all__ = ["GateResult", "LayerSQNR", "gate", "layer_sqnr"]
 
@@ -86,7 +86,7 @@ def layer_sqnr(fp32_path: str | Path, fmt: str, client_images: Iterable[np.ndarr
         if x.shape[0] == 0:
             continue
         check_input(fp32_path, x)
-        for batch in _activations(fp32_path, acts, x, 100):
+        for batch in activations(fp32_path, acts, x, 100):
             for k, a in batch.items():
                 t = torch.from_numpy(a).double()
                 q = _fake_act(t, fmt, *ranges[k], fp8_scales[k] if fp8_scales else None)
