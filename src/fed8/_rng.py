@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["COMPRESS", "DOWNLINK", "INIT", "SAMPLE", "TRAIN", "derive_seed", "numpy_rng", "torch_generator"]
+__all__ = ["ATTACK", "COMPRESS", "DOWNLINK", "DP_NOISE", "INIT", "LOCAL_NOISE", "SAMPLE", "SECAGG", "TRAIN", "derive_seed", "numpy_rng", "torch_generator"]
 
 # Stream tags keep the streams of different purposes independent.
 INIT, SAMPLE, TRAIN, COMPRESS, DOWNLINK = 1, 2, 3, 4, 5
+DP_NOISE, LOCAL_NOISE, SECAGG, ATTACK = 6, 7, 8, 9
 
 
 def derive_seed(seed: int, *keys: int) -> int:

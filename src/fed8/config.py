@@ -29,11 +29,13 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = [
+    "AttackConfig",
     "CompressionConfig",
     "Config",
     "DataConfig",
     "EvalConfig",
     "ModelConfig",
+    "PrivacyConfig",
     "QuantizeConfig",
     "RunConfig",
     "ServerConfig",
@@ -125,6 +127,10 @@ class TrainConfig:
     prox_mu: float = _key(
         0.0, "FedProx proximal term mu (Li et al. 2020); 0 = off (plain FedAvg client)", ge=0.0
     )
+    sampling: str = _key(
+        "fixed", "client sampling: fixed (round(fraction * clients) per round, without replacement) | "
+        "poisson (each client joins with probability fraction; the DP accountant matches it)",
+        choices=("fixed", "poisson"))
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,77 @@ class ServerConfig:
     beta1: float = _key(0.9, "first-moment decay for fedadam", ge=0.0, lt=1.0)
     beta2: float = _key(0.99, "second-moment decay for fedadam", ge=0.0, lt=1.0)
     tau: float = _key(1e-3, "adaptivity (epsilon) of fedadam", gt=0.0)
+    robust: str = _key(
+        "none", "robust aggregation: none | norm_bound (clip each update to norm_bound) | median "
+        "(coordinate-wise) | trimmed_mean (drop trim_fraction largest and smallest per coordinate)",
+        choices=("none", "norm_bound", "median", "trimmed_mean"))
+    norm_bound: float = _key(1.0, "L2 bound of each update for robust = norm_bound", gt=0.0)
+    trim_fraction: float = _key(0.2, "fraction trimmed at each end for robust = trimmed_mean", ge=0.0, lt=0.5)
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Client-level differential privacy and secure aggregation."""
+
+    dp: str = _key(
+        "none", "differential privacy: none | central (server adds noise to the clipped sum; DP-FedAvg, "
+        "McMahan et al. 2018) | local (each client adds noise to its own clipped update)",
+        choices=("none", "central", "local"))
+    clip_norm: float = _key(1.0, "L2 norm C each client update is clipped to (DP and secure aggregation)",
+                            gt=0.0)
+    noise_multiplier: float = _key(
+        0.0, "Gaussian noise std / clip_norm (z); 0 with target_epsilon > 0 = computed from the budget",
+        ge=0.0)
+    target_epsilon: float = _key(
+        0.0, "privacy budget epsilon for the planned rounds; 0 = no budget (then noise_multiplier is "
+        "required)", ge=0.0)
+    delta: float = _key(1e-5, "delta of the reported (epsilon, delta); keep it below 1 / clients", gt=0.0, lt=1.0)
+    accountant: str = _key("rdp", "privacy accountant from dp-accounting: rdp | pld (tighter, slower)",
+                           choices=("rdp", "pld"))
+    budget: str = _key(
+        "refuse", "when noise_multiplier and target_epsilon are both set and the planned rounds would exceed "
+        "the budget: refuse (do not start) | stop (train up to the last round within budget)",
+        choices=("refuse", "stop"))
+    weighting: str = _key(
+        "auto", "aggregation weights: auto (samples without DP, uniform with DP) | uniform | capped "
+        "(min(1, n_k / weight_cap)) | samples (n_k; not allowed with DP: unbounded sensitivity)",
+        choices=("auto", "uniform", "capped", "samples"))
+    weight_cap: int = _key(0, "samples at which a client's weight caps at 1 for weighting = capped (and "
+                           "samples under secure aggregation); 0 = the largest client's sample count", ge=0)
+    adaptive_clipping: bool = _key(
+        False, "adapt clip_norm to a quantile of the update norms (Andrew et al. 2021); its cost is "
+        "accounted")
+    adaptive_quantile: float = _key(0.5, "target quantile gamma of the update norms", gt=0.0, lt=1.0)
+    adaptive_lr: float = _key(0.2, "step eta of the geometric clip-norm update", gt=0.0)
+    adaptive_count_stddev: float = _key(
+        0.0, "noise std sigma_b on the count of unclipped clients; 0 = max(clients per round / 20, 1.58 z) (the "
+        "paper's m / 20, capped so the count spends at most 10% of the budget)", ge=0.0)
+    secure_aggregation: bool = _key(
+        False, "secure aggregation (Bonawitz et al. 2017): the server only learns the sum of the int8, "
+        "shared-scale updates, summed in Z_(2^k)")
+    secagg_threshold: float = _key(
+        0.6, "t as a fraction of each round's participants: any t can unmask, so up to n - t may drop",
+        gt=0.0, le=1.0)
+    noise_placement: str = _key(
+        "server", "with dp = central and secure aggregation: server (noise added to the unmasked sum) | "
+        "distributed (each client adds its share, so no one sees a noiseless sum)",
+        choices=("server", "distributed"))
+    secagg_dropout: float = _key(0.0, "simulated fraction of secure-aggregation participants that drop",
+                                 ge=0.0, lt=1.0)
+    secagg_dropout_phase: str = _key(
+        "after_input", "when simulated dropouts happen: before_input (their update is lost) | after_input "
+        "(counted; they just do not help unmask)", choices=("before_input", "after_input"))
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Simulated malicious clients, to test robust aggregation."""
+
+    fraction: float = _key(0.0, "fraction of clients that are malicious (chosen once from the seed)",
+                           ge=0.0, le=1.0)
+    kind: str = _key("sign_flip", "what malicious clients send: sign_flip (-scale x update) | nan",
+                     choices=("sign_flip", "nan"))
+    scale: float = _key(10.0, "scale of the sign-flipped update", gt=0.0)
 
 
 _CODEC_DOC = (
@@ -264,6 +341,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def replace(self, overrides: Sequence[str] | Mapping[str, Any]) -> "Config":
@@ -282,6 +361,8 @@ _SECTIONS: dict[str, type] = {
     "eval": EvalConfig,
     "compression": CompressionConfig,
     "quantize": QuantizeConfig,
+    "privacy": PrivacyConfig,
+    "attack": AttackConfig,
     "run": RunConfig,
 }
 

@@ -8,7 +8,8 @@ allowed, and how to fix it.
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "DeployError", "Fed8Error", "MissingExtraError", "PayloadError"]
+__all__ = ["CheckpointError", "ConfigError", "DataError", "DeployError", "Fed8Error", "MissingExtraError", "PayloadError",
+           "SecAggError"]
 
 
 class Fed8Error(Exception):
@@ -33,6 +34,10 @@ class DeployError(Fed8Error, ValueError):
 
 class PayloadError(Fed8Error, ValueError):
     """A wire payload is truncated, corrupted, foreign or of an unknown version or codec."""
+
+
+class SecAggError(Fed8Error, RuntimeError):
+    """A secure-aggregation round cannot complete (too few clients left, a bad share or message)."""
 
 
 class MissingExtraError(Fed8Error, ImportError):

@@ -52,6 +52,7 @@ class Prepared:
     classes: tuple[str, ...]
     input_shape: tuple[int, int, int]
     num_parameters: int
+    plan: Any = None
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -83,10 +84,17 @@ def prepare(cfg: Config, residuals: Path | None = None):
 
     ``residuals``: folder for error-feedback residuals (the run directory's); in memory if None.
     """
-    from .data import load_splits, local_split, partition, partition_summary, to_float
-    from .federated import ClientData, Simulation, make_strategy
-    from .models import build_model, count_parameters
+    import dataclasses
 
+    from .data import load_splits, local_split, partition, partition_summary, to_float
+    from .federated import ClientData, Simulation
+    from .federated.build import check_combination, expected_clients, make_aggregator
+    from .models import build_model, count_parameters
+    from .privacy import check_model_for_dp, make_plan
+
+    check_combination(cfg)
+    plan = make_plan(cfg.privacy, num_clients=cfg.data.num_clients, clients_per_round=expected_clients(cfg),
+                     sampling=cfg.train.sampling, rounds=cfg.train.rounds)
     splits = load_splits(cfg.data)
     train, ev = splits.train, splits.eval
     labels = train.labels.numpy()
@@ -105,14 +113,21 @@ def prepare(cfg: Config, residuals: Path | None = None):
     c_, h, w = train.shape
     model = build_model(cfg.model.name, in_channels=c_, height=h, width=w, num_classes=train.num_classes,
                         norm=cfg.model.norm, hidden=cfg.model.hidden, seed=derive_seed(cfg.run.seed, INIT))
+    if cfg.privacy.dp != "none":
+        check_model_for_dp(model, model_name=cfg.model.name)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     param_names = {k for k, _ in model.named_parameters()}
     buffers = [k for k, v in state.items() if v.is_floating_point() and k not in param_names]
+    strategy, hooks = make_aggregator(
+        cfg, plan, client_sizes=[c.num_train for c in clients], buffers=buffers,
+        expected={k: tuple(v.shape) for k, v in state.items() if v.is_floating_point()})
+    # A privacy budget may cut the rounds (privacy.budget = "stop"); the saved config keeps the plan's input.
+    train_cfg = dataclasses.replace(cfg.train, rounds=plan.rounds)
     sim = Simulation(model=model, clients=clients, eval_x=to_float(ev.images), eval_y=ev.labels,
-                     strategy=make_strategy(cfg.server, buffers=buffers), train=cfg.train,
-                     eval=cfg.eval, seed=cfg.run.seed, wire=make_wire(cfg, len(clients), residuals))
+                     strategy=strategy, train=train_cfg, eval=cfg.eval, seed=cfg.run.seed,
+                     wire=make_wire(cfg, len(clients), residuals), client_hooks=hooks)
     return Prepared(cfg, sim, state, partition_summary(client_splits, labels, train.num_classes),
-                    train.classes, train.shape, count_parameters(model))
+                    train.classes, train.shape, count_parameters(model), plan)
 
 
 def _resume_config(rd: RunDir, overrides: Sequence[str]) -> Config:
@@ -121,6 +136,8 @@ def _resume_config(rd: RunDir, overrides: Sequence[str]) -> Config:
     a, b = saved.to_dict(), cfg.to_dict()
     changed = [f"{s}.{k}" for s in a for k in a[s] if a[s][k] != b[s][k]]
     bad = [k for k in changed if k not in RESUMABLE_KEYS]
+    if "train.rounds" in changed and saved.privacy.dp != "none" and saved.privacy.target_epsilon > 0:
+        bad.append("train.rounds (the privacy budget was planned for the configured rounds)")
     if bad:
         raise ConfigError(
             f"cannot change {', '.join(bad)} when resuming {rd.path}: the run would no longer be the "
@@ -149,8 +166,31 @@ def _summary(prep: Prepared, rows: list[dict], wall_s: float) -> dict:
                                       / max(sum(r.get("downlink_bytes_float32", 0) for r in rows), 1)),
         "uplink_codec": cfg.compression.uplink + ("+error_feedback" if cfg.compression.error_feedback else ""),
         "downlink_codec": f"{cfg.compression.downlink} ({cfg.compression.downlink_mode})",
+        "privacy": _privacy_summary(prep, rows),
+        "rejected_updates": sum(r.get("rejected_updates", 0) for r in rows),
         "train_seconds": sum(r["seconds"] for r in rows),
         "wall_seconds_this_invocation": wall_s,
+    }
+
+
+def _privacy_summary(prep: Prepared, rows: list[dict]) -> dict:
+    cfg, plan = prep.config, prep.plan
+    p = cfg.privacy
+    done = rows[-1]["round"] if rows else 0
+    spec = plan.spec
+    return {
+        "dp": p.dp, "secure_aggregation": p.secure_aggregation,
+        "statement": plan.statement(done, secure=p.secure_aggregation, threshold=p.secagg_threshold),
+        "epsilon": plan.epsilon(done), "delta": spec.delta if spec else None,
+        "epsilon_per_round": plan.epsilon_per_round(),
+        "accountant": spec.accountant if spec else None, "sampling": cfg.train.sampling,
+        "noise_multiplier": plan.noise_multiplier if spec else None,
+        "noise_multiplier_calibrated": plan.calibrated,
+        "update_noise_multiplier": plan.update_noise_multiplier if spec else None,
+        "clip_norm": p.clip_norm if (spec or p.secure_aggregation) else None,
+        "adaptive_clipping": p.adaptive_clipping,
+        "noise_placement": p.noise_placement if (p.dp == "central" and p.secure_aggregation) else None,
+        "stopped_for_budget": plan.stop_reason,
     }
 
 
@@ -214,6 +254,7 @@ def run(
         rd.write_metrics(rows)
 
     def after_round(rnd: int, new_state: dict, strategy, row: dict) -> None:
+        row["epsilon"] = prep.plan.epsilon(rnd)
         rows.append(row)
         rd.write_metrics(rows)  # metrics first: a crash before the checkpoint replays this round
         rd.save_checkpoint(rnd, new_state, sim.server_state(),

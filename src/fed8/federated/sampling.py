@@ -1,4 +1,9 @@
-"""Client sampling per round: a seeded uniform draw without replacement."""
+"""Client sampling per round: a seeded uniform draw without replacement, or Poisson.
+
+The privacy accountant must match the sampling (see :mod:`fed8.privacy.accounting`):
+``fixed`` draws exactly ``m = round(q K)`` clients; ``poisson`` includes every client
+independently with probability ``q``, so the number per round varies (and may be 0).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,9 @@ import math
 
 import torch
 
-__all__ = ["num_sampled", "sample_clients"]
+__all__ = ["SAMPLING", "num_sampled", "sample_clients"]
+
+SAMPLING = ("fixed", "poisson")
 
 
 def num_sampled(num_clients: int, fraction: float) -> int:
@@ -14,8 +21,18 @@ def num_sampled(num_clients: int, fraction: float) -> int:
     return max(1, min(num_clients, int(math.floor(fraction * num_clients + 0.5))))
 
 
-def sample_clients(num_clients: int, fraction: float, *, generator: torch.Generator) -> list[int]:
-    """Sorted ids of the clients that train this round; all of them when ``fraction == 1``."""
+def sample_clients(num_clients: int, fraction: float, *, generator: torch.Generator,
+                   sampling: str = "fixed") -> list[int]:
+    """Sorted ids of the clients that train this round.
+
+    ``fixed``: all clients when ``fraction == 1``, else ``num_sampled`` of them uniformly
+    without replacement. ``poisson``: each client with probability ``fraction``.
+    """
+    if sampling == "poisson":
+        keep = torch.rand(num_clients, generator=generator) < fraction
+        return torch.nonzero(keep).flatten().tolist()
+    if sampling != "fixed":
+        raise ValueError(f"train.sampling must be one of {SAMPLING}; got {sampling!r}.")
     m = num_sampled(num_clients, fraction)
     if m == num_clients:
         return list(range(num_clients))

@@ -12,6 +12,7 @@ resumed from the checkpoint of round r replays rounds r+1.. bit for bit.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
@@ -21,6 +22,7 @@ from torch import nn
 
 from .._rng import SAMPLE, TRAIN, torch_generator
 from ..config import EvalConfig, TrainConfig
+from ..errors import SecAggError
 from .client import ClientData, ClientUpdate, train_client, trainable_keys
 from .evaluate import client_accuracy_stats, evaluate, predict_correct
 from .sampling import sample_clients
@@ -29,10 +31,14 @@ from .strategy import Strategy
 if TYPE_CHECKING:
     from ..compression.wire import Wire
 
-__all__ = ["RoundCallback", "Simulation"]
+__all__ = ["ClientHook", "RoundCallback", "Simulation"]
+
+log = logging.getLogger("fed8")
 
 Tensors = dict[str, torch.Tensor]
 RoundCallback = Callable[[int, Tensors, Strategy, dict], None]
+# A client-side transform of an update before it is sent: (round, update) -> update.
+ClientHook = Callable[[int, ClientUpdate], ClientUpdate]
 
 
 @dataclass
@@ -55,6 +61,9 @@ class Simulation:
         Root seed of sampling and client shuffling.
     wire
         Uplink / downlink codecs (:class:`fed8.compression.wire.Wire`); None = float32 both ways.
+    client_hooks
+        Client-side transforms applied in order to each update before it is encoded and
+        sent (local DP noise, simulated attacks): ``hook(round, update) -> update``.
     """
 
     model: nn.Module
@@ -66,6 +75,7 @@ class Simulation:
     eval: EvalConfig
     seed: int
     wire: "Wire | None" = None
+    client_hooks: Sequence[ClientHook] = ()
 
     def __post_init__(self) -> None:
         # All clients' local test splits in one tensor; owner[i] = the client holding sample i.
@@ -96,21 +106,33 @@ class Simulation:
     def run_round(self, rnd: int, state: Tensors) -> tuple[Tensors, dict]:
         """Train, aggregate and (if due) evaluate round ``rnd``; returns the new state and its metrics row."""
         t0 = time.perf_counter()
-        sampled = sample_clients(len(self.clients), self.train.fraction,
+        sampled = sample_clients(len(self.clients), self.train.fraction, sampling=self.train.sampling,
                                  generator=torch_generator(self.seed, SAMPLE, rnd))
-        self.strategy.begin_round(rnd)
+        self.strategy.begin_round(rnd, sampled)
         client_state, down = self.wire.broadcast(rnd, state, sampled)
         loss_sum, n_sum, up = 0.0, 0, 0
         for k in sampled:
             update = train_client(self.model, client_state, self.clients[k], self.train,
                                   generator=torch_generator(self.seed, TRAIN, rnd, k), client=k)
+            for hook in self.client_hooks:
+                update = hook(rnd, update)
             delta, nbytes = self.wire.upload(rnd, k, update.delta)
             up += nbytes
             loss_sum += update.train_loss * update.num_samples
             n_sum += update.num_samples
             self.strategy.accumulate(ClientUpdate(k, delta, update.num_samples, update.train_loss))
             del update, delta  # streaming: at most one update alive at a time
-        new_state = self.strategy.finish_round(state)
+        # A Poisson round may sample nobody, every update may be rejected, a secure-aggregation
+        # round may lose too many clients: then the round is abandoned and the model kept.
+        aborted = None
+        try:
+            new_state = self.strategy.finish_round(state) if self.strategy.num_updates else dict(state)
+        except SecAggError as e:
+            log.warning("round %d abandoned, model unchanged: %s", rnd, e)
+            new_state, aborted = dict(state), str(e)
+        extra = self.strategy.round_metrics()
+        up = extra.pop("uplink_bytes", up)  # secure aggregation sends its own messages
+        down += extra.pop("secagg_downlink_bytes", 0)
         up32, down32 = self.wire.float32_bytes(state)
         row: dict = {
             "round": rnd,
@@ -122,7 +144,11 @@ class Simulation:
             "downlink_bytes": down,
             "uplink_bytes_float32": up32 * len(sampled),
             "downlink_bytes_float32": down32 * len(sampled),
+            "rejected_updates": 0,
+            **extra,
         }
+        if aborted is not None:
+            row["aborted"] = aborted
         if self.is_eval_round(rnd):
             row.update(self.evaluate(new_state))
         row["seconds"] = time.perf_counter() - t0

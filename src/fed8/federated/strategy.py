@@ -18,7 +18,7 @@ Algorithm 2). Floating-point buffers (BatchNorm running statistics) are always s
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -26,7 +26,7 @@ from ..config import ServerConfig
 from ..errors import ConfigError
 from .client import ClientUpdate
 
-__all__ = ["FedAdam", "FedAvg", "FedAvgM", "Strategy", "StrategyWrapper", "WeightedSum", "make_strategy"]
+__all__ = ["FedAdam", "FedAvg", "FedAvgM", "Reweighted", "Strategy", "StrategyWrapper", "WeightedSum", "make_strategy"]
 
 Tensors = dict[str, torch.Tensor]
 
@@ -68,7 +68,8 @@ class Strategy:
         self.num_updates = 0
 
     # -- round protocol ---------------------------------------------------------
-    def begin_round(self, rnd: int) -> None:
+    def begin_round(self, rnd: int, clients: Sequence[int] = ()) -> None:
+        """Start round ``rnd`` with the sampled ``clients`` (secure aggregation needs them up front)."""
         self._sum = WeightedSum()
         self.num_updates = 0
 
@@ -84,6 +85,10 @@ class Strategy:
         for k, d in mean.items():
             new[k] = global_state[k] + (d if k in self.buffers else step[k])
         return new
+
+    def round_metrics(self) -> dict:
+        """Extra entries for this round's metrics row (e.g. ``rejected_updates``, ``clip_norm``)."""
+        return {}
 
     # -- server optimizer -------------------------------------------------------
     def server_step(self, mean_delta: Tensors) -> Tensors:
@@ -165,8 +170,8 @@ class StrategyWrapper(Strategy):
     def __init__(self, inner: Strategy) -> None:
         self.inner = inner
 
-    def begin_round(self, rnd: int) -> None:
-        self.inner.begin_round(rnd)
+    def begin_round(self, rnd: int, clients: Sequence[int] = ()) -> None:
+        self.inner.begin_round(rnd, clients)
 
     def accumulate(self, update: ClientUpdate) -> None:
         self.inner.accumulate(update)
@@ -180,9 +185,24 @@ class StrategyWrapper(Strategy):
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         self.inner.load_state_dict(state)
 
+    def round_metrics(self) -> dict:
+        return self.inner.round_metrics()
+
     @property
     def num_updates(self) -> int:  # type: ignore[override]
         return self.inner.num_updates
+
+
+class Reweighted(StrategyWrapper):
+    """Aggregate with ``weight(n_k)`` in place of the sample count ``n_k`` (e.g. uniform weights)."""
+
+    def __init__(self, inner: Strategy, weight: Callable[[int], float]) -> None:
+        super().__init__(inner)
+        self.weight = weight
+
+    def accumulate(self, update: ClientUpdate) -> None:
+        self.inner.accumulate(ClientUpdate(update.client, update.delta, self.weight(update.num_samples),
+                                           update.train_loss))
 
 
 def make_strategy(cfg: ServerConfig, *, buffers: Iterable[str] = ()) -> Strategy:

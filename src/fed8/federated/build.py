@@ -1,0 +1,131 @@
+"""Assemble the server's aggregation chain and the clients' hooks from a config.
+
+    ValidateUpdates( [NormBound | CoordinateMedian | TrimmedMean | PrivateAggregate | Reweighted]( inner ) )
+
+The round loop only ever sees a :class:`Strategy`; every privacy and robustness
+feature is a wrapper or a client hook chosen here, and every combination that would
+silently break a guarantee is refused with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+from ..config import Config
+from ..errors import ConfigError
+from .hooks import Attack, LocalDP, malicious_clients
+from .private import AdaptiveClipping, PrivateAggregate, capped_weight, uniform_weight
+from .robust import CoordinateMedian, NormBound, TrimmedMean, ValidateUpdates
+from .sampling import num_sampled
+from .strategy import Reweighted, Strategy, make_strategy
+
+__all__ = ["check_combination", "expected_clients", "make_aggregator"]
+
+
+def expected_clients(cfg: Config) -> float:
+    """Clients per round: exactly ``round(qN)`` for fixed sampling, ``qN`` on average for Poisson."""
+    n, q = cfg.data.num_clients, cfg.train.fraction
+    return q * n if cfg.train.sampling == "poisson" else float(num_sampled(n, q))
+
+
+def check_combination(cfg: Config) -> None:
+    """Refuse combinations of privacy, secure aggregation, robustness and compression that cannot hold."""
+    p, robust = cfg.privacy, cfg.server.robust
+    weighting = _weighting(cfg)
+    if p.dp != "none" and weighting == "samples":
+        raise ConfigError(
+            "privacy.weighting = 'samples' cannot be used with privacy.dp: a client's weight n_k / n grows with "
+            "its own data, so one client can move the average by more than clip_norm / denominator and the "
+            "noise no longer covers it. Use privacy.weighting = 'uniform' or 'capped' (weights min(1, n_k / "
+            "weight_cap) with a fixed denominator).")
+    if p.secure_aggregation and cfg.compression.uplink != "float32":
+        raise ConfigError(
+            f"compression.uplink = {cfg.compression.uplink!r} cannot be combined with privacy.secure_aggregation: "
+            "secure aggregation quantizes each update itself (int8 codes with a scale shared by all clients, "
+            "summed in Z_(2^k): about 2 bytes per value). Set compression.uplink = 'float32'.")
+    if p.secure_aggregation and robust != "none":
+        raise ConfigError(
+            f"server.robust = {robust!r} cannot run with privacy.secure_aggregation: the server only learns the sum, "
+            "so it cannot see, bound or rank individual updates. Choose one of them.")
+    if p.dp == "central" and robust in ("median", "trimmed_mean"):
+        raise ConfigError(
+            f"server.robust = {robust!r} with privacy.dp = 'central' is not supported: the Gaussian noise is "
+            "calibrated to the sensitivity of a clipped sum, not of a median or trimmed mean. Use "
+            "server.robust = 'norm_bound' or 'none' (DP clipping already bounds every update).")
+    if p.adaptive_clipping and p.dp != "central":
+        raise ConfigError(
+            f"privacy.adaptive_clipping needs privacy.dp = 'central' (got {p.dp!r}): the clip norm is learned from "
+            "a noised count of clipped clients that is part of the central mechanism.")
+    if p.noise_placement == "distributed" and not (p.secure_aggregation and p.dp == "central"):
+        raise ConfigError(
+            "privacy.noise_placement = 'distributed' needs privacy.dp = 'central' and secure_aggregation = true: "
+            "without secure aggregation the server would see each client's small share of the noise.")
+    if p.noise_placement == "distributed" and p.adaptive_clipping:
+        raise ConfigError(
+            "privacy.adaptive_clipping with noise_placement = 'distributed' is not supported (the clipped count "
+            "would need its own distributed noise). Use noise_placement = 'server' or a fixed clip_norm.")
+
+
+def _weighting(cfg: Config) -> str:
+    w = cfg.privacy.weighting
+    if w == "auto":
+        return "samples" if cfg.privacy.dp == "none" else "uniform"
+    return w
+
+
+def make_aggregator(cfg: Config, plan, *, client_sizes: Sequence[int], expected: Mapping[str, Sequence[int]],
+                    buffers: Sequence[str] = ()) -> tuple[Strategy, list]:
+    """The strategy chain and the client hooks for ``cfg`` and its privacy ``plan``."""
+    check_combination(cfg)
+    p, seed = cfg.privacy, cfg.run.seed
+    inner = make_strategy(cfg.server, buffers=buffers)
+    weighting = _weighting(cfg)
+    cap = float(p.weight_cap or max(client_sizes, default=1))
+    m = expected_clients(cfg)
+    hooks: list = []
+    if cfg.attack.fraction > 0:
+        hooks.append(Attack(malicious_clients(len(client_sizes), cfg.attack.fraction, seed), cfg.attack.kind,
+                            cfg.attack.scale))
+    if p.dp == "local":
+        hooks.append(LocalDP(p.clip_norm, plan.noise_multiplier, seed))
+
+    central = p.dp == "central"
+    if central or p.secure_aggregation:
+        if weighting == "uniform":
+            weight, wsum = uniform_weight, 1.0 * len(client_sizes)
+        else:  # capped, or samples under secure aggregation without DP (w = n_k / cap)
+            weight = capped_weight(cap)
+            wsum = sum(weight(n) for n in client_sizes)
+        denominator = m * wsum / len(client_sizes) if central else None
+        secure = None
+        if p.secure_aggregation:
+            from ..privacy.secagg import SecureSum
+
+            secure = SecureSum(seed=seed, threshold=p.secagg_threshold, dropout=p.secagg_dropout,
+                               dropout_phase=p.secagg_dropout_phase)
+        distributed = central and p.noise_placement == "distributed"
+        z_u = plan.update_noise_multiplier if central else 0.0
+        t_min = max(1, math.ceil(p.secagg_threshold * m - 1e-9))
+        strategy: Strategy = PrivateAggregate(
+            inner, clip_norm=p.clip_norm, weight=weight, denominator=denominator,
+            noise_multiplier=0.0 if distributed else z_u,
+            client_noise_std=z_u * p.clip_norm / math.sqrt(t_min) if distributed else 0.0,
+            adaptive=(AdaptiveClipping(target_quantile=p.adaptive_quantile, lr=p.adaptive_lr,
+                                       count_stddev=plan.count_stddev) if p.adaptive_clipping else None),
+            expected_clients=m, secure=secure, seed=seed)
+        if cfg.server.robust == "norm_bound":
+            strategy = NormBound(strategy, cfg.server.norm_bound)
+    else:
+        strategy = inner
+        if weighting == "uniform":
+            strategy = Reweighted(strategy, uniform_weight)
+        elif weighting == "capped":
+            strategy = Reweighted(strategy, capped_weight(cap))
+        if cfg.server.robust == "norm_bound":
+            strategy = NormBound(strategy, cfg.server.norm_bound)
+        elif cfg.server.robust == "median":
+            strategy = CoordinateMedian(strategy)
+        elif cfg.server.robust == "trimmed_mean":
+            strategy = TrimmedMean(strategy, cfg.server.trim_fraction)
+    return ValidateUpdates(strategy, expected), hooks

@@ -1,0 +1,150 @@
+"""DP-FedAvg and secure summation as a strategy wrapper.
+
+One round, for the sampled clients ``S`` (McMahan et al. 2018, arXiv:1710.06963,
+Algorithm 1, with the adaptive clipping of Andrew et al. 2021, arXiv:1905.03871)::
+
+    x_k   = delta_k * min(1, C / ||delta_k||)                 clip (client side)
+    b_k   = 1[ ||delta_k|| <= C ]                             for adaptive clipping
+    Sum   = sum_{k in S} w_k x_k                              plain sum, or secure sum
+    Delta = (Sum + N(0, (z_u C)^2 I)) / D                     D fixed: q N (uniform) or q W (capped)
+    C    <- C exp(-eta (( sum_k b_k + N(0, sigma_b^2)) / (q N) - gamma))
+
+then the inner strategy (FedAvg, FedAvgM, FedAdam) steps with ``Delta``. Weights are
+``w_k = 1`` (uniform) or ``min(1, n_k / cap)`` (capped); the fixed denominator keeps the
+sensitivity of ``Delta`` at ``C / D``. Without DP (secure sum only) ``D = sum_k w_k``.
+
+What runs where: clipping, weighting and (distributed mode) noise happen on the client
+before anything leaves it; the server only sees the sum when secure aggregation is on.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import torch
+
+from .._rng import DP_NOISE, torch_generator
+from ..privacy.dp import add_gaussian_noise, adaptive_clip_step, clip_by_norm
+from .client import ClientUpdate
+from .strategy import Strategy, StrategyWrapper, Tensors, WeightedSum
+
+__all__ = ["AdaptiveClipping", "PrivateAggregate", "capped_weight", "uniform_weight"]
+
+
+class AdaptiveClipping:
+    """Parameters of adaptive clipping: target quantile ``gamma``, step ``eta``, count noise ``sigma_b``."""
+
+    def __init__(self, *, target_quantile: float, lr: float, count_stddev: float) -> None:
+        self.target_quantile, self.lr, self.count_stddev = target_quantile, lr, count_stddev
+
+
+class PrivateAggregate(StrategyWrapper):
+    """Clip, weight, sum (plainly or securely), add noise, divide by a fixed denominator.
+
+    Parameters
+    ----------
+    inner
+        The server optimizer that receives the private mean update.
+    clip_norm
+        Initial ``C`` (L2, over the whole update).
+    weight
+        ``weight(num_samples) -> w`` in [0, 1].
+    denominator
+        Fixed ``D`` (DP), or None for ``sum_k w_k`` (secure sum without DP).
+    noise_multiplier
+        ``z_u``: std of the server-side noise on the sum is ``z_u * C``; 0 for none (no DP,
+        local DP, or distributed noise added by the clients).
+    client_noise_std
+        Distributed DP: std each client adds (``z_u C / sqrt(t)``, so that any ``t``
+        senders together add at least ``z_u C``); needs ``secure``.
+    adaptive
+        :class:`AdaptiveClipping` or None.
+    expected_clients
+        ``q N``: the denominator of the clipped-count fraction.
+    secure
+        A :class:`fed8.privacy.secagg.SecureSum`, or None for a plain sum.
+    seed
+        Noise generators derive from (seed, DP_NOISE, round).
+    """
+
+    def __init__(self, inner: Strategy, *, clip_norm: float, weight: Callable[[int], float],
+                 denominator: float | None, noise_multiplier: float = 0.0, client_noise_std: float = 0.0,
+                 adaptive: AdaptiveClipping | None = None, expected_clients: float = 1.0,
+                 secure=None, seed: int = 0) -> None:
+        super().__init__(inner)
+        self.clip_norm, self.weight, self.denominator = clip_norm, weight, denominator
+        self.noise_multiplier, self.client_noise_std = noise_multiplier, client_noise_std
+        self.adaptive, self.expected_clients, self.secure, self.seed = adaptive, expected_clients, secure, seed
+        self._metrics: dict = {}
+        self._n = 0
+
+    def begin_round(self, rnd: int, clients: Sequence[int] = ()) -> None:
+        self.rnd, self._n = rnd, 0
+        self._sum, self._bits = WeightedSum(), 0
+        self._up: dict[int, int] = {}
+        self._metrics = {}
+        if self.secure is not None:
+            self.secure.begin(rnd, clients, clip_norm=self.clip_norm, noise_std=self.client_noise_std)
+
+    def accumulate(self, update: ClientUpdate) -> None:
+        clipped, norm = clip_by_norm(update.delta, self.clip_norm)
+        bit = int(norm <= self.clip_norm)
+        w = self.weight(update.num_samples)
+        if self.secure is not None:
+            self.secure.add(update.client, clipped, weight=w, bit=bit)
+        else:
+            self._sum.add(clipped, w)
+            self._bits += bit
+        self._n += 1
+
+    @property
+    def num_updates(self) -> int:  # type: ignore[override]
+        return self._n
+
+    def finish_round(self, global_state: Mapping[str, torch.Tensor]) -> Tensors:
+        if self.secure is not None:
+            res = self.secure.finish()
+            total, wsum, bits = res.total, res.weight_sum, res.bit_sum
+            self._metrics.update(uplink_bytes=sum(res.uplink_bytes.values()),
+                                 secagg_downlink_bytes=sum(res.downlink_bytes.values()),
+                                 secagg_ring_bits=res.ring_bits, secagg_inputs=res.num_inputs)
+        else:
+            total, wsum, bits = self._sum.total, self._sum.weight, self._bits
+        gen = torch_generator(self.seed, DP_NOISE, self.rnd)
+        std = self.noise_multiplier * self.clip_norm
+        noisy = add_gaussian_noise(total, std, generator=gen)
+        denom = self.denominator if self.denominator is not None else wsum
+        if not denom > 0:
+            raise ValueError(f"round {self.rnd}: the aggregation weights sum to {denom}; nothing to average.")
+        mean = {k: v / denom for k, v in noisy.items()}
+        self._metrics.update(clip_norm=self.clip_norm, unclipped_fraction=bits / max(self._n, 1),
+                             noise_std=std / denom if denom else None)
+        if self.adaptive is not None:
+            a = self.adaptive
+            noisy_bits = bits + a.count_stddev * float(torch.randn((), generator=gen))
+            self.clip_norm = adaptive_clip_step(self.clip_norm, noisy_bits / self.expected_clients,
+                                                target_quantile=a.target_quantile, lr=a.lr)
+        self.inner.begin_round(self.rnd)
+        self.inner.accumulate(ClientUpdate(-1, mean, 1, 0.0))
+        return self.inner.finish_round(global_state)
+
+    def round_metrics(self) -> dict:
+        return {**self.inner.round_metrics(), **self._metrics}
+
+    def state_dict(self) -> Tensors:
+        return {**self.inner.state_dict(), "privacy.clip_norm": torch.tensor(self.clip_norm, dtype=torch.float64)}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        if "privacy.clip_norm" in state:
+            self.clip_norm = float(state["privacy.clip_norm"])
+        self.inner.load_state_dict({k: v for k, v in state.items() if k != "privacy.clip_norm"})
+
+
+def capped_weight(cap: float) -> Callable[[int], float]:
+    """``w(n) = min(1, n / cap)`` (McMahan et al. 2018, Sec. 2)."""
+    return lambda n: min(1.0, n / cap)
+
+
+def uniform_weight(n: int) -> float:
+    return 1.0
+

@@ -1,0 +1,124 @@
+"""From ``[privacy]`` to the numbers of a run: noise multipliers, rounds, epsilon per round.
+
+The plan is fixed before round 1, from public quantities only (number of clients,
+sampling, rounds, delta, budget), so a user can state the guarantee before training:
+``(epsilon, delta) at client level after R rounds``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from .accounting import PrivacySpec, calibrate_noise_multiplier, epsilon, max_rounds_within
+from .dp import split_noise_multiplier
+
+__all__ = ["PrivacyPlan", "make_plan"]
+
+
+@dataclass(frozen=True)
+class PrivacyPlan:
+    """Resolved privacy parameters of a run.
+
+    Attributes
+    ----------
+    mode
+        ``none``, ``central`` or ``local``.
+    noise_multiplier
+        ``z`` the accountant uses (for adaptive clipping: of update and count together).
+    update_noise_multiplier
+        ``z_u`` of the noise on the updates (``> z`` with adaptive clipping).
+    count_stddev
+        ``sigma_b`` of the clipped-count noise (adaptive clipping), else 0.
+    rounds
+        Rounds to train (fewer than configured when ``budget = "stop"`` cut them).
+    stop_reason
+        Why ``rounds`` is below the configured number, else None.
+    """
+
+    mode: str
+    spec: PrivacySpec | None
+    noise_multiplier: float
+    update_noise_multiplier: float
+    count_stddev: float
+    rounds: int
+    stop_reason: str | None = None
+    calibrated: bool = False
+
+    def epsilon(self, rnd: int) -> float | None:
+        """Epsilon at ``spec.delta`` after ``rnd`` rounds; None without DP."""
+        if self.spec is None:
+            return None
+        return epsilon(self.spec, self.noise_multiplier, rnd)
+
+    def epsilon_per_round(self) -> float | None:
+        """Local DP: the guarantee of one round's release of one client."""
+        return self.epsilon(1) if self.mode == "local" else None
+
+    def statement(self, rounds: int, *, secure: bool = False, threshold: float = 0.0) -> str:
+        """The sentence a user can quote about the run."""
+        sees = (f"the server only saw the sum of the updates (secure aggregation, t = {threshold:.0%} of each "
+                "round's clients)" if secure else "the server saw each client's update")
+        if self.spec is None:
+            return f"No differential privacy; {sees}."
+        eps = self.epsilon(rounds)
+        s = self.spec
+        samp = (f"Poisson sampling q = {s.sampling_rate:.3g}" if s.sampling == "poisson"
+                else f"{int(round(s.clients_per_round))} of {s.num_clients} clients per round")
+        if self.mode == "local":
+            return (f"Local DP: each update a client sends is ({self.epsilon(1):.3g}, {s.delta:g})-DP for that "
+                    f"client's data; a client that took part in all {rounds} rounds has ({eps:.3g}, {s.delta:g}) "
+                    f"({s.accountant.upper()} composition, noise multiplier {self.noise_multiplier:.4g}); {sees}.")
+        return (f"(epsilon, delta) = ({eps:.3g}, {s.delta:g}) at client level after {rounds} rounds "
+                f"({s.accountant.upper()} accountant, {samp}, noise multiplier {self.noise_multiplier:.4g}); {sees}.")
+
+
+def make_plan(privacy, *, num_clients: int, clients_per_round: float, sampling: str, rounds: int) -> PrivacyPlan:
+    """Resolve noise and rounds from the ``[privacy]`` section.
+
+    Raises
+    ------
+    ConfigError
+        No noise and no budget; noise without DP; a budget the planned rounds exceed with
+        ``budget = "refuse"``; a budget that not even one round fits.
+    """
+    p = privacy
+    if p.dp == "none":
+        if p.noise_multiplier > 0 or p.target_epsilon > 0:
+            raise ConfigError(
+                f"privacy.noise_multiplier = {p.noise_multiplier} / target_epsilon = {p.target_epsilon} have no "
+                "effect with privacy.dp = 'none'. Set privacy.dp = 'central' or 'local', or remove them.")
+        return PrivacyPlan("none", None, 0.0, 0.0, 0.0, rounds)
+    spec = PrivacySpec(p.dp, sampling, num_clients, clients_per_round, p.delta, p.accountant)
+    z, calibrated = p.noise_multiplier, False
+    if z <= 0:
+        if p.target_epsilon <= 0:
+            raise ConfigError(
+                f"privacy.dp = {p.dp!r} needs noise: set privacy.noise_multiplier (e.g. 1.0) or "
+                "privacy.target_epsilon (e.g. 4.0, and the noise is computed for train.rounds).")
+        z, calibrated = calibrate_noise_multiplier(spec, p.target_epsilon, rounds), True
+    stop_reason = None
+    if p.target_epsilon > 0 and not calibrated:
+        eps = epsilon(spec, z, rounds)
+        if eps > p.target_epsilon:
+            r_max = max_rounds_within(spec, z, p.target_epsilon, rounds)
+            z_needed = calibrate_noise_multiplier(spec, p.target_epsilon, rounds)
+            if p.budget == "refuse" or r_max == 0:
+                within = (f"at most {r_max} rounds (set privacy.budget = 'stop' to train those)" if r_max
+                          else "not even one round")
+                raise ConfigError(
+                    f"privacy budget exceeded before starting: {rounds} rounds at noise_multiplier = {z} reach "
+                    f"epsilon = {eps:.3g} > target_epsilon = {p.target_epsilon} (delta = {p.delta:g}). "
+                    f"Within budget: {within}; or set noise_multiplier >= {z_needed:.4g} for all {rounds} rounds.")
+            stop_reason = (f"stopped after round {r_max} of {rounds}: round {r_max + 1} would raise epsilon above "
+                           f"target_epsilon = {p.target_epsilon} (privacy.budget = 'stop')")
+            rounds = r_max
+    count_std, z_u = 0.0, z
+    if p.adaptive_clipping:
+        # Default: the paper's m / 20, but never more than 10% of the budget (in 1/z^2 terms) for the count.
+        count_std = p.adaptive_count_stddev or max(clients_per_round / 20, math.sqrt(10) / 2 * z)
+        z_u = split_noise_multiplier(z, count_std)
+    if not math.isfinite(z_u):  # pragma: no cover
+        raise ConfigError(f"noise multiplier {z_u} is not finite.")
+    return PrivacyPlan(p.dp, spec, z, z_u, count_std, rounds, stop_reason, calibrated)

@@ -1,0 +1,154 @@
+"""Secure summation of client updates for the simulation: the ring encoding of
+:mod:`.ring` driven through the protocol of :mod:`.protocol`, with dropouts and the
+real bytes of every message counted.
+
+Each participant's input is ``[codes of R(w x) (d values), weight code, clip bit]``:
+``x`` its clipped update, ``w`` in [0, 1] its aggregation weight (quantized to
+``round(127 w) / 127`` and applied before encoding, so the weight code sum is exactly
+the sum of the weights applied), and the bit ``1[||x_raw|| <= C]`` for adaptive clipping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..._rng import SECAGG, torch_generator
+from ...errors import SecAggError
+from .protocol import SecAggClient, SecAggServer, threshold_for
+from .ring import flatten, from_ring, ring_bits, rotate, shared_scale, to_ring, unflatten, unrotate
+
+__all__ = ["SecureSum", "SumResult"]
+
+# sub-streams of SECAGG
+_ROTATION, _ROUNDING, _NOISE, _DROPOUT = 1, 2, 3, 4
+
+
+@dataclass
+class SumResult:
+    """The unmasked, dequantized sum and what came with it."""
+
+    total: dict[str, torch.Tensor]
+    weight_sum: float
+    bit_sum: int
+    num_inputs: int
+    ring_bits: int
+    uplink_bytes: dict[int, int] = field(default_factory=dict)
+    downlink_bytes: dict[int, int] = field(default_factory=dict)
+
+
+class SecureSum:
+    """Sums clipped, weighted updates with secure aggregation (Bonawitz et al. 2017).
+
+    Parameters
+    ----------
+    seed
+        Run seed: the public rotation, the stochastic rounding and the simulated dropouts
+        derive from (seed, round[, client]).
+    threshold
+        ``t`` as a fraction of the round's participants (``t = ceil(threshold * n)``).
+    dropout, dropout_phase
+        Simulated fraction of participants that drop ``"before_input"`` (after sharing
+        keys; their input is lost) or ``"after_input"`` (input counted, no unmasking help).
+    bound_sigmas
+        Standard deviations of a rotated coordinate that map to int8 code 127.
+    """
+
+    def __init__(self, *, seed: int, threshold: float, dropout: float = 0.0,
+                 dropout_phase: str = "after_input", bound_sigmas: float = 4.0) -> None:
+        self.seed, self.threshold_fraction = seed, threshold
+        self.dropout, self.dropout_phase, self.bound_sigmas = dropout, dropout_phase, bound_sigmas
+
+    def begin(self, rnd: int, participants: Sequence[int], *, clip_norm: float, noise_std: float = 0.0) -> None:
+        """Rounds 0-1 of the protocol for ``participants``; fixes the shared scale inputs."""
+        self.rnd, self.clip_norm, self.noise_std = rnd, clip_norm, noise_std
+        self.participants = sorted(participants)
+        n = len(self.participants)
+        self.t = threshold_for(n, self.threshold_fraction)
+        self.k = ring_bits(n)
+        self.up = {u: 0 for u in self.participants}
+        self.down = {u: 0 for u in self.participants}
+        ndrop = int(round(self.dropout * n))
+        g = torch_generator(self.seed, SECAGG, _DROPOUT, rnd)
+        self.dropped = {self.participants[i] for i in torch.randperm(n, generator=g)[:ndrop].tolist()}
+        self.layout = None
+        self.clients: dict[int, SecAggClient] = {}
+        self.server: SecAggServer | None = None
+
+    def _start(self, length: int) -> None:
+        # The key phases do not depend on the input; run them once the input length is known.
+        self.length = length
+        self.server = SecAggServer(self.rnd, self.t, self.k, length)
+        for u in self.participants:
+            c = SecAggClient(u, rnd=self.rnd, threshold=self.t, k=self.k, length=length)
+            self.clients[u] = c
+            self.server.adverts[u] = c.advertise()
+            self.up[u] += 64
+        for u, c in self.clients.items():
+            self.down[u] += 68 * len(self.server.adverts)
+            cts = c.share_keys(self.server.adverts)
+            self.up[u] += sum(len(m) + 4 for m in cts.values())
+            self.server.collect_shares(u, cts)
+
+    def signs(self, d: int) -> torch.Tensor:
+        g = torch_generator(self.seed, SECAGG, _ROTATION, self.rnd)
+        return torch.randint(0, 2, (d,), generator=g).to(torch.float32) * 2 - 1
+
+    def add(self, client: int, update: Mapping[str, torch.Tensor], *, weight: float, bit: int) -> None:
+        """Client side then server side of round 2 for one client (``update`` already clipped).
+
+        ``weight`` in [0, 1] multiplies the update; the weight actually used is
+        ``round(127 weight) / 127``.
+        """
+        if client not in self.up:
+            raise SecAggError(f"client {client} is not a participant of round {self.rnd}.")
+        vec, layout = flatten(update)
+        if self.layout is None:
+            self.layout, self.dim = layout, vec.shape[0]
+            self.padded = self.dim + self.dim % 2
+            self.scale = shared_scale(clip_norm=self.clip_norm, dim=self.padded, noise_std=self.noise_std,
+                                      bound_sigmas=self.bound_sigmas)
+            self._start(self.padded + 2)
+            self._signs = self.signs(self.padded)
+        elif layout != self.layout:
+            raise SecAggError(f"client {client}: update layout differs from the round's.")
+        if client in self.dropped and self.dropout_phase == "before_input":
+            return
+        code = int(round(127 * min(max(weight, 0.0), 1.0)))
+        x = torch.zeros(self.padded)
+        x[: self.dim] = vec * (code / 127)
+        y = rotate(x, self._signs)
+        if self.noise_std > 0:  # distributed DP: this client's share of the noise
+            y = y + self.noise_std * torch.randn(y.shape, generator=torch_generator(
+                self.seed, SECAGG, _NOISE, self.rnd, client))
+        ring = np.empty(self.length, dtype=np.uint32)
+        ring[: self.padded] = to_ring(y, self.scale, self.k,
+                                      generator=torch_generator(self.seed, SECAGG, _ROUNDING, self.rnd, client))
+        ring[self.padded :] = [code, int(bit)]
+        c = self.clients[client]
+        inbox = self.server.inboxes.get(client, {})
+        self.down[client] += sum(len(m) + 4 for m in inbox.values())
+        payload = c.masked_input(ring, inbox)
+        self.up[client] += len(payload)
+        self.server.add_masked(client, payload)
+
+    def finish(self) -> SumResult:
+        """Round 3 (unmasking by the survivors) and the dequantized, un-rotated sum."""
+        if self.server is None or not self.server.senders:
+            raise SecAggError(f"secure aggregation round {self.rnd}: no client sent masked input.")
+        senders = list(self.server.senders)
+        survivors = [u for u in self.participants if u not in self.dropped]
+        responses = {}
+        for u in survivors:
+            self.down[u] += 4 * len(senders)
+            r = self.clients[u].unmask(senders)
+            self.up[u] += sum(5 + len(s) for _, s in r.values())
+            responses[u] = r
+        total = from_ring(self.server.unmask(responses), self.k)
+        y = torch.from_numpy(total[: self.padded].astype(np.float64)).to(torch.float32) * self.scale
+        vec = unrotate(y, self._signs)[: self.dim]
+        return SumResult(unflatten(vec, self.layout), float(total[self.padded]) / 127, int(total[self.padded + 1]),
+                         len(senders), self.k, dict(self.up), dict(self.down))
