@@ -218,8 +218,8 @@ class AttackConfig:
 
     fraction: float = _key(0.0, "fraction of clients that are malicious (chosen once from the seed)",
                            ge=0.0, le=1.0)
-    kind: str = _key("sign_flip", "what malicious clients send: sign_flip (-scale x update) | nan",
-                     choices=("sign_flip", "nan"))
+    kind: str = _key("sign_flip", "what malicious clients send: sign_flip (-scale x update) | non_finite (NaN values)",
+                     choices=("sign_flip", "non_finite"))
     scale: float = _key(10.0, "scale of the sign-flipped update", gt=0.0)
 
 

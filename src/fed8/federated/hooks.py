@@ -44,7 +44,7 @@ def malicious_clients(num_clients: int, fraction: float, seed: int) -> frozenset
 
 @dataclass(frozen=True)
 class Attack:
-    """Malicious clients send ``-scale * delta`` (sign flip) or NaN instead of their update."""
+    """Malicious clients send ``-scale * delta`` (sign flip) or NaN values (non_finite) instead of their update."""
 
     clients: frozenset[int]
     kind: str = "sign_flip"
@@ -53,7 +53,7 @@ class Attack:
     def __call__(self, rnd: int, update: ClientUpdate) -> ClientUpdate:
         if update.client not in self.clients:
             return update
-        if self.kind == "nan":
+        if self.kind == "non_finite":
             bad = {k: torch.full_like(v, float("nan")) for k, v in update.delta.items()}
         else:
             bad = {k: -self.scale * v for k, v in update.delta.items()}

@@ -57,4 +57,7 @@ def combine(shares: dict[int, bytes], *, threshold: int, length: int = 32) -> by
                 num = num * (-xj) % PRIME
                 den = den * (xi - xj) % PRIME
         s = (s + yi * num * pow(den, -1, PRIME)) % PRIME
+    if s >> (8 * length):
+        raise SecAggError(f"the shares do not reconstruct a {length}-byte secret: they are inconsistent "
+                          "(tampered, or from different secrets).")
     return s.to_bytes(length, "big")

@@ -1,0 +1,78 @@
+"""Robust aggregation wrappers, update validation, and the attack experiment."""
+
+import logging
+
+import pytest
+import torch
+
+import fed8
+from fed8.federated.client import ClientUpdate
+from fed8.federated.robust import CoordinateMedian, NormBound, TrimmedMean, ValidateUpdates
+from fed8.federated.strategy import FedAvg
+
+
+def _round(strategy, deltas, state=None):
+    state = state or {"w": torch.zeros(3)}
+    strategy.begin_round(1, list(range(len(deltas))))
+    for k, d in enumerate(deltas):
+        strategy.accumulate(ClientUpdate(k, {"w": torch.tensor(d, dtype=torch.float32)}, 1, 0.0))
+    return strategy.finish_round(state)["w"].tolist()
+
+
+def test_median_and_trimmed_mean_known_answers():
+    deltas = [[1, 10, -3], [2, 20, -1], [3, -100, 0], [4, 30, 5], [100, 40, 2]]
+    assert _round(CoordinateMedian(FedAvg()), deltas) == [3, 20, 0]
+    assert _round(CoordinateMedian(FedAvg()), deltas[:4]) == [2.5, 15, -0.5]
+    # beta = 0.2 of 5: drop one value at each end per coordinate
+    assert _round(TrimmedMean(FedAvg(), 0.2), deltas) == pytest.approx([3, 20, 1 / 3])
+    assert _round(TrimmedMean(FedAvg(), 0.0), deltas) == pytest.approx([22, 0, 0.6])
+
+
+def test_norm_bound_clips_each_update():
+    out = _round(NormBound(FedAvg(), 1.0), [[3, 4, 0], [0, 0, 0.5]])
+    assert out == pytest.approx([0.3, 0.4, 0.25])
+
+
+def test_validation_rejects_logs_and_counts(caplog):
+    v = ValidateUpdates(FedAvg(), {"w": (3,)})
+    v.begin_round(5, [0, 1, 2, 3, 4])
+    with caplog.at_level(logging.WARNING, logger="fed8"):
+        v.accumulate(ClientUpdate(0, {"w": torch.tensor([1.0, float("nan"), 0])}, 1, 0.0))
+        v.accumulate(ClientUpdate(1, {"w": torch.tensor([1.0, float("inf"), 0])}, 1, 0.0))
+        v.accumulate(ClientUpdate(2, {"w": torch.zeros(4)}, 1, 0.0))
+        v.accumulate(ClientUpdate(3, {"v": torch.zeros(3)}, 1, 0.0))
+        v.accumulate(ClientUpdate(4, {"w": torch.ones(3)}, 1, 0.0))
+    m = v.round_metrics()
+    assert m["rejected_updates"] == 4 and v.num_updates == 1
+    reasons = {r["client"]: r["reason"] for r in m["rejected"]}
+    assert "NaN" in reasons[0] and "Inf" in reasons[1] and "shape (4,)" in reasons[2] and "missing" in reasons[3]
+    assert "round 5: rejected the update of client 0" in caplog.text
+    assert v.finish_round({"w": torch.zeros(3)})["w"].tolist() == [1, 1, 1]
+
+
+def test_nan_clients_are_rejected_in_a_run(tmp_path, small):
+    cfg = fed8.load_config(None, small + ["attack.fraction=0.25", "attack.kind=non_finite"])
+    r = fed8.run(cfg, out=tmp_path / "n", report=False)
+    assert [row["rejected_updates"] for row in r.metrics] == [1, 1]
+    clean = fed8.run(fed8.load_config(None, small), out=tmp_path / "c", report=False)
+    assert r.summary["rejected_updates"] == 2
+    assert r.final["eval_accuracy"] > clean.final["eval_accuracy"] - 0.1  # a NaN in the model would give ~0.1
+
+
+@pytest.mark.slow
+def test_trimmed_mean_survives_sign_flipping_where_fedavg_collapses(tmp_path):
+    base = ["data.subset=3000", "data.num_clients=10", "data.partition=iid", "train.rounds=8",
+            "train.local_epochs=1", "train.fraction=1.0", "model.name=mlp", "quantize.enabled=false",
+            "run.threads=1"]
+    attack = ["attack.fraction=0.2", "attack.kind=sign_flip", "attack.scale=10"]
+
+    def acc(extra, name):
+        return fed8.run(fed8.load_config(None, base + extra), out=tmp_path / name, report=False).final["eval_accuracy"]
+
+    clean = acc([], "clean")
+    fedavg = acc(attack, "fedavg")
+    trimmed = acc(attack + ["server.robust=trimmed_mean", "server.trim_fraction=0.2"], "trimmed")
+    median = acc(attack + ["server.robust=median"], "median")
+    assert clean > 0.8
+    assert fedavg < 0.5 * clean  # collapses
+    assert trimmed > clean - 0.05 and median > clean - 0.1
