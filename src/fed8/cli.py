@@ -141,6 +141,8 @@ def _cmd_run(args) -> int:
             if row.get("eval_accuracy") is not None:
                 desc += (f" | eval acc {row['eval_accuracy']:.4f} | clients mean {row['client_accuracy_mean']:.3f}"
                          f" min {row['client_accuracy_min']:.3f}")
+            if row.get("epsilon") is not None:
+                desc += f" | eps {row['epsilon']:.3g}"
             bar.update(task, completed=row["round"], description=desc)
 
         try:
@@ -168,9 +170,15 @@ def _cmd_run(args) -> int:
         ("  vs float32", f"{s['uplink_ratio_to_float32']:.3f}x / {s['downlink_ratio_to_float32']:.3f}x"),
         ("  codecs", f"{s['uplink_codec']} / {s['downlink_codec']}"),
         ("training time", f"{s['train_seconds']:.1f} s"),
-    ]:
+    ] + ([("epsilon (delta)", f"{s['privacy']['epsilon']:.3g} ({s['privacy']['delta']:g})")]
+         if s.get("privacy", {}).get("epsilon") is not None else []) + (
+        [("rejected updates", str(s["rejected_updates"]))] if s.get("rejected_updates") else []):
         table.add_row(k, v)
     con.print(table)
+    if s.get("privacy"):
+        con.print("privacy: " + s["privacy"]["statement"], soft_wrap=False)
+        if s["privacy"].get("stopped_for_budget"):
+            con.print("[bold]" + s["privacy"]["stopped_for_budget"] + "[/bold]")
     if s.get("deploy"):
         con.print(_deploy_table(s["deploy"]))
     if not args.no_report:

@@ -53,6 +53,22 @@ def _deploy_section(deploy: dict | None) -> str:
             f"{_table(rows, list(rows[0]))}<p>Calibration: <code>{cal}</code></p>{notes}")
 
 
+def _privacy_section(privacy: dict | None, rows: list[dict]) -> str:
+    """The guarantee in one sentence, and accuracy against the epsilon spent so far."""
+    if not privacy:
+        return ""
+    out = f"<h2>Privacy</h2><p>{html.escape(privacy.get('statement', ''))}</p>"
+    if privacy.get("stopped_for_budget"):
+        out += f"<p><b>{html.escape(privacy['stopped_for_budget'])}</b></p>"
+    ev = [r for r in rows if r.get("eval_accuracy") is not None and r.get("epsilon") is not None]
+    if ev:
+        out += "<h3>Accuracy vs epsilon</h3>" + _table(
+            [{"round": r["round"], "epsilon": r["epsilon"], "eval_accuracy": r["eval_accuracy"],
+              "client_accuracy_p10": r.get("client_accuracy_p10"), "clip_norm": r.get("clip_norm")} for r in ev],
+            ["round", "epsilon", "eval_accuracy", "client_accuracy_p10", "clip_norm"])
+    return out
+
+
 def render_html(run_dir: Path, summary: dict, rows: list[dict], config_text: str, plots: list[Path],
                 deploy: dict | None = None) -> str:
     final = summary.get("final", {})
@@ -68,17 +84,20 @@ def render_html(run_dir: Path, summary: dict, rows: list[dict], config_text: str
             ("uplink_ratio_to_float32", "downlink_ratio_to_float32"))),
         ("codecs (uplink / downlink)", f"{summary.get('uplink_codec')} / {summary.get('downlink_codec')}"),
         ("training seconds", summary.get("train_seconds")),
+        ("rejected updates", summary.get("rejected_updates")),
     ]
     imgs = "".join(
         f'<img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">' for p in plots
     )
     keys = ["round", "num_clients", "train_loss", "eval_loss", "eval_accuracy", "client_accuracy_mean",
-            "client_accuracy_p10", "client_accuracy_min", "uplink_bytes", "downlink_bytes", "seconds"]
+            "client_accuracy_p10", "client_accuracy_min", "uplink_bytes", "downlink_bytes", "epsilon",
+            "rejected_updates", "seconds"]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>fed8 report: {html.escape(run_dir.name)}</title>
 <style>{_CSS}</style></head><body>
 <h1>fed8 report</h1><p><code>{html.escape(str(run_dir))}</code></p>
 <h2>Summary</h2>{_table([dict(facts)], [k for k, _ in facts])}
 <h2>Plots</h2>{imgs}
+{_privacy_section(summary.get("privacy"), rows)}
 {_deploy_section(deploy)}
 <h2>Metrics per round</h2>{_table(rows, keys)}
 <h2>Configuration</h2><pre>{html.escape(config_text)}</pre>

@@ -67,6 +67,17 @@ def plot_all(rows: list[dict[str, Any]], partition: dict | None, out: Path) -> l
     _save(fig, paths[-1])
     plt.close(fig)
 
+    eps = [r for r in rows if r.get("epsilon") is not None]
+    if eps:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        ax.plot([r["round"] for r in eps], [r["epsilon"] for r in eps], marker="o", ms=3, label="epsilon")
+        ax.set(xlabel="round", ylabel="epsilon (client level)", title="Privacy spent after each round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        paths.append(out / "epsilon.png")
+        _save(fig, paths[-1])
+        plt.close(fig)
+
     if partition:
         clients = partition["clients"]
         fig, ax = plt.subplots(figsize=(max(6, len(clients) * 0.12), 3.6))

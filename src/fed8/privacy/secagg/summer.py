@@ -10,6 +10,7 @@ the sum of the weights applied), and the bit ``1[||x_raw|| <= C]`` for adaptive 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -38,6 +39,8 @@ class SumResult:
     ring_bits: int
     uplink_bytes: dict[int, int] = field(default_factory=dict)
     downlink_bytes: dict[int, int] = field(default_factory=dict)
+    client_seconds: dict[int, float] = field(default_factory=dict)
+    server_seconds: float = 0.0
 
 
 class SecureSum:
@@ -70,6 +73,8 @@ class SecureSum:
         self.t = threshold_for(n, self.threshold_fraction)
         self.k = ring_bits(n)
         self.up = {u: 0 for u in self.participants}
+        self.cpu = {u: 0.0 for u in self.participants}  # protocol seconds per client (key phases, masking)
+        self.server_cpu = 0.0
         self.down = {u: 0 for u in self.participants}
         ndrop = int(round(self.dropout * n))
         g = torch_generator(self.seed, SECAGG, _DROPOUT, rnd)
@@ -83,13 +88,17 @@ class SecureSum:
         self.length = length
         self.server = SecAggServer(self.rnd, self.t, self.k, length)
         for u in self.participants:
+            t0 = time.perf_counter()
             c = SecAggClient(u, rnd=self.rnd, threshold=self.t, k=self.k, length=length)
             self.clients[u] = c
             self.server.adverts[u] = c.advertise()
+            self.cpu[u] += time.perf_counter() - t0
             self.up[u] += 64
         for u, c in self.clients.items():
             self.down[u] += 68 * len(self.server.adverts)
+            t0 = time.perf_counter()
             cts = c.share_keys(self.server.adverts)
+            self.cpu[u] += time.perf_counter() - t0
             self.up[u] += sum(len(m) + 4 for m in cts.values())
             self.server.collect_shares(u, cts)
 
@@ -117,6 +126,7 @@ class SecureSum:
             raise SecAggError(f"client {client}: update layout differs from the round's.")
         if client in self.dropped and self.dropout_phase == "before_input":
             return
+        t0 = time.perf_counter()
         code = int(round(127 * min(max(weight, 0.0), 1.0)))
         x = torch.zeros(self.padded)
         x[: self.dim] = vec * (code / 127)
@@ -132,8 +142,11 @@ class SecureSum:
         inbox = self.server.inboxes.get(client, {})
         self.down[client] += sum(len(m) + 4 for m in inbox.values())
         payload = c.masked_input(ring, inbox)
+        t1 = time.perf_counter()
+        self.cpu[client] += t1 - t0
         self.up[client] += len(payload)
         self.server.add_masked(client, payload)
+        self.server_cpu += time.perf_counter() - t1
 
     def finish(self) -> SumResult:
         """Round 3 (unmasking by the survivors) and the dequantized, un-rotated sum."""
@@ -144,11 +157,15 @@ class SecureSum:
         responses = {}
         for u in survivors:
             self.down[u] += 4 * len(senders)
+            t0 = time.perf_counter()
             r = self.clients[u].unmask(senders)
+            self.cpu[u] += time.perf_counter() - t0
             self.up[u] += sum(5 + len(s) for _, s in r.values())
             responses[u] = r
+        t0 = time.perf_counter()
         total = from_ring(self.server.unmask(responses), self.k)
         y = torch.from_numpy(total[: self.padded].astype(np.float64)).to(torch.float32) * self.scale
         vec = unrotate(y, self._signs)[: self.dim]
+        self.server_cpu += time.perf_counter() - t0
         return SumResult(unflatten(vec, self.layout), float(total[self.padded]) / 127, int(total[self.padded + 1]),
-                         len(senders), self.k, dict(self.up), dict(self.down))
+                         len(senders), self.k, dict(self.up), dict(self.down), dict(self.cpu), self.server_cpu)
