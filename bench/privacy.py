@@ -28,7 +28,7 @@ import torch
 
 import fed8
 
-DP_BASE = ["data.num_clients=100", "data.partition=dirichlet", "data.alpha=0.5", "train.rounds=30",
+DP_BASE = ["data.num_clients=100", "data.partition=dirichlet", "data.alpha=0.5", "train.rounds=15",
            "train.sampling=poisson", "train.fraction=0.5", "train.local_epochs=1", "quantize.enabled=false",
            "eval.every=5"]
 DP_RUNS = {

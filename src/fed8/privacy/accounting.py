@@ -24,6 +24,7 @@ entire data):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -145,8 +146,11 @@ def calibrate_noise_multiplier(spec: PrivacySpec, target_epsilon: float, rounds:
     if not target_epsilon > 0:
         raise ConfigError(f"privacy.target_epsilon must be > 0; got {target_epsilon!r}.")
     dp = _dp()
-    lower = 0.01  # below this the analyses lose precision (and z = 0 divides by zero in RDP-WOR)
-    if epsilon(spec, lower, rounds) <= target_epsilon:
+    # RDP: search above z = 0.01 (z = 0 divides by zero in the sampled-without-replacement analysis);
+    # the check runs on RDP even for PLD, whose epsilon is never larger, because PLD at tiny z is slow.
+    lower = 0.01
+    rdp = dataclasses.replace(spec, accountant="rdp")
+    if epsilon(rdp, lower, rounds) <= target_epsilon:
         raise ConfigError(
             f"privacy.target_epsilon = {target_epsilon} is so large that even noise_multiplier = {lower} stays within "
             f"it over {rounds} rounds; such a guarantee means little. Set privacy.noise_multiplier directly, or a "
@@ -154,7 +158,8 @@ def calibrate_noise_multiplier(spec: PrivacySpec, target_epsilon: float, rounds:
     with _quiet():
         z = dp.calibrate_dp_mechanism(
             spec.fresh_accountant, lambda z: dp.SelfComposedDpEvent(spec.round_event(z), rounds),
-            target_epsilon, spec.delta, bracket_interval=dp.LowerEndpointAndGuess(lower, 1.0), tol=1e-5)
+            target_epsilon, spec.delta, tol=1e-5,
+            bracket_interval=None if spec.accountant == "pld" else dp.LowerEndpointAndGuess(lower, 1.0))
     digits = 3 - int(math.floor(math.log10(z)))
     z = math.ceil(z * 10**digits) / 10**digits
     while epsilon(spec, z, rounds) > target_epsilon:  # pragma: no cover - guard against tolerance

@@ -1,0 +1,302 @@
+"""The sections of a fed8 configuration: one frozen dataclass each.
+
+Every key carries its documentation and its allowed values in the field metadata
+(``_key``); :mod:`fed8.config` validates, loads and writes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = [
+    "AttackConfig", "CompressionConfig", "DEPLOY_FORMATS", "DataConfig", "EvalConfig", "ModelConfig",
+    "PrivacyConfig", "QuantizeConfig", "RunConfig", "ServerConfig", "TrainConfig",
+]
+
+
+def _key(default: Any, doc: str, **rules: Any) -> Any:
+    """A config field: default value, one-line doc, and validation rules.
+
+    Rules: ``choices`` (allowed values), ``gt``/``ge``/``lt``/``le`` (numeric bounds),
+    ``hint`` (what to do instead, appended to errors).
+    """
+    return field(default=default, metadata={"doc": doc, **rules})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they are split across clients."""
+
+    source: str = _key(
+        "mnist10k",
+        "dataset source: mnist10k (bundled) | idx (MNIST-format folder) | cifar10 "
+        "(CIFAR-10 binary folder) | folder (root/<class>/*.png|jpg) | npz",
+        choices=("mnist10k", "idx", "cifar10", "folder", "npz"),
+    )
+    path: str = _key("", "file or folder for idx, cifar10, folder and npz; unused for mnist10k")
+    partition: str = _key(
+        "dirichlet",
+        "how training images are split across clients: iid | dirichlet (label skew, "
+        "see alpha) | shards (k label-sorted shards per client, McMahan et al. 2017)",
+        choices=("iid", "dirichlet", "shards"),
+    )
+    alpha: float = _key(
+        0.5,
+        "Dirichlet concentration for partition = dirichlet; smaller = more skew "
+        "(0.1 strong, 0.5 moderate, 100 ~ iid)",
+        gt=0.0,
+        hint="Use e.g. 0.5 for moderate skew.",
+    )
+    shards_per_client: int = _key(2, "label-sorted shards per client for partition = shards", ge=1)
+    num_clients: int = _key(20, "number of simulated clients", ge=1)
+    test_fraction: float = _key(
+        0.2, "fraction of each client's images kept as its local test split", ge=0.0, lt=1.0
+    )
+    eval_fraction: float = _key(
+        0.2,
+        "fraction held out as the server eval split when the source has no test split "
+        "(mnist10k always uses its fixed 8000/2000 split)",
+        gt=0.0,
+        lt=1.0,
+    )
+    image_size: int = _key(32, "side in pixels that folder images are resized to", ge=4, le=1024)
+    subset: int = _key(
+        0, "use only the first N training images after shuffling (0 = all); for quick tries", ge=0
+    )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network to train; input shape and class count come from the data."""
+
+    name: str = _key(
+        "cnn",
+        "cnn (McMahan et al. 2017 CNN) | resnet20 (CIFAR-style ResNet) | mlp (2 hidden layers)",
+        choices=("cnn", "resnet20", "mlp"),
+    )
+    norm: str = _key(
+        "batch",
+        "normalization in resnet20: batch | group (GroupNorm; better for non-IID data and DP)",
+        choices=("batch", "group"),
+    )
+    hidden: int = _key(200, "hidden units per layer of the mlp", ge=1)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Rounds and the local training each sampled client does."""
+
+    rounds: int = _key(20, "number of federated rounds", ge=1)
+    fraction: float = _key(0.5, "fraction of clients sampled each round", gt=0.0, le=1.0)
+    local_epochs: int = _key(2, "local epochs E per round on each sampled client", ge=1)
+    batch_size: int = _key(32, "local minibatch size B", ge=1)
+    lr: float = _key(0.05, "client SGD learning rate", gt=0.0)
+    momentum: float = _key(0.9, "client SGD momentum (reset every round)", ge=0.0, lt=1.0)
+    weight_decay: float = _key(0.0, "client SGD weight decay (L2)", ge=0.0)
+    prox_mu: float = _key(
+        0.0, "FedProx proximal term mu (Li et al. 2020); 0 = off (plain FedAvg client)", ge=0.0
+    )
+    sampling: str = _key(
+        "fixed", "client sampling: fixed (round(fraction * clients) per round, without replacement) | "
+        "poisson (each client joins with probability fraction; the DP accountant matches it)",
+        choices=("fixed", "poisson"))
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the server turns the averaged client update into the next global model."""
+
+    strategy: str = _key(
+        "fedavg",
+        "fedavg (McMahan et al. 2017) | fedavgm (server momentum, Hsu et al. 2019) | "
+        "fedadam (Reddi et al. 2021)",
+        choices=("fedavg", "fedavgm", "fedadam"),
+    )
+    lr: float = _key(
+        1.0, "server learning rate; fedavg with lr = 1 is exactly the weighted average", gt=0.0
+    )
+    momentum: float = _key(0.9, "server momentum beta for fedavgm", ge=0.0, lt=1.0)
+    beta1: float = _key(0.9, "first-moment decay for fedadam", ge=0.0, lt=1.0)
+    beta2: float = _key(0.99, "second-moment decay for fedadam", ge=0.0, lt=1.0)
+    tau: float = _key(1e-3, "adaptivity (epsilon) of fedadam", gt=0.0)
+    robust: str = _key(
+        "none", "robust aggregation: none | norm_bound (clip each update to norm_bound) | median "
+        "(coordinate-wise) | trimmed_mean (drop trim_fraction largest and smallest per coordinate)",
+        choices=("none", "norm_bound", "median", "trimmed_mean"))
+    norm_bound: float = _key(1.0, "L2 bound of each update for robust = norm_bound", gt=0.0)
+    trim_fraction: float = _key(0.2, "fraction trimmed at each end for robust = trimmed_mean", ge=0.0, lt=0.5)
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Client-level differential privacy and secure aggregation."""
+
+    dp: str = _key(
+        "none", "differential privacy: none | central (server adds noise to the clipped sum; DP-FedAvg, "
+        "McMahan et al. 2018) | local (each client adds noise to its own clipped update)",
+        choices=("none", "central", "local"))
+    clip_norm: float = _key(1.0, "L2 norm C each client update is clipped to (DP and secure aggregation)",
+                            gt=0.0)
+    noise_multiplier: float = _key(
+        0.0, "Gaussian noise std / clip_norm (z); 0 with target_epsilon > 0 = computed from the budget",
+        ge=0.0)
+    target_epsilon: float = _key(
+        0.0, "privacy budget epsilon for the planned rounds; 0 = no budget (then noise_multiplier is "
+        "required)", ge=0.0)
+    delta: float = _key(1e-5, "delta of the reported (epsilon, delta); keep it below 1 / clients", gt=0.0, lt=1.0)
+    accountant: str = _key("rdp", "privacy accountant from dp-accounting: rdp | pld (tighter, slower)",
+                           choices=("rdp", "pld"))
+    budget: str = _key(
+        "refuse", "when noise_multiplier and target_epsilon are both set and the planned rounds would exceed "
+        "the budget: refuse (do not start) | stop (train up to the last round within budget)",
+        choices=("refuse", "stop"))
+    weighting: str = _key(
+        "auto", "aggregation weights: auto (samples without DP, uniform with DP) | uniform | capped "
+        "(min(1, n_k / weight_cap)) | samples (n_k; not allowed with DP: unbounded sensitivity)",
+        choices=("auto", "uniform", "capped", "samples"))
+    weight_cap: int = _key(0, "samples at which a client's weight caps at 1 for weighting = capped (and "
+                           "samples under secure aggregation); 0 = the largest client's sample count", ge=0)
+    adaptive_clipping: bool = _key(
+        False, "adapt clip_norm to a quantile of the update norms (Andrew et al. 2021); its cost is "
+        "accounted")
+    adaptive_quantile: float = _key(0.5, "target quantile gamma of the update norms", gt=0.0, lt=1.0)
+    adaptive_lr: float = _key(0.2, "step eta of the geometric clip-norm update", gt=0.0)
+    adaptive_count_stddev: float = _key(
+        0.0, "noise std sigma_b on the count of unclipped clients; 0 = max(clients per round / 20, 1.58 z) (the "
+        "paper's m / 20, capped so the count spends at most 10% of the budget)", ge=0.0)
+    secure_aggregation: bool = _key(
+        False, "secure aggregation (Bonawitz et al. 2017): the server only learns the sum of the int8, "
+        "shared-scale updates, summed in Z_(2^k)")
+    secagg_threshold: float = _key(
+        0.6, "t as a fraction of each round's participants: any t can unmask, so up to n - t may drop",
+        gt=0.0, le=1.0)
+    noise_placement: str = _key(
+        "server", "with dp = central and secure aggregation: server (noise added to the unmasked sum) | "
+        "distributed (each client adds its share, so no one sees a noiseless sum)",
+        choices=("server", "distributed"))
+    secagg_dropout: float = _key(0.0, "simulated fraction of secure-aggregation participants that drop",
+                                 ge=0.0, lt=1.0)
+    secagg_dropout_phase: str = _key(
+        "after_input", "when simulated dropouts happen: before_input (their update is lost) | after_input "
+        "(counted; they just do not help unmask)", choices=("before_input", "after_input"))
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Simulated malicious clients, to test robust aggregation."""
+
+    fraction: float = _key(0.0, "fraction of clients that are malicious (chosen once from the seed)",
+                           ge=0.0, le=1.0)
+    kind: str = _key("sign_flip", "what malicious clients send: sign_flip (-scale x update) | non_finite (NaN values)",
+                     choices=("sign_flip", "non_finite"))
+    scale: float = _key(10.0, "scale of the sign-flipped update", gt=0.0)
+
+
+_CODEC_DOC = (
+    "float32 (exact, 4 bytes/value) | float16 | bfloat16 (2 bytes) | int8 (1 byte + float32 scale per "
+    "granularity group; rounding nearest or stochastic) | float8_e4m3fn | float8_e5m2 (1 byte, scaled so "
+    "the group's max lands on 448 / 57344) | topk (keep topk_fraction of entries, int8 values, packed indices)"
+)
+_CODECS = ("float32", "float16", "bfloat16", "int8", "float8_e4m3fn", "float8_e5m2", "topk")
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """What crosses the network: codecs for client updates (uplink) and model broadcasts (downlink)."""
+
+    uplink: str = _key("float32", "codec of client updates: " + _CODEC_DOC, choices=_CODECS)
+    downlink: str = _key("float32", "codec of the global model sent to clients (same choices as uplink)",
+                         choices=_CODECS)
+    downlink_mode: str = _key(
+        "full", "full: send the (encoded) model | delta: send the encoded change since the model the clients "
+        "already hold (clients that missed a round get the full model in float32)", choices=("full", "delta"))
+    error_feedback: bool = _key(
+        False, "clients keep what the uplink codec dropped and add it next time (Karimireddy et al. 2019); "
+        "residuals live on disk in <run>/residuals")
+    granularity: str = _key("channel", "scale groups of int8 / float8 codecs: tensor | channel (axis 0) | block",
+                            choices=("tensor", "channel", "block"))
+    block_size: int = _key(256, "elements per scale when granularity = block", ge=1)
+    rounding: str = _key("nearest", "int8 / topk rounding: nearest (half to even) | stochastic (unbiased)",
+                         choices=("nearest", "stochastic"))
+    topk_fraction: float = _key(0.1, "fraction of entries the topk codec keeps per tensor", gt=0.0, le=1.0)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """When and how the global model is evaluated."""
+
+    every: int = _key(
+        1,
+        "evaluate every N rounds (the last round is always evaluated); 0 = only the last round",
+        ge=0,
+    )
+    batch_size: int = _key(500, "batch size for evaluation", ge=1)
+
+
+DEPLOY_FORMATS = ("int8", "float8_e4m3fn", "float8_e5m2")
+
+
+def _check_formats(name: str, value: str) -> None:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in items if v not in DEPLOY_FORMATS]
+    if bad or not items:
+        raise ConfigError(
+            f"{name} must list formats from {', '.join(DEPLOY_FORMATS)} separated by commas; got {value!r}"
+            + (f" ({bad[0]!r} is not a format" + ("; name the FP8 format exactly" if "fp8" in bad[0].lower() else "")
+               + ")" if bad else "") + "."
+        )
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """8-bit deployment after training: ONNX export, federated calibration, INT8 / FP8 models."""
+
+    enabled: bool = _key(True, "run the quantize stage at the end of fed8 run")
+    formats: str = _key(
+        "int8,float8_e4m3fn,float8_e5m2",
+        "comma-separated formats to build: int8, float8_e4m3fn, float8_e5m2",
+        validate=_check_formats,
+    )
+    calibration: str = _key(
+        "percentile",
+        "activation ranges: minmax (merged min/max) | percentile (cut calibration_percentile of "
+        "the merged histogram) | entropy (KL-optimal threshold, TensorRT-style)",
+        choices=("minmax", "percentile", "entropy"),
+    )
+    calibration_percentile: float = _key(
+        99.999, "percent of activation values the range keeps when calibration = percentile", gt=50.0, le=100.0
+    )
+    calibration_samples_per_client: int = _key(
+        64, "images each client runs through the model to compute its activation statistics", ge=1
+    )
+    centralized_calibration: bool = _key(
+        False, "calibrate on the server's eval split instead of on the clients (for comparison)"
+    )
+    fp8_weight_scale: str = _key(
+        "mse", "FP8 weight scale per output channel: amax | percentile | mse (search for least error)",
+        choices=("amax", "percentile", "mse"),
+    )
+    fp8_activation_scale: str = _key(
+        "auto",
+        "FP8 activation scale: amax (range fills the format) | std (ONNX Runtime's rule: match the "
+        "standard deviation) | auto (build both, keep the one more accurate on the clients' data)",
+        choices=("auto", "amax", "std"),
+    )
+    max_accuracy_drop: float = _key(
+        1.0, "accuracy points a format may lose against float32 before layers are kept in float", ge=0.0
+    )
+    threads: int = _key(2, "ONNX Runtime threads for evaluation and latency", ge=1)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Seed, threads and where the run directory goes."""
+
+    seed: int = _key(0, "seed of every random choice (sampling, init, shuffling)", ge=0)
+    threads: int = _key(0, "torch CPU threads; 0 = number of cores", ge=0)
+    out: str = _key(
+        "runs", "parent folder of run directories (each run gets runs/<time>-<model>-<data>)"
+    )
