@@ -7,6 +7,7 @@ sampling, rounds, delta, budget), so a user can state the guarantee before train
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -15,6 +16,9 @@ from .accounting import PrivacySpec, calibrate_noise_multiplier, epsilon, max_ro
 from .dp import split_noise_multiplier
 
 __all__ = ["PrivacyPlan", "make_plan"]
+
+# Every round row, the summary and the statement ask for epsilon; compute each (spec, z, rounds) once.
+_epsilon = functools.lru_cache(maxsize=4096)(epsilon)
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ class PrivacyPlan:
         """Epsilon at ``spec.delta`` after ``rnd`` rounds; None without DP."""
         if self.spec is None:
             return None
-        return epsilon(self.spec, self.noise_multiplier, rnd)
+        return _epsilon(self.spec, self.noise_multiplier, rnd)
 
     def epsilon_per_round(self) -> float | None:
         """Local DP: the guarantee of one round's release of one client."""
