@@ -9,7 +9,11 @@ is timed in turn, `--rounds` times (batch 1: 200 runs, batch 256: 10 runs per tu
 the median per model is reported with its ratio to FP32, so machine noise hits all
 models alike. The peer row "ORT static INT8" is onnxruntime's quantize_static with the
 options the issue names (QDQ, U8 activations, S8 per-channel weights, MinMax) on the
-same calibration images, in a default session.
+same calibration images, in a default session. "int8 (fed8, no graph tuning)" is fed8's
+INT8 model with `quantize.int8_graph_tuning = false` (same integers, plain graph). The
+peer row "PyTorch x86 INT8" is torch.ao FX post-training static quantization with the
+x86 backend, calibrated on the same images and timed in PyTorch with the same threads
+(ratio to ORT FP32, as the issue defines it).
 
     python bench/q1_ptq.py                # all of the above, ~3 minutes on 2 cores
     python bench/q1_ptq.py --threads 2 --rounds 7
@@ -70,6 +74,40 @@ def ort_peer(fp32: Path, out: Path, calib: np.ndarray) -> Path:
     return out
 
 
+TORCH_PEER = "PyTorch x86 INT8 (peer)"
+
+
+def torch_peer(model, calib: torch.Tensor):
+    """torch.ao FX post-training static INT8 with the x86 backend, calibrated on ``calib``."""
+    import copy
+    import warnings
+
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.backends.quantized.engine = "x86"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = prepare_fx(copy.deepcopy(model).eval(), get_default_qconfig_mapping("x86"), (calib[:1],))
+        with torch.no_grad():
+            for i in range(0, len(calib), 64):
+                prepared(calib[i : i + 64])
+        return convert_fx(prepared)
+
+
+def torch_latency_ms(model, batch: int, repeats: int) -> float:
+    x = torch.randn(batch, 1, 28, 28)
+    with torch.no_grad():
+        for _ in range(3):
+            model(x)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -97,22 +135,33 @@ def main() -> None:
         print(method, {f: round(r["eval_accuracy"], 4) for f, r in results[method].items()}, flush=True)
         if method == default:
             models = {f: out / r["file"] if f != "float32" else fp32 for f, r in results[method].items()}
+    plain = tmp / "untuned"
+    plain.mkdir()
+    q = QuantizeConfig(calibration=default, threads=args.threads, formats="int8", int8_graph_tuning=False)
+    deploy_formats(fp32, plain, q, DeployData([calib], ex.numpy(), ey.numpy(), (1, 28, 28)), meta, {}, lambda s: None)
+    models["int8 (fed8, no graph tuning)"] = plain / "int8.onnx"
     models["ORT static INT8 (peer)"] = ort_peer(fp32, tmp / "ort_int8.onnx", calib)
 
     sessions = {k: session(p, threads=args.threads) for k, p in models.items()}
     acc = {k: float((run_logits(s, ex.numpy()).argmax(1) == ey.numpy()).mean()) for k, s in sessions.items()}
-    lat = {k: {1: [], 256: []} for k in sessions}
+    torch_int8 = torch_peer(model, xtr[:512])
+    with torch.no_grad():
+        acc[TORCH_PEER] = float((torch_int8(ex).argmax(1) == ey).float().mean())
+    lat = {k: {1: [], 256: []} for k in [*sessions, TORCH_PEER]}
     for _ in range(args.rounds):
         for k, s in sessions.items():
             lat[k][1].append(latency_ms(s, (1, 28, 28), batch=1, repeats=200))
             lat[k][256].append(latency_ms(s, (1, 28, 28), batch=256, repeats=10))
+        lat[TORCH_PEER][1].append(torch_latency_ms(torch_int8, 1, 200))
+        lat[TORCH_PEER][256].append(torch_latency_ms(torch_int8, 256, 10))
     med = {k: {b: statistics.median(v) for b, v in d.items()} for k, d in lat.items()}
     rows = []
     print(f"\n{'model':24} {'acc':>7} {'delta':>6} {'bytes':>9} {'size':>5} {'b1 ms':>7} {'b1 x':>5} "
           f"{'b256 ms':>8} {'b256 x':>6}")
-    for k, p in models.items():
+    for k in [*models, TORCH_PEER]:
+        size = models[k].stat().st_size if k in models else 0  # the torch model is not a file here
         r = {"model": k, "eval_accuracy": acc[k], "delta_points": 100 * (acc[k] - acc["float32"]),
-             "bytes": p.stat().st_size, "size_ratio": p.stat().st_size / models["float32"].stat().st_size,
+             "bytes": size, "size_ratio": size / models["float32"].stat().st_size,
              "latency_ms_b1": med[k][1], "ratio_b1": med[k][1] / med["float32"][1],
              "latency_ms_b256": med[k][256], "ratio_b256": med[k][256] / med["float32"][256]}
         rows.append(r)

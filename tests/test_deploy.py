@@ -71,14 +71,16 @@ def _weight_dq_inputs(path):
 def test_int8_quantizes_first_and_last_layer_and_runs_integer_kernels(odd):
     _, path, x, d = odd
     ranges = merge_ranges([client_ranges(path, x)])
-    q = quantize_int8_model(path, d / "int8.onnx", ranges)
-    dq = _weight_dq_inputs(q)
-    assert any("conv.weight" in k and v == onnx.TensorProto.INT8 for k, v in dq.items())
-    assert any("fc.weight" in k and v == onnx.TensorProto.INT8 for k, v in dq.items())
-    ops = kernel_ops(q)
-    assert {"QLinearConv", "QGemm"} <= set(ops) and set(ops) & INTEGER_OPS
-    a, b = run_logits(session(path), x), run_logits(session(q), x)
-    assert (a.argmax(1) == b.argmax(1)).mean() > 0.9
+    for tune in (False, True):  # the first conv is rewritten by the INT8 graph tuning; both stay int8
+        q = quantize_int8_model(path, d / "int8.onnx", ranges, tune_graph=tune)
+        dq = _weight_dq_inputs(q)
+        first = "/conv/Conv/phase_w" if tune else "conv.weight"
+        assert any(first in k and v == onnx.TensorProto.INT8 for k, v in dq.items())
+        assert any("fc.weight" in k and v == onnx.TensorProto.INT8 for k, v in dq.items())
+        ops = kernel_ops(q)
+        assert {"QLinearConv", "QGemm"} <= set(ops) and set(ops) & INTEGER_OPS
+        a, b = run_logits(session(path), x), run_logits(session(q), x)
+        assert (a.argmax(1) == b.argmax(1)).mean() > 0.9
 
 
 def _default_vs_unoptimized(q, x):

@@ -288,6 +288,11 @@ class QuantizeConfig:
     max_accuracy_drop: float = _key(
         1.0, "accuracy points a format may lose against float32 before layers are kept in float", ge=0.0
     )
+    int8_graph_tuning: bool = _key(
+        True, "before INT8 quantization, rewrite the float graph into an equivalent one that ONNX Runtime's CPU "
+        "integer kernels run faster (first conv+relu+2x2 maxpool as a space-to-depth conv with an integer max; "
+        "flatten in NHWC order); the integers computed are the same"
+    )
     threads: int = _key(2, "ONNX Runtime threads for evaluation and latency", ge=1)
 
 

@@ -49,7 +49,7 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
                    say: Callable[[str], None], extra: dict | None = None) -> dict[str, Any]:
     """Calibrate, quantize (with the accuracy gate) and measure every format of ``q``; writes quantization.json."""
     from .deploy.calibrate import client_histograms, client_ranges, merge_histograms, merge_ranges, thresholds
-    from .deploy.export import stamp_metadata
+    from .deploy.export import read_metadata, stamp_metadata
     from .deploy.gate import gate, layer_sqnr
     from .deploy.quantize import fp8_activation_scales, quantize_fp8_model, quantize_int8_model
     from .deploy.runtime import FP8_CPU_SESSION_CONFIG, INTEGER_OPS, kernel_ops, latency_ms, run_logits, session
@@ -96,7 +96,8 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
         info: dict[str, Any] = {}
         if fmt == "int8":
             def make(keep: Sequence[str] = ()) -> None:
-                quantize_int8_model(fp32, path, act_ranges, nodes_to_exclude=list(keep))
+                quantize_int8_model(fp32, path, act_ranges, nodes_to_exclude=list(keep),
+                                    tune_graph=q.int8_graph_tuning)
             fp8_scales = None
         else:
             candidates = ["amax", "std"] if q.fp8_activation_scale == "auto" else [q.fp8_activation_scale]
@@ -130,11 +131,14 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
         res = gate(build, ranking, float_accuracy=base, max_drop_points=q.max_accuracy_drop)
         if not res.passed:  # report the fully quantized model, marked failed
             make(())
-        stamp_metadata(path, {**meta, "format": fmt,
+        rewrites = read_metadata(path).get("int8_graph_rewrites", []) if fmt == "int8" else []
+        stamp_metadata(path, {**meta, "format": fmt, **({"int8_graph_rewrites": rewrites} if rewrites else {}),
                               **({"ort_session_config": FP8_CPU_SESSION_CONFIG} if fmt != "int8" else {})})
         sess = session(path, threads=q.threads)
         row = measure(fmt, path, sess, run_logits(sess, data.eval_x))
         row.update(info)
+        if fmt == "int8":
+            row["graph_rewrites"] = rewrites
         row["status"] = "ok" if res.passed else "failed"
         row["layers_kept_float"] = [
             {"node": r.node, "op": r.op, "sqnr_db": r.sqnr_db, "weight_sqnr_db": r.weight_db,

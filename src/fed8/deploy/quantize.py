@@ -58,13 +58,37 @@ def _hoist(src: str, producers: dict, consumers: dict) -> tuple[str, str | None]
 
 
 def quantize_int8_model(fp32_path: str | Path, out_path: str | Path, ranges: Mapping[str, tuple[float, float]], *,
-                        per_channel: bool = True, nodes_to_exclude: list[str] | None = None) -> Path:
-    """INT8 QDQ model via ``onnxruntime.quantization.quantize_static`` with the given activation ranges."""
+                        per_channel: bool = True, nodes_to_exclude: list[str] | None = None,
+                        tune_graph: bool = True) -> Path:
+    """INT8 QDQ model via ``onnxruntime.quantization.quantize_static`` with the given activation ranges.
+
+    With ``tune_graph`` the float graph is first rewritten by :func:`fed8.deploy.int8_graph.tune_for_int8`
+    (exact rewrites that ORT's CPU integer kernels run faster; the integers computed are
+    the same) and ``ReduceMax`` runs on integers (:func:`fed8.deploy.int8_graph.integer_max`).
+    The rewrites applied are stored in the model's metadata (``int8_graph_rewrites``).
+    """
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
+    from .export import read_metadata, stamp_metadata
+    from .int8_graph import integer_max, tune_for_int8
+
     out_path = Path(out_path)
+    source = fp32_path
     with tempfile.TemporaryDirectory(prefix="fed8-q-") as tmp:
+        rewrites: list[str] = []
+        if tune_graph:
+            tuned = tune_for_int8(onnx.load(str(fp32_path)), skip=set(nodes_to_exclude or ()))
+            if tuned.rewrites:
+                missing = sorted({v for v in tuned.aliases.values() if v not in ranges})
+                if missing:
+                    raise DeployError(f"no calibration range for tensor(s) {missing}; calibrate the same ONNX "
+                                      "model that is quantized.")
+                ranges = {**ranges, **{k: ranges[v] for k, v in tuned.aliases.items()}}
+                fp32_path = Path(tmp) / "tuned.onnx"
+                onnx.save(tuned.model, str(fp32_path))
+                rewrites = tuned.rewrites
         cache = Path(tmp) / "ranges.json"
         save_tensors_data(to_tensors_data(ranges), cache)
         root = logging.getLogger()  # ORT logs a pre-processing hint on the root logger every call
@@ -78,10 +102,15 @@ def quantize_int8_model(fp32_path: str | Path, out_path: str | Path, ranges: Map
                             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
         finally:
             root.setLevel(level)
-    import onnx
+        if rewrites:
+            q = onnx.load(str(out_path))
+            integer_max(q)
+            onnx.checker.check_model(q)
+            onnx.save(q, str(out_path))
+            stamp_metadata(out_path, {**read_metadata(out_path), "int8_graph_rewrites": rewrites})
 
     used = kernel_ops(out_path)
-    compute = {n.name for n in onnx.load(str(fp32_path)).graph.node if n.op_type in COMPUTE_OPS}
+    compute = {n.name for n in onnx.load(str(source)).graph.node if n.op_type in COMPUTE_OPS}
     if not (set(used) & INTEGER_OPS) and (not compute or compute - set(nodes_to_exclude or ())):
         raise DeployError(f"{out_path}: the INT8 model runs no integer kernel on ORT CPU (ops: {dict(used)}); "
                           "it would silently compute in float. Check that the model has Conv/Gemm/MatMul layers.")

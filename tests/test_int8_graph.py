@@ -1,0 +1,118 @@
+"""The exact float-graph rewrites that make ORT's integer kernels faster (fed8.deploy.int8_graph)."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from fed8.deploy.calibrate import client_ranges, merge_ranges
+from fed8.deploy.export import export_onnx, read_metadata
+from fed8.deploy.int8_graph import tune_for_int8
+from fed8.deploy.quantize import quantize_int8_model
+from fed8.deploy.runtime import run_logits, session
+from fed8.models import build_model
+
+
+class Net(nn.Module):
+    """conv(k, same) -> relu -> maxpool 2 -> conv -> relu -> maxpool 2 -> flatten -> fc -> relu -> fc."""
+
+    def __init__(self, cin: int, c1: int, k: int, hw: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, c1, k, padding=k // 2)
+        self.conv2 = nn.Conv2d(c1, 6, 3, padding=1)
+        self.fc1 = nn.Linear(6 * (hw // 4) ** 2, 9)
+        self.fc2 = nn.Linear(9, 4)
+
+    def forward(self, x):
+        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
+
+
+def _export(model, shape, path):
+    torch.manual_seed(1)
+    for p in model.parameters():  # biases away from zero so that Relu cuts somewhere
+        p.data.normal_(0, 0.3)
+    return export_onnx(model.eval(), shape, path, metadata={})
+
+
+def _run(model_proto, x):
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(None, {s.get_inputs()[0].name: x})[0]
+
+
+@pytest.mark.parametrize("cin,c1,k,hw", [(1, 32, 5, 28), (3, 7, 3, 12), (2, 5, 7, 16), (4, 6, 1, 8)])
+def test_float_rewrites_compute_the_same_function(tmp_path, cin, c1, k, hw):
+    path = _export(Net(cin, c1, k, hw), (cin, hw, hw), tmp_path / "m.onnx")
+    tuned = tune_for_int8(onnx.load(str(path)))
+    assert [r.split(":")[0] for r in tuned.rewrites] == ["phase_pool", "nhwc_flatten"]
+    ops = [n.op_type for n in tuned.model.graph.node]
+    assert "SpaceToDepth" in ops and "ReduceMax" in ops and ops.count("MaxPool") == 1  # only conv2's pool stays
+    x = np.random.default_rng(0).standard_normal((5, cin, hw, hw)).astype(np.float32)
+    ref = run_logits(session(path, config={}), x)
+    out = _run(tuned.model, x)
+    assert np.abs(out - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
+    # every new tensor borrows the range of a tensor of the original model
+    original = {o for n in onnx.load(str(path)).graph.node for o in n.output} | {"input"}
+    assert tuned.aliases and set(tuned.aliases.values()) <= original
+
+
+def test_patterns_that_do_not_match_are_left_alone(tmp_path):
+    class Wide(nn.Module):  # 8 input channels (fast already), a strided conv, a 3x3 pool
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(8, 4, 3, padding=1)
+            self.b = nn.Conv2d(4, 4, 3, padding=1, stride=2)
+            self.c = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            x = nn.functional.max_pool2d(torch.relu(self.a(x)), 2)
+            x = nn.functional.max_pool2d(torch.relu(self.b(x)), 2)
+            return nn.functional.max_pool2d(torch.relu(self.c(x)), 3).mean((2, 3))
+
+    path = _export(Wide(), (8, 24, 24), tmp_path / "w.onnx")
+    tuned = tune_for_int8(onnx.load(str(path)))
+    assert tuned.rewrites == [] and tuned.aliases == {}
+    skipped = tune_for_int8(onnx.load(str(_export(Net(1, 6, 3, 8), (1, 8, 8), tmp_path / "n.onnx"))),
+                            skip={"/conv1/Conv"})
+    assert [r.split(":")[0] for r in skipped.rewrites] == ["nhwc_flatten"]
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cnn")
+    model = build_model("cnn", in_channels=1, height=28, width=28, num_classes=10, seed=0).eval()
+    path = export_onnx(model, (1, 28, 28), d / "fp32.onnx", metadata={"classes": list("0123456789")})
+    x = np.random.default_rng(0).random((200, 1, 28, 28), dtype=np.float32)
+    return path, x, d
+
+
+def test_tuned_int8_model_computes_the_same_integers(cnn):
+    path, x, d = cnn
+    ranges = merge_ranges([client_ranges(path, x)])
+    plain = quantize_int8_model(path, d / "plain.onnx", ranges, tune_graph=False)
+    tuned = quantize_int8_model(path, d / "tuned.onnx", ranges)
+    assert "int8_graph_rewrites" not in read_metadata(plain)
+    assert len(read_metadata(tuned)["int8_graph_rewrites"]) == 2
+    a, b = run_logits(session(plain), x), run_logits(session(tuned), x)
+    assert np.array_equal(a, b)  # bit-identical logits, not approximately
+    # ReduceMax runs on the integers: no DequantizeLinear feeds it and no QuantizeLinear follows it
+    m = onnx.load(str(tuned))
+    producer = {o: n for n in m.graph.node for o in n.output}
+    (rmax,) = [n for n in m.graph.node if n.op_type == "ReduceMax"]
+    assert producer[rmax.input[0]].op_type != "DequantizeLinear"
+    assert not any(n.op_type == "QuantizeLinear" and n.input[0] == rmax.output[0] for n in m.graph.node)
+
+
+def test_gate_kept_float_layer_is_not_rewritten(cnn):
+    path, x, d = cnn
+    ranges = merge_ranges([client_ranges(path, x)])
+    q = quantize_int8_model(path, d / "keep.onnx", ranges, nodes_to_exclude=["/conv1/Conv"])
+    assert [r.split(":")[0] for r in read_metadata(q)["int8_graph_rewrites"]] == ["nhwc_flatten"]
+    names = {n.name for n in onnx.load(str(q)).graph.node}
+    assert "/conv1/Conv" in names  # still there, in float
+    ref = run_logits(session(path), x)
+    assert (run_logits(session(q), x).argmax(1) == ref.argmax(1)).mean() > 0.9
