@@ -71,7 +71,7 @@ def quantize_int8_model(fp32_path: str | Path, out_path: str | Path, ranges: Map
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
-    from .export import read_metadata, stamp_metadata
+    from .export import read_metadata, set_metadata
     from .int8_graph import integer_max, tune_for_int8
 
     out_path = Path(out_path)
@@ -105,9 +105,9 @@ def quantize_int8_model(fp32_path: str | Path, out_path: str | Path, ranges: Map
         if rewrites:
             q = onnx.load(str(out_path))
             integer_max(q)
+            set_metadata(q, {**read_metadata(out_path), "int8_graph_rewrites": rewrites})
             onnx.checker.check_model(q)
             onnx.save(q, str(out_path))
-            stamp_metadata(out_path, {**read_metadata(out_path), "int8_graph_rewrites": rewrites})
 
     used = kernel_ops(out_path)
     compute = {n.name for n in onnx.load(str(source)).graph.node if n.op_type in COMPUTE_OPS}
