@@ -49,8 +49,9 @@ def test_float_rewrites_compute_the_same_function(tmp_path, cin, c1, k, hw):
     path = _export(Net(cin, c1, k, hw), (cin, hw, hw), tmp_path / "m.onnx")
     tuned = tune_for_int8(onnx.load(str(path)))
     assert [r.split(":")[0] for r in tuned.rewrites] == ["phase_pool", "nhwc_flatten"]
-    ops = [n.op_type for n in tuned.model.graph.node]
-    assert "SpaceToDepth" in ops and "ReduceMax" in ops and ops.count("MaxPool") == 1  # only conv2's pool stays
+    pools = [[a.ints for a in n.attribute if a.name == "kernel_shape"][0] for n in tuned.model.graph.node
+             if n.op_type == "MaxPool"]
+    assert sorted(map(list, pools)) == [[1, 4], [2, 2]]  # conv1's pool is a max over the phases; conv2's stays
     x = np.random.default_rng(0).standard_normal((5, cin, hw, hw)).astype(np.float32)
     ref = run_logits(session(path, config={}), x)
     out = _run(tuned.model, x)
@@ -81,17 +82,28 @@ def test_patterns_that_do_not_match_are_left_alone(tmp_path):
     assert [r.split(":")[0] for r in skipped.rewrites] == ["nhwc_flatten"]
 
 
-@pytest.fixture(scope="module")
-def cnn(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cnn")
-    model = build_model("cnn", in_channels=1, height=28, width=28, num_classes=10, seed=0).eval()
-    path = export_onnx(model, (1, 28, 28), d / "fp32.onnx", metadata={"classes": list("0123456789")})
-    x = np.random.default_rng(0).random((200, 1, 28, 28), dtype=np.float32)
+def _cnn(d, cin: int, hw: int):
+    model = build_model("cnn", in_channels=cin, height=hw, width=hw, num_classes=10, seed=0).eval()
+    path = export_onnx(model, (cin, hw, hw), d / "fp32.onnx", metadata={"classes": list("0123456789")})
+    x = np.random.default_rng(0).random((200, cin, hw, hw), dtype=np.float32)
     return path, x, d
 
 
-def test_tuned_int8_model_computes_the_same_integers(cnn):
-    path, x, d = cnn
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory):
+    return _cnn(tmp_path_factory.mktemp("cnn"), 1, 28)
+
+
+def _optimized(path, d):
+    """The graph ORT runs (after layout transformation and QDQ fusion)."""
+    out = d / f"{path.stem}.ort.onnx"
+    session(path, threads=1, optimized_path=out, config={})
+    return onnx.load(str(out)).graph
+
+
+@pytest.mark.parametrize("cin,hw", [(1, 28), (3, 16)])
+def test_tuned_int8_model_computes_the_same_integers(tmp_path, cin, hw):
+    path, x, d = _cnn(tmp_path, cin, hw)
     ranges = merge_ranges([client_ranges(path, x)])
     plain = quantize_int8_model(path, d / "plain.onnx", ranges, tune_graph=False)
     tuned = quantize_int8_model(path, d / "tuned.onnx", ranges)
@@ -99,12 +111,22 @@ def test_tuned_int8_model_computes_the_same_integers(cnn):
     assert len(read_metadata(tuned)["int8_graph_rewrites"]) == 2
     a, b = run_logits(session(plain), x), run_logits(session(tuned), x)
     assert np.array_equal(a, b)  # bit-identical logits, not approximately
-    # ReduceMax runs on the integers: no DequantizeLinear feeds it and no QuantizeLinear follows it
-    m = onnx.load(str(tuned))
-    producer = {o: n for n in m.graph.node for o in n.output}
-    (rmax,) = [n for n in m.graph.node if n.op_type == "ReduceMax"]
-    assert producer[rmax.input[0]].op_type != "DequantizeLinear"
-    assert not any(n.op_type == "QuantizeLinear" and n.input[0] == rmax.output[0] for n in m.graph.node)
+
+    # what ORT runs: the space-to-depth transposes float input, every conv is integer, and no
+    # Transpose is left on the uint8 path (the plain model has them around its NHWC kernels)
+    g = _optimized(tuned, d)
+    producer = {o: n for n in g.node for o in n.output}
+
+    def from_input(t):  # t computed from the graph input by Reshape / Transpose only, i.e. still float
+        while t in producer and producer[t].op_type in ("Reshape", "Transpose"):
+            t = producer[t].input[0]
+        return t == g.input[0].name
+
+    ops = [n.op_type for n in g.node]
+    assert ops.count("QLinearConv") == 2 and "Conv" not in ops and "ReduceMax" not in ops
+    transposes = [n for n in g.node if n.op_type == "Transpose"]
+    assert len(transposes) == 1 and from_input(transposes[0].input[0])
+    assert any(n.op_type == "Transpose" and not from_input(n.input[0]) for n in _optimized(plain, d).node)
 
 
 def test_gate_kept_float_layer_is_not_rewritten(cnn):

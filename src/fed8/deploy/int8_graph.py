@@ -7,16 +7,19 @@ quantization, remove that time without changing a single integer of the result:
 
 ``phase_pool``
     ``Conv(k x k, stride 1, same padding, Cin <= 4) -> Relu -> MaxPool(2x2, stride 2)``
-    becomes ``SpaceToDepth(2) -> Conv(4 Cin -> 4 Cout) -> Relu -> max over the 4 phases``.
+    becomes ``space-to-depth(2) -> Conv(4 Cin -> 4 Cout) -> Relu -> max over the 4 phases``.
     Output pixel ``(2Y + a, 2X + b)`` of the original convolution is channel ``(2a + b) Cout + c``
     of the new one at ``(Y, X)``: its kernel holds the original weights at the offsets
-    ``(a + i - P, b + j - P) = 2 (dY, dX) + (p, q)`` and zeros elsewhere (``P = k // 2``), so
-    the 2x2 pool becomes a max over the four phase groups (``ReduceMax`` in NHWC order,
-    which ORT's layout transformer keeps NHWC). Per output channel the weights are the
-    original ones plus zeros, so per-channel INT8 scales, the int32 accumulators and the
-    requantized bytes are identical; the integer max of :func:`integer_max` equals the
-    max-pool of the same bytes. The new convolution has 4 Cin input channels at a quarter
-    of the pixels, which MLAS runs several times faster than the Cin = 1 one.
+    ``(a + i - P, b + j - P) = 2 (dY, dX) + (p, q)`` and zeros elsewhere (``P = k // 2``).
+    Per output channel the weights are the original ones plus zeros, so per-channel INT8
+    scales, the int32 accumulators and the requantized bytes are identical, and the max of
+    the four phase groups is the 2x2 max pool of the same bytes. The new convolution has
+    4 Cin input channels at a quarter of the pixels, which MLAS runs several times faster.
+    Layout, chosen by profiling ORT 1.32 (docs/BENCHMARKS.md): the space-to-depth is
+    Reshape/Transpose in float straight into NHWC (ORT's uint8 transposes of this shape are
+    ~30x slower than its float ones), quantized there (:func:`pin_quantize`); the phase max
+    is a 1x4 ``MaxPool`` over ``[N, H/2, 4 W/2, Cout]`` (the phases of a pixel side by side),
+    which ORT runs as its uint8 ``NhwcMaxPool`` with every transpose cancelled.
 ``nhwc_flatten``
     ``Flatten(x [N, C, H, W]) -> Gemm(transB=1)`` flattens in NHWC order instead and
     permutes the Gemm's weight columns to match (same values per output row, so the same
@@ -32,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["TunedGraph", "integer_max", "tune_for_int8"]
+__all__ = ["TunedGraph", "pin_quantize", "tune_for_int8"]
 
 _MAX_PHASE_CIN = 4
 
@@ -44,6 +47,8 @@ class TunedGraph:
     model: object  # onnx.ModelProto
     aliases: dict[str, str] = field(default_factory=dict)  # new tensor -> original tensor with the same range
     rewrites: list[str] = field(default_factory=list)
+    float_nodes: list[str] = field(default_factory=list)  # new nodes the quantizer must leave in float
+    pinned_inputs: list[str] = field(default_factory=list)  # tensors whose QuantizeLinear pin_quantize() pins
 
 
 def _attr(node, name: str, default=None):
@@ -169,96 +174,108 @@ def _phase_pool(conv, inits, shapes, only_consumer, tuned: TunedGraph, opset: in
             or list(_attr(pool, "dilations", [1, 1])) != [1, 1] or _attr(pool, "ceil_mode", 0)
             or _attr(pool, "auto_pad", b"NOTSET") != b"NOTSET"):
         return None
-    cout = w.shape[0]
+    cout, cin = w.shape[:2]
+    h2, w2 = hw[0] // 2, hw[1] // 2
     bias = (numpy_helper.to_array(inits[conv.input[2]]) if len(conv.input) > 2 and conv.input[2]
             else np.zeros(cout, np.float32))
     wp, kk, dmin = _phase_weights(w.astype(np.float32))
     p = conv.name or conv.output[0]
-    names = {s: f"{p}/phase_{s}" for s in ("s2d", "w", "b", "conv", "relu", "nhwc", "shape", "split", "max")}
-    g_inits = [numpy_helper.from_array(wp, names["w"]),
-               numpy_helper.from_array(np.tile(bias.astype(np.float32), 4), names["b"]),
-               numpy_helper.from_array(np.array([0, 0, 0, 4, cout], np.int64), names["shape"])]
-    if opset >= 18:
-        g_inits.append(numpy_helper.from_array(np.array([3], np.int64), f"{p}/phase_axes"))
-        reduce = helper.make_node("ReduceMax", [names["split"], f"{p}/phase_axes"], [names["max"]],
-                                  name=f"{p}/phase_max", keepdims=0)
-    else:
-        reduce = helper.make_node("ReduceMax", [names["split"]], [names["max"]], name=f"{p}/phase_max",
-                                  axes=[3], keepdims=0)
+    n = {s: f"{p}/phase_{s}" for s in ("blocks", "blocks_t", "s2d_nhwc", "s2d", "w", "b", "conv", "relu", "nhwc",
+                                       "rows", "rows_nchw", "s1", "s2", "s3")}
+    # space-to-depth straight into NHWC, in float: [N, C, H, W] -> [N, H/2, W/2, (2p + q) C + c]
+    # (ORT's float transpose is fast for the 5-D C = 1 case; the 6-D one is the general case)
+    blocks, order = (([0, h2, 2, w2, 2], [0, 1, 3, 2, 4]) if cin == 1
+                     else ([0, cin, h2, 2, w2, 2], [0, 2, 4, 3, 5, 1]))
+    tuned.model.graph.initializer.extend([
+        numpy_helper.from_array(wp, n["w"]),
+        numpy_helper.from_array(np.tile(bias.astype(np.float32), 4), n["b"]),
+        numpy_helper.from_array(np.array(blocks, np.int64), n["s1"]),
+        numpy_helper.from_array(np.array([0, h2, w2, 4 * cin], np.int64), n["s2"]),
+        numpy_helper.from_array(np.array([0, h2, 4 * w2, cout], np.int64), n["s3"]),
+    ])
     nodes = [
-        helper.make_node("SpaceToDepth", [conv.input[0]], [names["s2d"]], name=f"{p}/space_to_depth", blocksize=2),
-        helper.make_node("Conv", [names["s2d"], names["w"], names["b"]], [names["conv"]], name=f"{p}/phases",
+        helper.make_node("Reshape", [conv.input[0], n["s1"]], [n["blocks"]], name=f"{p}/s2d_blocks"),
+        helper.make_node("Transpose", [n["blocks"]], [n["blocks_t"]], name=f"{p}/s2d_order", perm=order),
+        helper.make_node("Reshape", [n["blocks_t"], n["s2"]], [n["s2d_nhwc"]], name=f"{p}/s2d_merge"),
+        helper.make_node("Transpose", [n["s2d_nhwc"]], [n["s2d"]], name=f"{p}/s2d_nchw", perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", [n["s2d"], n["w"], n["b"]], [n["conv"]], name=f"{p}/phases",
                          kernel_shape=[kk, kk], pads=[-dmin, -dmin, kk - 1 + dmin, kk - 1 + dmin]),
-        helper.make_node("Relu", [names["conv"]], [names["relu"]], name=f"{p}/phases_relu"),
-        helper.make_node("Transpose", [names["relu"]], [names["nhwc"]], name=f"{p}/phases_nhwc", perm=[0, 2, 3, 1]),
-        helper.make_node("Reshape", [names["nhwc"], names["shape"]], [names["split"]], name=f"{p}/phases_split"),
-        reduce,
-        helper.make_node("Transpose", [names["max"]], [pool.output[0]], name=f"{p}/pooled_nchw", perm=[0, 3, 1, 2]),
+        helper.make_node("Relu", [n["conv"]], [n["relu"]], name=f"{p}/phases_relu"),
+        # the 4 phases of a pixel side by side in a row: [N, H/2, 4 W/2, Cout]; a 1x4 max pool takes their max
+        helper.make_node("Transpose", [n["relu"]], [n["nhwc"]], name=f"{p}/phases_nhwc", perm=[0, 2, 3, 1]),
+        helper.make_node("Reshape", [n["nhwc"], n["s3"]], [n["rows"]], name=f"{p}/phases_rows"),
+        helper.make_node("Transpose", [n["rows"]], [n["rows_nchw"]], name=f"{p}/phases_rows_nchw", perm=[0, 3, 1, 2]),
+        helper.make_node("MaxPool", [n["rows_nchw"]], [pool.output[0]], name=f"{p}/phase_max",
+                         kernel_shape=[1, 4], strides=[1, 4]),
     ]
-    tuned.model.graph.initializer.extend(g_inits)
-    tuned.aliases.update({names["s2d"]: conv.input[0], names["conv"]: conv.output[0]})
-    # one range for the whole chain (ORT also quantizes a MaxPool with its input's parameters),
-    # so the integer max of integer_max() needs no requantization
-    for t in ("relu", "nhwc", "split", "max"):
-        tuned.aliases[names[t]] = relu.output[0]
+    tuned.float_nodes.extend(x.name for x in nodes[:4])
+    tuned.pinned_inputs.append(n["s2d"])
+    tuned.aliases.update({n["s2d"]: conv.input[0], n["conv"]: conv.output[0]})
+    # one range for the whole chain (ORT quantizes a MaxPool with its input's parameters), so the
+    # transposes, reshape and max pool run on the same bytes with no requantization
+    for t in ("relu", "nhwc", "rows", "rows_nchw"):
+        tuned.aliases[n[t]] = relu.output[0]
     tuned.aliases[pool.output[0]] = relu.output[0]
     tuned.rewrites.append(f"phase_pool: {conv.name} -> {relu.name} -> {pool.name}")
     return nodes, {id(relu), id(pool)}
 
 
-def integer_max(model) -> list[str]:
-    """Run each ``DQ -> ReduceMax -> [Transpose|Reshape]* -> Q`` chain on the integers, in place.
+def pin_quantize(model, tensors) -> list[str]:
+    """Quantize each of ``tensors`` before the Transpose that produced it, where ORT leaves it, in place.
 
-    ONNX Runtime's quantizer leaves ``ReduceMax`` in float between a DequantizeLinear and a
-    QuantizeLinear. When both use the same scale and zero point (the aliases of
-    :func:`tune_for_int8` make sure of it) the max of the integers is exactly the
-    quantized max, so the pair is removed and the chain runs on uint8 / int8.
-    Returns the names of the rewritten ReduceMax nodes.
+    ``phase_pool`` computes its space-to-depth in float and in NHWC order; ORT's quantizer
+    puts the QuantizeLinear after the final NHWC -> NCHW Transpose, at the Conv input. This
+    pass moves the ``Q -> DQ`` pair above that Transpose (the transpose then cancels against
+    the layout transformer's own NCHW -> NHWC one, with uint8 data). It also keeps ORT's
+    ``QDQPropagationTransformer`` from moving the Q further up, through the float
+    space-to-depth, where ORT's uint8 5-D / 6-D transpose is about 30x slower than the float
+    one (6.9 vs 0.19 ms for 256 MNIST images, measured): that transformer only moves a Q with
+    a scalar scale, so the Q gets the same scale and zero point repeated along axis 1 (the
+    same bytes; the DequantizeLinear keeps the scalar ones that ORT's fusions look for).
+    Returns the tensors whose Q was moved.
     """
-    from onnx import numpy_helper
+    from onnx import helper, numpy_helper
 
     g = model.graph
     inits = {t.name: t for t in g.initializer}
+    shapes = _shapes(model)
     producer = {o: n for n in g.node for o in n.output}
     consumers: dict[str, list] = {}
     for n in g.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-
-    def params(node):
-        return [numpy_helper.to_array(inits[node.input[i]]) if i < len(node.input) and node.input[i] in inits
-                else None for i in (1, 2)]
-
-    graph_outputs = {o.name for o in g.output}
-    drop, retyped, done = set(), set(), []
-    for node in g.node:
-        if node.op_type != "ReduceMax":
+    done = []
+    for t in tensors:
+        qs, tr = consumers.get(t, []), producer.get(t)
+        if len(qs) != 1 or qs[0].op_type != "QuantizeLinear" or tr is None or tr.op_type != "Transpose":
             continue
-        dq = producer.get(node.input[0])
-        t, chain = node.output[0], []
-        while len(consumers.get(t, [])) == 1 and consumers[t][0].op_type in ("Transpose", "Reshape"):
-            chain.append(consumers[t][0])
-            t = chain[-1].output[0]
-        q = consumers.get(t, [])
-        if (dq is None or dq.op_type != "DequantizeLinear" or len(consumers[dq.output[0]]) != 1
-                or len(q) != 1 or q[0].op_type != "QuantizeLinear" or q[0].output[0] in graph_outputs):
+        q = qs[0]
+        dqs = consumers.get(q.output[0], [])
+        src = tr.input[0]
+        axis_len = (shapes.get(src) or [None, None])[1]
+        scale, zp = (inits.get(q.input[i]) if i < len(q.input) else None for i in (1, 2))
+        if (len(dqs) != 1 or dqs[0].op_type != "DequantizeLinear" or len(consumers.get(src, [])) != 1
+                or not axis_len or scale is None or zp is None):
             continue
-        (s1, z1), (s2, z2) = params(dq), params(q[0])
-        if s1 is None or s2 is None or z1 is None or z2 is None or not (np.array_equal(s1, s2)
-                                                                         and np.array_equal(z1, z2)):
+        dq = dqs[0]
+        sc, z = numpy_helper.to_array(scale), numpy_helper.to_array(zp)
+        if sc.ndim or z.ndim:
             continue
-        node.input[0] = dq.input[0]
-        for c in consumers.get(q[0].output[0], []):
+        names = (f"{src}_pinned_scale", f"{src}_pinned_zero_point")
+        g.initializer.extend([numpy_helper.from_array(np.full(axis_len, sc, sc.dtype), names[0]),
+                              numpy_helper.from_array(np.full(axis_len, z, z.dtype), names[1])])
+        q.input[0], q.input[1], q.input[2] = src, *names
+        keep = [a for a in q.attribute if a.name != "axis"]
+        del q.attribute[:]
+        q.attribute.extend([*keep, helper.make_attribute("axis", 1)])
+        for c in consumers.get(dq.output[0], []):
             for i, x in enumerate(c.input):
-                if x == q[0].output[0]:
+                if x == dq.output[0]:
                     c.input[i] = t
-        drop.update({id(dq), id(q[0])})
-        retyped.update([node.output[0], *(c.output[0] for c in chain)])
-        done.append(node.name)
-    keep = [n for n in g.node if id(n) not in drop]
-    del g.node[:]
-    g.node.extend(keep)
-    vi = [v for v in g.value_info if v.name not in retyped]  # their element type is no longer float
-    del g.value_info[:]
-    g.value_info.extend(vi)
+        tr.input[0] = dq.output[0]
+        order = [n for n in g.node if n is not tr]
+        order.insert(order.index(dq) + 1, tr)
+        del g.node[:]
+        g.node.extend(order)
+        done.append(t)
     return done

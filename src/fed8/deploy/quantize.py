@@ -64,7 +64,8 @@ def quantize_int8_model(fp32_path: str | Path, out_path: str | Path, ranges: Map
 
     With ``tune_graph`` the float graph is first rewritten by :func:`fed8.deploy.int8_graph.tune_for_int8`
     (exact rewrites that ORT's CPU integer kernels run faster; the integers computed are
-    the same) and ``ReduceMax`` runs on integers (:func:`fed8.deploy.int8_graph.integer_max`).
+    the same); :func:`fed8.deploy.int8_graph.pin_quantize` keeps ORT from moving their
+    input quantization in front of a float space-to-depth.
     The rewrites applied are stored in the model's metadata (``int8_graph_rewrites``).
     """
     import onnx
@@ -72,12 +73,13 @@ def quantize_int8_model(fp32_path: str | Path, out_path: str | Path, ranges: Map
     from onnxruntime.quantization.calibrate import save_tensors_data
 
     from .export import read_metadata, set_metadata
-    from .int8_graph import integer_max, tune_for_int8
+    from .int8_graph import pin_quantize, tune_for_int8
 
     out_path = Path(out_path)
     source = fp32_path
     with tempfile.TemporaryDirectory(prefix="fed8-q-") as tmp:
         rewrites: list[str] = []
+        exclude = list(nodes_to_exclude or [])
         if tune_graph:
             tuned = tune_for_int8(onnx.load(str(fp32_path)), skip=set(nodes_to_exclude or ()))
             if tuned.rewrites:
@@ -89,6 +91,7 @@ def quantize_int8_model(fp32_path: str | Path, out_path: str | Path, ranges: Map
                 fp32_path = Path(tmp) / "tuned.onnx"
                 onnx.save(tuned.model, str(fp32_path))
                 rewrites = tuned.rewrites
+                exclude += tuned.float_nodes
         cache = Path(tmp) / "ranges.json"
         save_tensors_data(to_tensors_data(ranges), cache)
         root = logging.getLogger()  # ORT logs a pre-processing hint on the root logger every call
@@ -98,13 +101,13 @@ def quantize_int8_model(fp32_path: str | Path, out_path: str | Path, ranges: Map
             quantize_static(str(fp32_path), str(out_path), None, quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
                             calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(cache),
-                            nodes_to_exclude=nodes_to_exclude or [],
+                            nodes_to_exclude=exclude,
                             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
         finally:
             root.setLevel(level)
         if rewrites:
             q = onnx.load(str(out_path))
-            integer_max(q)
+            pin_quantize(q, set(tuned.pinned_inputs))
             set_metadata(q, {**read_metadata(out_path), "int8_graph_rewrites": rewrites})
             onnx.checker.check_model(q)
             onnx.save(q, str(out_path))
