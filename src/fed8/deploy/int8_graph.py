@@ -108,7 +108,6 @@ def tune_for_int8(model, *, skip: frozenset[str] | set[str] = frozenset()) -> Tu
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     outputs = {o.name for o in g.output}
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     tuned = TunedGraph(model)
     new_nodes, done = [], set()
 
@@ -120,7 +119,7 @@ def tune_for_int8(model, *, skip: frozenset[str] | set[str] = frozenset()) -> Tu
         if id(n) in done:
             continue
         if n.op_type == "Conv" and n.name not in skip:
-            rewritten = _phase_pool(n, inits, shapes, only_consumer, tuned, opset)
+            rewritten = _phase_pool(n, inits, shapes, only_consumer, tuned)
             if rewritten is not None:
                 nodes, used = rewritten
                 new_nodes.extend(nodes)
@@ -150,7 +149,7 @@ def tune_for_int8(model, *, skip: frozenset[str] | set[str] = frozenset()) -> Tu
     return tuned
 
 
-def _phase_pool(conv, inits, shapes, only_consumer, tuned: TunedGraph, opset: int):
+def _phase_pool(conv, inits, shapes, only_consumer, tuned: TunedGraph):
     """The ``phase_pool`` rewrite of ``conv`` if its pattern matches, else None."""
     from onnx import helper, numpy_helper
 
