@@ -14,3 +14,15 @@ SMALL = [
 @pytest.fixture
 def small():
     return list(SMALL)
+
+
+def interrupted_run(cfg, out, at_round: int) -> None:
+    """``fed8.run`` stopped by a KeyboardInterrupt right after round ``at_round`` finished."""
+    import fed8
+
+    def stop(rnd, row):
+        if rnd == at_round:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fed8.run(cfg, out=out, on_round=stop, report=False)

@@ -14,6 +14,8 @@ from fed8.deploy.quantize import fp8_activation_scales, quantize_fp8_model, quan
 from fed8.deploy.runtime import INTEGER_OPS, kernel_ops, run_logits, session
 from fed8.errors import CheckpointError, ConfigError, DeployError
 
+from conftest import interrupted_run
+
 
 class OddNet(nn.Module):
     """First layer with 7 output channels (odd), last layer a Gemm: both must be quantized.
@@ -142,11 +144,7 @@ def test_errors(tmp_path, small):
         fed8.load_config(None, ['quantize.formats="bf8"'])
     cfg = fed8.load_config(None, small)
 
-    def stop(rnd, row):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        fed8.run(cfg, out=tmp_path / "unfinished", on_round=stop, report=False)
+    interrupted_run(cfg, tmp_path / "unfinished", 1)
     with pytest.raises(CheckpointError, match="has not finished"):
         from fed8.deploy_stage import quantize_run
         quantize_run(tmp_path / "unfinished")

@@ -11,6 +11,8 @@ import fed8
 from fed8.errors import CheckpointError, ConfigError
 from fed8.rundir import RunDir
 
+from conftest import interrupted_run
+
 TIMING_KEYS = {"seconds"}
 
 
@@ -68,12 +70,7 @@ def test_resume_after_interrupt_is_bit_identical(tmp_path, small, strategy):
                                           "server.lr=" + ("0.01" if strategy == "fedadam" else "1.0")])
     full = fed8.run(cfg, out=tmp_path / "full", report=False)
 
-    def stop(rnd, row):
-        if rnd == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        fed8.run(cfg, out=tmp_path / "cut", on_round=stop, report=False)
+    interrupted_run(cfg, tmp_path / "cut", 2)
     assert RunDir(tmp_path / "cut").load_checkpoint()["round"] == 2
     assert not (tmp_path / "cut/model.safetensors").exists()
     resumed = fed8.run(resume=tmp_path / "cut", report=False)

@@ -14,6 +14,8 @@ from fed8.privacy.secagg import SecAggClient, SecAggServer, SecureSum, ring_bits
 from fed8.privacy.secagg.ring import from_ring, pack_bits, rotate, unpack_bits, unrotate
 from fed8.privacy.secagg.shamir import combine, split
 
+from conftest import interrupted_run
+
 
 def test_shamir_any_t_shares_recover_and_fewer_do_not():
     secret = bytes(range(32))
@@ -198,12 +200,7 @@ def test_dp_with_secure_aggregation_resumes_bit_identical(tmp_path, small):
                                           "privacy.secagg_dropout=0.25"])
     full = fed8.run(cfg, out=tmp_path / "full", report=False)
 
-    def stop(rnd, row):
-        if rnd == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        fed8.run(cfg, out=tmp_path / "cut", on_round=stop, report=False)
+    interrupted_run(cfg, tmp_path / "cut", 1)
     assert RunDir(tmp_path / "cut").load_checkpoint()["round"] == 1
     fed8.run(resume=tmp_path / "cut", report=False)
     assert (tmp_path / "cut/model.safetensors").read_bytes() == (tmp_path / "full/model.safetensors").read_bytes()

@@ -290,7 +290,7 @@ class QuantizeConfig:
     )
     int8_graph_tuning: bool = _key(
         True, "before INT8 quantization, rewrite the float graph into an equivalent one that ONNX Runtime's CPU "
-        "integer kernels run faster (first conv+relu+2x2 maxpool as a space-to-depth conv with an integer max; "
+        "integer kernels run faster (first conv+relu+2x2 maxpool as a space-to-depth conv and a uint8 max pool over the pixel phases; "
         "flatten in NHWC order); the integers computed are the same"
     )
     threads: int = _key(2, "ONNX Runtime threads for evaluation and latency", ge=1)
