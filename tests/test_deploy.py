@@ -177,10 +177,20 @@ def test_run_with_quantize_stage(tmp_path, small):
     x = np.random.default_rng(0).standard_normal((64, 1, 28, 28)).astype(np.float32)
     folded, default = run_logits(session(f8), x), run_logits(session(f8, config={}), x)
     assert (folded.argmax(1) == default.argmax(1)).mean() > 0.98 and np.abs(folded - default).max() < 0.05
-    assert "8-bit deployment" in (tmp_path / "r/report.html").read_text()
+    assert "<td>float8_e4m3fn</td>" in (tmp_path / "r/report.html").read_text()
     assert res.summary["deploy"][1]["format"] == "int8"
     # the CLI re-quantizes a finished run with other formats
     assert main(["quantize", str(tmp_path / "r"), "--formats", "float8_e5m2"]) == 0
     q2 = json.loads((tmp_path / "r/deploy/quantization.json").read_text())
     assert [r["format"] for r in q2["formats"]] == ["float32", "float8_e5m2"]
+    assert any("int8.onnx, float8_e4m3fn.onnx" in n and "earlier quantize" in n for n in q2["notes"])
+    assert (tmp_path / "r/deploy/int8.onnx").exists()  # nothing deleted
+    report = (tmp_path / "r/report.html").read_text()  # refreshed from the new quantization.json
+    assert "<td>float8_e5m2</td>" in report and "<td>float8_e4m3fn</td>" not in report
+    # --out writes elsewhere and leaves the run's deploy/ as it was
+    assert main(["quantize", str(tmp_path / "r"), "--formats", "int8", "--out", str(tmp_path / "elsewhere")]) == 0
+    q3 = json.loads((tmp_path / "elsewhere/quantization.json").read_text())
+    assert [r["format"] for r in q3["formats"]] == ["float32", "int8"] and q3["notes"] == []
+    assert (tmp_path / "elsewhere/int8.onnx").exists() and (tmp_path / "elsewhere/fp32.onnx").exists()
+    assert json.loads((tmp_path / "r/deploy/quantization.json").read_text()) == q2
     assert main(["quantize", str(tmp_path / "r"), "--formats", "fp8"]) == 2

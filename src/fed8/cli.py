@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--calibration-data", nargs="+", default=[], metavar="PATH",
                    help="images to calibrate on (.npz, folder, image files); required for MODEL.onnx, "
                         "replaces federated calibration for a run directory")
-    q.add_argument("--out", help="output folder for MODEL.onnx (default: MODEL-deploy/ next to it)")
+    q.add_argument("--out", help="output folder (default: RUN_DIR/deploy/, or MODEL-deploy/ next to MODEL.onnx)")
     q.add_argument("--set", dest="overrides", action="append", default=[], metavar="quantize.KEY=VALUE")
 
     pr = sub.add_parser("predict", help="top-k classes of images with a deployed ONNX model")
@@ -258,8 +258,13 @@ def _cmd_quantize(args) -> int:
         res = quantize_model(target, q, args.calibration_data, out=out, progress=say)
         _print_deploy(con, res, out / "quantization.json")
     else:
-        res = quantize_run(target, q, calibration_data=args.calibration_data, progress=say)
-        _print_deploy(con, res, target / "deploy" / "quantization.json")
+        out = Path(args.out) if args.out else target / "deploy"
+        res = quantize_run(target, q, calibration_data=args.calibration_data, out=out, progress=say)
+        _print_deploy(con, res, out / "quantization.json")
+        if out.resolve() == (target / "deploy").resolve() and (target / "report.html").exists():
+            from .report import write_report
+
+            con.print(f"updated {write_report(target)}", soft_wrap=True)
     return 0
 
 

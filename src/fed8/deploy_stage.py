@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ._io import atomic_write_json
-from .config import QuantizeConfig
+from .config import DEPLOY_FORMATS, QuantizeConfig
 
 __all__ = ["DeployData", "deploy_formats", "quantize_model", "quantize_run"]
 
@@ -154,19 +154,24 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
         r["bytes_ratio_to_float32"] = r["bytes"] / first["bytes"]
         r["speedup_batch1"] = first["latency_ms_batch1"] / r["latency_ms_batch1"]
         r["speedup_batch256"] = first["latency_ms_batch256"] / r["latency_ms_batch256"]
+    notes = [NOTE_FP8_CPU] if any(f.startswith("float8") for f in fmts) else []
+    stale = [f"{f}.onnx" for f in DEPLOY_FORMATS if f not in fmts and (out / f"{f}.onnx").exists()]
+    if stale:  # left alone (nothing is deleted), but say that this file does not describe them
+        notes.append(f"{', '.join(stale)} in {out} {'is' if len(stale) == 1 else 'are'} from an earlier quantize "
+                     "and not described here (this quantization.json covers " + ", ".join(["float32", *fmts]) + ").")
     result = {**(extra or {}), "calibration": calibration, "threads": q.threads, "formats": rows,
-              "failed": [r["format"] for r in rows if r["status"] == "failed"],
-              "notes": [NOTE_FP8_CPU] if any(f.startswith("float8") for f in fmts) else []}
+              "failed": [r["format"] for r in rows if r["status"] == "failed"], "notes": notes}
     atomic_write_json(out / "quantization.json", result)
     return result
 
 
 def quantize_run(run_dir: str | Path, q: QuantizeConfig | None = None, *, calibration_data: Sequence[str] = (),
-                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 out: str | Path | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Build and measure the deployable models of a finished run; returns quantization.json's content.
 
     ``calibration_data`` (files / folders / .npz) replaces federated calibration with
-    centralized calibration on those images.
+    centralized calibration on those images. ``out`` is the output folder (default:
+    ``RUN_DIR/deploy``).
     """
     import torch
 
@@ -193,8 +198,8 @@ def quantize_run(run_dir: str | Path, q: QuantizeConfig | None = None, *, calibr
     model.load_state_dict(load_tensors(rd.model))
     model.eval()
     clients = prep.simulation.clients
-    out = rd.path / "deploy"
-    out.mkdir(exist_ok=True)
+    out = Path(out) if out else rd.path / "deploy"
+    out.mkdir(parents=True, exist_ok=True)
     meta = {"model": cfg.model.name, "input_shape": list(prep.input_shape), "classes": list(prep.classes),
             "preprocess": {"divisor": 255, "mean": PIXEL_MEAN, "std": PIXEL_STD,
                            "formula": "x = (pixel / divisor - mean) / std", "layout": "NCHW",
