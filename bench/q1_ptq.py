@@ -13,11 +13,14 @@ same calibration images, in a default session. "int8 (fed8, no graph tuning)" is
 INT8 model with `quantize.int8_graph_tuning = false` (same integers, plain graph). The
 peer row "PyTorch x86 INT8" is torch.ao FX post-training static quantization with the
 x86 backend, calibrated on the same images and timed in PyTorch with the same threads
-(ratio to ORT FP32, as the issue defines it).
+(ratio to ORT FP32, as the issue defines it). When OpenVINO is installed (`fed8[openvino]`),
+"float32 (OpenVINO)" and "int8 (fed8, OpenVINO)" are the same FP32 file and fed8's untuned
+INT8 QDQ file run by OpenVINO's CPU runtime with the same threads (`fed8.deploy.runtime`,
+float32 inference precision); their ratios are also to ORT FP32.
 
     python bench/q1_ptq.py                # all of the above, ~3 minutes on 2 cores
     python bench/q1_ptq.py --threads 2 --rounds 7
-    python bench/q1_ptq.py --paired 30     # plus the per-round INT8/FP32 ratio at batch 256
+    python bench/q1_ptq.py --paired 30     # plus the per-round INT8/FP32 ratios at batch 256
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import torch.nn.functional as F
 from fed8.config import DataConfig, QuantizeConfig
 from fed8.data import load_splits, to_float
 from fed8.deploy.export import export_onnx
-from fed8.deploy.runtime import latency_ms, run_logits, session
+from fed8.deploy.runtime import latency_ms, openvino_available, run_logits, session
 from fed8.deploy_stage import DeployData, deploy_formats
 from fed8.models import build_model
 
@@ -116,6 +119,7 @@ def main() -> None:
     ap.add_argument("--paired", type=int, default=0, metavar="ROUNDS",
                     help="also time FP32 and fed8 INT8 back to back at batch 256 this many rounds and report "
                          "the distribution of the per-round ratio")
+    ap.add_argument("--no-openvino", action="store_true", help="leave out the OpenVINO rows")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -132,7 +136,7 @@ def main() -> None:
     for method in ("minmax", "percentile", "entropy"):
         out = tmp / method
         out.mkdir()
-        q = QuantizeConfig(calibration=method, threads=args.threads)
+        q = QuantizeConfig(calibration=method, threads=args.threads, openvino="off")
         data = DeployData([calib], ex.numpy(), ey.numpy(), (1, 28, 28))
         res = deploy_formats(fp32, out, q, data, meta, {"where": "512 train images"}, lambda s: None)
         results[method] = {r["format"]: r for r in res["formats"]}
@@ -141,12 +145,19 @@ def main() -> None:
             models = {f: out / r["file"] if f != "float32" else fp32 for f, r in results[method].items()}
     plain = tmp / "untuned"
     plain.mkdir()
-    q = QuantizeConfig(calibration=default, threads=args.threads, formats="int8", int8_graph_tuning=False)
+    q = QuantizeConfig(calibration=default, threads=args.threads, formats="int8", int8_graph_tuning=False,
+                       openvino="off")
     deploy_formats(fp32, plain, q, DeployData([calib], ex.numpy(), ey.numpy(), (1, 28, 28)), meta, {}, lambda s: None)
     models["int8 (fed8, no graph tuning)"] = plain / "int8.onnx"
     models["ORT static INT8 (peer)"] = ort_peer(fp32, tmp / "ort_int8.onnx", calib)
 
     sessions = {k: session(p, threads=args.threads) for k, p in models.items()}
+    if openvino_available() and not args.no_openvino:
+        for k, p in (("float32 (OpenVINO)", fp32), ("int8 (fed8, OpenVINO)", plain / "int8.onnx")):
+            models[k] = p
+            sessions[k] = session(p, threads=args.threads, runtime="openvino")
+    else:
+        print("OpenVINO rows skipped (pip install 'fed8[openvino]')" if not args.no_openvino else "", flush=True)
     acc = {k: float((run_logits(s, ex.numpy()).argmax(1) == ey.numpy()).mean()) for k, s in sessions.items()}
     torch_int8 = torch_peer(model, xtr[:512])
     with torch.no_grad():
@@ -160,7 +171,7 @@ def main() -> None:
         lat[TORCH_PEER][256].append(torch_latency_ms(torch_int8, 256, 10))
     med = {k: {b: statistics.median(v) for b, v in d.items()} for k, d in lat.items()}
     rows = []
-    print(f"\n{'model':24} {'acc':>7} {'delta':>6} {'bytes':>9} {'size':>5} {'b1 ms':>7} {'b1 x':>5} "
+    print(f"\n{'model':28} {'acc':>7} {'delta':>6} {'bytes':>9} {'size':>5} {'b1 ms':>7} {'b1 x':>5} "
           f"{'b256 ms':>8} {'b256 x':>6}")
     for k in [*models, TORCH_PEER]:
         size = models[k].stat().st_size if k in models else 0  # the torch model is not a file here
@@ -169,16 +180,17 @@ def main() -> None:
              "latency_ms_b1": med[k][1], "ratio_b1": med[k][1] / med["float32"][1],
              "latency_ms_b256": med[k][256], "ratio_b256": med[k][256] / med["float32"][256]}
         rows.append(r)
-        print(f"{k:24} {r['eval_accuracy']:7.4f} {r['delta_points']:+6.2f} {r['bytes']:9d} {r['size_ratio']:5.3f} "
+        print(f"{k:28} {r['eval_accuracy']:7.4f} {r['delta_points']:+6.2f} {r['bytes']:9d} {r['size_ratio']:5.3f} "
               f"{r['latency_ms_b1']:7.3f} {r['ratio_b1']:5.2f} {r['latency_ms_b256']:8.2f} {r['ratio_b256']:6.2f}")
-    paired = paired_ratio(sessions["float32"], sessions["int8"], args.paired) if args.paired else None
+    int8s = {k: sessions[k] for k in ("int8", "int8 (fed8, OpenVINO)") if k in sessions}
+    paired = {k: paired_ratio(sessions["float32"], s, args.paired, k) for k, s in int8s.items()} if args.paired else None
     calib_table = {m: {f: r["eval_accuracy"] for f, r in v.items()} for m, v in results.items()}
     print(json.dumps({"threads": args.threads, "rounds": args.rounds, "default_calibration": default,
                       "torch_fp32_accuracy": torch_acc, "calibration_accuracy": calib_table, "rows": rows,
                       "paired_int8_b256": paired}))
 
 
-def paired_ratio(fp32, int8, rounds: int) -> dict:
+def paired_ratio(fp32, int8, rounds: int, name: str = "int8") -> dict:
     """Per-round INT8 / FP32 latency ratio at batch 256, each round 10 FP32 runs then 10 INT8 runs.
 
     Consecutive measurements share the VM's momentary speed, so the spread of this ratio
@@ -189,7 +201,7 @@ def paired_ratio(fp32, int8, rounds: int) -> dict:
     q = {"rounds": rounds, "median": float(np.median(r)), "p25": float(np.percentile(r, 25)),
          "p75": float(np.percentile(r, 75)), "min": float(r.min()), "max": float(r.max()),
          "share_at_or_below_0.30": float((r <= 0.30).mean())}
-    print(f"\npaired int8 / float32 at batch 256 over {rounds} rounds: median {q['median']:.3f} "
+    print(f"\npaired {name} / float32 at batch 256 over {rounds} rounds: median {q['median']:.3f} "
           f"(p25 {q['p25']:.3f}, p75 {q['p75']:.3f}, min {q['min']:.3f}, max {q['max']:.3f}); "
           f"<= 0.30 in {100 * q['share_at_or_below_0.30']:.0f}% of rounds")
     return q

@@ -294,6 +294,13 @@ class QuantizeConfig:
         "flatten in NHWC order); the integers computed are the same"
     )
     threads: int = _key(2, "ONNX Runtime threads for evaluation and latency", ge=1)
+    openvino: str = _key(
+        "auto",
+        "also measure every format on the OpenVINO CPU runtime (pip install 'fed8[openvino]'): auto (when "
+        "installed) | on (error if not installed) | off; its INT8 model is the untuned QDQ graph "
+        "(int8_openvino.onnx when int8_graph_tuning rewrote int8.onnx for ONNX Runtime)",
+        choices=("auto", "on", "off"),
+    )
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--folder", action="append", default=[], metavar="DIR", help="every image in DIR (repeatable)")
     pr.add_argument("--top-k", type=int, default=3, help="classes to print per image (default 3)")
     pr.add_argument("--json", action="store_true", help="print JSON lines instead of text")
+    pr.add_argument("--runtime", choices=("onnxruntime", "openvino"), default="onnxruntime",
+                    help="inference runtime (openvino: pip install 'fed8[openvino]')")
 
     sub.add_parser("info", help="versions, threads, datasets and models")
 
@@ -205,8 +207,11 @@ def _deploy_table(rows: list[dict]):
     acc = table("8-bit deployment: accuracy", "agree = top-1 agreement with float32; clients = on-device accuracy "
                 "(mean / p10 / min); float = layers the accuracy gate kept in float",
                 ["eval acc", "delta", "agree", "clients", "float"])
-    speed = table("8-bit deployment: size and ONNX Runtime CPU latency",
-                  "ms at batch 1 and 256; x = speedup over float32", ["MB", "size", "b1 ms", "b256 ms", "x b1", "x b256"])
+    ov_rows = [r for r in rows if "openvino" in r]
+    speed = table("8-bit deployment: size and ONNX Runtime CPU latency" + (" (and OpenVINO)" if ov_rows else ""),
+                  "ms at batch 1 and 256; x = speedup over float32 on ONNX Runtime"
+                  + ("; 'openvino' rows: the OpenVINO runtime" if ov_rows else ""),
+                  ["MB", "size", "b1 ms", "b256 ms", "x b1", "x b256"])
     for r in rows:
         od = r.get("on_device") or {}
         name = r["format"] if r.get("status", "ok") == "ok" else f"[red]{r['format']} FAILED[/]"
@@ -217,6 +222,11 @@ def _deploy_table(rows: list[dict]):
         speed.add_row(name, f"{r['bytes'] / 1e6:.2f}", f"{r['bytes_ratio_to_float32']:.3f}",
                       f"{r['latency_ms_batch1']:.3f}", f"{r['latency_ms_batch256']:.1f}",
                       f"{r['speedup_batch1']:.2f}", f"{r['speedup_batch256']:.2f}")
+    for r in ov_rows:
+        ov = r["openvino"]
+        speed.add_row(f"{r['format']} openvino", f"{ov['bytes'] / 1e6:.2f}", f"{ov['bytes'] / rows[0]['bytes']:.3f}",
+                      f"{ov['latency_ms_batch1']:.3f}", f"{ov['latency_ms_batch256']:.1f}",
+                      f"{ov['speedup_batch1']:.2f}", f"{ov['speedup_batch256']:.2f}")
     return Group(acc, speed)
 
 
@@ -278,7 +288,7 @@ def _cmd_predict(args) -> int:
         raise ConfigError("fed8 predict needs images: give IMAGE... or --folder DIR.")
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be >= 1; got {args.top_k}.")
-    for r in predict(args.model, paths, top_k=args.top_k):
+    for r in predict(args.model, paths, top_k=args.top_k, runtime=args.runtime):
         if args.json:
             print(json.dumps(r))
         else:

@@ -28,9 +28,25 @@ NOTE_FP8_CPU = ("ONNX Runtime's CPU has FP8 QuantizeLinear/DequantizeLinear kern
                 "(metadata fed8.ort_session_config) session.disable_quant_qdq=1, which dequantizes the FP8 weights "
                 "once at load; they also run in a default session, slower.")
 
+NOTE_OPENVINO = ("OpenVINO rows: the same ONNX files run by OpenVINO's CPU runtime (float32 inference precision, "
+                 "same thread count); speedups are against ONNX Runtime float32. INT8 there uses the untuned QDQ "
+                 "graph (int8_openvino.onnx when int8.onnx carries ONNX Runtime graph rewrites). Its integer "
+                 "rounding differs slightly from ONNX Runtime's; top1_agreement_with_onnxruntime says how much.")
+
 
 def _formats(q: QuantizeConfig) -> list[str]:
     return [f.strip() for f in q.formats.split(",") if f.strip()]
+
+
+def _use_openvino(q: QuantizeConfig) -> bool:
+    """Whether to measure on OpenVINO too; ``quantize.openvino = "on"`` without it installed is an error."""
+    from .deploy import runtime
+
+    if q.openvino == "on" and not runtime.openvino_available():
+        from .errors import MissingExtraError
+
+        raise MissingExtraError("openvino", "openvino")
+    return q.openvino == "on" or (q.openvino == "auto" and runtime.openvino_available())
 
 
 @dataclass
@@ -55,6 +71,7 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
     from .deploy.runtime import FP8_CPU_SESSION_CONFIG, INTEGER_OPS, kernel_ops, latency_ms, run_logits, session
 
     fmts = _formats(q)
+    use_openvino = _use_openvino(q)
     say("calibrating" + (" on the clients" if len(data.calib_sets) > 1 else ""))
     ranges = merge_ranges(client_ranges(fp32, x) for x in data.calib_sets)
     hists = None
@@ -90,7 +107,19 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
             "status": "ok", "layers_kept_float": [],
         }
 
+    def measure_openvino(path: Path, ort_logits: np.ndarray) -> dict[str, Any]:
+        say(f"measuring {path.name} on OpenVINO")
+        sess = session(path, threads=q.threads, runtime="openvino")
+        logits = run_logits(sess, data.eval_x)
+        shape = tuple(data.input_shape)
+        return {"file": path.name, "bytes": os.path.getsize(path),
+                "top1_agreement_with_onnxruntime": float((logits.argmax(1) == ort_logits.argmax(1)).mean()),
+                "latency_ms_batch1": latency_ms(sess, shape, batch=1, repeats=30),
+                "latency_ms_batch256": latency_ms(sess, shape, batch=256, repeats=5)}
+
     rows = [measure("float32", fp32, fp32_sess, fp32_logits)]
+    if use_openvino:
+        rows[0]["openvino"] = measure_openvino(fp32, fp32_logits)
     for fmt in fmts:
         path = out / f"{fmt}.onnx"
         info: dict[str, Any] = {}
@@ -135,8 +164,17 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
         stamp_metadata(path, {**meta, "format": fmt, **({"int8_graph_rewrites": rewrites} if rewrites else {}),
                               **({"ort_session_config": FP8_CPU_SESSION_CONFIG} if fmt != "int8" else {})})
         sess = session(path, threads=q.threads)
-        row = measure(fmt, path, sess, run_logits(sess, data.eval_x))
+        logits = run_logits(sess, data.eval_x)
+        row = measure(fmt, path, sess, logits)
         row.update(info)
+        if use_openvino:
+            ov_path = path
+            if fmt == "int8" and rewrites:  # the rewrites are for ORT's kernels; OpenVINO runs the plain graph
+                ov_path = out / "int8_openvino.onnx"
+                keep = [r.node for r in res.kept_float] if res.passed else []
+                quantize_int8_model(fp32, ov_path, act_ranges, nodes_to_exclude=keep, tune_graph=False)
+                stamp_metadata(ov_path, {**meta, "format": fmt, "runtime": "openvino"})
+            row["openvino"] = measure_openvino(ov_path, logits)
         if fmt == "int8":
             row["graph_rewrites"] = rewrites
         row["status"] = "ok" if res.passed else "failed"
@@ -152,10 +190,18 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
     first = rows[0]
     for r in rows:
         r["bytes_ratio_to_float32"] = r["bytes"] / first["bytes"]
-        r["speedup_batch1"] = first["latency_ms_batch1"] / r["latency_ms_batch1"]
-        r["speedup_batch256"] = first["latency_ms_batch256"] / r["latency_ms_batch256"]
+        for b in ("batch1", "batch256"):
+            r[f"speedup_{b}"] = first[f"latency_ms_{b}"] / r[f"latency_ms_{b}"]
+            if "openvino" in r:  # against ONNX Runtime float32 (the main table's baseline) and OpenVINO float32
+                ov = r["openvino"]
+                ov[f"speedup_{b}"] = first[f"latency_ms_{b}"] / ov[f"latency_ms_{b}"]
+                ov[f"speedup_{b}_vs_openvino_float32"] = first["openvino"][f"latency_ms_{b}"] / ov[f"latency_ms_{b}"]
     notes = [NOTE_FP8_CPU] if any(f.startswith("float8") for f in fmts) else []
-    stale = [f"{f}.onnx" for f in DEPLOY_FORMATS if f not in fmts and (out / f"{f}.onnx").exists()]
+    if use_openvino:
+        notes.append(NOTE_OPENVINO)
+    written = {r["file"] for r in rows} | {r["openvino"]["file"] for r in rows if "openvino" in r}
+    stale = [f for f in [*(f"{x}.onnx" for x in DEPLOY_FORMATS), "int8_openvino.onnx"]
+             if f not in written and (out / f).exists()]
     if stale:  # left alone (nothing is deleted), but say that this file does not describe them
         notes.append(f"{', '.join(stale)} in {out} {'is' if len(stale) == 1 else 'are'} from an earlier quantize "
                      "and not described here (this quantization.json covers " + ", ".join(["float32", *fmts]) + ").")
@@ -189,6 +235,7 @@ def quantize_run(run_dir: str | Path, q: QuantizeConfig | None = None, *, calibr
     rd = RunDir.open(run_dir)
     cfg = rd.load_config()
     q = q or cfg.quantize
+    _use_openvino(q)  # fail before the work, not after it
     if not rd.model.exists():
         raise CheckpointError(f"{rd.model} does not exist: the run has not finished. Finish it with "
                               f"'fed8 run --resume {rd.path}'.")
@@ -259,6 +306,7 @@ def quantize_model(model_path: str | Path, q: QuantizeConfig, calibration_data: 
     from .errors import DeployError
 
     say = progress or (lambda s: None)
+    _use_openvino(q)
     model_path = Path(model_path)
     meta = read_metadata(model_path)
     if not calibration_data:

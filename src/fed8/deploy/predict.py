@@ -11,11 +11,12 @@ __all__ = ["predict"]
 
 
 def predict(model_path: str | Path, paths: Sequence[str | Path], *, top_k: int = 3,
-            threads: int = 2) -> list[dict]:
+            threads: int = 2, runtime: str = "onnxruntime") -> list[dict]:
     """For every image: its name and the ``top_k`` (class, probability) pairs, best first.
 
     Probabilities are ``softmax(logits)``; preprocessing (resize, channels, scale, mean,
-    std) comes from the ``fed8`` entry of the model's ONNX metadata.
+    std) comes from the ``fed8`` entry of the model's ONNX metadata. ``runtime``:
+    ``onnxruntime`` or ``openvino`` (see :func:`fed8.deploy.runtime.session`).
     """
     from .export import read_metadata
     from .images import load_images
@@ -23,7 +24,7 @@ def predict(model_path: str | Path, paths: Sequence[str | Path], *, top_k: int =
 
     meta = read_metadata(model_path)
     imgs = load_images(paths, meta)
-    logits = run_logits(session(model_path, threads=threads), imgs.x).astype(np.float64)
+    logits = run_logits(session(model_path, threads=threads, runtime=runtime), imgs.x).astype(np.float64)
     p = np.exp(logits - logits.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
     classes = [str(c) for c in meta.get("classes", range(p.shape[1]))]

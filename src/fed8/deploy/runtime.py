@@ -1,4 +1,10 @@
-"""ONNX Runtime sessions on CPU: inference, latency, and which kernels the optimized graph runs."""
+"""Inference sessions on CPU: ONNX Runtime (the default) or OpenVINO; latency, and which kernels ORT runs.
+
+OpenVINO (optional extra ``fed8[openvino]``) reads the same ONNX files, QDQ models
+included, and runs INT8 convolutions and GEMMs with oneDNN kernels (AMX / VNNI on
+recent Intel CPUs). Its session here is a thin adapter with ORT's ``get_inputs()`` /
+``run()`` surface, so every measurement function takes either.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FP8_CPU_SESSION_CONFIG", "INTEGER_OPS", "kernel_ops", "latency_ms", "run_logits", "session"]
+__all__ = ["FP8_CPU_SESSION_CONFIG", "INTEGER_OPS", "RUNTIMES", "kernel_ops", "latency_ms", "openvino_available",
+           "run_logits", "session"]
+
+RUNTIMES = ("onnxruntime", "openvino")
 
 # Operators that compute in integers on ORT CPU once QDQ groups are fused.
 INTEGER_OPS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger",
@@ -24,13 +33,61 @@ INTEGER_OPS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger
 FP8_CPU_SESSION_CONFIG = {"session.disable_quant_qdq": "1"}
 
 
-def session(path: str | Path, *, threads: int = 2, optimized_path: str | Path | None = None,
-            config: dict[str, str] | None = None):
-    """An ORT CPU session with ``threads`` intra-op threads, all graph optimizations and session ``config`` entries.
+def openvino_available() -> bool:
+    """Whether the optional OpenVINO runtime can be imported."""
+    import importlib.util
 
-    Without ``config``, the entries a fed8 model recommends in its metadata
-    (``fed8.ort_session_config``) are used.
+    return importlib.util.find_spec("openvino") is not None
+
+
+class _OpenVINOSession:
+    """An OpenVINO CPU model compiled for latency, behind ORT's ``get_inputs()`` / ``run()`` surface."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        try:
+            import openvino as ov
+        except ImportError:
+            from ..errors import MissingExtraError
+
+            raise MissingExtraError("openvino", "openvino") from None
+        core = ov.Core()
+        # f32 inference precision: on CPUs with AMX / AVX512-BF16, OpenVINO would otherwise run the
+        # float parts of a model in bfloat16, and float32 numbers would not be float32.
+        self._model = core.compile_model(core.read_model(str(path)), "CPU", {
+            "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "f32"})
+        self._request = self._model.create_infer_request()
+        self._inputs = [_Input(p.get_any_name()) for p in self._model.inputs]
+
+    def get_inputs(self) -> list:
+        return self._inputs
+
+    def run(self, output_names, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        res = self._request.infer(feeds)
+        return [np.array(res[o]) for o in self._model.outputs]
+
+
+class _Input:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def session(path: str | Path, *, threads: int = 2, optimized_path: str | Path | None = None,
+            config: dict[str, str] | None = None, runtime: str = "onnxruntime"):
+    """A CPU inference session with ``threads`` threads.
+
+    ``runtime = "onnxruntime"``: an ORT session with all graph optimizations and session
+    ``config`` entries; without ``config``, the entries a fed8 model recommends in its
+    metadata (``fed8.ort_session_config``) are used. ``runtime = "openvino"``: the model
+    compiled by OpenVINO for CPU latency in float32 precision (``config`` and
+    ``optimized_path`` are ORT-only).
     """
+    if runtime == "openvino":
+        return _OpenVINOSession(Path(path), threads)
+    if runtime != "onnxruntime":
+        from ..errors import ConfigError
+
+        raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}.")
     import onnxruntime as ort
 
     if config is None:

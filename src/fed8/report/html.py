@@ -47,10 +47,17 @@ def _deploy_section(deploy: dict | None) -> str:
             "speedup b1": r["speedup_batch1"], "speedup b256": r["speedup_batch256"],
             "kept in float": ", ".join(f"{k['node']} ({k['sqnr_db']:.1f} dB)" for k in r["layers_kept_float"]) or "-",
         })
+    ov = [{"format": r["format"], "file": r["openvino"]["file"], "bytes": r["openvino"]["bytes"],
+           "top-1 agreement with ONNX Runtime": r["openvino"]["top1_agreement_with_onnxruntime"],
+           "latency b1 (ms)": r["openvino"]["latency_ms_batch1"], "latency b256 (ms)": r["openvino"]["latency_ms_batch256"],
+           "speedup b1": r["openvino"]["speedup_batch1"], "speedup b256": r["openvino"]["speedup_batch256"]}
+          for r in deploy["formats"] if "openvino" in r]
+    ov_table = (f"<h3>Same models on the OpenVINO CPU runtime ({deploy.get('threads')} threads; speedups against ONNX "
+                f"Runtime float32)</h3>{_table(ov, list(ov[0]))}" if ov else "")
     notes = "".join(f"<p>{html.escape(n)}</p>" for n in deploy.get("notes", []))
     cal = html.escape(json.dumps(deploy.get("calibration", {})))
     return (f"<h2>8-bit deployment (ONNX Runtime CPU, {deploy.get('threads')} threads)</h2>"
-            f"{_table(rows, list(rows[0]))}<p>Calibration: <code>{cal}</code></p>{notes}")
+            f"{_table(rows, list(rows[0]))}{ov_table}<p>Calibration: <code>{cal}</code></p>{notes}")
 
 
 def _privacy_section(privacy: dict | None, rows: list[dict]) -> str:
