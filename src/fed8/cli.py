@@ -94,7 +94,7 @@ def _cmd_info(args) -> int:
     con.print(f"python {platform.python_version()} ({platform.platform()})")
     con.print(f"torch {torch.__version__}; threads {torch.get_num_threads()} (cores {os.cpu_count()}); "
               f"cuda {'yes' if torch.cuda.is_available() else 'no'}")
-    for mod in ("onnx", "onnxruntime", "flwr", "dp_accounting"):
+    for mod in ("onnx", "onnxruntime", "openvino", "flwr", "dp_accounting"):
         try:
             from importlib.metadata import version
             con.print(f"{mod} {version(mod.replace('_', '-'))}")
