@@ -38,6 +38,11 @@ def test_openvino_session_matches_onnxruntime(models):
     assert (q_ov.argmax(1) == q_ref.argmax(1)).mean() > 0.95
     assert np.abs(q_ov - ref).max() < 0.2 * np.abs(ref).max()  # it is the quantized model, close to float
     assert latency_ms(session(int8, runtime="openvino"), (3, 8, 8), batch=4, repeats=2) > 0
+    s = session(fp32, runtime="openvino")  # an output survives the next call (OpenVINO reuses its buffers)
+    first = s.run(None, {"input": x[:8]})[0]
+    kept = first.copy()
+    s.run(None, {"input": x[8:16]})
+    assert np.array_equal(first, kept) and not np.array_equal(first, s.run(None, {"input": x[8:16]})[0])
     with pytest.raises(ConfigError, match="runtime must be one of onnxruntime, openvino; got 'tensorrt'"):
         session(fp32, runtime="tensorrt")
 
