@@ -293,7 +293,7 @@ class QuantizeConfig:
         "integer kernels run faster (first conv+relu+2x2 maxpool as a space-to-depth conv and a uint8 max pool over the pixel phases; "
         "flatten in NHWC order); the integers computed are the same"
     )
-    threads: int = _key(2, "ONNX Runtime threads for evaluation and latency", ge=1)
+    threads: int = _key(2, "inference threads for evaluation and latency (ONNX Runtime and OpenVINO)", ge=1)
     openvino: str = _key(
         "auto",
         "also measure every format on the OpenVINO CPU runtime (pip install 'fed8[openvino]'): auto (when "
