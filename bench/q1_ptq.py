@@ -156,8 +156,8 @@ def main() -> None:
         for k, p in (("float32 (OpenVINO)", fp32), ("int8 (fed8, OpenVINO)", plain / "int8.onnx")):
             models[k] = p
             sessions[k] = session(p, threads=args.threads, runtime="openvino")
-    else:
-        print("OpenVINO rows skipped (pip install 'fed8[openvino]')" if not args.no_openvino else "", flush=True)
+    elif not args.no_openvino:
+        print("OpenVINO rows skipped (pip install 'fed8[openvino]')", flush=True)
     acc = {k: float((run_logits(s, ex.numpy()).argmax(1) == ey.numpy()).mean()) for k, s in sessions.items()}
     torch_int8 = torch_peer(model, xtr[:512])
     with torch.no_grad():

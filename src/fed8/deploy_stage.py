@@ -91,18 +91,21 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
 
     base = score(fp32_logits)
 
+    def timings(sess) -> dict[str, float]:  # the same for every model and runtime
+        shape = tuple(data.input_shape)
+        return {"latency_ms_batch1": latency_ms(sess, shape, batch=1, repeats=30),
+                "latency_ms_batch256": latency_ms(sess, shape, batch=256, repeats=5)}
+
     def measure(name: str, path: Path, sess, logits: np.ndarray) -> dict[str, Any]:
         say(f"measuring {name}")
         acc = score(logits)
-        shape = tuple(data.input_shape)
         return {
             "format": name, "file": path.name, "bytes": os.path.getsize(path),
             "eval_accuracy": acc if data.eval_y is not None else None,
             "accuracy_delta_points": 100 * (acc - base) if data.eval_y is not None else None,
             "top1_agreement_with_float32": float((logits.argmax(1) == fp32_logits.argmax(1)).mean()),
             "on_device": data.on_device(sess) if data.on_device else None,
-            "latency_ms_batch1": latency_ms(sess, shape, batch=1, repeats=30),
-            "latency_ms_batch256": latency_ms(sess, shape, batch=256, repeats=5),
+            **timings(sess),
             "integer_kernels": sorted(set(kernel_ops(path)) & INTEGER_OPS),
             "status": "ok", "layers_kept_float": [],
         }
@@ -111,11 +114,9 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
         say(f"measuring {path.name} on OpenVINO")
         sess = session(path, threads=q.threads, runtime="openvino")
         logits = run_logits(sess, data.eval_x)
-        shape = tuple(data.input_shape)
         return {"file": path.name, "bytes": os.path.getsize(path),
                 "top1_agreement_with_onnxruntime": float((logits.argmax(1) == ort_logits.argmax(1)).mean()),
-                "latency_ms_batch1": latency_ms(sess, shape, batch=1, repeats=30),
-                "latency_ms_batch256": latency_ms(sess, shape, batch=256, repeats=5)}
+                **timings(sess)}
 
     rows = [measure("float32", fp32, fp32_sess, fp32_logits)]
     if use_openvino:
