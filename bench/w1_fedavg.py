@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 import fed8
 from fed8._rng import INIT, derive_seed
-from fed8.data import load_splits, to_float
 from fed8.config import DataConfig
+from fed8.data import load_splits, to_float
 from fed8.models import build_model
 
 

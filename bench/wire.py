@@ -57,7 +57,7 @@ def main() -> None:
         print(f"{name:18} acc {results[name]['final_accuracy']:.4f}  uplink {results[name]['uplink_bytes']:>14,d} B  "
               f"{results[name]['ratio']:.4f}x float32  ({results[name]['seconds']:.0f} s)", flush=True)
     base = results.get("float32", {}).get("final_accuracy")
-    print(f"\n| codec | final accuracy | delta vs float32 (points) | uplink bytes | vs float32 |\n|---|---:|---:|---:|---:|")
+    print("\n| codec | final accuracy | delta vs float32 (points) | uplink bytes | vs float32 |\n|---|---:|---:|---:|---:|")
     for name, r in results.items():
         delta = f"{100 * (r['final_accuracy'] - base):+.2f}" if base is not None else "-"
         print(f"| {name} | {r['final_accuracy']:.4f} | {delta} | {r['uplink_bytes']:,} | {r['ratio']:.4f} |")

@@ -41,10 +41,99 @@ def test_run_and_report(tmp_path, small, capsys):
     assert main(["report", str(tmp_path / "r")]) == 0
     html = (tmp_path / "r/report.html").read_text()
     assert "data:image/png;base64," in html and "Metrics per round" in html
-    assert main(["report", str(tmp_path / "nope")]) == 1
+    assert main(["report", str(tmp_path / "nope")]) == 2  # a user error: exit 2
 
 
 def test_import_is_cheap():
     code = "import sys, fed8; print(sorted(m for m in ('torch', 'matplotlib', 'rich', 'onnxruntime') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_progress_line_takes_missing_metrics():
+    from fed8.cli import progress_line
+
+    row = {"round": 1, "train_loss": 0.5, "eval_accuracy": 0.9, "client_accuracy_mean": None,
+           "client_accuracy_min": None, "epsilon": None}
+    assert progress_line(row) == "loss 0.500 acc 0.9000"
+    assert progress_line({**row, "client_accuracy_mean": 0.8, "client_accuracy_min": 0.5, "epsilon": 2.0}) == (
+        "loss 0.500 acc 0.9000 clients 0.800 (min 0.500) eps 2")
+    assert len("round 20/20 " + "-" * 10 + " 0:01:10 " + progress_line({**row, "client_accuracy_mean": 0.8,
+                                                                          "client_accuracy_min": 0.5})) <= 80
+
+
+def test_run_without_local_test_images(tmp_path, small, capsys):
+    args = ["run", "--out", str(tmp_path / "r"), "--no-report"] + [a for s in small for a in ("--set", s)]
+    assert main(args + ["--set", "data.test_fraction=0"]) == 0
+    assert "fed8 run summary" in capsys.readouterr().out
+
+
+def _err(capsys):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_path_and_resource_errors_exit_2_without_traceback(tmp_path, small, capsys):
+    sets = [a for s in small for a in ("--set", s)]
+    (tmp_path / "file").write_text("x")
+    assert main(["run", "--out", str(tmp_path / "file/run")] + sets) == 2
+    assert "cannot create the run directory" in _err(capsys)
+    assert main(["run", "--set", f"run.out={tmp_path / 'file'}"] + sets) == 2
+    assert "is a part of the path a file" in _err(capsys)
+    assert main(["run", str(tmp_path)] + sets) == 2
+    assert "is a folder" in _err(capsys)
+    assert main(["init", str(tmp_path), "--force"]) == 2
+    assert "is a folder" in _err(capsys)
+    assert main(["run", "--set", "model.name=mlp", "--set", "model.hidden=1000000000"]) == 2
+    assert "model.hidden must be" in _err(capsys)
+
+
+def test_a_run_that_fails_before_round_1_leaves_no_folder(tmp_path, small, capsys):
+    import numpy as np
+
+    np.savez(tmp_path / "one.npz", x_train=np.zeros((8, 5, 5), np.uint8), y_train=np.zeros(8, int))
+    sets = [a for s in small + ["data.source=npz", f"data.path={tmp_path / 'one.npz'}"] for a in ("--set", s)]
+    assert main(["run", "--out", str(tmp_path / "r")] + sets) == 2
+    assert "needs at least 2" in _err(capsys)
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_may_not_go_back(tmp_path, small, capsys):
+    sets = [a for s in small for a in ("--set", s)]
+    assert main(["run", "--out", str(tmp_path / "r"), "--no-report"] + sets) == 0
+    capsys.readouterr()
+    assert main(["run", "--resume", str(tmp_path / "r"), "--set", "train.rounds=1", "--no-report"]) == 2
+    assert "below the 2 rounds" in _err(capsys)
+    assert fed8.load_config(tmp_path / "r/config.toml").train.rounds == 2  # nothing changed
+
+
+def test_run_files_follow_the_umask(tmp_path, small):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        fed8.run(fed8.load_config(None, small), out=tmp_path / "r", report=False)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "r").rglob("*") if p.is_file()}
+    assert modes and set(modes.values()) == {0o644}, modes
+
+
+def test_a_newline_in_a_path_keeps_config_toml_valid(tmp_path, small):
+    cfg = fed8.load_config(None, small + ["run.out='unused'"]).replace({"data.path": "a\nb\"c"})
+    fed8.run(cfg, out=tmp_path / "r", report=False)
+    assert fed8.load_config(tmp_path / "r/config.toml").data.path == "a\nb\"c"
+    fed8.run(resume=tmp_path / "r", overrides=["train.rounds=3"], report=False)
+
+
+def test_decompression_bomb_is_refused(tmp_path, small, capsys, monkeypatch):
+    from PIL import Image
+
+    fed8.run(fed8.load_config(None, small + ["quantize.enabled=true", "quantize.formats=int8",
+                                             "quantize.openvino=off", "train.rounds=1"]), out=tmp_path / "r",
+             report=False)
+    Image.new("L", (40, 40)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1,600 pixels > 2 x the limit: Pillow's bomb error
+    assert main(["predict", str(tmp_path / "r/deploy/int8.onnx"), str(tmp_path / "bomb.png")]) == 2
+    assert "too large to decode safely" in _err(capsys)

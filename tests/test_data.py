@@ -223,3 +223,46 @@ def test_npz_errors(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(DataError, match="junk.npz"):
         load_splits(cfg(source="npz", path=str(tmp_path / "junk.npz")))
+
+
+# -- labels against the declared classes ----------------------------------------------------
+def test_a_stray_label_is_refused_not_trained_as_a_new_class(tmp_path):
+    x, y = write_idx(tmp_path, "train", 50)
+    y = y.copy()
+    y[7] = 200
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(y, 2049))
+    with pytest.raises(DataError, match=r"label 200 is out of range 0\.\.9 \(10 classes\).*data.num_classes"):
+        load_splits(cfg(source="idx", path=str(tmp_path)))
+    s = load_splits(cfg(source="idx", path=str(tmp_path), num_classes=201))  # the user says so: allowed
+    assert s.train.num_classes == 201
+
+
+def test_npz_class_count_is_declared_or_plausible(tmp_path, caplog):
+    x = np.zeros((4, 5, 5), np.uint8)
+    np.savez(tmp_path / "huge.npz", x_train=x, y_train=np.array([0, 1, 100000, 1]))
+    with pytest.raises(DataError, match="largest label is 100000 but only 3 distinct labels"):
+        load_splits(cfg(source="npz", path=str(tmp_path / "huge.npz")))
+    np.savez(tmp_path / "named.npz", x_train=x, y_train=np.array([0, 1, 1, 0]), classes=np.array(["cat", "dog", "owl"]))
+    with caplog.at_level("WARNING", logger="fed8"):
+        s = load_splits(cfg(source="npz", path=str(tmp_path / "named.npz"), eval_fraction=0.25))
+    assert s.train.classes == ("cat", "dog", "owl")
+    assert "1 of 3 classes have no training images: owl" in caplog.text
+    np.savez(tmp_path / "bad.npz", x_train=x, y_train=np.array([0, 1, 3, 0]), classes=np.array(["a", "b"]))
+    with pytest.raises(DataError, match="label 3 is out of range 0..1"):
+        load_splits(cfg(source="npz", path=str(tmp_path / "bad.npz")))
+
+
+def test_single_class_data_is_refused(tmp_path):
+    write_images(tmp_path / "one", {"cat": 3})
+    with pytest.raises(DataError, match="1 distinct class.*needs at least 2"):
+        load_splits(cfg(source="folder", path=str(tmp_path / "one")))
+    np.savez(tmp_path / "one.npz", x_train=np.zeros((4, 5, 5), np.uint8), y_train=np.zeros(4, int))
+    with pytest.raises(DataError, match="needs at least 2"):
+        load_splits(cfg(source="npz", path=str(tmp_path / "one.npz")))
+
+
+def test_npz_errors_never_suggest_pickle(tmp_path):
+    (tmp_path / "random.npz").write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(DataError) as e:
+        load_splits(cfg(source="npz", path=str(tmp_path / "random.npz")))
+    assert "allow_pickle" not in str(e.value) and "never unpickles" in str(e.value)

@@ -7,14 +7,13 @@ import torch
 from torch import nn
 
 import fed8
+from conftest import interrupted_run
 from fed8.cli import main
 from fed8.deploy.calibrate import client_ranges, merge_ranges
 from fed8.deploy.export import export_onnx, read_metadata
 from fed8.deploy.quantize import fp8_activation_scales, quantize_fp8_model, quantize_int8_model
 from fed8.deploy.runtime import INTEGER_OPS, kernel_ops, run_logits, session
 from fed8.errors import CheckpointError, ConfigError, DeployError
-
-from conftest import interrupted_run
 
 
 class OddNet(nn.Module):
@@ -187,6 +186,8 @@ def test_run_with_quantize_stage(tmp_path, small):
     assert (tmp_path / "r/deploy/int8.onnx").exists()  # nothing deleted
     report = (tmp_path / "r/report.html").read_text()  # refreshed from the new quantization.json
     assert "<td>float8_e5m2</td>" in report and "<td>float8_e4m3fn</td>" not in report
+    summary = json.loads((tmp_path / "r/summary.json").read_text())  # the summary follows deploy/ too
+    assert [r["format"] for r in summary["deploy"]] == ["float32", "float8_e5m2"]
     # --out writes elsewhere and leaves the run's deploy/ as it was
     assert main(["quantize", str(tmp_path / "r"), "--formats", "int8", "--out", str(tmp_path / "elsewhere")]) == 0
     q3 = json.loads((tmp_path / "elsewhere/quantization.json").read_text())
@@ -195,3 +196,56 @@ def test_run_with_quantize_stage(tmp_path, small):
     assert (tmp_path / "elsewhere/int8.onnx").exists() and (tmp_path / "elsewhere/fp32.onnx").exists()
     assert json.loads((tmp_path / "r/deploy/quantization.json").read_text()) == q2
     assert main(["quantize", str(tmp_path / "r"), "--formats", "fp8"]) == 2
+
+
+def test_a_quantize_killed_midway_leaves_the_deploy_folder_as_it_was(tmp_path, small, monkeypatch):
+    import fed8.deploy.quantize as qmod
+    from fed8.deploy_stage import quantize_run
+
+    cfg = fed8.load_config(None, small + ["quantize.enabled=true", "quantize.formats=int8", "train.rounds=1",
+                                          "quantize.openvino=off"])
+    fed8.run(cfg, out=tmp_path / "r", report=False)
+    deploy = tmp_path / "r/deploy"
+    before = {p.name: p.read_bytes() for p in deploy.iterdir()}
+    summary = (tmp_path / "r/summary.json").read_bytes()
+
+    def killed(*a, **k):  # the FP8 build dies after fp32.onnx and int8.onnx were rebuilt
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(qmod, "quantize_fp8_model", killed)
+    with pytest.raises(KeyboardInterrupt):
+        quantize_run(tmp_path / "r", fed8.load_config(None, ["quantize.formats=int8,float8_e5m2",
+                                                             "quantize.openvino=off"]).quantize)
+    assert {p.name: p.read_bytes() for p in deploy.iterdir()} == before
+    assert (tmp_path / "r/summary.json").read_bytes() == summary
+    assert [p.name for p in (tmp_path / "r").iterdir() if p.name.startswith(".")] == []  # no staging left
+    assert oct((deploy / "quantization.json").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask():
+    import os
+
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def test_staged_dir_switches_whole_folders_and_recovers_a_kill_between_renames(tmp_path):
+    import os
+
+    from fed8._io import staged_dir
+
+    final = tmp_path / "deploy"
+    with staged_dir(final) as d:
+        (d / "a").write_text("1")
+    assert (final / "a").read_text() == "1"
+    with pytest.raises(RuntimeError), staged_dir(final) as d:
+        (d / "a").write_text("half")
+        raise RuntimeError
+    assert (final / "a").read_text() == "1" and sorted(p.name for p in tmp_path.iterdir()) == ["deploy"]
+    os.replace(final, tmp_path / ".deploy.old-x")  # killed after the first rename
+    (tmp_path / ".deploy.new-y").mkdir()  # and a half-built folder from another kill
+    with staged_dir(final) as d:
+        assert (final / "a").read_text() == "1"  # the previous folder is back before anything else
+        (d / "a").write_text("2")
+    assert (final / "a").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["deploy"]

@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import onnx
 import pytest
 import torch
 
@@ -116,8 +115,8 @@ def test_wrong_shape_calibration_data_is_a_clear_error(net, tmp_path):
     np.savez(tmp_path / "wrong.npz", x=np.zeros((10, 1, 8, 8), np.uint8))
     with pytest.raises(DeployError, match=r"\(10, 1, 8, 8\).*3x8x8"):
         load_images([tmp_path / "wrong.npz"], META)
-    assert main(["quantize", str(path), "--calibration-data", str(tmp_path / "wrong.npz")]) == 1
-    assert main(["quantize", str(path)]) == 1  # a bare model needs calibration data
+    assert main(["quantize", str(path), "--calibration-data", str(tmp_path / "wrong.npz")]) == 2  # user errors exit 2
+    assert main(["quantize", str(path)]) == 2  # a bare model needs calibration data
 
 
 def test_quantize_standalone_model_with_labelled_npz(net, tmp_path):
@@ -159,4 +158,4 @@ def test_predict_uses_training_preprocessing(net, tmp_path, capsys):
     p = np.exp(logits[0] - logits[0].max())
     assert lines[0]["top"][0][1] == pytest.approx(float(p.max() / p.sum()), rel=1e-5)
     assert main(["predict", str(path)]) == 2
-    assert main(["predict", str(path), str(tmp_path / "missing.png")]) == 1
+    assert main(["predict", str(path), str(tmp_path / "missing.png")]) == 2

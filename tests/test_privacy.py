@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fed8
-from fed8.errors import ConfigError
+from fed8.errors import ConfigError, ParameterError
 from fed8.federated.client import ClientUpdate
 from fed8.federated.hooks import LocalDP
 from fed8.federated.private import AdaptiveClipping, PrivateAggregate, capped_weight, uniform_weight
@@ -15,6 +15,7 @@ from fed8.federated.strategy import FedAvg
 from fed8.privacy import (PrivacySpec, adaptive_clip_step, calibrate_noise_multiplier, check_model_for_dp,
                           clip_by_norm, epsilon, global_norm, make_plan, max_rounds_within, split_noise_multiplier)
 from fed8.privacy.accounting import Accountant
+from fed8.privacy.randomness import PrivacyRandomness, SeededDraws
 
 
 def test_clip_by_norm_known_answers():
@@ -24,14 +25,16 @@ def test_clip_by_norm_known_answers():
     small = {"a": torch.tensor([0.3, 0.4])}
     out, norm = clip_by_norm(small, 1.0)
     assert norm == pytest.approx(0.5) and torch.equal(out["a"], small["a"])
-    with pytest.raises(ConfigError, match="clip_norm must be > 0"):
+    with pytest.raises(ParameterError, match="clip_norm must be > 0; got 0.0") as e:
         clip_by_norm(small, 0.0)
+    assert "privacy." not in str(e.value)  # a lower layer does not name a config key it does not own
 
 
 def test_noise_std_and_determinism():
     x = {"w": torch.zeros(1_000_000)}
-    a = fed8.privacy.add_gaussian_noise(x, 0.5, generator=torch.Generator().manual_seed(3))["w"]
-    b = fed8.privacy.add_gaussian_noise(x, 0.5, generator=torch.Generator().manual_seed(3))["w"]
+    seeded = lambda: SeededDraws(torch.Generator().manual_seed(3))  # noqa: E731
+    a = fed8.privacy.add_gaussian_noise(x, 0.5, draws=seeded())["w"]
+    b = fed8.privacy.add_gaussian_noise(x, 0.5, draws=seeded())["w"]
     assert torch.equal(a, b)
     # std of the sample std of 1e6 normals is std / sqrt(2e6); allow 6 of those
     assert abs(float(a.std()) - 0.5) < 6 * 0.5 / math.sqrt(2e6)
@@ -145,8 +148,7 @@ def test_dp_fedavg_fixed_denominator_bounds_one_clients_influence():
 def test_dp_noise_has_the_stated_std():
     state = {"w": torch.zeros(200_000)}
     ups = [ClientUpdate(k, {"w": torch.zeros(200_000)}, 10, 0.0) for k in range(4)]
-    s = PrivateAggregate(FedAvg(), clip_norm=2.0, weight=uniform_weight, denominator=8.0, noise_multiplier=1.5,
-                         seed=7)
+    s = PrivateAggregate(FedAvg(), clip_norm=2.0, weight=uniform_weight, denominator=8.0, noise_multiplier=1.5)
     out = _aggregate(s, ups, state)["w"]
     assert s.round_metrics()["noise_std"] == pytest.approx(1.5 * 2.0 / 8.0)
     assert abs(float(out.std()) - 1.5 * 2.0 / 8.0) < 6 * (1.5 * 2.0 / 8.0) / math.sqrt(2 * 200_000)
@@ -176,13 +178,14 @@ def test_capped_weights():
 
 def test_local_dp_hook_clips_then_noises_on_the_client():
     u = ClientUpdate(3, {"w": torch.full((100_000,), 5.0)}, 10, 0.0)
-    hook = LocalDP(clip_norm=1.0, noise_multiplier=2.0, seed=0)
+    hook = LocalDP(clip_norm=1.0, noise_multiplier=2.0)
     out = hook(1, u).delta["w"]
     clean = clip_by_norm(u.delta, 1.0)[0]["w"]
     noise = out - clean
     assert abs(float(noise.std()) - 2.0) < 6 * 2.0 / math.sqrt(2 * 100_000)
-    assert torch.equal(out, hook(1, u).delta["w"])  # seeded by (seed, round, client)
-    assert not torch.equal(out, hook(2, u).delta["w"])
+    assert not torch.equal(out, hook(1, u).delta["w"])  # OS CSPRNG: fresh noise for the same (round, client)
+    seeded = LocalDP(clip_norm=1.0, noise_multiplier=2.0, randomness=PrivacyRandomness(0))
+    assert torch.equal(seeded(1, u).delta["w"], seeded(1, u).delta["w"])  # the insecure opt-in repeats
 
 
 def test_batchnorm_is_flagged_with_the_fix():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fed8.config import ServerConfig, TrainConfig
-from fed8.errors import ConfigError
+from fed8.errors import ConfigError, EmptyRoundError
 from fed8.federated import (ClientData, ClientUpdate, FedAdam, FedAvg, FedAvgM, WeightedSum, make_strategy,
                             sample_clients, train_client)
 from fed8.federated.evaluate import client_accuracy_stats
@@ -43,7 +43,7 @@ def test_weighted_sum_is_streaming_and_checks_keys():
     assert s.mean()["a"].tolist() == [2.0]
     with pytest.raises(ValueError, match="expected the model's keys"):
         s.add({"b": torch.tensor([1.0])}, 1.0)
-    with pytest.raises(ValueError, match="no updates"):
+    with pytest.raises(EmptyRoundError, match="no updates"):
         WeightedSum().mean()
 
 

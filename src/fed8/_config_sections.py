@@ -62,6 +62,10 @@ class DataConfig:
         gt=0.0,
         lt=1.0,
     )
+    num_classes: int = _key(
+        0, "classes the labels must lie in (0..num_classes-1); 0 = what the source declares: 10 for mnist10k, idx "
+        "(MNIST format) and cifar10, the subfolders for folder, a 'classes' array in an npz (else its max label + 1)",
+        ge=0, le=100_000)
     image_size: int = _key(32, "side in pixels that folder images are resized to", ge=4, le=1024)
     subset: int = _key(
         0, "use only the first N training images after shuffling (0 = all); for quick tries", ge=0
@@ -82,7 +86,7 @@ class ModelConfig:
         "normalization in resnet20: batch | group (GroupNorm; better for non-IID data and DP)",
         choices=("batch", "group"),
     )
-    hidden: int = _key(200, "hidden units per layer of the mlp", ge=1)
+    hidden: int = _key(200, "hidden units per layer of the mlp", ge=1, le=16384)
 
 
 @dataclass(frozen=True)
@@ -157,8 +161,8 @@ class PrivacyConfig:
         "auto", "aggregation weights: auto (samples without DP, uniform with DP) | uniform | capped "
         "(min(1, n_k / weight_cap)) | samples (n_k; not allowed with DP: unbounded sensitivity)",
         choices=("auto", "uniform", "capped", "samples"))
-    weight_cap: int = _key(0, "samples at which a client's weight caps at 1 for weighting = capped (and "
-                           "samples under secure aggregation); 0 = the largest client's sample count", ge=0)
+    weight_cap: int = _key(0, "samples at which a client's weight caps at 1 for weighting = capped: a public "
+                           "number you choose (required for capped; never taken from the clients' data)", ge=0)
     adaptive_clipping: bool = _key(
         False, "adapt clip_norm to a quantile of the update norms (Andrew et al. 2021); its cost is "
         "accounted")
@@ -170,6 +174,13 @@ class PrivacyConfig:
     secure_aggregation: bool = _key(
         False, "secure aggregation (Bonawitz et al. 2017): the server only learns the sum of the int8, "
         "shared-scale updates, summed in Z_(2^k)")
+    secagg_adaptive_clip: bool = _key(
+        True, "secure aggregation without DP: adapt clip_norm every round toward the 0.9 quantile of the update "
+        "norms (noise-free adaptive clipping, Andrew et al. 2021, step 1.0, from the securely summed clip bits), "
+        "starting at clip_norm; false = clip every update to the fixed clip_norm")
+    secagg_min_clients: int = _key(
+        3, "participation floor of secure aggregation: a sum of fewer inputs is never unmasked (the round is "
+        "abandoned); must be <= the clients per round", ge=2)
     secagg_threshold: float = _key(
         0.6, "t as a fraction of each round's participants: any t can unmask, so up to n - t may drop",
         gt=0.0, le=1.0)
@@ -177,6 +188,9 @@ class PrivacyConfig:
         "server", "with dp = central and secure aggregation: server (noise added to the unmasked sum) | "
         "distributed (each client adds its share, so no one sees a noiseless sum)",
         choices=("server", "distributed"))
+    insecure_reproducible_noise: bool = _key(
+        False, "TESTS AND BENCHMARKS ONLY: draw DP noise and DP sampling from run.seed instead of the OS CSPRNG, "
+        "so runs repeat bit for bit; anyone who knows the seed can remove the noise: the run has NO privacy")
     secagg_dropout: float = _key(0.0, "simulated fraction of secure-aggregation participants that drop",
                                  ge=0.0, lt=1.0)
     secagg_dropout_phase: str = _key(
@@ -290,14 +304,16 @@ class QuantizeConfig:
     )
     int8_graph_tuning: bool = _key(
         True, "before INT8 quantization, rewrite the float graph into an equivalent one that ONNX Runtime's CPU "
-        "integer kernels run faster (first conv+relu+2x2 maxpool as a space-to-depth conv and a uint8 max pool over the pixel phases; "
+        "integer kernels run faster (first conv+relu+2x2 maxpool as a space-to-depth conv and a uint8 max pool over "
+        "the pixel phases; "
         "flatten in NHWC order); the integers computed are the same"
     )
     threads: int = _key(2, "inference threads for evaluation and latency (ONNX Runtime and OpenVINO)", ge=1)
     openvino: str = _key(
-        "auto",
-        "also measure every format on the OpenVINO CPU runtime (pip install 'fed8[openvino]'): auto (when "
-        "installed) | on (error if not installed) | off; its INT8 model is the untuned QDQ graph "
+        "off",
+        "also measure every format on the OpenVINO CPU runtime (pip install 'fed8[openvino]'): off (default, so "
+        "that what is installed does not change a run's output) | auto (when installed) | on (error if not "
+        "installed); its INT8 model is the untuned QDQ graph "
         "(int8_openvino.onnx when int8_graph_tuning rewrote int8.onnx for ONNX Runtime)",
         choices=("auto", "on", "off"),
     )

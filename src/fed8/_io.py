@@ -1,25 +1,37 @@
-"""Atomic file writes for run directories: write a temp file, fsync, rename."""
+"""Atomic file writes for run directories: write a temp file, fsync, rename; whole folders by a staged switch."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text",
-           "load_metadata", "load_tensors", "read_jsonl", "save_tensors", "write_jsonl"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "load_metadata", "load_tensors", "read_jsonl",
+           "save_tensors", "staged_dir", "write_jsonl"]
+
+
+def _umask() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
+
+    The file gets the mode a plain ``open()`` would give it (``0666 & ~umask``), not the
+    0600 of the temporary file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -82,3 +94,42 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+def _recover_staged(final: Path) -> None:
+    """Undo what a kill between the two renames of :func:`staged_dir`, or during a build, left behind."""
+    import shutil
+
+    olds = sorted(final.parent.glob(f".{final.name}.old-*"))
+    if olds and not final.exists():
+        os.replace(olds.pop(), final)  # killed between the renames: the previous folder comes back
+    for leftover in [*olds, *final.parent.glob(f".{final.name}.new-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_dir(final: str | Path) -> Iterator[Path]:
+    """Build a folder's new content beside it, then switch it in: readers see the old folder or the new one.
+
+    Yields an empty temporary folder next to ``final``. If the block raises (or the process
+    dies), ``final`` is untouched and the temporary folder is removed (at the latest by the
+    next call). On success ``final`` is renamed aside, the new folder renamed into its
+    place, and the old one deleted; a kill between the two renames is undone by the next call.
+    """
+    import shutil
+
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _recover_staged(final)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.new-"))
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = final.parent / f".{final.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["ATTACK", "COMPRESS", "DOWNLINK", "DP_NOISE", "INIT", "LOCAL_NOISE", "SAMPLE", "SECAGG", "TRAIN", "derive_seed", "numpy_rng", "torch_generator"]
+__all__ = ["ATTACK", "COMPRESS", "DOWNLINK", "DP_NOISE", "INIT", "LOCAL_NOISE", "SAMPLE", "SECAGG", "TRAIN", "derive_seed",
+           "numpy_rng", "torch_generator"]
 
 # Stream tags keep the streams of different purposes independent.
 INIT, SAMPLE, TRAIN, COMPRESS, DOWNLINK = 1, 2, 3, 4, 5

@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .errors import ConfigError, DataError, Fed8Error
+from .errors import CheckpointError, ConfigError, DataError, DeployError, Fed8Error, MissingExtraError, ParameterError
 
 __all__ = ["main"]
 
 EXIT_USAGE = 2
+# Errors in what the user gave (config, data, run directory, model file, missing extra): exit 2.
+USER_ERRORS = (ConfigError, DataError, CheckpointError, DeployError, MissingExtraError, ParameterError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,6 +72,8 @@ def _cmd_init(args) -> int:
     from .config import Config, to_toml
 
     path = Path(args.path)
+    if path.is_dir():
+        raise ConfigError(f"fed8 init PATH: {path} is a folder; give a file name, e.g. {path / 'fed8.toml'}.")
     if path.exists() and not args.force:
         print(f"fed8 init: {path} exists; pass --force to overwrite it.", file=sys.stderr)
         return EXIT_USAGE
@@ -80,11 +84,11 @@ def _cmd_init(args) -> int:
 
 def _cmd_info(args) -> int:
     import platform
+    from dataclasses import fields
 
     import torch
 
     from .config import DataConfig, ModelConfig
-    from dataclasses import fields
 
     def choices(cls, name):
         return ", ".join(next(f for f in fields(cls) if f.name == name).metadata["choices"])
@@ -114,6 +118,27 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.1f} PB"
 
 
+def progress_line(row: dict) -> str:
+    """One round in a few words: ``loss 0.231 acc 0.9712 clients 0.951 (min 0.812) eps 3.1``.
+
+    Every metric may be None (no eval this round, no client with local test images).
+    """
+    def num(key: str, fmt: str) -> str:
+        v = row.get(key)
+        return "-" if v is None else format(v, fmt)
+
+    desc = f"loss {num('train_loss', '.3f')}"
+    if row.get("eval_accuracy") is not None:
+        desc += f" acc {num('eval_accuracy', '.4f')}"
+        if row.get("client_accuracy_mean") is not None:
+            desc += f" clients {num('client_accuracy_mean', '.3f')} (min {num('client_accuracy_min', '.3f')})"
+    if row.get("epsilon") is not None:
+        desc += f" eps {num('epsilon', '.3g')}"
+    if row.get("aborted"):
+        desc += " (round abandoned)"
+    return desc
+
+
 def _cmd_run(args) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -134,25 +159,22 @@ def _cmd_run(args) -> int:
         out = Path(args.out) if args.out else default_run_dir(cfg)
     con.print(f"[bold]fed8 run[/] {cfg.model.name} on {cfg.data.source}: {cfg.data.num_clients} clients "
               f"({cfg.data.partition}), {cfg.train.rounds} rounds, run directory {out}")
-    with Progress(TextColumn("round {task.completed:.0f}/{task.total:.0f}"), BarColumn(), TimeElapsedColumn(),
+    with Progress(TextColumn("round {task.completed:.0f}/{task.total:.0f}"), BarColumn(bar_width=10), TimeElapsedColumn(),
                   TextColumn("{task.description}"), console=con, transient=False) as bar:
         task = bar.add_task("preparing data and model", total=cfg.train.rounds)
 
         def progress(row: dict) -> None:
-            desc = f"train loss {row['train_loss']:.3f}"
-            if row.get("eval_accuracy") is not None:
-                desc += (f" | eval acc {row['eval_accuracy']:.4f} | clients mean {row['client_accuracy_mean']:.3f}"
-                         f" min {row['client_accuracy_min']:.3f}")
-            if row.get("epsilon") is not None:
-                desc += f" | eps {row['epsilon']:.3g}"
-            bar.update(task, completed=row["round"], description=desc)
+            bar.update(task, completed=row["round"], description=progress_line(row))
 
         try:
             result = run(cfg, out=None if args.resume else out, resume=args.resume, overrides=args.overrides,
                          progress=progress, report=not args.no_report)
         except KeyboardInterrupt:
             bar.stop()
-            con.print(f"\ninterrupted; the last completed round is saved. Continue with: fed8 run --resume {out}")
+            if (out / "config.toml").exists():
+                con.print(f"\ninterrupted; the last completed round is saved. Continue with: fed8 run --resume {out}")
+            else:
+                con.print("\ninterrupted before the first round completed; nothing was kept.")
             return 130
     s = result.summary
     table = Table(title="fed8 run summary", show_header=False)
@@ -194,6 +216,8 @@ def _deploy_table(rows: list[dict]):
     from rich.console import Group
     from rich.table import Table
 
+    from .report.html import latency_ratio
+
     def num(v, f: str) -> str:
         return "-" if v is None else format(v, f)
 
@@ -205,28 +229,24 @@ def _deploy_table(rows: list[dict]):
         return t
 
     acc = table("8-bit deployment: accuracy", "agree = top-1 agreement with float32; clients = on-device accuracy "
-                "(mean / p10 / min); float = layers the accuracy gate kept in float",
+                "(mean / p10 / min); float = layers the accuracy gate kept in float; delta in points",
                 ["eval acc", "delta", "agree", "clients", "float"])
-    ov_rows = [r for r in rows if "openvino" in r]
-    speed = table("8-bit deployment: size and ONNX Runtime CPU latency" + (" (and OpenVINO)" if ov_rows else ""),
-                  "ms at batch 1 and 256; x = speedup over float32 on ONNX Runtime"
-                  + ("; 'openvino' rows: the OpenVINO runtime" if ov_rows else ""),
-                  ["MB", "size", "b1 ms", "b256 ms", "x b1", "x b256"])
+    f32 = rows[0]
+    speed = table("8-bit deployment: size and CPU latency",
+                  "ms at batch 1 and 256; vs fp32 = time / float32's time on ONNX Runtime (0.41x: 41% of its time)",
+                  ["runtime", "MB", "size", "b1 ms", "vs fp32", "b256 ms", "vs fp32"])
     for r in rows:
         od = r.get("on_device") or {}
         name = r["format"] if r.get("status", "ok") == "ok" else f"[red]{r['format']} FAILED[/]"
         clients = " / ".join(num(od.get(k), ".3f") for k in ("client_accuracy_mean", "client_accuracy_p10",
                                                                "client_accuracy_min")) if od else "-"
         acc.add_row(name, num(r["eval_accuracy"], ".4f"), num(r["accuracy_delta_points"], "+.2f"),
-                    num(r["top1_agreement_with_float32"], ".3f"), clients, str(len(r.get("layers_kept_float", []))))
-        speed.add_row(name, f"{r['bytes'] / 1e6:.2f}", f"{r['bytes_ratio_to_float32']:.3f}",
-                      f"{r['latency_ms_batch1']:.3f}", f"{r['latency_ms_batch256']:.1f}",
-                      f"{r['speedup_batch1']:.2f}", f"{r['speedup_batch256']:.2f}")
-    for r in ov_rows:
-        ov = r["openvino"]
-        speed.add_row(f"{r['format']} openvino", f"{ov['bytes'] / 1e6:.2f}", f"{ov['bytes'] / rows[0]['bytes']:.3f}",
-                      f"{ov['latency_ms_batch1']:.3f}", f"{ov['latency_ms_batch256']:.1f}",
-                      f"{ov['speedup_batch1']:.2f}", f"{ov['speedup_batch256']:.2f}")
+                    num(r["top1_agreement_with_float32"], ".4f"), clients, str(len(r.get("layers_kept_float", []))))
+        for runtime, m in [("ort", r)] + ([("openvino", r["openvino"])] if "openvino" in r else []):
+            speed.add_row(name, runtime, f"{m['bytes'] / 1e6:.2f}", f"{m['bytes'] / f32['bytes']:.3f}x",
+                          f"{m['latency_ms_batch1']:.3f}", latency_ratio(m["latency_ms_batch1"], f32["latency_ms_batch1"]),
+                          f"{m['latency_ms_batch256']:.1f}",
+                          latency_ratio(m["latency_ms_batch256"], f32["latency_ms_batch256"]))
     return Group(acc, speed)
 
 
@@ -271,10 +291,9 @@ def _cmd_quantize(args) -> int:
         out = Path(args.out) if args.out else target / "deploy"
         res = quantize_run(target, q, calibration_data=args.calibration_data, out=out, progress=say)
         _print_deploy(con, res, out / "quantization.json")
-        if out.resolve() == (target / "deploy").resolve() and (target / "report.html").exists():
-            from .report import write_report
-
-            con.print(f"updated {write_report(target)}", soft_wrap=True)
+        if out.resolve() == (target / "deploy").resolve():
+            con.print(f"updated {target / 'summary.json'}" + (" and report.html" if (target / "report.html").exists()
+                                                                else ""), soft_wrap=True)
     return 0
 
 
@@ -310,12 +329,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "quantize": _cmd_quantize, "predict": _cmd_predict}
     try:
         return handlers[args.command](args)
-    except (ConfigError, DataError) as e:
+    except USER_ERRORS as e:
         print(f"fed8 {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except Fed8Error as e:
         print(f"fed8 {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a path the user gave: a file where a folder is needed, no permission, disk full
+        where = f" {e.filename!r}" if getattr(e, "filename", None) else ""
+        print(f"fed8 {args.command}: error: cannot use{where}: {e.strerror or e}. Check the paths you passed "
+              "(--out, run.out, the config file, image files).", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError:
+        print(f"fed8 {args.command}: error: out of memory. A value asks for more than this machine has (e.g. "
+              "model.hidden, data.image_size, eval.batch_size); lower it.", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,7 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import sys
 from dataclasses import dataclass, field, fields
@@ -32,6 +33,7 @@ __all__ = [
     "AttackConfig",
     "CompressionConfig",
     "Config",
+    "DEPLOY_FORMATS",
     "DataConfig",
     "EvalConfig",
     "ModelConfig",
@@ -236,6 +238,11 @@ def load_config(
             raw = tomllib.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {p} does not exist; run 'fed8 init {p}' to create one.") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {p} is a folder; pass a .toml file (e.g. {p / 'config.toml'} of a run "
+                              "directory, or one written by 'fed8 init').") from None
+        except OSError as e:
+            raise ConfigError(f"config file {p} cannot be read: {e.strerror or e}.") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"config file {p} is not valid TOML: {e}.") from None
     base = _from_dict(raw, source=source).to_dict()
@@ -245,8 +252,8 @@ def load_config(
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, str):  # a TOML basic string: JSON's escapes are TOML's (plus DEL, which JSON leaves)
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(v, float):
         return repr(v)
     return str(v)

@@ -11,13 +11,14 @@ For a standalone ONNX model the same, calibrated and evaluated on user-supplied 
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ._io import atomic_write_json
+from ._io import atomic_write_json, staged_dir
 from .config import DEPLOY_FORMATS, QuantizeConfig
 
 __all__ = ["DeployData", "deploy_formats", "quantize_model", "quantize_run"]
@@ -32,6 +33,10 @@ NOTE_OPENVINO = ("OpenVINO rows: the same ONNX files run by OpenVINO's CPU runti
                  "same thread count); speedups are against ONNX Runtime float32. INT8 there uses the untuned QDQ "
                  "graph (int8_openvino.onnx when int8.onnx carries ONNX Runtime graph rewrites). Its integer "
                  "rounding differs slightly from ONNX Runtime's; top1_agreement_with_onnxruntime says how much.")
+
+
+def _same_device(a: Path, b: Path) -> bool:
+    return os.stat(a).st_dev == os.stat(b).st_dev
 
 
 def _formats(q: QuantizeConfig) -> list[str]:
@@ -62,8 +67,13 @@ class DeployData:
 
 
 def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, meta: dict, calibration: dict,
-                   say: Callable[[str], None], extra: dict | None = None) -> dict[str, Any]:
-    """Calibrate, quantize (with the accuracy gate) and measure every format of ``q``; writes quantization.json."""
+                   say: Callable[[str], None], extra: dict | None = None, final: Path | None = None) -> dict[str, Any]:
+    """Calibrate, quantize (with the accuracy gate) and measure every format of ``q``; writes quantization.json.
+
+    ``out`` is the staging folder (see :func:`fed8._io.staged_dir`); ``final`` the folder it
+    will replace: model files there of formats not rebuilt now are carried over (linked)
+    and named in a note.
+    """
     from .deploy.calibrate import client_histograms, client_ranges, merge_histograms, merge_ranges, thresholds
     from .deploy.export import read_metadata, stamp_metadata
     from .deploy.gate import gate, layer_sqnr
@@ -201,10 +211,13 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
     if use_openvino:
         notes.append(NOTE_OPENVINO)
     written = {r["file"] for r in rows} | {r["openvino"]["file"] for r in rows if "openvino" in r}
+    final = final or out
     stale = [f for f in [*(f"{x}.onnx" for x in DEPLOY_FORMATS), "int8_openvino.onnx"]
-             if f not in written and (out / f).exists()]
-    if stale:  # left alone (nothing is deleted), but say that this file does not describe them
-        notes.append(f"{', '.join(stale)} in {out} {'is' if len(stale) == 1 else 'are'} from an earlier quantize "
+             if f not in written and (final / f).exists() and not (out / f).exists()]
+    for f in stale:  # kept (nothing is lost), but this quantization.json does not describe them
+        os.link(final / f, out / f) if _same_device(final, out) else shutil.copy2(final / f, out / f)
+    if stale:
+        notes.append(f"{', '.join(stale)} in {final} {'is' if len(stale) == 1 else 'are'} from an earlier quantize "
                      "and not described here (this quantization.json covers " + ", ".join(["float32", *fmts]) + ").")
     result = {**(extra or {}), "calibration": calibration, "threads": q.threads, "formats": rows,
               "failed": [r["format"] for r in rows if r["status"] == "failed"], "notes": notes}
@@ -220,15 +233,10 @@ def quantize_run(run_dir: str | Path, q: QuantizeConfig | None = None, *, calibr
     centralized calibration on those images. ``out`` is the output folder (default:
     ``RUN_DIR/deploy``).
     """
-    import torch
 
     from ._io import load_tensors
     from .data import PIXEL_MEAN, PIXEL_STD
-    from .deploy.export import export_onnx, parity, read_metadata
-    from .deploy.images import load_images
-    from .deploy.runtime import run_logits, session
     from .errors import CheckpointError
-    from .federated.evaluate import client_accuracy_stats
     from .pipeline import prepare
     from .rundir import RunDir
 
@@ -246,12 +254,42 @@ def quantize_run(run_dir: str | Path, q: QuantizeConfig | None = None, *, calibr
     model.load_state_dict(load_tensors(rd.model))
     model.eval()
     clients = prep.simulation.clients
-    out = Path(out) if out else rd.path / "deploy"
-    out.mkdir(parents=True, exist_ok=True)
+    final = Path(out) if out else rd.path / "deploy"
     meta = {"model": cfg.model.name, "input_shape": list(prep.input_shape), "classes": list(prep.classes),
             "preprocess": {"divisor": 255, "mean": PIXEL_MEAN, "std": PIXEL_STD,
                            "formula": "x = (pixel / divisor - mean) / std", "layout": "NCHW",
                            "resize": list(prep.input_shape[1:]), "resample": "bilinear"}}
+    with staged_dir(final) as out:
+        result = _quantize_run_into(out, final, model, prep, clients, q, meta, calibration_data, say)
+    if final.resolve() == (rd.path / "deploy").resolve():
+        _publish(rd, result)
+    return result
+
+
+def _publish(rd, result: dict[str, Any]) -> None:
+    """A run's summary and report follow its deploy folder."""
+    import json
+
+    if rd.summary.exists():
+        summary = json.loads(rd.summary.read_text())
+        summary["deploy"] = result["formats"]
+        rd.write_json(rd.summary, summary)
+    if rd.report.exists():
+        from .report import write_report
+
+        write_report(rd.path)
+
+
+def _quantize_run_into(out: Path, final: Path, model, prep, clients, q: QuantizeConfig, meta: dict,
+                       calibration_data: Sequence[str], say) -> dict[str, Any]:
+    import torch
+
+    from .deploy.export import export_onnx, parity, read_metadata
+    from .deploy.images import load_images
+    from .deploy.runtime import run_logits, session
+    from .errors import CheckpointError
+    from .federated.evaluate import client_accuracy_stats
+
     say("exporting ONNX")
     fp32 = export_onnx(model, prep.input_shape, out / "fp32.onnx", metadata={**meta, "format": "float32"})
     ex, ey = prep.simulation.eval_x.numpy(), prep.simulation.eval_y.numpy()
@@ -291,7 +329,7 @@ def quantize_run(run_dir: str | Path, q: QuantizeConfig | None = None, *, calibr
         return float(np.mean(run_logits(sess, local_x).argmax(1) == local_y))
 
     data = DeployData(sets, ex, ey, tuple(prep.input_shape), on_device, select)
-    return deploy_formats(fp32, out, q, data, meta, calibration, say, extra={"float32_parity": par})
+    return deploy_formats(fp32, out, q, data, meta, calibration, say, extra={"float32_parity": par}, final=final)
 
 
 def quantize_model(model_path: str | Path, q: QuantizeConfig, calibration_data: Sequence[str], *,
@@ -320,9 +358,10 @@ def quantize_model(model_path: str | Path, q: QuantizeConfig, calibration_data: 
     perm = np.random.default_rng(0).permutation(len(imgs.x))
     k = min(len(perm) // 2, 1000)
     cal, ev = perm[:k], perm[k : k + 5000]
-    out = Path(out) if out else model_path.parent / f"{model_path.stem}-deploy"
-    out.mkdir(parents=True, exist_ok=True)
+    final = Path(out) if out else model_path.parent / f"{model_path.stem}-deploy"
     data = DeployData([imgs.x[cal]], imgs.x[ev], imgs.y[ev] if imgs.y is not None else None, tuple(meta["input_shape"]))
     calibration = {"where": f"user data (centralized): {', '.join(map(str, calibration_data))}",
                    "samples": len(cal), "evaluated_on": f"{len(ev)} other images of the same data"}
-    return deploy_formats(model_path, out, q, data, {**meta}, calibration, say, extra={"model": str(model_path)})
+    with staged_dir(final) as staging:
+        return deploy_formats(model_path, staging, q, data, {**meta}, calibration, say,
+                              extra={"model": str(model_path)}, final=final)

@@ -8,8 +8,8 @@ allowed, and how to fix it.
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "DeployError", "Fed8Error", "MissingExtraError", "PayloadError",
-           "SecAggError"]
+__all__ = ["CheckpointError", "ConfigError", "DataError", "DeployError", "EmptyRoundError", "Fed8Error",
+           "MissingExtraError", "ParameterError", "PayloadError", "SecAggError"]
 
 
 class Fed8Error(Exception):
@@ -18,6 +18,10 @@ class Fed8Error(Exception):
 
 class ConfigError(Fed8Error, ValueError):
     """A configuration key is unknown or its value is not allowed."""
+
+
+class ParameterError(Fed8Error, ValueError):
+    """An argument of a fed8 function is out of its allowed range (lower layers; no config key named)."""
 
 
 class DataError(Fed8Error, ValueError):
@@ -38,6 +42,10 @@ class PayloadError(Fed8Error, ValueError):
 
 class SecAggError(Fed8Error, RuntimeError):
     """A secure-aggregation round cannot complete (too few clients left, a bad share or message)."""
+
+
+class EmptyRoundError(Fed8Error, RuntimeError):
+    """A round has nothing to aggregate (no client sampled, every update rejected); the model is kept."""
 
 
 class MissingExtraError(Fed8Error, ImportError):

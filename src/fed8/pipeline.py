@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -91,6 +92,7 @@ def prepare(cfg: Config, residuals: Path | None = None):
     from .federated.build import check_combination, expected_clients, make_aggregator
     from .models import build_model, count_parameters
     from .privacy import check_model_for_dp, make_plan
+    from .privacy.randomness import privacy_randomness
 
     check_combination(cfg)
     plan = make_plan(cfg.privacy, num_clients=cfg.data.num_clients, clients_per_round=expected_clients(cfg),
@@ -125,7 +127,10 @@ def prepare(cfg: Config, residuals: Path | None = None):
     train_cfg = dataclasses.replace(cfg.train, rounds=plan.rounds)
     sim = Simulation(model=model, clients=clients, eval_x=to_float(ev.images), eval_y=ev.labels,
                      strategy=strategy, train=train_cfg, eval=cfg.eval, seed=cfg.run.seed,
-                     wire=make_wire(cfg, len(clients), residuals), client_hooks=hooks)
+                     wire=make_wire(cfg, len(clients), residuals), client_hooks=hooks,
+                     sampling_randomness=privacy_randomness(
+                         dp=cfg.privacy.dp != "none", insecure_reproducible=cfg.privacy.insecure_reproducible_noise,
+                         seed=cfg.run.seed))
     return Prepared(cfg, sim, state, partition_summary(client_splits, labels, train.num_classes),
                     train.classes, train.shape, count_parameters(model), plan)
 
@@ -178,9 +183,13 @@ def _privacy_summary(prep: Prepared, rows: list[dict]) -> dict:
     p = cfg.privacy
     done = rows[-1]["round"] if rows else 0
     spec = plan.spec
+    insecure = p.insecure_reproducible_noise and p.dp != "none"
     return {
         "dp": p.dp, "secure_aggregation": p.secure_aggregation,
-        "statement": plan.statement(done, secure=p.secure_aggregation, threshold=p.secagg_threshold),
+        "statement": plan.statement(done, secure=p.secure_aggregation, threshold=p.secagg_threshold,
+                                    min_clients=p.secagg_min_clients, insecure_noise=insecure),
+        "insecure_reproducible_noise": insecure,
+        "noise_source": None if spec is None else ("run.seed (insecure)" if insecure else "os.urandom"),
         "epsilon": plan.epsilon(done), "delta": spec.delta if spec else None,
         "epsilon_per_round": plan.epsilon_per_round(),
         "accountant": spec.accountant if spec else None, "sampling": cfg.train.sampling,
@@ -225,41 +234,76 @@ def run(
     RunResult
     """
     t0 = time.perf_counter()
+    ck = None
     if resume is not None:
         rd = RunDir.open(resume)
         cfg = _resume_config(rd, overrides)
+        ck = rd.load_checkpoint()
+        if ck is not None and cfg.train.rounds < ck["round"]:
+            raise ConfigError(
+                f"train.rounds = {cfg.train.rounds} is below the {ck['round']} rounds {rd.path} has already done; "
+                f"a resumed run can only go on. Use train.rounds >= {ck['round']}, or start a new run.")
+        if ck is None and rd.read_metrics():
+            raise CheckpointError(
+                f"{rd.path} has rounds in metrics.jsonl but no committed checkpoint ({rd.checkpoints / 'state.json'} "
+                "is missing), so it cannot be resumed; nothing was changed. Restore the checkpoints folder, or "
+                "start a new run with another --out.")
         rd.write_config(cfg)
     else:
         cfg = config if config is not None else load_config()
         if overrides:
             cfg = cfg.replace(overrides)
         rd = RunDir.create(out if out is not None else default_run_dir(cfg), cfg)
+    try:
+        return _train(cfg, rd, ck, resume is not None, progress, on_round, report, t0)
+    except BaseException:
+        if resume is None:
+            rd.discard_if_no_round()  # a run that failed before round 1 leaves no folder behind
+        raise
+
+
+def _train(cfg: Config, rd: RunDir, ck, resumed: bool, progress, on_round, report: bool, t0: float) -> RunResult:
     torch.set_num_threads(cfg.run.threads or os.cpu_count() or 1)
 
     prep = prepare(cfg, residuals=rd.path / "residuals")
     sim, state = prep.simulation, prep.state
     rd.write_json(rd.partition, prep.partition)
     rows: list[dict] = []
-    start = 0
-    if resume is not None:
-        ck = rd.load_checkpoint()
+    start, extra = 0, 0
+    if resumed:
         if ck is not None:
             if ck["model"].keys() != state.keys():
                 raise CheckpointError(f"{rd.checkpoints}: checkpoint does not match the model in config.toml.")
             start, state = ck["round"], ck["model"]
             sim.load_server_state(ck["server"])
+            extra = int(ck["meta"].get("extra_releases", 0))
         if sim.wire.feedback is not None:
             sim.wire.feedback.store.rollback(start)
         rows = [r for r in rd.read_metrics() if r["round"] <= start]
+        if ck is not None and (not rows or rows[-1]["round"] < start) and "row" in ck["meta"]:
+            rows.append(ck["meta"]["row"])  # killed between the commit and the metrics write
+        if prep.plan.server_sees_releases and rd.attempted_round() > start:
+            extra += 1  # the interrupted attempt's noised messages already reached the server
+        plan = prep.plan.after_interruptions(extra, target_epsilon=cfg.privacy.target_epsilon)
+        if plan is not prep.plan:
+            prep.plan = plan
+            sim.train = dataclasses.replace(sim.train, rounds=max(plan.rounds, start))
         rd.write_metrics(rows)
+    meta = {"seed": cfg.run.seed, "rng": "stateless: generators derive from SeedSequence([seed, stream, round, "
+            "client]); privacy draws under DP come from os.urandom and are fresh on every attempt"}
+
+    def before_round(rnd: int) -> None:
+        if prep.plan.server_sees_releases:
+            rd.mark_attempt(rnd)
 
     def after_round(rnd: int, new_state: dict, strategy, row: dict) -> None:
         row["epsilon"] = prep.plan.epsilon(rnd)
-        rows.append(row)
-        rd.write_metrics(rows)  # metrics first: a crash before the checkpoint replays this round
+        # Commit first (the checkpoint carries the row), then publish the row: a round whose
+        # checkpoint is not committed was never released, and a committed one is never redrawn.
         rd.save_checkpoint(rnd, new_state, sim.server_state(),
-                           {"seed": cfg.run.seed, "rng": "stateless: generators derive from "
-                            "SeedSequence([seed, stream, round, client])"})
+                           {**meta, "extra_releases": prep.plan.extra_releases, "row": row})
+        rows.append(row)
+        rd.write_metrics(rows)
         if sim.wire.feedback is not None:
             sim.wire.feedback.store.commit(rnd)
         if progress is not None:
@@ -267,7 +311,7 @@ def run(
         if on_round is not None:
             on_round(rnd, row)
 
-    state = sim.run(state, start_round=start, on_round=after_round)
+    state = sim.run(state, start_round=start, on_round=after_round, before_round=before_round)
     from ._io import save_tensors
     from .data import PIXEL_MEAN, PIXEL_STD
     save_tensors(rd.model, state, metadata={
@@ -277,8 +321,7 @@ def run(
     rd.write_json(rd.summary, summary)
     if cfg.quantize.enabled:
         from .deploy_stage import quantize_run
-        summary["deploy"] = quantize_run(rd.path, cfg.quantize)["formats"]
-        rd.write_json(rd.summary, summary)
+        summary["deploy"] = quantize_run(rd.path, cfg.quantize)["formats"]  # it updates summary.json too
     if report:
         from .report import write_report
         write_report(rd.path)

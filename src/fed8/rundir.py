@@ -65,7 +65,12 @@ class RunDir:
                 f"{rd.path} already holds a run (config.toml exists). Continue it with "
                 f"'fed8 run --resume {rd.path}', or choose another --out."
             )
-        rd.path.mkdir(parents=True, exist_ok=True)
+        try:
+            rd.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CheckpointError(
+                f"cannot create the run directory {rd.path}: {e.strerror or e} (is a part of the path a file?). "
+                "Choose another --out or run.out.") from None
         rd.write_config(config)
         return rd
 
@@ -113,6 +118,33 @@ class RunDir:
         for old in ck.glob("round-*.safetensors"):
             if old.name not in (model_file.name, server_file.name):
                 old.unlink(missing_ok=True)
+
+    def discard_if_no_round(self) -> None:
+        """Remove what :meth:`create` and the first round wrote if no round was committed."""
+        import shutil
+
+        if (self.checkpoints / "state.json").exists():
+            return
+        for name in ("config.toml", "partition.json", "metrics.jsonl"):
+            (self.path / name).unlink(missing_ok=True)
+        for name in ("checkpoints", "residuals"):
+            shutil.rmtree(self.path / name, ignore_errors=True)
+        try:
+            self.path.rmdir()  # only if nothing else is in it
+        except OSError:
+            pass
+
+    def mark_attempt(self, rnd: int) -> None:
+        """Record that round ``rnd`` is about to send messages (read back on resume)."""
+        atomic_write_json(self.checkpoints / "attempt.json", {"round": rnd})
+
+    def attempted_round(self) -> int:
+        """The last round :meth:`mark_attempt` recorded, 0 if none."""
+        f = self.checkpoints / "attempt.json"
+        try:
+            return int(json.loads(f.read_text())["round"]) if f.exists() else 0
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            raise CheckpointError(f"{f}: cannot read the attempt record ({e!r}).") from None
 
     def load_checkpoint(self) -> Checkpoint | None:
         """The latest committed checkpoint, or None if no round has completed."""

@@ -10,5 +10,5 @@ from .registry import CODECS, make_codec
 from .scaled import ScaledCodec
 from .topk import TopKCodec
 
-__all__ = ["CODECS", "MAGIC", "VERSION", "Codec", "ErrorFeedback", "FloatCodec", "ResidualStore", "ScaledCodec",
-           "TensorCodec", "TopKCodec", "decode", "make_codec", "payload_size"]
+__all__ = ["CODECS", "Codec", "ErrorFeedback", "FloatCodec", "MAGIC", "ResidualStore", "ScaledCodec",
+           "TensorCodec", "TopKCodec", "VERSION", "decode", "make_codec", "payload_size"]

@@ -6,7 +6,8 @@ A payload is self-describing and versioned::
 
 The header names the codec and its parameters and lists every tensor: name, shape,
 original dtype, and the byte length of its data section (codec-specific: codes, scales,
-indices), in sorted name order so equal inputs give equal bytes. The CRC-32 covers everything before it. :func:`decode` reads any payload
+indices), in sorted name order so equal inputs give equal bytes. The CRC-32 covers
+everything before it. :func:`decode` reads any payload
 without knowing which codec wrote it and raises :class:`~fed8.errors.PayloadError` for
 a payload that is truncated, corrupted, foreign or from a newer version, never
 returning garbage.
@@ -28,7 +29,7 @@ import torch
 
 from ..errors import PayloadError
 
-__all__ = ["MAGIC", "VERSION", "Codec", "TensorCodec", "decode", "frame", "payload_size", "unframe"]
+__all__ = ["Codec", "MAGIC", "TensorCodec", "VERSION", "decode", "frame", "payload_size", "unframe"]
 
 MAGIC = b"F8W"
 VERSION = 1
@@ -161,7 +162,7 @@ def decode(payload: bytes) -> dict[str, torch.Tensor]:
         shape = tuple(int(d) for d in entry["shape"])
         try:
             if len(data) != codec.layout(shape)[0]:
-                raise ValueError(f"{len(data)} data bytes, the layout of shape {shape} is {codec.layout(shape)[0]}")
+                raise PayloadError(f"{len(data)} data bytes, the layout of shape {shape} is {codec.layout(shape)[0]}")
             t = torch.zeros(shape) if 0 in shape else codec.decode_tensor(data, entry, shape)
         except (ValueError, RuntimeError, KeyError, IndexError) as e:
             raise PayloadError(f"tensor {entry.get('name')!r} of the {header['codec']} payload cannot be "

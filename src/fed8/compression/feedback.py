@@ -20,6 +20,7 @@ from typing import Mapping
 import torch
 
 from .._io import load_tensors, save_tensors
+from ..errors import CheckpointError
 from .codec import TensorCodec, decode
 
 __all__ = ["ErrorFeedback", "ResidualStore"]
@@ -44,7 +45,8 @@ class ResidualStore:
                 v.sort()
 
     def _file(self, client: int, rnd: int) -> Path:
-        assert self.root is not None
+        if self.root is None:  # pragma: no cover - in-memory stores never reach the file paths
+            raise CheckpointError("this residual store keeps its residuals in memory; it has no files.")
         return self.root / f"c{client:06d}-r{rnd:06d}.safetensors"
 
     def get(self, client: int) -> dict[str, torch.Tensor] | None:

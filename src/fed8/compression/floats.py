@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ParameterError
 from .codec import TensorCodec
 
 __all__ = ["FloatCodec"]
@@ -21,7 +22,7 @@ class FloatCodec(TensorCodec):
 
     def __init__(self, name: str = "float32") -> None:
         if name not in _TORCH:
-            raise ValueError(f"float codec must be one of {', '.join(_TORCH)}; got {name!r}.")
+            raise ParameterError(f"float codec must be one of {', '.join(_TORCH)}; got {name!r}.")
         self.name = name
 
     def layout(self, shape: tuple[int, ...]) -> tuple[int, dict]:

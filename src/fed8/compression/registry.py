@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ..errors import PayloadError
+from ..errors import ParameterError, PayloadError
 from .codec import TensorCodec
 from .floats import FloatCodec
 from .scaled import ScaledCodec
@@ -25,7 +25,7 @@ def make_codec(name: str, *, granularity: str = "channel", block_size: int = 256
                            rounding=rounding if name == "int8" else "nearest")
     if name == "topk":
         return TopKCodec(topk_fraction, rounding=rounding)
-    raise ValueError(f"codec must be one of {', '.join(CODECS)}; got {name!r}.")
+    raise ParameterError(f"codec must be one of {', '.join(CODECS)}; got {name!r}.")
 
 
 def codec_from_header(name: str, params: Mapping[str, Any]) -> TensorCodec:

@@ -18,6 +18,7 @@ import math
 
 import torch
 
+from ..errors import ParameterError, PayloadError
 from ..formats import (PerBlock, PerChannel, PerTensor, choose_qparams_int8, choose_scale_fp8, dequantize_fp8,
                        dequantize_int8, fp8_format, quantize_fp8, quantize_int8)
 from .codec import TensorCodec
@@ -36,13 +37,13 @@ class ScaledCodec(TensorCodec):
         if name != "int8":
             fp8_format(name)  # validates the name
         if granularity not in GRANULARITIES:
-            raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}; got {granularity!r}.")
+            raise ParameterError(f"granularity must be one of {', '.join(GRANULARITIES)}; got {granularity!r}.")
         if rounding not in ROUNDINGS:
-            raise ValueError(f"rounding must be one of {', '.join(ROUNDINGS)}; got {rounding!r}.")
+            raise ParameterError(f"rounding must be one of {', '.join(ROUNDINGS)}; got {rounding!r}.")
         if rounding == "stochastic" and name != "int8":
-            raise ValueError(f"stochastic rounding is implemented for int8 only; got it for {name}.")
+            raise ParameterError(f"stochastic rounding is implemented for int8 only; got it for {name}.")
         if block_size < 1:
-            raise ValueError(f"block_size must be >= 1; got {block_size}.")
+            raise ParameterError(f"block_size must be >= 1; got {block_size}.")
         self.name, self.granularity, self.block_size, self.rounding = name, granularity, int(block_size), rounding
 
     def params(self) -> dict:
@@ -83,12 +84,12 @@ class ScaledCodec(TensorCodec):
     def decode_tensor(self, data: bytes, entry: dict, shape: tuple[int, ...]) -> torch.Tensor:
         ns, n = self._num_scales(shape), math.prod(shape)
         if len(data) != 4 * ns + n:
-            raise ValueError(f"{len(data)} data bytes, expected {4 * ns + n}")
+            raise PayloadError(f"{len(data)} data bytes, expected {4 * ns + n}")
         buf = bytearray(data)
         scale = torch.frombuffer(buf, dtype=torch.float32, count=ns)
         codes = torch.frombuffer(buf, dtype=torch.uint8, offset=4 * ns, count=n)
         if not torch.isfinite(scale).all():
-            raise ValueError("non-finite scale")
+            raise PayloadError("non-finite scale")
         g = self._g(shape)
         if isinstance(g, PerBlock):
             pad = (-n) % self.block_size
@@ -96,7 +97,10 @@ class ScaledCodec(TensorCodec):
             scale = scale.reshape(-1, 1)
         else:
             codes = codes.reshape(shape) if shape else codes.reshape(())
-            scale = scale.reshape([shape[0]] + [1] * (len(shape) - 1)) if isinstance(g, PerChannel) else scale.reshape([1] * len(shape))
+            if isinstance(g, PerChannel):
+                scale = scale.reshape([shape[0]] + [1] * (len(shape) - 1))
+            else:
+                scale = scale.reshape([1] * len(shape))
         if self.name == "int8":
             out = dequantize_int8(codes.view(torch.int8), scale, granularity=g, shape=torch.Size(shape))
         else:

@@ -18,6 +18,7 @@ import math
 import numpy as np
 import torch
 
+from ..errors import ParameterError, PayloadError
 from ..formats import PerTensor, choose_qparams_int8, dequantize_int8, quantize_int8
 from .codec import TensorCodec
 
@@ -46,7 +47,7 @@ def _unpack(raw: np.ndarray, count: int, bits: int) -> np.ndarray:
         return np.zeros(count, np.int64)
     b = np.unpackbits(raw)[: count * bits]
     if b.size != count * bits:
-        raise ValueError("index section too short")
+        raise PayloadError("index section too short")
     return (b.reshape(count, bits).astype(np.int64) << np.arange(bits)).sum(1)
 
 
@@ -57,9 +58,9 @@ class TopKCodec(TensorCodec):
 
     def __init__(self, fraction: float = 0.1, *, rounding: str = "nearest") -> None:
         if not 0.0 < fraction <= 1.0:
-            raise ValueError(f"topk fraction must be in (0, 1]; got {fraction}.")
+            raise ParameterError(f"topk fraction must be in (0, 1]; got {fraction}.")
         if rounding not in ("nearest", "stochastic"):
-            raise ValueError(f"rounding must be 'nearest' or 'stochastic'; got {rounding!r}.")
+            raise ParameterError(f"rounding must be 'nearest' or 'stochastic'; got {rounding!r}.")
         self.fraction, self.rounding = float(fraction), rounding
 
     def params(self) -> dict:
@@ -86,7 +87,8 @@ class TopKCodec(TensorCodec):
         bits = np.concatenate([np.unpackbits(_pack(counts, b + 1))[: counts.size * (b + 1)],
                                np.unpackbits(_pack(ii & ((1 << b) - 1), b))[: k * b]])
         packed = np.packbits(bits)
-        assert packed.size == nbytes
+        if packed.size != nbytes:  # pragma: no cover - the layout arithmetic guarantees it
+            raise PayloadError(f"topk index section has {packed.size} bytes, the layout says {nbytes}.")
         return scale.reshape(1).numpy().astype(np.float32).tobytes() + q.numpy().tobytes() + packed.tobytes()
 
     def decode_tensor(self, data: bytes, entry: dict, shape: tuple[int, ...]) -> torch.Tensor:
@@ -94,7 +96,7 @@ class TopKCodec(TensorCodec):
         k = _k(n, self.fraction)
         b, nbytes = _index_layout(n, k) if k else (0, 0)
         if len(data) != 4 + k + nbytes:
-            raise ValueError(f"{len(data)} data bytes, expected {4 + k + nbytes}")
+            raise PayloadError(f"{len(data)} data bytes, expected {4 + k + nbytes}")
         out = torch.zeros(n, dtype=torch.float32)
         if k == 0:
             return out.reshape(shape)
@@ -106,9 +108,9 @@ class TopKCodec(TensorCodec):
         counts = _unpack(np.packbits(bits[: chunks * (b + 1)]), chunks, b + 1)
         offsets = _unpack(np.packbits(bits[chunks * (b + 1) : chunks * (b + 1) + k * b]), k, b)
         if counts.sum() != k:
-            raise ValueError("index section is inconsistent (chunk counts do not add up to k)")
+            raise PayloadError("index section is inconsistent (chunk counts do not add up to k)")
         idx = (np.repeat(np.arange(chunks), counts) << b) + offsets
         if idx.max() >= n or np.any(np.diff(idx) <= 0) or np.any(counts > (1 << b)):
-            raise ValueError("index section is inconsistent")
+            raise PayloadError("index section is inconsistent")
         out[torch.from_numpy(idx)] = dequantize_int8(q, scale)
         return out.reshape(shape)

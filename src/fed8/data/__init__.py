@@ -4,7 +4,7 @@ from .dataset import PIXEL_MEAN, PIXEL_STD, ImageDataset, Splits, to_float
 from .partition import ClientSplit, local_split, partition, partition_summary
 from .sources import SOURCES, bundled_mnist10k_dir, load_splits
 
-__all__ = sorted([
-    "PIXEL_MEAN", "PIXEL_STD", "SOURCES", "ClientSplit", "ImageDataset", "Splits",
-    "bundled_mnist10k_dir", "load_splits", "local_split", "partition", "partition_summary", "to_float",
-])
+__all__ = [
+    "ClientSplit", "ImageDataset", "PIXEL_MEAN", "PIXEL_STD", "SOURCES", "Splits", "bundled_mnist10k_dir",
+    "load_splits", "local_split", "partition", "partition_summary", "to_float",
+]

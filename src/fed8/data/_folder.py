@@ -41,6 +41,8 @@ def _decode(path: Path, size: int) -> tuple[np.ndarray, bool]:
             img.load()
             gray = img.mode in _GRAY_MODES
             rgb = img.convert("RGB").resize((size, size), Image.BILINEAR)
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path}: refused, the image is too large to decode safely ({e}).") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DataError(f"{path}: cannot decode image ({e}). Remove or replace the file.") from None
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1), gray  # [3, H, W]

@@ -47,13 +47,20 @@ def _labels(path: Path, key: str, y: np.ndarray, n: int) -> np.ndarray:
 
 
 def read_npz(path: Path):
-    """Return ``(train, test_or_None)``, each ``(images [N,C,H,W] uint8, labels [N])``."""
+    """Return ``(train, test_or_None, class_names_or_None)``, each split ``(images [N,C,H,W] uint8, labels [N])``.
+
+    ``class_names`` come from an optional string array ``classes``.
+    """
     try:
         archive = np.load(path, allow_pickle=False)
-    except ValueError as e:
-        raise DataError(f"{path}: {e} (object arrays need pickle, which fed8 refuses).") from None
-    except (OSError, EOFError) as e:
-        raise DataError(f"{path}: not a readable .npz archive ({e}).") from None
+        if not hasattr(archive, "files"):
+            raise DataError(f"{path}: holds a single array, not an .npz archive of x_train, y_train, ...")
+    except (ValueError, OSError, EOFError) as e:
+        if isinstance(e, DataError):
+            raise
+        # numpy's own message may suggest allow_pickle=True; fed8 never loads pickles.
+        raise DataError(f"{path}: not a readable .npz archive (a zip of .npy arrays saved with np.savez); "
+                        "fed8 reads plain arrays only and never unpickles.") from None
     with archive:
         missing = [k for k in ("x_train", "y_train") if k not in archive.files]
         if missing:
@@ -68,8 +75,12 @@ def read_npz(path: Path):
                 if xte.shape[1:] != xtr.shape[1:]:
                     raise DataError(f"{path}: x_test images are {xte.shape[1:]}, x_train {xtr.shape[1:]}.")
                 test = (xte, _labels(path, "y_test", archive["y_test"], xte.shape[0]))
-        except ValueError as e:
+            names = None
+            if "classes" in archive.files:
+                names = archive["classes"].reshape(-1).tolist()
+        except (ValueError, OSError, EOFError) as e:
             if isinstance(e, DataError):
                 raise
-            raise DataError(f"{path}: {e}") from None
-    return train, test
+            raise DataError(f"{path}: an array cannot be read ({type(e).__name__}); fed8 reads plain numeric "
+                            "arrays only and never unpickles.") from None
+    return train, test, names

@@ -9,7 +9,7 @@ import torch
 
 from ..errors import DataError
 
-__all__ = ["PIXEL_MEAN", "PIXEL_STD", "ImageDataset", "Splits", "to_float"]
+__all__ = ["ImageDataset", "PIXEL_MEAN", "PIXEL_STD", "Splits", "to_float"]
 
 # Data-independent normalization: x = (pixel / 255 - 0.5) / 0.5, in [-1, 1].
 # Fixed constants need no statistics from the clients (nothing leaves a device for

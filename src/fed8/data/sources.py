@@ -8,6 +8,7 @@ naming the file and what is wrong.
 
 from __future__ import annotations
 
+import logging
 from importlib import resources
 from pathlib import Path
 
@@ -26,6 +27,39 @@ __all__ = ["SOURCES", "bundled_mnist10k_dir", "load_splits"]
 
 SOURCES = ("mnist10k", "idx", "cifar10", "folder", "npz")
 MNIST10K_TRAIN = 8000
+log = logging.getLogger("fed8")
+
+
+def _digit_classes(declared: int, configured: int) -> tuple[str, ...]:
+    return tuple(str(i) for i in range(configured or declared))
+
+
+def _npz_classes(path: Path, names, labels: list[np.ndarray], configured: int) -> tuple[str, ...]:
+    """Declared by a 'classes' array, by data.num_classes, or inferred (refused when mostly empty)."""
+    if configured:
+        return _digit_classes(0, configured)
+    if names is not None:
+        return tuple(str(n) for n in names)
+    top = int(max((int(y.max()) for y in labels if y.size), default=0))
+    present = len(np.unique(np.concatenate(labels))) if labels else 0
+    if top + 1 > 2 * max(present, 1):
+        raise DataError(
+            f"{path}: the largest label is {top} but only {present} distinct labels occur, so the class count "
+            f"cannot be taken from the labels (it would build a {top + 1}-class model). Store the class names as "
+            "a 'classes' array in the npz, or set data.num_classes.")
+    return _digit_classes(top + 1, 0)
+
+
+def _check_classes(train: ImageDataset, where: str) -> None:
+    """Refuse data a classifier cannot learn from; warn about classes without training images."""
+    counts = np.bincount(train.labels.numpy(), minlength=train.num_classes)
+    if train.num_classes < 2 or int((counts > 0).sum()) < 2:
+        raise DataError(f"{where}: the training images have {int((counts > 0).sum())} distinct class(es) "
+                        f"(classes: {', '.join(train.classes[:5])}); a classifier needs at least 2.")
+    empty = [train.classes[i] for i in np.flatnonzero(counts == 0)]
+    if empty:
+        log.warning("%s: %d of %d classes have no training images: %s", where, len(empty), train.num_classes,
+                    ", ".join(empty[:10]) + (" ..." if len(empty) > 10 else ""))
 
 
 def bundled_mnist10k_dir() -> Path:
@@ -37,7 +71,8 @@ def _dataset(images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], w
     labels = np.asarray(labels, dtype=np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
         bad = labels[(labels < 0) | (labels >= len(classes))][0]
-        raise DataError(f"{where}: label {bad} is out of range 0..{len(classes) - 1}.")
+        raise DataError(f"{where}: label {bad} is out of range 0..{len(classes) - 1} ({len(classes)} classes). "
+                        "Fix the labels, or set data.num_classes if the data really has more classes.")
     return ImageDataset(torch.from_numpy(np.array(images, dtype=np.uint8, order="C")),
                         torch.from_numpy(labels), classes)
 
@@ -89,15 +124,14 @@ def load_splits(cfg: DataConfig) -> Splits:
     if src == "mnist10k":
         root = bundled_mnist10k_dir()
         x, y, where = _read_idx_pair(root, "t10k", required=True)
-        full = _dataset(x, y, tuple(str(i) for i in range(10)), str(where))
+        full = _dataset(x, y, _digit_classes(10, cfg.num_classes), str(where))
         perm = np.random.default_rng(0).permutation(len(full))
         train, ev = full.take(perm[:MNIST10K_TRAIN]), full.take(perm[MNIST10K_TRAIN:])
     elif src == "idx":
         root = _require(cfg.path, src, "folder with train-images-idx3-ubyte[.gz] etc.")
         xtr, ytr, where = _read_idx_pair(root, "train", required=True)
         test = _read_idx_pair(root, "t10k", required=False)
-        k = int(max(ytr.max(), test[1].max() if test else 0)) + 1
-        classes = tuple(str(i) for i in range(k))
+        classes = _digit_classes(10, cfg.num_classes)  # the MNIST format declares no classes: 10 unless set
         train = _dataset(xtr, ytr, classes, str(where))
         if test is None:
             train, ev = _holdout(train, cfg.eval_fraction)
@@ -108,8 +142,9 @@ def load_splits(cfg: DataConfig) -> Splits:
     elif src == "cifar10":
         root = _require(cfg.path, src, "cifar-10-batches-bin folder")
         (xtr, ytr), test = read_cifar10(root)
-        train = _dataset(xtr, ytr, CIFAR10_CLASSES, str(root))
-        train, ev = _eval_split(train, test, CIFAR10_CLASSES, str(root), cfg.eval_fraction)
+        classes = CIFAR10_CLASSES if cfg.num_classes in (0, 10) else _digit_classes(0, cfg.num_classes)
+        train = _dataset(xtr, ytr, classes, str(root))
+        train, ev = _eval_split(train, test, classes, str(root), cfg.eval_fraction)
     elif src == "folder":
         root = _require(cfg.path, src, "image folder root/<class>/*.png")
         (xtr, ytr), test, classes = read_folder(root, size=cfg.image_size)
@@ -117,9 +152,8 @@ def load_splits(cfg: DataConfig) -> Splits:
         train, ev = _eval_split(train, test, classes, str(root), cfg.eval_fraction)
     elif src == "npz":
         path = _require(cfg.path, src, "file.npz with x_train, y_train[, x_test, y_test]")
-        (xtr, ytr), test = read_npz(path)
-        k = int(max(ytr.max(initial=0), test[1].max(initial=0) if test else 0)) + 1
-        classes = tuple(str(i) for i in range(k))
+        (xtr, ytr), test, names = read_npz(path)
+        classes = _npz_classes(path, names, [ytr] + ([test[1]] if test else []), cfg.num_classes)
         train = _dataset(xtr, ytr, classes, str(path))
         train, ev = _eval_split(train, test, classes, str(path), cfg.eval_fraction)
     else:  # config validation makes this unreachable; keep the error for API callers
@@ -129,4 +163,5 @@ def load_splits(cfg: DataConfig) -> Splits:
         train = train.take(perm[: cfg.subset])
     if len(train) == 0:
         raise DataError(f"data.source = {src!r} has no training images.")
+    _check_classes(train, f"data.source = {src!r}" + (f" ({cfg.path})" if cfg.path else ""))
     return Splits(train=train, eval=ev, name=src)

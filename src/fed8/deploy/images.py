@@ -45,6 +45,8 @@ def _decode(path: Path, c: int, h: int, w: int) -> np.ndarray:
         with Image.open(path) as img:
             img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)
+    except Image.DecompressionBombError as e:
+        raise DeployError(f"{path}: refused, the image is too large to decode safely ({e}).") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DeployError(f"{path}: cannot decode image ({e}).") from None
     return arr[None] if c == 1 else arr.transpose(2, 0, 1)
@@ -54,8 +56,9 @@ def _npz(path: Path, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray | Non
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise DeployError(f"{path}: not a readable .npz ({e}).") from None
+    except (OSError, ValueError, EOFError):
+        # numpy's own message may suggest allow_pickle=True; fed8 never unpickles.
+        raise DeployError(f"{path}: not a readable .npz of plain arrays (fed8 never unpickles).") from None
     xk = next((k for k in ("x", "images", "x_train") if k in data), None)
     if xk is None:
         raise DeployError(f"{path}: no image array; expected key 'x' (or 'images', 'x_train'), got {sorted(data)}.")

@@ -14,13 +14,19 @@ from typing import Mapping, Sequence
 
 from ..config import Config
 from ..errors import ConfigError
+from ..privacy.randomness import privacy_randomness
 from .hooks import Attack, LocalDP, malicious_clients
 from .private import AdaptiveClipping, PrivateAggregate, capped_weight, uniform_weight
 from .robust import CoordinateMedian, NormBound, TrimmedMean, ValidateUpdates
 from .sampling import num_sampled
 from .strategy import Reweighted, Strategy, make_strategy
 
-__all__ = ["check_combination", "expected_clients", "make_aggregator"]
+__all__ = ["SECAGG_CLIP_LR", "SECAGG_CLIP_QUANTILE", "check_combination", "expected_clients", "make_aggregator"]
+
+# Secure aggregation without DP clips only to fix the shared int8 scale; the bound follows
+# the 0.9 quantile of the update norms (noise-free: the clip-bit sum is exact), fast enough
+# (x2.5 per round while everyone is clipped) to catch up from clip_norm within a few rounds.
+SECAGG_CLIP_QUANTILE, SECAGG_CLIP_LR = 0.9, 1.0
 
 
 def expected_clients(cfg: Config) -> float:
@@ -61,10 +67,31 @@ def check_combination(cfg: Config) -> None:
         raise ConfigError(
             "privacy.noise_placement = 'distributed' needs privacy.dp = 'central' and secure_aggregation = true: "
             "without secure aggregation the server would see each client's small share of the noise.")
+    if weighting == "capped" and p.weight_cap <= 0:
+        raise ConfigError(
+            "privacy.weighting = 'capped' needs privacy.weight_cap > 0: the cap sets each client's weight "
+            "min(1, n_k / weight_cap) and must be a public number, not one taken from the clients' data. Set it to "
+            "a typical client's sample count (e.g. --set privacy.weight_cap=400), or use weighting = 'uniform'.")
+    if p.secure_aggregation:
+        m = expected_clients(cfg)
+        if m < p.secagg_min_clients:
+            raise ConfigError(
+                f"privacy.secagg_min_clients = {p.secagg_min_clients} is more than the {m:g} clients per round "
+                f"(data.num_clients x train.fraction): every secure-aggregation round would be abandoned. Sample "
+                f"more clients per round, or lower secagg_min_clients (>= 2; a sum of one input reveals it).")
     if p.noise_placement == "distributed" and p.adaptive_clipping:
         raise ConfigError(
             "privacy.adaptive_clipping with noise_placement = 'distributed' is not supported (the clipped count "
             "would need its own distributed noise). Use noise_placement = 'server' or a fixed clip_norm.")
+
+
+def _adaptive(cfg: Config, plan) -> AdaptiveClipping | None:
+    p = cfg.privacy
+    if p.adaptive_clipping:
+        return AdaptiveClipping(target_quantile=p.adaptive_quantile, lr=p.adaptive_lr, count_stddev=plan.count_stddev)
+    if p.dp == "none" and p.secure_aggregation and p.secagg_adaptive_clip:
+        return AdaptiveClipping(target_quantile=SECAGG_CLIP_QUANTILE, lr=SECAGG_CLIP_LR, count_stddev=0.0)
+    return None
 
 
 def _weighting(cfg: Config) -> str:
@@ -81,39 +108,42 @@ def make_aggregator(cfg: Config, plan, *, client_sizes: Sequence[int], expected:
     p, seed = cfg.privacy, cfg.run.seed
     inner = make_strategy(cfg.server, buffers=buffers)
     weighting = _weighting(cfg)
-    cap = float(p.weight_cap or max(client_sizes, default=1))
+    randomness = privacy_randomness(dp=p.dp != "none", insecure_reproducible=p.insecure_reproducible_noise,
+                                    seed=seed)
     m = expected_clients(cfg)
     hooks: list = []
     if cfg.attack.fraction > 0:
         hooks.append(Attack(malicious_clients(len(client_sizes), cfg.attack.fraction, seed), cfg.attack.kind,
                             cfg.attack.scale))
     if p.dp == "local":
-        hooks.append(LocalDP(p.clip_norm, plan.noise_multiplier, seed))
+        hooks.append(LocalDP(p.clip_norm, plan.noise_multiplier, randomness))
 
     central = p.dp == "central"
     if central or p.secure_aggregation:
         if weighting == "uniform":
-            weight, wsum = uniform_weight, 1.0 * len(client_sizes)
-        else:  # capped, or samples under secure aggregation without DP (w = n_k / cap)
-            weight = capped_weight(cap)
-            wsum = sum(weight(n) for n in client_sizes)
-        denominator = m * wsum / len(client_sizes) if central else None
+            weight = uniform_weight
+        elif weighting == "capped":
+            weight = capped_weight(float(p.weight_cap))
+        else:  # samples under secure aggregation without DP: w = n_k / max n_k, no DP parameter depends on it
+            weight = capped_weight(float(max(client_sizes, default=1)))
+        # DP: a fixed denominator from public numbers only (w_k <= 1, so each client moves Delta by <= C / m).
+        denominator = m if central else None
         secure = None
         if p.secure_aggregation:
             from ..privacy.secagg import SecureSum
 
-            secure = SecureSum(seed=seed, threshold=p.secagg_threshold, dropout=p.secagg_dropout,
-                               dropout_phase=p.secagg_dropout_phase)
+            secure = SecureSum(seed=seed, threshold=p.secagg_threshold, min_clients=p.secagg_min_clients,
+                               dropout=p.secagg_dropout, dropout_phase=p.secagg_dropout_phase,
+                               randomness=randomness)
         distributed = central and p.noise_placement == "distributed"
         z_u = plan.update_noise_multiplier if central else 0.0
         t_min = max(1, math.ceil(p.secagg_threshold * m - 1e-9))
         strategy: Strategy = PrivateAggregate(
             inner, clip_norm=p.clip_norm, weight=weight, denominator=denominator,
-            noise_multiplier=0.0 if distributed else z_u,
+            noise_multiplier=z_u,
             client_noise_std=z_u * p.clip_norm / math.sqrt(t_min) if distributed else 0.0,
-            adaptive=(AdaptiveClipping(target_quantile=p.adaptive_quantile, lr=p.adaptive_lr,
-                                       count_stddev=plan.count_stddev) if p.adaptive_clipping else None),
-            expected_clients=m, secure=secure, seed=seed)
+            adaptive=_adaptive(cfg, plan),
+            expected_clients=m, secure=secure, randomness=randomness)
         if cfg.server.robust == "norm_bound":
             strategy = NormBound(strategy, cfg.server.norm_bound)
     else:
@@ -121,7 +151,7 @@ def make_aggregator(cfg: Config, plan, *, client_sizes: Sequence[int], expected:
         if weighting == "uniform":
             strategy = Reweighted(strategy, uniform_weight)
         elif weighting == "capped":
-            strategy = Reweighted(strategy, capped_weight(cap))
+            strategy = Reweighted(strategy, capped_weight(float(p.weight_cap)))
         if cfg.server.robust == "norm_bound":
             strategy = NormBound(strategy, cfg.server.norm_bound)
         elif cfg.server.robust == "median":

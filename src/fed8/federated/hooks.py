@@ -9,12 +9,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from .._rng import ATTACK, LOCAL_NOISE, torch_generator
 from ..privacy.dp import add_gaussian_noise, clip_by_norm
+from ..privacy.randomness import PrivacyRandomness
 from .client import ClientUpdate
 
 __all__ = ["Attack", "LocalDP", "malicious_clients"]
@@ -22,16 +23,16 @@ __all__ = ["Attack", "LocalDP", "malicious_clients"]
 
 @dataclass(frozen=True)
 class LocalDP:
-    """Clip and noise each update on its client; the generator is (seed, LOCAL_NOISE, round, client)."""
+    """Clip and noise each update on its client, with noise from ``randomness`` (default: the OS CSPRNG)."""
 
     clip_norm: float
     noise_multiplier: float
-    seed: int
+    randomness: PrivacyRandomness = field(default_factory=PrivacyRandomness)
 
     def __call__(self, rnd: int, update: ClientUpdate) -> ClientUpdate:
         clipped, _ = clip_by_norm(update.delta, self.clip_norm)
         noisy = add_gaussian_noise(clipped, self.noise_multiplier * self.clip_norm,
-                                   generator=torch_generator(self.seed, LOCAL_NOISE, rnd, update.client))
+                                   draws=self.randomness.draws(LOCAL_NOISE, rnd, update.client))
         return ClientUpdate(update.client, noisy, update.num_samples, update.train_loss)
 
 

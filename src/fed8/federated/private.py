@@ -6,12 +6,20 @@ Algorithm 1, with the adaptive clipping of Andrew et al. 2021, arXiv:1905.03871)
     x_k   = delta_k * min(1, C / ||delta_k||)                 clip (client side)
     b_k   = 1[ ||delta_k|| <= C ]                             for adaptive clipping
     Sum   = sum_{k in S} w_k x_k                              plain sum, or secure sum
-    Delta = (Sum + N(0, (z_u C)^2 I)) / D                     D fixed: q N (uniform) or q W (capped)
+    Delta = (Sum + N(0, (z_u C)^2 I)) / D                     D = m (expected clients per round), public
     C    <- C exp(-eta (( sum_k b_k + N(0, sigma_b^2)) / (q N) - gamma))
 
 then the inner strategy (FedAvg, FedAvgM, FedAdam) steps with ``Delta``. Weights are
-``w_k = 1`` (uniform) or ``min(1, n_k / cap)`` (capped); the fixed denominator keeps the
-sensitivity of ``Delta`` at ``C / D``. Without DP (secure sum only) ``D = sum_k w_k``.
+``w_k = 1`` (uniform) or ``min(1, n_k / cap)`` (capped, ``cap`` a public config value);
+the fixed denominator, computed from public numbers only, keeps the sensitivity of
+``Delta`` at ``C / D``. Without DP (secure sum only) ``D = sum_k w_k``.
+
+A round with nothing to add (an empty Poisson sample, every update rejected) still
+releases ``(0 + N(0, (z_u C)^2 I)) / D``: the mechanism the accountant analyses adds
+noise every round, whatever the sample.
+
+Noise and the noisy count come from ``randomness`` (:mod:`fed8.privacy.randomness`):
+the OS CSPRNG unless a run opted into ``privacy.insecure_reproducible_noise``.
 
 What runs where: clipping, weighting and (distributed mode) noise happen on the client
 before anything leaves it; the server only sees the sum when secure aggregation is on.
@@ -23,8 +31,10 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from .._rng import DP_NOISE, torch_generator
-from ..privacy.dp import add_gaussian_noise, adaptive_clip_step, clip_by_norm
+from .._rng import DP_NOISE
+from ..errors import EmptyRoundError
+from ..privacy.dp import adaptive_clip_step, add_gaussian_noise, clip_by_norm
+from ..privacy.randomness import PrivacyRandomness
 from .client import ClientUpdate
 from .strategy import Strategy, StrategyWrapper, Tensors, WeightedSum
 
@@ -52,8 +62,8 @@ class PrivateAggregate(StrategyWrapper):
     denominator
         Fixed ``D`` (DP), or None for ``sum_k w_k`` (secure sum without DP).
     noise_multiplier
-        ``z_u``: std of the server-side noise on the sum is ``z_u * C``; 0 for none (no DP,
-        local DP, or distributed noise added by the clients).
+        ``z_u``: std of the noise on the sum is ``z_u * C``; 0 for none (no DP, local DP).
+        The server adds it, except with ``client_noise_std`` when clients sent updates.
     client_noise_std
         Distributed DP: std each client adds (``z_u C / sqrt(t)``, so that any ``t``
         senders together add at least ``z_u C``); needs ``secure``.
@@ -63,18 +73,19 @@ class PrivateAggregate(StrategyWrapper):
         ``q N``: the denominator of the clipped-count fraction.
     secure
         A :class:`fed8.privacy.secagg.SecureSum`, or None for a plain sum.
-    seed
-        Noise generators derive from (seed, DP_NOISE, round).
+    randomness
+        Source of the noise; default the OS CSPRNG.
     """
 
     def __init__(self, inner: Strategy, *, clip_norm: float, weight: Callable[[int], float],
                  denominator: float | None, noise_multiplier: float = 0.0, client_noise_std: float = 0.0,
                  adaptive: AdaptiveClipping | None = None, expected_clients: float = 1.0,
-                 secure=None, seed: int = 0) -> None:
+                 secure=None, randomness: PrivacyRandomness | None = None) -> None:
         super().__init__(inner)
         self.clip_norm, self.weight, self.denominator = clip_norm, weight, denominator
         self.noise_multiplier, self.client_noise_std = noise_multiplier, client_noise_std
-        self.adaptive, self.expected_clients, self.secure, self.seed = adaptive, expected_clients, secure, seed
+        self.adaptive, self.expected_clients, self.secure = adaptive, expected_clients, secure
+        self.randomness = randomness if randomness is not None else PrivacyRandomness()
         self._metrics: dict = {}
         self._n = 0
 
@@ -101,29 +112,47 @@ class PrivateAggregate(StrategyWrapper):
     def num_updates(self) -> int:  # type: ignore[override]
         return self._n
 
-    def finish_round(self, global_state: Mapping[str, torch.Tensor]) -> Tensors:
+    def _sum_of_round(self, global_state: Mapping[str, torch.Tensor]) -> tuple[Tensors, float, int]:
+        """The (secure or plain) weighted sum, its weight and the clip-bit count; zeros if nothing came."""
+        if self._n == 0:
+            if self.denominator is None:  # no DP: nothing to release, the round is abandoned
+                raise EmptyRoundError(f"round {self.rnd}: no update to aggregate.")
+            zeros = {k: torch.zeros(v.shape, dtype=torch.float32) for k, v in global_state.items()
+                     if v.is_floating_point()}
+            self._inputs = 0
+            return zeros, 0.0, 0
         if self.secure is not None:
             res = self.secure.finish()
-            total, wsum, bits = res.total, res.weight_sum, res.bit_sum
             self._metrics.update(uplink_bytes=sum(res.uplink_bytes.values()),
                                  secagg_downlink_bytes=sum(res.downlink_bytes.values()),
                                  secagg_ring_bits=res.ring_bits, secagg_inputs=res.num_inputs)
-        else:
-            total, wsum, bits = self._sum.total, self._sum.weight, self._bits
-        gen = torch_generator(self.seed, DP_NOISE, self.rnd)
-        std = self.noise_multiplier * self.clip_norm
-        noisy = add_gaussian_noise(total, std, generator=gen)
+            self._inputs = res.num_inputs
+            return res.total, res.weight_sum, res.bit_sum
+        self._inputs = self._n
+        return self._sum.total, self._sum.weight, self._bits
+
+    def finish_round(self, global_state: Mapping[str, torch.Tensor]) -> Tensors:
+        total, wsum, bits = self._sum_of_round(global_state)
+        draws = self.randomness.draws(DP_NOISE, self.rnd)
+        # Distributed noise: the clients added it; with no client in the sum, the server adds it all.
+        z = self.noise_multiplier if (self._n == 0 or not self.client_noise_std) else 0.0
+        std = z * self.clip_norm
+        noisy = add_gaussian_noise(total, std, draws=draws)
         denom = self.denominator if self.denominator is not None else wsum
         if not denom > 0:
-            raise ValueError(f"round {self.rnd}: the aggregation weights sum to {denom}; nothing to average.")
+            raise EmptyRoundError(f"round {self.rnd}: the aggregation weights sum to {denom}; nothing to average.")
         mean = {k: v / denom for k, v in noisy.items()}
-        self._metrics.update(clip_norm=self.clip_norm, unclipped_fraction=bits / max(self._n, 1),
+        unclipped = bits / self._inputs if self._n else None
+        self._metrics.update(clip_norm=self.clip_norm, unclipped_fraction=unclipped,
+                             clipped_fraction=None if unclipped is None else 1.0 - unclipped,
                              noise_std=std / denom if denom else None)
         if self.adaptive is not None:
             a = self.adaptive
-            noisy_bits = bits + a.count_stddev * float(torch.randn((), generator=gen))
-            self.clip_norm = adaptive_clip_step(self.clip_norm, noisy_bits / self.expected_clients,
-                                                target_quantile=a.target_quantile, lr=a.lr)
+            if a.count_stddev > 0:  # DP: the noised count over the public expected number of clients
+                fraction = (bits + a.count_stddev * float(draws.randn(()))) / self.expected_clients
+            else:  # noise-free (secure aggregation alone): the exact fraction of this round's inputs
+                fraction = unclipped if unclipped is not None else 1.0
+            self.clip_norm = adaptive_clip_step(self.clip_norm, fraction, target_quantile=a.target_quantile, lr=a.lr)
         self.inner.begin_round(self.rnd)
         self.inner.accumulate(ClientUpdate(-1, mean, 1, 0.0))
         return self.inner.finish_round(global_state)

@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 
 import torch
 
+from ..errors import EmptyRoundError
 from ..privacy.dp import clip_by_norm
 from .client import ClientUpdate
 from .strategy import Strategy, StrategyWrapper, Tensors
@@ -108,7 +109,7 @@ class _Buffered(StrategyWrapper):
 
     def finish_round(self, global_state: Mapping[str, torch.Tensor]) -> Tensors:
         if not self.updates:
-            raise ValueError("no updates were accumulated this round")
+            raise EmptyRoundError("no updates were accumulated this round.")
         agg = {k: self.reduce(torch.stack([u[k].to(torch.float32) for u in self.updates]))
                for k in self.updates[0]}
         self.updates = []

@@ -1,13 +1,16 @@
 """The federated round loop, simulated in one process.
 
-Round r (1-based): sample clients with the generator of (seed, SAMPLE, r); each
+Round r (1-based): sample clients with the generator of (seed, SAMPLE, r) (under DP:
+the OS CSPRNG); each
 sampled client k runs :func:`~fed8.federated.client.train_client` from the current
 global model with the generator of (seed, TRAIN, r, k); its update streams into the
 strategy; the strategy returns the next global model; every ``eval.every`` rounds the
 model is evaluated on the eval split and on every client's local test split.
 
 Because each round depends only on (global model, server state, seed, r), a run
-resumed from the checkpoint of round r replays rounds r+1.. bit for bit.
+resumed from the checkpoint of round r replays rounds r+1.. bit for bit. Under DP
+the privacy draws (sample, noise) are fresh on every attempt: a resumed run keeps its
+committed rounds and redraws the rest.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from torch import nn
 
 from .._rng import SAMPLE, TRAIN, torch_generator
 from ..config import EvalConfig, TrainConfig
-from ..errors import SecAggError
-from .client import ClientData, ClientUpdate, train_client, trainable_keys
+from ..errors import EmptyRoundError, SecAggError
+from ..privacy.randomness import PrivacyRandomness
+from .client import ClientData, ClientUpdate, train_client
 from .evaluate import client_accuracy_stats, evaluate, predict_correct
 from .sampling import sample_clients
 from .strategy import Strategy
@@ -64,6 +68,10 @@ class Simulation:
     client_hooks
         Client-side transforms applied in order to each update before it is encoded and
         sent (local DP noise, simulated attacks): ``hook(round, update) -> update``.
+    sampling_randomness
+        Where the client sample comes from: default (seed, SAMPLE, round); under DP the
+        OS CSPRNG (:func:`fed8.privacy.randomness.privacy_randomness`), since the
+        accountant's amplification by sampling assumes the sample is secret.
     """
 
     model: nn.Module
@@ -76,6 +84,7 @@ class Simulation:
     seed: int
     wire: "Wire | None" = None
     client_hooks: Sequence[ClientHook] = ()
+    sampling_randomness: "PrivacyRandomness | None" = None
 
     def __post_init__(self) -> None:
         # All clients' local test splits in one tensor; owner[i] = the client holding sample i.
@@ -84,6 +93,8 @@ class Simulation:
         self.local_y = torch.cat([c.y_test for c in self.clients])
         self.owner = torch.cat([torch.full((c.y_test.shape[0],), k, dtype=torch.long)
                                  for k, c in enumerate(self.clients)])
+        if self.sampling_randomness is None:
+            self.sampling_randomness = PrivacyRandomness(self.seed)
         if self.wire is None:
             from ..compression import make_codec
             from ..compression.wire import Wire
@@ -107,7 +118,7 @@ class Simulation:
         """Train, aggregate and (if due) evaluate round ``rnd``; returns the new state and its metrics row."""
         t0 = time.perf_counter()
         sampled = sample_clients(len(self.clients), self.train.fraction, sampling=self.train.sampling,
-                                 generator=torch_generator(self.seed, SAMPLE, rnd))
+                                 generator=self.sampling_randomness.draws(SAMPLE, rnd))
         self.strategy.begin_round(rnd, sampled)
         client_state, down = self.wire.broadcast(rnd, state, sampled)
         loss_sum, n_sum, up = 0.0, 0, 0
@@ -123,11 +134,12 @@ class Simulation:
             self.strategy.accumulate(ClientUpdate(k, delta, update.num_samples, update.train_loss))
             del update, delta  # streaming: at most one update alive at a time
         # A Poisson round may sample nobody, every update may be rejected, a secure-aggregation
-        # round may lose too many clients: then the round is abandoned and the model kept.
+        # round may lose too many clients: then the round is abandoned and the model kept
+        # (under DP the strategy releases the noised zero sum instead of raising).
         aborted = None
         try:
-            new_state = self.strategy.finish_round(state) if self.strategy.num_updates else dict(state)
-        except SecAggError as e:
+            new_state = self.strategy.finish_round(state)
+        except (SecAggError, EmptyRoundError) as e:
             log.warning("round %d abandoned, model unchanged: %s", rnd, e)
             new_state, aborted = dict(state), str(e)
         extra = self.strategy.round_metrics()
@@ -162,9 +174,12 @@ class Simulation:
         self.strategy.load_state_dict({k: v for k, v in state.items() if not k.startswith("wire.")})
         self.wire.load_state_dict({k: v for k, v in state.items() if k.startswith("wire.")})
 
-    def run(self, state: Tensors, *, start_round: int = 0, on_round: RoundCallback | None = None) -> Tensors:
-        """Run rounds ``start_round + 1 .. train.rounds``; call ``on_round`` after each."""
+    def run(self, state: Tensors, *, start_round: int = 0, on_round: RoundCallback | None = None,
+            before_round: Callable[[int], None] | None = None) -> Tensors:
+        """Run rounds ``start_round + 1 .. train.rounds``; call ``before_round`` before and ``on_round`` after each."""
         for rnd in range(start_round + 1, self.train.rounds + 1):
+            if before_round is not None:
+                before_round(rnd)
             state, row = self.run_round(rnd, state)
             if on_round is not None:
                 on_round(rnd, state, self.strategy, row)

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 
 from ..config import ServerConfig
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError, EmptyRoundError, ParameterError
 from .client import ClientUpdate
 
 __all__ = ["FedAdam", "FedAvg", "FedAvgM", "Reweighted", "Strategy", "StrategyWrapper", "WeightedSum", "make_strategy"]
@@ -43,14 +43,15 @@ class WeightedSum:
             self.total = {k: v.to(torch.float32) * weight for k, v in tensors.items()}
         else:
             if tensors.keys() != self.total.keys():
-                raise ValueError(f"update has keys {sorted(tensors)[:3]}..., expected the model's keys")
+                raise ParameterError(f"update has keys {sorted(tensors)[:3]}..., expected the model's keys "
+                                     f"{sorted(self.total)[:3]}...; every update must carry the same tensors.")
             for k, v in tensors.items():
                 self.total[k].add_(v, alpha=weight)
         self.weight += weight
 
     def mean(self) -> Tensors:
         if self.total is None or self.weight <= 0:
-            raise ValueError("no updates were accumulated this round (total weight 0)")
+            raise EmptyRoundError("no updates were accumulated this round (total weight 0).")
         return {k: v / self.weight for k, v in self.total.items()}
 
 
@@ -101,7 +102,8 @@ class Strategy:
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         if state:
-            raise ValueError(f"{type(self).__name__} has no state; got keys {sorted(state)[:3]}")
+            raise CheckpointError(f"{type(self).__name__} has no state; the checkpoint holds keys {sorted(state)[:3]}: "
+                                  "it was written with another server.strategy.")
 
 
 class FedAvg(Strategy):

@@ -6,9 +6,9 @@ from .granularity import Granularity, PerBlock, PerChannel, PerTensor
 from .int8 import INT8_MAX, INT8_MIN, choose_qparams_int8, dequantize_int8, fake_quantize_int8, quantize_int8
 from .metrics import sqnr_db
 
-__all__ = sorted([
+__all__ = [
     "E4M3FN", "E5M2", "FORMATS", "FP8Format", "Granularity", "INT8_MAX", "INT8_MIN", "PerBlock", "PerChannel",
     "PerTensor", "choose_qparams_int8", "choose_scale_fp8", "dequantize_fp8", "dequantize_int8",
     "fake_quantize_int8", "fp8_format", "from_bits", "quantize_fp8", "quantize_int8", "round_to_fp8",
     "sqnr_db", "to_bits",
-])
+]

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .granularity import (Granularity, PerBlock, PerTensor, blocked, reduce_amax, reduce_mean_sq,
-                          reduce_percentile, unblocked)
+from ..errors import ParameterError
+from .granularity import (Granularity, PerBlock, PerTensor, blocked, reduce_amax, reduce_mean_sq, reduce_percentile,
+                          unblocked)
 
 __all__ = ["E4M3FN", "E5M2", "FORMATS", "FP8Format", "choose_scale_fp8", "dequantize_fp8", "fp8_format",
            "from_bits", "quantize_fp8", "round_to_fp8", "to_bits"]
@@ -75,7 +76,7 @@ def fp8_format(name: str | FP8Format) -> FP8Format:
     if isinstance(name, FP8Format):
         return name
     if name not in FORMATS:
-        raise ValueError(f"FP8 format must be one of {', '.join(FORMATS)}; got {name!r}. "
+        raise ParameterError(f"FP8 format must be one of {', '.join(FORMATS)}; got {name!r}. "
                          "('fp8' alone is ambiguous: name the format.)")
     return FORMATS[name]
 
@@ -144,7 +145,7 @@ def choose_scale_fp8(x: torch.Tensor, fmt: str | FP8Format, *, method: str = "am
             best_err = torch.where(better, err, best_err)
             clip = torch.where(better, c, clip)
     else:
-        raise ValueError(f"FP8 scale method must be 'amax', 'percentile' or 'mse'; got {method!r}.")
+        raise ParameterError(f"FP8 scale method must be 'amax', 'percentile' or 'mse'; got {method!r}.")
     return torch.where(clip > 0, clip / f.max, torch.ones_like(clip))
 
 
@@ -169,6 +170,6 @@ def dequantize_fp8(bits: torch.Tensor, scale: torch.Tensor, fmt: str | FP8Format
     out = from_bits(bits, fmt) * scale
     if isinstance(granularity, PerBlock):
         if shape is None:
-            raise ValueError("dequantize_fp8 with PerBlock needs the original shape")
+            raise ParameterError("dequantize_fp8 with PerBlock needs the original shape")
         return unblocked(out, shape)
     return out

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import ParameterError
+
 __all__ = ["Granularity", "PerBlock", "PerChannel", "PerTensor", "blocked", "reduce_amax", "reduce_mean_sq",
            "reduce_minmax", "reduce_percentile", "unblocked"]
 
@@ -35,7 +37,7 @@ class PerBlock:
 
     def __post_init__(self) -> None:
         if self.size < 1:
-            raise ValueError(f"PerBlock.size must be >= 1; got {self.size}.")
+            raise ParameterError(f"PerBlock.size must be >= 1; got {self.size}.")
 
 
 Granularity = PerTensor | PerChannel | PerBlock
@@ -70,7 +72,7 @@ def _reduce(x: torch.Tensor, g: Granularity, fn) -> torch.Tensor:
         return out.reshape(shape)
     if isinstance(g, PerBlock):
         return fn(blocked(x, g.size), 1).unsqueeze(1)  # [num_blocks, 1]
-    raise TypeError(f"granularity must be PerTensor, PerChannel or PerBlock; got {g!r}")
+    raise ParameterError(f"granularity must be PerTensor, PerChannel or PerBlock; got {g!r}")
 
 
 def reduce_amax(x: torch.Tensor, g: Granularity) -> torch.Tensor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ParameterError
 from .granularity import Granularity, PerBlock, PerTensor, blocked, reduce_amax, reduce_minmax, unblocked
 
 __all__ = ["INT8_MAX", "INT8_MIN", "choose_qparams_int8", "dequantize_int8", "fake_quantize_int8", "quantize_int8"]
@@ -80,7 +81,7 @@ def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tens
     out = (q.to(torch.float32) - z) * scale
     if isinstance(granularity, PerBlock):
         if shape is None:
-            raise ValueError("dequantize_int8 with PerBlock needs the original shape")
+            raise ParameterError("dequantize_int8 with PerBlock needs the original shape")
         return unblocked(out, shape)
     return out
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ParameterError
+
 __all__ = ["ResNet20"]
 
 
@@ -46,7 +48,7 @@ class ResNet20(nn.Module):
     def __init__(self, in_channels: int, height: int, width: int, num_classes: int, norm: str = "batch") -> None:
         super().__init__()
         if norm not in ("batch", "group"):
-            raise ValueError(f"model.norm must be 'batch' or 'group'; got {norm!r}.")
+            raise ParameterError(f"norm must be 'batch' or 'group'; got {norm!r}.")
         self.conv = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         self.norm = _norm(norm, 16)
         blocks, cin = [], 16

@@ -28,6 +28,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
+
 from ..errors import ConfigError
 
 __all__ = ["ACCOUNTANTS", "Accountant", "PrivacySpec", "calibrate_noise_multiplier", "epsilon",

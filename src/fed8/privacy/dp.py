@@ -1,6 +1,7 @@
 """Client-level DP primitives: L2 clipping, Gaussian noise, adaptive clipping.
 
-Pure functions on dicts of tensors; randomness only from an explicit generator.
+Pure functions on dicts of tensors; randomness only from explicit draws
+(:mod:`fed8.privacy.randomness`: the OS CSPRNG under DP).
 References: McMahan et al. 2018, "Learning Differentially Private Recurrent Language
 Models" (arXiv:1710.06963), DP-FedAvg; Andrew et al. 2021, "Differentially Private
 Learning with Adaptive Clipping" (arXiv:1905.03871).
@@ -9,13 +10,16 @@ Learning with Adaptive Clipping" (arXiv:1905.03871).
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ParameterError
 
-__all__ = ["add_gaussian_noise", "adaptive_clip_step", "clip_by_norm", "global_norm", "split_noise_multiplier"]
+if TYPE_CHECKING:
+    from .randomness import Draws
+
+__all__ = ["adaptive_clip_step", "add_gaussian_noise", "clip_by_norm", "global_norm", "split_noise_multiplier"]
 
 Tensors = dict[str, torch.Tensor]
 
@@ -37,20 +41,22 @@ def clip_by_norm(tensors: Mapping[str, torch.Tensor], clip_norm: float) -> tuple
     contribution to a sum: the sensitivity of DP-FedAvg. ``x`` is not modified.
     """
     if not clip_norm > 0:
-        raise ConfigError(f"privacy.clip_norm must be > 0; got {clip_norm!r}.")
+        raise ParameterError(f"clip_norm must be > 0; got {clip_norm!r}. Pass a positive L2 bound.")
     norm = global_norm(tensors)
     factor = min(1.0, clip_norm / norm) if norm > 0 else 1.0
     return {k: v * factor for k, v in tensors.items()}, norm
 
 
 @torch.no_grad()
-def add_gaussian_noise(tensors: Mapping[str, torch.Tensor], std: float, *,
-                       generator: torch.Generator) -> Tensors:
-    """``x + N(0, std^2 I)``, one draw per coordinate, in the dict's sorted key order."""
+def add_gaussian_noise(tensors: Mapping[str, torch.Tensor], std: float, *, draws: "Draws") -> Tensors:
+    """``x + N(0, std^2 I)``, one draw per coordinate, in the dict's sorted key order.
+
+    ``draws``: a :class:`fed8.privacy.randomness.Draws` (``SystemDraws`` for real privacy).
+    """
     out = {}
     for k in sorted(tensors):
         v = tensors[k]
-        out[k] = v + std * torch.randn(v.shape, generator=generator, dtype=torch.float32) if std > 0 else v.clone()
+        out[k] = v + std * draws.randn(tuple(v.shape)) if std > 0 else v.clone()
     return {k: out[k] for k in tensors}
 
 

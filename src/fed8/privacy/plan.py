@@ -7,6 +7,7 @@ sampling, rounds, delta, budget), so a user can state the guarantee before train
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -39,6 +40,12 @@ class PrivacyPlan:
         Rounds to train (fewer than configured when ``budget = "stop"`` cut them).
     stop_reason
         Why ``rounds`` is below the configured number, else None.
+    distributed
+        Central DP whose noise the clients add under secure aggregation.
+    extra_releases
+        Attempts of rounds that were interrupted after their clients' messages reached
+        the server (local and distributed DP, where the server is the adversary): each is
+        one more release the accountant composes. See :meth:`after_interruptions`.
     """
 
     mode: str
@@ -49,23 +56,58 @@ class PrivacyPlan:
     rounds: int
     stop_reason: str | None = None
     calibrated: bool = False
+    extra_releases: int = 0
+    distributed: bool = False
+
+    @property
+    def server_sees_releases(self) -> bool:
+        """True where what clients send is the released mechanism (local DP, distributed noise)."""
+        return self.mode == "local" or self.distributed
 
     def epsilon(self, rnd: int) -> float | None:
-        """Epsilon at ``spec.delta`` after ``rnd`` rounds; None without DP."""
+        """Epsilon at ``spec.delta`` after ``rnd`` rounds (plus :attr:`extra_releases`); None without DP."""
         if self.spec is None:
             return None
-        return _epsilon(self.spec, self.noise_multiplier, rnd)
+        return _epsilon(self.spec, self.noise_multiplier, rnd + self.extra_releases)
+
+    def after_interruptions(self, extra_releases: int, *, target_epsilon: float) -> "PrivacyPlan":
+        """The plan once ``extra_releases`` interrupted attempts are counted.
+
+        With a budget (``target_epsilon > 0``) the rounds are cut so that the run never
+        goes past it: an interrupted attempt spends budget like a round.
+        """
+        if self.spec is None or extra_releases == self.extra_releases:
+            return self
+        rounds, reason = self.rounds, self.stop_reason
+        if target_epsilon > 0:
+            r_max = max_rounds_within(self.spec, self.noise_multiplier, target_epsilon,
+                                      self.rounds + extra_releases) - extra_releases
+            if r_max < rounds:
+                rounds = max(r_max, 0)
+                reason = (f"stopped after round {rounds}: {extra_releases} interrupted round attempt(s) already "
+                          f"reached the server and spent privacy budget (target_epsilon = {target_epsilon})")
+        return dataclasses.replace(self, extra_releases=extra_releases, rounds=rounds, stop_reason=reason)
 
     def epsilon_per_round(self) -> float | None:
         """Local DP: the guarantee of one round's release of one client."""
         return self.epsilon(1) if self.mode == "local" else None
 
-    def statement(self, rounds: int, *, secure: bool = False, threshold: float = 0.0) -> str:
-        """The sentence a user can quote about the run."""
-        sees = (f"the server only saw the sum of the updates (secure aggregation, t = {threshold:.0%} of each "
-                "round's clients)" if secure else "the server saw each client's update")
+    def statement(self, rounds: int, *, secure: bool = False, threshold: float = 0.0, min_clients: int = 3,
+                  insecure_noise: bool = False) -> str:
+        """The sentence a user can quote about the run.
+
+        ``insecure_noise``: the run drew its noise from the seed in config.toml; the
+        statement then says it has no privacy, whatever epsilon the mechanism would have.
+        """
+        sees = (f"the server only saw sums of at least {min_clients} clients' updates (secure aggregation, "
+                f"t = {threshold:.0%} of each round's clients)" if secure else "the server saw each client's update")
         if self.spec is None:
             return f"No differential privacy; {sees}."
+        if insecure_noise:
+            return ("NO PRIVACY: privacy.insecure_reproducible_noise = true drew the noise and the client sample "
+                    "from run.seed, which config.toml records, so anyone with the run's files can remove the noise. "
+                    f"The mechanism would give epsilon = {self.epsilon(rounds):.3g} with secret noise; this run "
+                    "gives none. For tests and benchmarks only.")
         eps = self.epsilon(rounds)
         s = self.spec
         samp = (f"Poisson sampling q = {s.sampling_rate:.3g}" if s.sampling == "poisson"
@@ -125,4 +167,5 @@ def make_plan(privacy, *, num_clients: int, clients_per_round: float, sampling: 
         z_u = split_noise_multiplier(z, count_std)
     if not math.isfinite(z_u):  # pragma: no cover
         raise ConfigError(f"noise multiplier {z_u} is not finite.")
-    return PrivacyPlan(p.dp, spec, z, z_u, count_std, rounds, stop_reason, calibrated)
+    distributed = p.dp == "central" and p.secure_aggregation and p.noise_placement == "distributed"
+    return PrivacyPlan(p.dp, spec, z, z_u, count_std, rounds, stop_reason, calibrated, distributed=distributed)

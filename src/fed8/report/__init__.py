@@ -22,8 +22,8 @@ def write_report(run_dir: str | Path) -> Path:
         raise CheckpointError(f"{rd.path}: metrics.jsonl has no rounds yet; nothing to report.")
     summary = json.loads(rd.summary.read_text()) if rd.summary.exists() else {}
     partition = json.loads(rd.partition.read_text()) if rd.partition.exists() else None
-    plots = plot_all(rows, partition, rd.plots)
     qpath = rd.path / "deploy" / "quantization.json"
     deploy = json.loads(qpath.read_text()) if qpath.exists() else None
+    plots = plot_all(rows, partition, rd.plots, deploy)
     atomic_write_text(rd.report, render_html(rd.path, summary, rows, rd.config.read_text(), plots, deploy))
     return rd.report

@@ -1,4 +1,10 @@
-"""``report.html``: a self-contained page of a run's summary, metrics and plots."""
+"""``report.html``: a self-contained page of a run's summary, metrics and plots.
+
+Laid out for a 1280 px screen: the summary is a key/value list, wide tables are split
+and scroll inside their own box, numbers use the same conventions as the terminal
+(accuracy 4 decimals, deltas in signed points, latency as a ratio to float32: ``0.41x``
+means 41% of float32's time).
+"""
 
 from __future__ import annotations
 
@@ -6,107 +12,171 @@ import base64
 import html
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-__all__ = ["render_html"]
+__all__ = ["fmt", "fmt_bytes", "latency_ratio", "render_html"]
 
-_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
-th{background:#f4f4f4}img{max-width:100%;margin:0.5em 0}code{background:#f4f4f4;padding:1px 4px}"""
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;
+white-space:nowrap}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+.kv td:first-child{font-weight:600}.scroll{overflow-x:auto;max-width:100%}img{max-width:100%;margin:0.5em 0}
+code,pre{background:#f4f4f4;padding:1px 4px}pre{padding:0.6em;overflow-x:auto}.warn{color:#a00;font-weight:600}
+.note{color:#555;font-size:0.92em}"""
 
 
-def fmt(v: Any) -> str:
+def fmt(v: Any, digits: int = 4) -> str:
     if v is None:
         return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
     if isinstance(v, float):
-        return f"{v:.4f}" if abs(v) < 100 else f"{v:,.1f}"
+        return f"{v:.{digits}f}" if abs(v) < 100 else f"{v:,.1f}"
     if isinstance(v, int):
         return f"{v:,}"
     return str(v)
 
 
-def _table(rows: list[dict], keys: list[str]) -> str:
+def fmt_bytes(n: float | None) -> str:
+    """``1.2 MB`` (decimal units, as the terminal prints them)."""
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000:
+            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"
+
+
+def latency_ratio(latency_ms: float | None, float32_ms: float | None) -> str:
+    """Latency as a fraction of float32's: ``0.41x`` (lower is faster)."""
+    if not latency_ms or not float32_ms:
+        return "-"
+    return f"{latency_ms / float32_ms:.2f}x"
+
+
+def _table(rows: Sequence[dict], keys: Sequence[str]) -> str:
     head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(r.get(k)))}</td>" for k in keys) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(r.get(k) if isinstance(r.get(k), str) else fmt(r.get(k)))}</td>"
+                                    for k in keys) + "</tr>" for r in rows)
+    return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
+
+
+def _kv(pairs: Sequence[tuple[str, Any]]) -> str:
+    body = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v if isinstance(v, str) else fmt(v))}</td></tr>"
+                   for k, v in pairs)
+    return f'<table class="kv">{body}</table>'
+
+
+def _points(v: float | None) -> str:
+    return "-" if v is None else f"{v:+.2f}"
+
+
+def _clients(od: dict | None) -> tuple[str, str, str]:
+    od = od or {}
+    return tuple(fmt(od.get(k)) for k in ("client_accuracy_mean", "client_accuracy_p10", "client_accuracy_min"))
 
 
 def _deploy_section(deploy: dict | None) -> str:
     if not deploy:
         return ""
-    rows = []
-    for r in deploy["formats"]:
-        od = r.get("on_device") or {}
-        rows.append({
-            "format": r["format"] + ("" if r.get("status", "ok") == "ok" else " (FAILED the accuracy gate)"), "eval accuracy": r["eval_accuracy"], "delta (points)": r["accuracy_delta_points"],
-            "top-1 agreement": r["top1_agreement_with_float32"],
-            "clients mean / p10 / min": " / ".join(fmt(od.get(k)) for k in ("client_accuracy_mean", "client_accuracy_p10",
-                                                                          "client_accuracy_min")),
-            "bytes": r["bytes"], "x float32": r["bytes_ratio_to_float32"],
-            "latency b1 (ms)": r["latency_ms_batch1"], "latency b256 (ms)": r["latency_ms_batch256"],
-            "speedup b1": r["speedup_batch1"], "speedup b256": r["speedup_batch256"],
-            "kept in float": ", ".join(f"{k['node']} ({k['sqnr_db']:.1f} dB)" for k in r["layers_kept_float"]) or "-",
-        })
-    ov = [{"format": r["format"], "file": r["openvino"]["file"], "bytes": r["openvino"]["bytes"],
-           "top-1 agreement with ONNX Runtime": r["openvino"]["top1_agreement_with_onnxruntime"],
-           "latency b1 (ms)": r["openvino"]["latency_ms_batch1"], "latency b256 (ms)": r["openvino"]["latency_ms_batch256"],
-           "speedup b1": r["openvino"]["speedup_batch1"], "speedup b256": r["openvino"]["speedup_batch256"]}
-          for r in deploy["formats"] if "openvino" in r]
-    ov_table = (f"<h3>Same models on the OpenVINO CPU runtime ({deploy.get('threads')} threads; speedups against ONNX "
-                f"Runtime float32)</h3>{_table(ov, list(ov[0]))}" if ov else "")
-    notes = "".join(f"<p>{html.escape(n)}</p>" for n in deploy.get("notes", []))
-    cal = html.escape(json.dumps(deploy.get("calibration", {})))
-    return (f"<h2>8-bit deployment (ONNX Runtime CPU, {deploy.get('threads')} threads)</h2>"
-            f"{_table(rows, list(rows[0]))}{ov_table}<p>Calibration: <code>{cal}</code></p>{notes}")
+    fmts = deploy["formats"]
+    f32 = fmts[0]
+    acc, speed = [], []
+    for r in fmts:
+        name = r["format"] + ("" if r.get("status", "ok") == "ok" else " (FAILED the accuracy gate)")
+        mean, p10, low = _clients(r.get("on_device"))
+        acc.append({"format": name, "eval accuracy": r["eval_accuracy"],
+                    "delta (points)": _points(r["accuracy_delta_points"]),
+                    "top-1 agreement": r["top1_agreement_with_float32"], "clients mean": mean, "clients p10": p10,
+                    "clients min": low,
+                    "kept in float": ", ".join(f"{k['node']} ({k['sqnr_db']:.1f} dB)" for k in r["layers_kept_float"])
+                    or "-"})
+        runs = [("ONNX Runtime", r)] + ([("OpenVINO", r["openvino"])] if "openvino" in r else [])
+        for runtime, m in runs:
+            speed.append({"format": r["format"], "runtime": runtime, "file": m["file"], "size": fmt_bytes(m["bytes"]),
+                          "size vs float32": f"{m['bytes'] / f32['bytes']:.3f}x",
+                          "batch 1 (ms)": m["latency_ms_batch1"],
+                          "latency vs float32, b1": latency_ratio(m["latency_ms_batch1"], f32["latency_ms_batch1"]),
+                          "batch 256 (ms)": m["latency_ms_batch256"],
+                          "latency vs float32, b256": latency_ratio(m["latency_ms_batch256"],
+                                                                   f32["latency_ms_batch256"])})
+    cal = deploy.get("calibration", {})
+    cal_pairs = [(k.replace("_", " "), v if isinstance(v, (str, int, float)) else json.dumps(v)) for k, v in cal.items()]
+    notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in deploy.get("notes", []))
+    return (f"<h2>8-bit deployment</h2><h3>Accuracy (on the server's eval split; clients: each client's own test "
+            f"images)</h3>{_table(acc, list(acc[0]))}"
+            f"<h3>Size and CPU latency ({deploy.get('threads')} threads; latency vs float32 = time / float32's time "
+            f"on ONNX Runtime, lower is faster)</h3>{_table(speed, list(speed[0]))}"
+            f"<h3>Calibration</h3>{_kv(cal_pairs)}{notes}")
 
 
 def _privacy_section(privacy: dict | None, rows: list[dict]) -> str:
     """The guarantee in one sentence, and accuracy against the epsilon spent so far."""
     if not privacy:
         return ""
-    out = f"<h2>Privacy</h2><p>{html.escape(privacy.get('statement', ''))}</p>"
+    statement = html.escape(privacy.get("statement", ""))
+    cls = ' class="warn"' if privacy.get("insecure_reproducible_noise") else ""
+    out = f"<h2>Privacy</h2><p{cls}>{statement}</p>"
     if privacy.get("stopped_for_budget"):
         out += f"<p><b>{html.escape(privacy['stopped_for_budget'])}</b></p>"
     ev = [r for r in rows if r.get("eval_accuracy") is not None and r.get("epsilon") is not None]
     if ev:
         out += "<h3>Accuracy vs epsilon</h3>" + _table(
-            [{"round": r["round"], "epsilon": r["epsilon"], "eval_accuracy": r["eval_accuracy"],
-              "client_accuracy_p10": r.get("client_accuracy_p10"), "clip_norm": r.get("clip_norm")} for r in ev],
-            ["round", "epsilon", "eval_accuracy", "client_accuracy_p10", "clip_norm"])
+            [{"round": r["round"], "epsilon": r["epsilon"], "eval accuracy": r["eval_accuracy"],
+              "clients p10": r.get("client_accuracy_p10"), "clip norm": r.get("clip_norm")} for r in ev],
+            ["round", "epsilon", "eval accuracy", "clients p10", "clip norm"])
     return out
+
+
+# (column header, metrics key, formatter); a column shows only when some round has a value.
+_ROUND_COLUMNS = [
+    ("round", "round", str), ("clients", "num_clients", str), ("train loss", "train_loss", fmt),
+    ("eval loss", "eval_loss", fmt), ("eval acc", "eval_accuracy", fmt), ("clients mean", "client_accuracy_mean", fmt),
+    ("p10", "client_accuracy_p10", fmt), ("min", "client_accuracy_min", fmt), ("uplink", "uplink_bytes", fmt_bytes),
+    ("downlink", "downlink_bytes", fmt_bytes), ("clipped", "clipped_fraction", lambda v: f"{v:.0%}"),
+    ("epsilon", "epsilon", lambda v: f"{v:.3g}"), ("rejected", "rejected_updates", str),
+    ("s", "seconds", lambda v: f"{v:.1f}"), ("note", "aborted", lambda v: "abandoned"),
+]
+
+
+def _rounds_table(rows: list[dict]) -> str:
+    cols = [c for c in _ROUND_COLUMNS if any(r.get(c[1]) not in (None, 0) or c[1] == "round" for r in rows)]
+    table = [{h: ("-" if r.get(k) is None else f(r[k])) for h, k, f in cols} for r in rows]
+    return _table(table, [h for h, _, _ in cols])
 
 
 def render_html(run_dir: Path, summary: dict, rows: list[dict], config_text: str, plots: list[Path],
                 deploy: dict | None = None) -> str:
     final = summary.get("final", {})
+    mean, p10, low = _clients(final)
     facts = [
-        ("dataset", summary.get("dataset")), ("model", summary.get("model")),
-        ("parameters", summary.get("parameters")), ("clients", summary.get("num_clients")),
-        ("rounds", summary.get("rounds")), ("final eval accuracy", final.get("eval_accuracy")),
-        ("client accuracy mean / p10 / min", " / ".join(fmt(final.get(k)) for k in
-            ("client_accuracy_mean", "client_accuracy_p10", "client_accuracy_min"))),
-        ("total uplink bytes", summary.get("total_uplink_bytes")),
-        ("total downlink bytes", summary.get("total_downlink_bytes")),
-        ("uplink / downlink vs float32", " / ".join(fmt(summary.get(k)) for k in
-            ("uplink_ratio_to_float32", "downlink_ratio_to_float32"))),
+        ("dataset / model", f"{summary.get('dataset')} / {summary.get('model')} ({fmt(summary.get('parameters'))} "
+                            "parameters)"),
+        ("clients / rounds", f"{fmt(summary.get('num_clients'))} / {fmt(summary.get('rounds'))}"),
+        ("final eval accuracy", fmt(final.get("eval_accuracy"))),
+        ("client accuracy mean / p10 / min", f"{mean} / {p10} / {low}"),
+        ("uplink / downlink", f"{fmt_bytes(summary.get('total_uplink_bytes'))} / "
+                              f"{fmt_bytes(summary.get('total_downlink_bytes'))}"),
+        ("uplink / downlink vs float32", " / ".join(f"{summary[k]:.3f}x" if summary.get(k) is not None else "-"
+                                                    for k in ("uplink_ratio_to_float32", "downlink_ratio_to_float32"))),
         ("codecs (uplink / downlink)", f"{summary.get('uplink_codec')} / {summary.get('downlink_codec')}"),
-        ("training seconds", summary.get("train_seconds")),
-        ("rejected updates", summary.get("rejected_updates")),
+        ("training time", f"{summary.get('train_seconds', 0):.1f} s"),
+        ("rejected updates", fmt(summary.get("rejected_updates"))),
     ]
+    eps = (summary.get("privacy") or {}).get("epsilon")
+    if eps is not None:
+        facts.insert(5, ("epsilon (delta)", f"{eps:.3g} ({summary['privacy'].get('delta'):g})"))
     imgs = "".join(
         f'<img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">' for p in plots
     )
-    keys = ["round", "num_clients", "train_loss", "eval_loss", "eval_accuracy", "client_accuracy_mean",
-            "client_accuracy_p10", "client_accuracy_min", "uplink_bytes", "downlink_bytes", "epsilon",
-            "rejected_updates", "seconds"]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>fed8 report: {html.escape(run_dir.name)}</title>
 <style>{_CSS}</style></head><body>
 <h1>fed8 report</h1><p><code>{html.escape(str(run_dir))}</code></p>
-<h2>Summary</h2>{_table([dict(facts)], [k for k, _ in facts])}
+<h2>Summary</h2>{_kv(facts)}
 <h2>Plots</h2>{imgs}
 {_privacy_section(summary.get("privacy"), rows)}
 {_deploy_section(deploy)}
-<h2>Metrics per round</h2>{_table(rows, keys)}
+<h2>Metrics per round</h2>{_rounds_table(rows)}
 <h2>Configuration</h2><pre>{html.escape(config_text)}</pre>
 <h2>summary.json</h2><pre>{html.escape(json.dumps(summary, indent=2))}</pre>
 </body></html>

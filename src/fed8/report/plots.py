@@ -1,4 +1,5 @@
-"""PNG plots of a run: accuracy and loss per round, per-client accuracy band, samples per client."""
+"""PNG plots of a run: accuracy and loss per round, per-client accuracy band, samples per client,
+accuracy against the bytes sent, and the 8-bit deployment trade-off (accuracy against latency and size)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def _round_axis(ax) -> None:
     ax.grid(alpha=0.3)
 
 
-def plot_all(rows: list[dict[str, Any]], partition: dict | None, out: Path) -> list[Path]:
+def plot_all(rows: list[dict[str, Any]], partition: dict | None, out: Path, deploy: dict | None = None) -> list[Path]:
     """Write the plots into ``out`` and return their paths."""
     plt = _pyplot()
     ev = [r for r in rows if r.get("eval_accuracy") is not None]
@@ -79,17 +80,82 @@ def plot_all(rows: list[dict[str, Any]], partition: dict | None, out: Path) -> l
         _save(fig, out / "epsilon.png", paths)
 
     if partition:
-        clients = partition["clients"]
-        fig, ax = plt.subplots(figsize=(max(6, len(clients) * 0.12), 3.6))
-        hist = [c["label_histogram"] for c in clients]
-        bottom = [0] * len(clients)
-        for label in range(partition["num_classes"]):
-            vals = [h[label] for h in hist]
-            ax.bar(range(len(clients)), vals, bottom=bottom, width=0.85, label=str(label))
-            bottom = [b + v for b, v in zip(bottom, vals)]
-        ax.set(xlabel="client", ylabel="samples", title="Samples per client, by label")
-        _round_axis(ax)
-        if partition["num_classes"] <= 20:
-            ax.legend(ncol=2, fontsize=7, title="label", loc="upper left", bbox_to_anchor=(1.01, 1))
-        _save(fig, out / "samples_per_client.png", paths)
+        _samples_per_client(plt, partition, out, paths)
+    if any(r.get("eval_accuracy") is not None for r in rows):
+        _accuracy_vs_bytes(plt, rows, out, paths)
+    if deploy:
+        _deploy_tradeoff(plt, deploy, out, paths)
     return paths
+
+
+_MAX_BARS, _MAX_LABELS = 200, 20
+
+
+def _samples_per_client(plt, partition: dict, out: Path, paths: list[Path]) -> None:
+    """Stacked label bars per client (up to 200 clients and 20 labels), else a histogram of client sizes."""
+    clients = partition["clients"]
+    if len(clients) > _MAX_BARS:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        ax.hist([c["train_samples"] + c["test_samples"] for c in clients], bins=40)
+        ax.set(xlabel="samples on a client", ylabel="clients", title=f"Samples per client ({len(clients):,} clients)")
+        ax.grid(alpha=0.3)
+        _save(fig, out / "samples_per_client.png", paths)
+        return
+    fig, ax = plt.subplots(figsize=(min(16, max(6, len(clients) * 0.12)), 3.6))
+    hist = [c["label_histogram"] for c in clients]
+    k = partition["num_classes"]
+    shown = range(min(k, _MAX_LABELS))
+    bottom = [0] * len(clients)
+    for label in shown:
+        vals = [h[label] for h in hist]
+        ax.bar(range(len(clients)), vals, bottom=bottom, width=0.85, label=str(label))
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    if k > _MAX_LABELS:
+        rest = [sum(h[_MAX_LABELS:]) for h in hist]
+        ax.bar(range(len(clients)), rest, bottom=bottom, width=0.85, color="#999", label="other")
+    ax.set(xlabel="client", ylabel="samples", title="Samples per client, by label")
+    _round_axis(ax)
+    ax.legend(ncol=2, fontsize=7, title="label", loc="upper left", bbox_to_anchor=(1.01, 1))
+    _save(fig, out / "samples_per_client.png", paths)
+
+
+def _accuracy_vs_bytes(plt, rows: list[dict], out: Path, paths: list[Path]) -> None:
+    """Eval accuracy against cumulative bytes on the wire, with what float32 payloads would have cost."""
+    up = down = up32 = down32 = 0
+    sent, sent32, acc = [], [], []
+    for r in rows:
+        up, down = up + r.get("uplink_bytes", 0), down + r.get("downlink_bytes", 0)
+        up32 = up32 + r.get("uplink_bytes_float32", r.get("uplink_bytes", 0))
+        down32 = down32 + r.get("downlink_bytes_float32", r.get("downlink_bytes", 0))
+        if r.get("eval_accuracy") is not None:
+            sent.append((up + down) / 1e6)
+            sent32.append((up32 + down32) / 1e6)
+            acc.append(r["eval_accuracy"])
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(sent, acc, marker="o", ms=3, label="this run's codecs")
+    if sent32 != sent:
+        ax.plot(sent32, acc, ls="--", color="#888", label="same rounds in float32")
+    ax.set(xlabel="cumulative MB sent (uplink + downlink)", ylabel="eval accuracy", title="Accuracy against bytes sent")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, out / "accuracy_vs_bytes.png", paths)
+
+
+def _deploy_tradeoff(plt, deploy: dict, out: Path, paths: list[Path]) -> None:
+    """Per format and runtime: eval accuracy (or agreement) against batch-1 latency; marker area = file size."""
+    fmts = deploy["formats"]
+    metric = "eval_accuracy" if fmts[0].get("eval_accuracy") is not None else "top1_agreement_with_float32"
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, b in zip(axes, ("batch1", "batch256")):
+        for r in fmts:
+            for runtime, m, marker in [("ONNX Runtime", r, "o")] + (
+                    [("OpenVINO", r["openvino"], "s")] if "openvino" in r else []):
+                size = 30 + 300 * m["bytes"] / fmts[0]["bytes"]
+                ax.scatter(m[f"latency_ms_{b}"], r[metric], s=size, marker=marker, alpha=0.7)
+                ax.annotate(f"{r['format']} ({runtime}, {m['bytes'] / 1e6:.1f} MB)", (m[f"latency_ms_{b}"], r[metric]),
+                            fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.set(xlabel=f"latency at {b.replace('batch', 'batch ')} (ms, lower is faster)",
+               ylabel=metric.replace("_", " "), title=f"Deployed models, {b.replace('batch', 'batch ')}")
+        ax.grid(alpha=0.3)
+    fig.suptitle("8-bit deployment: accuracy against latency (marker area = file size)", fontsize=10)
+    _save(fig, out / "deploy_tradeoff.png", paths)

@@ -9,7 +9,7 @@ A client's update (all tensors flattened in sorted key order) is
    arXiv:1611.00429, and Kairouz et al. 2021, arXiv:2102.06387, with an FFT so that any
    length works without padding to a power of two);
 2. quantized to int8 codes in [-127, 127] with one scale ``s`` shared by all clients
-   (``fed8.formats.quantize_int8``, stochastic rounding: unbiased), where ``s`` is fixed
+   (stochastic rounding ``floor(y / s + u)``: unbiased), where ``s`` is fixed
    before the round from public numbers only (the clip norm and the dimension);
 3. read as elements of Z_(2^k). The sum of ``n`` such codes lies in ``[-127 n, 127 n]``,
    so ``k = ceil(log2(254 n + 2))`` bits hold it exactly (at most ``8 + ceil(log2 n)``):
@@ -23,8 +23,6 @@ from typing import Mapping
 
 import numpy as np
 import torch
-
-from ...formats.int8 import quantize_int8
 
 __all__ = ["flatten", "from_ring", "pack_bits", "ring_bits", "rotate", "shared_scale", "to_ring",
            "unflatten", "unpack_bits", "unrotate"]
@@ -84,10 +82,15 @@ def shared_scale(*, clip_norm: float, dim: int, noise_std: float = 0.0, bound_si
     return bound_sigmas * math.sqrt(clip_norm**2 / dim + noise_std**2) / 127.0
 
 
-def to_ring(y: torch.Tensor, scale: float, k: int, *, generator: torch.Generator) -> np.ndarray:
-    """int8 codes of ``y / scale`` (stochastic rounding, clamped to +-127) as uint32 mod 2^k."""
-    q = quantize_int8(y, torch.tensor(scale, dtype=torch.float32), generator=generator)
-    return (q.numpy().astype(np.int64) & ((1 << k) - 1)).astype(np.uint32)
+def to_ring(y: torch.Tensor, scale: float, k: int, *, draws) -> np.ndarray:
+    """int8 codes ``clamp(floor(y / scale + u), -127, 127)``, ``u ~ U[0, 1)`` from ``draws``, as uint32 mod 2^k.
+
+    ``draws``: a :class:`fed8.privacy.randomness.Draws` (stochastic rounding is part of the
+    client's private randomness under distributed DP).
+    """
+    u = draws.rand(tuple(y.shape))
+    q = torch.floor(y.to(torch.float32) / torch.tensor(scale, dtype=torch.float32) + u).clamp(-127, 127)
+    return (q.to(torch.int64).numpy() & ((1 << k) - 1)).astype(np.uint32)
 
 
 def from_ring(v: np.ndarray, k: int) -> np.ndarray:

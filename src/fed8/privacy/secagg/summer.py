@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from ..._rng import SECAGG, torch_generator
-from ...errors import SecAggError
+from ...errors import ParameterError, SecAggError
+from ..randomness import PrivacyRandomness
 from .protocol import SecAggClient, SecAggServer, threshold_for
 from .ring import flatten, from_ring, ring_bits, rotate, shared_scale, to_ring, unflatten, unrotate
 
@@ -49,10 +50,15 @@ class SecureSum:
     Parameters
     ----------
     seed
-        Run seed: the public rotation, the stochastic rounding and the simulated dropouts
-        derive from (seed, round[, client]).
+        Run seed: the public rotation and the simulated dropouts derive from (seed, round).
     threshold
         ``t`` as a fraction of the round's participants (``t = ceil(threshold * n)``).
+    min_clients
+        Participation floor: the server refuses to unmask a sum of fewer inputs (a sum
+        of one input is that client's update in the clear); the round is abandoned.
+    randomness
+        Each client's private randomness (stochastic rounding, distributed noise shares):
+        the OS CSPRNG by default; seeded only for runs without DP or an insecure opt-in.
     dropout, dropout_phase
         Simulated fraction of participants that drop ``"before_input"`` (after sharing
         keys; their input is lost) or ``"after_input"`` (input counted, no unmasking help).
@@ -60,10 +66,14 @@ class SecureSum:
         Standard deviations of a rotated coordinate that map to int8 code 127.
     """
 
-    def __init__(self, *, seed: int, threshold: float, dropout: float = 0.0,
-                 dropout_phase: str = "after_input", bound_sigmas: float = 4.0) -> None:
-        self.seed, self.threshold_fraction = seed, threshold
+    def __init__(self, *, seed: int, threshold: float, min_clients: int = 3, dropout: float = 0.0,
+                 dropout_phase: str = "after_input", bound_sigmas: float = 4.0,
+                 randomness: PrivacyRandomness | None = None) -> None:
+        if min_clients < 2:
+            raise ParameterError(f"min_clients must be >= 2 (a sum of one input reveals it); got {min_clients}.")
+        self.seed, self.threshold_fraction, self.min_clients = seed, threshold, min_clients
         self.dropout, self.dropout_phase, self.bound_sigmas = dropout, dropout_phase, bound_sigmas
+        self.randomness = randomness if randomness is not None else PrivacyRandomness()
 
     def begin(self, rnd: int, participants: Sequence[int], *, clip_norm: float, noise_std: float = 0.0) -> None:
         """Rounds 0-1 of the protocol for ``participants``; fixes the shared scale inputs."""
@@ -132,11 +142,10 @@ class SecureSum:
         x[: self.dim] = vec * (code / 127)
         y = rotate(x, self._signs)
         if self.noise_std > 0:  # distributed DP: this client's share of the noise
-            y = y + self.noise_std * torch.randn(y.shape, generator=torch_generator(
-                self.seed, SECAGG, _NOISE, self.rnd, client))
+            y = y + self.noise_std * self.randomness.draws(SECAGG, _NOISE, self.rnd, client).randn(tuple(y.shape))
         ring = np.empty(self.length, dtype=np.uint32)
         ring[: self.padded] = to_ring(y, self.scale, self.k,
-                                      generator=torch_generator(self.seed, SECAGG, _ROUNDING, self.rnd, client))
+                                      draws=self.randomness.draws(SECAGG, _ROUNDING, self.rnd, client))
         ring[self.padded :] = [code, int(bit)]
         c = self.clients[client]
         inbox = self.server.inboxes.get(client, {})
@@ -153,6 +162,11 @@ class SecureSum:
         if self.server is None or not self.server.senders:
             raise SecAggError(f"secure aggregation round {self.rnd}: no client sent masked input.")
         senders = list(self.server.senders)
+        if len(senders) < self.min_clients:
+            raise SecAggError(
+                f"secure aggregation round {self.rnd}: only {len(senders)} client(s) sent masked input, fewer than "
+                f"the participation floor of {self.min_clients}; the sum is not unmasked (it would reveal too "
+                "few clients' updates) and the round is abandoned.")
         survivors = [u for u in self.participants if u not in self.dropped]
         responses = {}
         for u in survivors:
