@@ -41,6 +41,9 @@ def test_run_and_report(tmp_path, small, capsys):
     assert main(["report", str(tmp_path / "r")]) == 0
     html = (tmp_path / "r/report.html").read_text()
     assert "data:image/png;base64," in html and "Metrics per round" in html
+    per_round = html[html.index("Metrics per round"):html.index("<h2>Configuration")]
+    assert all(f"<th>{h}</th>" in per_round for h in ("eval acc", "clients mean", "uplink", "downlink", "s"))
+    assert "<th>epsilon</th>" not in per_round  # columns without values (no DP here) are left out
     assert main(["report", str(tmp_path / "nope")]) == 2  # a user error: exit 2
 
 
@@ -56,10 +59,9 @@ def test_progress_line_takes_missing_metrics():
     row = {"round": 1, "train_loss": 0.5, "eval_accuracy": 0.9, "client_accuracy_mean": None,
            "client_accuracy_min": None, "epsilon": None}
     assert progress_line(row) == "loss 0.500 acc 0.9000"
-    assert progress_line({**row, "client_accuracy_mean": 0.8, "client_accuracy_min": 0.5, "epsilon": 2.0}) == (
-        "loss 0.500 acc 0.9000 clients 0.800 (min 0.500) eps 2")
-    assert len("round 20/20 " + "-" * 10 + " 0:01:10 " + progress_line({**row, "client_accuracy_mean": 0.8,
-                                                                          "client_accuracy_min": 0.5})) <= 80
+    full = {**row, "client_accuracy_mean": 0.8, "client_accuracy_min": 0.5, "epsilon": 2.25}
+    assert progress_line(full) == "loss 0.500 acc 0.9000 clients 0.800/0.500 eps 2.25"
+    assert len("round 20/20 " + "-" * 8 + " 0:01:10 " + progress_line(full)) <= 80  # an 80-column terminal
 
 
 def test_run_without_local_test_images(tmp_path, small, capsys):

@@ -176,7 +176,16 @@ def test_run_with_quantize_stage(tmp_path, small):
     x = np.random.default_rng(0).standard_normal((64, 1, 28, 28)).astype(np.float32)
     folded, default = run_logits(session(f8), x), run_logits(session(f8, config={}), x)
     assert (folded.argmax(1) == default.argmax(1)).mean() > 0.98 and np.abs(folded - default).max() < 0.05
-    assert "<td>float8_e4m3fn</td>" in (tmp_path / "r/report.html").read_text()
+    html = (tmp_path / "r/report.html").read_text()
+    assert "<td>float8_e4m3fn</td>" in html
+    # laid out for a screen: key/value summary, signed deltas in points, latency as a ratio, calibration as a list
+    assert '<h2>Summary</h2><table class="kv">' in html and "<h3>Calibration</h3><table class=\"kv\">" in html
+    delta = rows["int8"]["accuracy_delta_points"]
+    assert f"<td>{delta:+.2f}</td>" in html
+    ratio = rows["int8"]["latency_ms_batch1"] / rows["float32"]["latency_ms_batch1"]
+    assert f"<td>{ratio:.2f}x</td>" in html
+    for plot in ("deploy_tradeoff.png", "accuracy_vs_bytes.png"):
+        assert (tmp_path / "r/plots" / plot).stat().st_size > 1000 and f'alt="{plot[:-4]}"' in html
     assert res.summary["deploy"][1]["format"] == "int8"
     # the CLI re-quantizes a finished run with other formats
     assert main(["quantize", str(tmp_path / "r"), "--formats", "float8_e5m2"]) == 0

@@ -94,19 +94,19 @@ def _deploy_section(deploy: dict | None) -> str:
         runs = [("ONNX Runtime", r)] + ([("OpenVINO", r["openvino"])] if "openvino" in r else [])
         for runtime, m in runs:
             speed.append({"format": r["format"], "runtime": runtime, "file": m["file"], "size": fmt_bytes(m["bytes"]),
-                          "size vs float32": f"{m['bytes'] / f32['bytes']:.3f}x",
-                          "batch 1 (ms)": m["latency_ms_batch1"],
-                          "latency vs float32, b1": latency_ratio(m["latency_ms_batch1"], f32["latency_ms_batch1"]),
-                          "batch 256 (ms)": m["latency_ms_batch256"],
-                          "latency vs float32, b256": latency_ratio(m["latency_ms_batch256"],
-                                                                   f32["latency_ms_batch256"])})
+                          "size vs fp32": f"{m['bytes'] / f32['bytes']:.3f}x",
+                          "b1 (ms)": f"{m['latency_ms_batch1']:.3f}",
+                          "b1 vs fp32": latency_ratio(m["latency_ms_batch1"], f32["latency_ms_batch1"]),
+                          "b256 (ms)": f"{m['latency_ms_batch256']:.1f}",
+                          "b256 vs fp32": latency_ratio(m["latency_ms_batch256"], f32["latency_ms_batch256"])})
     cal = deploy.get("calibration", {})
     cal_pairs = [(k.replace("_", " "), v if isinstance(v, (str, int, float)) else json.dumps(v)) for k, v in cal.items()]
     notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in deploy.get("notes", []))
     return (f"<h2>8-bit deployment</h2><h3>Accuracy (on the server's eval split; clients: each client's own test "
             f"images)</h3>{_table(acc, list(acc[0]))}"
-            f"<h3>Size and CPU latency ({deploy.get('threads')} threads; latency vs float32 = time / float32's time "
-            f"on ONNX Runtime, lower is faster)</h3>{_table(speed, list(speed[0]))}"
+            f"<h3>Size and CPU latency</h3><p class=\"note\">{deploy.get('threads')} threads; batch 1 and 256; "
+            "vs fp32 = time (or size) / float32's on ONNX Runtime: 0.41x is 41% of its time, lower is faster.</p>"
+            f"{_table(speed, list(speed[0]))}"
             f"<h3>Calibration</h3>{_kv(cal_pairs)}{notes}")
 
 
@@ -122,7 +122,7 @@ def _privacy_section(privacy: dict | None, rows: list[dict]) -> str:
     ev = [r for r in rows if r.get("eval_accuracy") is not None and r.get("epsilon") is not None]
     if ev:
         out += "<h3>Accuracy vs epsilon</h3>" + _table(
-            [{"round": r["round"], "epsilon": r["epsilon"], "eval accuracy": r["eval_accuracy"],
+            [{"round": r["round"], "epsilon": f"{r['epsilon']:.3g}", "eval accuracy": r["eval_accuracy"],
               "clients p10": r.get("client_accuracy_p10"), "clip norm": r.get("clip_norm")} for r in ev],
             ["round", "epsilon", "eval accuracy", "clients p10", "clip norm"])
     return out

@@ -142,20 +142,22 @@ def _accuracy_vs_bytes(plt, rows: list[dict], out: Path, paths: list[Path]) -> N
 
 
 def _deploy_tradeoff(plt, deploy: dict, out: Path, paths: list[Path]) -> None:
-    """Per format and runtime: eval accuracy (or agreement) against batch-1 latency; marker area = file size."""
+    """Per format and runtime: eval accuracy (or agreement) against latency; marker area = file size."""
     fmts = deploy["formats"]
     metric = "eval_accuracy" if fmts[0].get("eval_accuracy") is not None else "top1_agreement_with_float32"
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for ax, b in zip(axes, ("batch1", "batch256")):
-        for r in fmts:
-            for runtime, m, marker in [("ONNX Runtime", r, "o")] + (
-                    [("OpenVINO", r["openvino"], "s")] if "openvino" in r else []):
-                size = 30 + 300 * m["bytes"] / fmts[0]["bytes"]
-                ax.scatter(m[f"latency_ms_{b}"], r[metric], s=size, marker=marker, alpha=0.7)
-                ax.annotate(f"{r['format']} ({runtime}, {m['bytes'] / 1e6:.1f} MB)", (m[f"latency_ms_{b}"], r[metric]),
-                            fontsize=7, xytext=(4, 4), textcoords="offset points")
+        for i, r in enumerate(fmts):
+            runs = [("ONNX Runtime", r, "o")] + ([("OpenVINO", r["openvino"], "s")] if "openvino" in r else [])
+            for runtime, m, marker in runs:
+                ax.scatter(m[f"latency_ms_{b}"], r[metric], s=40 + 400 * m["bytes"] / fmts[0]["bytes"],
+                           marker=marker, color=colors[i % len(colors)], alpha=0.75,
+                           label=f"{r['format']}, {runtime}, {m['bytes'] / 1e6:.1f} MB")
         ax.set(xlabel=f"latency at {b.replace('batch', 'batch ')} (ms, lower is faster)",
-               ylabel=metric.replace("_", " "), title=f"Deployed models, {b.replace('batch', 'batch ')}")
+               ylabel=metric.replace("_", " "), title=f"batch {b[5:]}")
+        ax.margins(0.15)
         ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), markerscale=0.5)
     fig.suptitle("8-bit deployment: accuracy against latency (marker area = file size)", fontsize=10)
     _save(fig, out / "deploy_tradeoff.png", paths)
