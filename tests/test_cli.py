@@ -89,6 +89,19 @@ def test_path_and_resource_errors_exit_2_without_traceback(tmp_path, small, caps
     assert "is a folder" in _err(capsys)
     assert main(["run", "--set", "model.name=mlp", "--set", "model.hidden=1000000000"]) == 2
     assert "model.hidden must be" in _err(capsys)
+    assert main(["init", str(tmp_path / "file/fed8.toml")]) == 2
+    assert "cannot use" in _err(capsys)
+
+
+def test_out_of_memory_is_a_user_error(tmp_path, small, capsys, monkeypatch):
+    import fed8.pipeline
+
+    def alloc(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(fed8.pipeline, "prepare", alloc)
+    assert main(["run", "--out", str(tmp_path / "r")] + [a for s in small for a in ("--set", s)]) == 2
+    assert "out of memory" in _err(capsys) and not (tmp_path / "r").exists()
 
 
 def test_a_run_that_fails_before_round_1_leaves_no_folder(tmp_path, small, capsys):
@@ -129,7 +142,7 @@ def test_a_newline_in_a_path_keeps_config_toml_valid(tmp_path, small):
     fed8.run(resume=tmp_path / "r", overrides=["train.rounds=3"], report=False)
 
 
-def test_decompression_bomb_is_refused(tmp_path, small, capsys, monkeypatch):
+def test_decompression_bomb_and_bad_quantize_out_are_refused(tmp_path, small, capsys, monkeypatch):
     from PIL import Image
 
     fed8.run(fed8.load_config(None, small + ["quantize.enabled=true", "quantize.formats=int8",
@@ -139,3 +152,5 @@ def test_decompression_bomb_is_refused(tmp_path, small, capsys, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1,600 pixels > 2 x the limit: Pillow's bomb error
     assert main(["predict", str(tmp_path / "r/deploy/int8.onnx"), str(tmp_path / "bomb.png")]) == 2
     assert "too large to decode safely" in _err(capsys)
+    assert main(["quantize", str(tmp_path / "r"), "--out", str(tmp_path / "bomb.png/deploy")]) == 2
+    assert "cannot use" in _err(capsys)

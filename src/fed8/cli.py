@@ -342,9 +342,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fed8 {args.command}: error: cannot use{where}: {e.strerror or e}. Check the paths you passed "
               "(--out, run.out, the config file, image files).", file=sys.stderr)
         return EXIT_USAGE
-    except MemoryError:
+    except (MemoryError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "allocate" not in str(e):  # torch's allocator: "can't allocate memory"
+            raise
         print(f"fed8 {args.command}: error: out of memory. A value asks for more than this machine has (e.g. "
-              "model.hidden, data.image_size, eval.batch_size); lower it.", file=sys.stderr)
+              "model.hidden, data.image_size, eval.batch_size, train.batch_size); lower it.", file=sys.stderr)
         return EXIT_USAGE
 
 
