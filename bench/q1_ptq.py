@@ -2,7 +2,7 @@
 
 The `cnn` is trained centrally on the MNIST-10k train split (8,000 images; 3 epochs,
 SGD lr 0.05, momentum 0.9, batch 32, seed 0), exported to ONNX and quantized by fed8's
-quantize stage (`fed8.deploy_stage.deploy_formats`, the code `fed8 run` uses) with 512
+quantize stage (`fed8.stages.quantize.deploy_formats`, the code `fed8 run` uses) with 512
 training images as calibration data, once per calibration method. Accuracy is on the
 2,000-image eval split. Latency is ORT CPU with `--threads` intra-op threads: every model
 is timed in turn, `--rounds` times (batch 1: 200 runs, batch 256: 10 runs per turn), and
@@ -40,7 +40,7 @@ from fed8.config import DataConfig, QuantizeConfig
 from fed8.data import load_splits, to_float
 from fed8.deploy.export import export_onnx
 from fed8.deploy.runtime import latency_ms, openvino_available, run_logits, session
-from fed8.deploy_stage import DeployData, deploy_formats
+from fed8.stages.quantize import DeployData, deploy_formats
 from fed8.models import build_model
 
 

@@ -26,3 +26,18 @@ def interrupted_run(cfg, out, at_round: int) -> None:
 
     with pytest.raises(KeyboardInterrupt):
         fed8.run(cfg, out=out, on_round=stop, report=False)
+
+
+def server_round(aggregator, updates, state, optimizer=None, optimizer_state=None, rnd=1):
+    """One server round by hand: aggregate ``updates`` and apply the optimizer (FedAvg by default).
+
+    Returns ``(new_state, new_optimizer_state)``.
+    """
+    from fed8.federated.optimizer import FedAvg
+
+    optimizer = optimizer or FedAvg()
+    aggregator.begin(rnd, [u.client for u in updates])
+    for u in updates:
+        aggregator.add(u)
+    delta = aggregator.result(state)
+    return optimizer.apply(optimizer_state if optimizer_state is not None else optimizer.init(), state, delta)

@@ -94,12 +94,12 @@ def test_path_and_resource_errors_exit_2_without_traceback(tmp_path, small, caps
 
 
 def test_out_of_memory_is_a_user_error(tmp_path, small, capsys, monkeypatch):
-    import fed8.pipeline
+    import fed8.stages.train
 
     def alloc(*a, **k):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
 
-    monkeypatch.setattr(fed8.pipeline, "prepare", alloc)
+    monkeypatch.setattr(fed8.stages.train, "prepare", alloc)
     assert main(["run", "--out", str(tmp_path / "r")] + [a for s in small for a in ("--set", s)]) == 2
     assert "out of memory" in _err(capsys) and not (tmp_path / "r").exists()
 

@@ -145,7 +145,7 @@ def test_errors(tmp_path, small):
 
     interrupted_run(cfg, tmp_path / "unfinished", 1)
     with pytest.raises(CheckpointError, match="has not finished"):
-        from fed8.deploy_stage import quantize_run
+        from fed8.stages.quantize import quantize_run
         quantize_run(tmp_path / "unfinished")
 
 
@@ -209,7 +209,7 @@ def test_run_with_quantize_stage(tmp_path, small):
 
 def test_a_quantize_killed_midway_leaves_the_deploy_folder_as_it_was(tmp_path, small, monkeypatch):
     import fed8.deploy.quantize as qmod
-    from fed8.deploy_stage import quantize_run
+    from fed8.stages.quantize import quantize_run
 
     cfg = fed8.load_config(None, small + ["quantize.enabled=true", "quantize.formats=int8", "train.rounds=1",
                                           "quantize.openvino=off"])

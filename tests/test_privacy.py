@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import fed8
+from conftest import server_round
 from fed8.errors import ConfigError, ParameterError
 from fed8.federated.client import ClientUpdate
 from fed8.federated.hooks import LocalDP
 from fed8.federated.private import AdaptiveClipping, PrivateAggregate, capped_weight, uniform_weight
-from fed8.federated.strategy import FedAvg
 from fed8.privacy import (PrivacySpec, adaptive_clip_step, calibrate_noise_multiplier, check_model_for_dp,
                           clip_by_norm, epsilon, global_norm, make_plan, max_rounds_within, split_noise_multiplier)
 from fed8.privacy.accounting import Accountant
@@ -126,17 +126,14 @@ def _updates(n, d=50, scale=0.1, seed=0):
     return [ClientUpdate(k, {"w": torch.randn(d, generator=g) * scale}, 10 + k, 0.0) for k in range(n)]
 
 
-def _aggregate(strategy, updates, state):
-    strategy.begin_round(1, [u.client for u in updates])
-    for u in updates:
-        strategy.accumulate(u)
-    return strategy.finish_round(state)
+def _aggregate(aggregator, updates, state):
+    return server_round(aggregator, updates, state)[0]
 
 
 def test_dp_fedavg_fixed_denominator_bounds_one_clients_influence():
     state = {"w": torch.zeros(50)}
     ups = _updates(5)
-    make = lambda: PrivateAggregate(FedAvg(), clip_norm=1.0, weight=uniform_weight, denominator=5.0)  # noqa: E731
+    make = lambda: PrivateAggregate(clip_norm=1.0, weight=uniform_weight, denominator=5.0)  # noqa: E731
     base = _aggregate(make(), ups, state)
     expect = sum(clip_by_norm(u.delta, 1.0)[0]["w"] for u in ups) / 5.0
     assert torch.allclose(base["w"], expect, atol=1e-6)
@@ -148,16 +145,16 @@ def test_dp_fedavg_fixed_denominator_bounds_one_clients_influence():
 def test_dp_noise_has_the_stated_std():
     state = {"w": torch.zeros(200_000)}
     ups = [ClientUpdate(k, {"w": torch.zeros(200_000)}, 10, 0.0) for k in range(4)]
-    s = PrivateAggregate(FedAvg(), clip_norm=2.0, weight=uniform_weight, denominator=8.0, noise_multiplier=1.5)
+    s = PrivateAggregate(clip_norm=2.0, weight=uniform_weight, denominator=8.0, noise_multiplier=1.5)
     out = _aggregate(s, ups, state)["w"]
-    assert s.round_metrics()["noise_std"] == pytest.approx(1.5 * 2.0 / 8.0)
+    assert s.metrics()["noise_std"] == pytest.approx(1.5 * 2.0 / 8.0)
     assert abs(float(out.std()) - 1.5 * 2.0 / 8.0) < 6 * (1.5 * 2.0 / 8.0) / math.sqrt(2 * 200_000)
 
 
 def test_adaptive_clipping_follows_the_norms_and_is_checkpointed():
     state = {"w": torch.zeros(50)}
     big = _updates(6, scale=10.0)  # every norm > C = 1: all clipped, C must grow by exp(eta * gamma)
-    s = PrivateAggregate(FedAvg(), clip_norm=1.0, weight=uniform_weight, denominator=6.0,
+    s = PrivateAggregate(clip_norm=1.0, weight=uniform_weight, denominator=6.0,
                          adaptive=AdaptiveClipping(target_quantile=0.5, lr=0.2, count_stddev=1e-12),
                          expected_clients=6.0)
     _aggregate(s, big, state)
@@ -166,7 +163,7 @@ def test_adaptive_clipping_follows_the_norms_and_is_checkpointed():
     _aggregate(s, small, state)
     assert s.clip_norm == pytest.approx(1.0)
     s.clip_norm = 3.25
-    t = PrivateAggregate(FedAvg(), clip_norm=1.0, weight=uniform_weight, denominator=6.0)
+    t = PrivateAggregate(clip_norm=1.0, weight=uniform_weight, denominator=6.0)
     t.load_state_dict(s.state_dict())
     assert t.clip_norm == 3.25
 

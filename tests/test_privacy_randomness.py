@@ -15,8 +15,7 @@ from fed8.errors import CheckpointError, ConfigError, EmptyRoundError, SecAggErr
 from fed8.federated.client import ClientUpdate
 from fed8.federated.private import PrivateAggregate, uniform_weight
 from fed8.federated.robust import ValidateUpdates
-from fed8.federated.strategy import FedAvg
-from fed8.pipeline import prepare
+from fed8.stages.federation import prepare
 from fed8.privacy.dp import add_gaussian_noise, clip_by_norm
 from fed8.privacy.randomness import PrivacyRandomness, SeededDraws, SystemDraws
 from fed8.privacy.secagg import SecureSum
@@ -42,12 +41,12 @@ def test_system_draws_are_fresh_and_have_the_right_law():
 def _one_client_release(randomness):
     """The noised sum of one known update, as the server releases it (the model change)."""
     state = {"w": torch.zeros(20_000)}
-    s = PrivateAggregate(FedAvg(), clip_norm=1.0, weight=uniform_weight, denominator=1.0, noise_multiplier=5.0,
+    s = PrivateAggregate(clip_norm=1.0, weight=uniform_weight, denominator=1.0, noise_multiplier=5.0,
                          randomness=randomness)
-    s.begin_round(1, [0])
+    s.begin(1, [0])
     update = {"w": torch.full((20_000,), 0.005)}
-    s.accumulate(ClientUpdate(0, update, 10, 0.0))
-    return s.finish_round(state)["w"], clip_by_norm(update, 1.0)[0]["w"]
+    s.add(ClientUpdate(0, update, 10, 0.0))
+    return state["w"] + s.result(state)["w"], clip_by_norm(update, 1.0)[0]["w"]
 
 
 def test_knowing_the_seed_does_not_remove_the_noise():
@@ -83,28 +82,28 @@ def test_dp_sampling_and_secagg_client_randomness_are_secret(small):
         cfg = fed8.load_config(None, small + ["privacy.secure_aggregation=true"] + extra)
         sim = prepare(cfg).simulation
         assert sim.sampling_randomness.secure is secure
-        assert sim.strategy.inner.secure.randomness.secure is secure
-        assert sim.strategy.inner.randomness.secure is secure
+        assert sim.aggregator.inner.inner.secure.randomness.secure is secure
+        assert sim.aggregator.inner.randomness.secure is secure
 
 
 def test_a_dp_round_with_nothing_to_add_still_releases_noise():
     state = {"w": torch.zeros(50_000)}
-    s = PrivateAggregate(FedAvg(), clip_norm=2.0, weight=uniform_weight, denominator=4.0, noise_multiplier=1.0)
-    s.begin_round(1, [])
-    out = s.finish_round(state)["w"]  # empty Poisson sample
+    s = PrivateAggregate(clip_norm=2.0, weight=uniform_weight, denominator=4.0, noise_multiplier=1.0)
+    s.begin(1, [])
+    out = s.result(state)["w"]  # empty Poisson sample
     assert abs(float(out.std()) - 2.0 / 4.0) < 6 * 0.5 / math.sqrt(1e5)
     # every update rejected by validation: the same noised zero sum
-    v = ValidateUpdates(PrivateAggregate(FedAvg(), clip_norm=2.0, weight=uniform_weight, denominator=4.0,
+    v = ValidateUpdates(PrivateAggregate(clip_norm=2.0, weight=uniform_weight, denominator=4.0,
                                          noise_multiplier=1.0), {"w": (50_000,)})
-    v.begin_round(2, [0])
-    v.accumulate(ClientUpdate(0, {"w": torch.full((50_000,), float("nan"))}, 10, 0.0))
-    out = v.finish_round(state)["w"]
-    assert v.round_metrics()["rejected_updates"] == 1 and abs(float(out.std()) - 0.5) < 0.01
+    v.begin(2, [0])
+    v.add(ClientUpdate(0, {"w": torch.full((50_000,), float("nan"))}, 10, 0.0))
+    out = v.result(state)["w"]
+    assert v.metrics()["rejected_updates"] == 1 and abs(float(out.std()) - 0.5) < 0.01
     # without DP there is nothing to release: the round is abandoned
-    plain = PrivateAggregate(FedAvg(), clip_norm=2.0, weight=uniform_weight, denominator=None)
-    plain.begin_round(1, [])
+    plain = PrivateAggregate(clip_norm=2.0, weight=uniform_weight, denominator=None)
+    plain.begin(1, [])
     with pytest.raises(EmptyRoundError):
-        plain.finish_round(state)
+        plain.result(state)
 
 
 def test_empty_poisson_rounds_under_dp_move_the_model(tmp_path, small):
@@ -142,7 +141,7 @@ def test_secagg_floor_is_validated_and_named(tmp_path, small):
 
 
 def test_capped_weights_need_a_public_cap_and_the_denominator_ignores_client_sizes(small):
-    from fed8.federated.build import make_aggregator
+    from fed8.stages.aggregation import make_aggregator
     from fed8.privacy import make_plan
 
     cfg = fed8.load_config(None, small + DP + ["privacy.weighting=capped"])

@@ -6,48 +6,47 @@ import pytest
 import torch
 
 import fed8
+from conftest import server_round
+from fed8.federated.aggregator import WeightedMean
 from fed8.federated.client import ClientUpdate
 from fed8.federated.robust import CoordinateMedian, NormBound, TrimmedMean, ValidateUpdates
-from fed8.federated.strategy import FedAvg
 
 
-def _round(strategy, deltas, state=None):
+def _round(aggregator, deltas, state=None):
     state = state or {"w": torch.zeros(3)}
-    strategy.begin_round(1, list(range(len(deltas))))
-    for k, d in enumerate(deltas):
-        strategy.accumulate(ClientUpdate(k, {"w": torch.tensor(d, dtype=torch.float32)}, 1, 0.0))
-    return strategy.finish_round(state)["w"].tolist()
+    ups = [ClientUpdate(k, {"w": torch.tensor(d, dtype=torch.float32)}, 1, 0.0) for k, d in enumerate(deltas)]
+    return server_round(aggregator, ups, state)[0]["w"].tolist()
 
 
 def test_median_and_trimmed_mean_known_answers():
     deltas = [[1, 10, -3], [2, 20, -1], [3, -100, 0], [4, 30, 5], [100, 40, 2]]
-    assert _round(CoordinateMedian(FedAvg()), deltas) == [3, 20, 0]
-    assert _round(CoordinateMedian(FedAvg()), deltas[:4]) == [2.5, 15, -0.5]
+    assert _round(CoordinateMedian(), deltas) == [3, 20, 0]
+    assert _round(CoordinateMedian(), deltas[:4]) == [2.5, 15, -0.5]
     # beta = 0.2 of 5: drop one value at each end per coordinate
-    assert _round(TrimmedMean(FedAvg(), 0.2), deltas) == pytest.approx([3, 20, 1 / 3])
-    assert _round(TrimmedMean(FedAvg(), 0.0), deltas) == pytest.approx([22, 0, 0.6])
+    assert _round(TrimmedMean(0.2), deltas) == pytest.approx([3, 20, 1 / 3])
+    assert _round(TrimmedMean(0.0), deltas) == pytest.approx([22, 0, 0.6])
 
 
 def test_norm_bound_clips_each_update():
-    out = _round(NormBound(FedAvg(), 1.0), [[3, 4, 0], [0, 0, 0.5]])
+    out = _round(NormBound(WeightedMean(), 1.0), [[3, 4, 0], [0, 0, 0.5]])
     assert out == pytest.approx([0.3, 0.4, 0.25])
 
 
 def test_validation_rejects_logs_and_counts(caplog):
-    v = ValidateUpdates(FedAvg(), {"w": (3,)})
-    v.begin_round(5, [0, 1, 2, 3, 4])
+    v = ValidateUpdates(WeightedMean(), {"w": (3,)})
+    v.begin(5, [0, 1, 2, 3, 4])
     with caplog.at_level(logging.WARNING, logger="fed8"):
-        v.accumulate(ClientUpdate(0, {"w": torch.tensor([1.0, float("nan"), 0])}, 1, 0.0))
-        v.accumulate(ClientUpdate(1, {"w": torch.tensor([1.0, float("inf"), 0])}, 1, 0.0))
-        v.accumulate(ClientUpdate(2, {"w": torch.zeros(4)}, 1, 0.0))
-        v.accumulate(ClientUpdate(3, {"v": torch.zeros(3)}, 1, 0.0))
-        v.accumulate(ClientUpdate(4, {"w": torch.ones(3)}, 1, 0.0))
-    m = v.round_metrics()
+        v.add(ClientUpdate(0, {"w": torch.tensor([1.0, float("nan"), 0])}, 1, 0.0))
+        v.add(ClientUpdate(1, {"w": torch.tensor([1.0, float("inf"), 0])}, 1, 0.0))
+        v.add(ClientUpdate(2, {"w": torch.zeros(4)}, 1, 0.0))
+        v.add(ClientUpdate(3, {"v": torch.zeros(3)}, 1, 0.0))
+        v.add(ClientUpdate(4, {"w": torch.ones(3)}, 1, 0.0))
+    m = v.metrics()
     assert m["rejected_updates"] == 4 and v.num_updates == 1
     reasons = {r["client"]: r["reason"] for r in m["rejected"]}
     assert "NaN" in reasons[0] and "Inf" in reasons[1] and "shape (4,)" in reasons[2] and "missing" in reasons[3]
     assert "round 5: rejected the update of client 0" in caplog.text
-    assert v.finish_round({"w": torch.zeros(3)})["w"].tolist() == [1, 1, 1]
+    assert v.result({"w": torch.zeros(3)})["w"].tolist() == [1, 1, 1]
 
 
 def test_nan_clients_are_rejected_in_a_run(tmp_path, small):

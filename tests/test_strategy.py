@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from fed8.config import ServerConfig, TrainConfig
-from fed8.errors import ConfigError, EmptyRoundError
-from fed8.federated import (ClientData, ClientUpdate, FedAdam, FedAvg, FedAvgM, WeightedSum, make_strategy,
-                            sample_clients, train_client)
+from conftest import server_round
+from fed8.errors import CheckpointError, ConfigError, EmptyRoundError
+from fed8.federated import (ClientData, ClientUpdate, FedAdam, FedAvg, FedAvgM, LocalTraining, WeightedMean,
+                            WeightedSum, make_optimizer, sample_clients, train_client)
 from fed8.federated.evaluate import client_accuracy_stats
 
 G = {"w": torch.tensor([1.0, 2.0]), "bn.running_mean": torch.tensor([0.0])}
@@ -20,19 +20,17 @@ def updates():
     ]
 
 
-def run_round(strategy, state=G):
-    strategy.begin_round(1)
-    for u in updates():
-        strategy.accumulate(u)
-    return strategy.finish_round(state)
+def run_round(optimizer, state=G, optimizer_state=None):
+    """FedAvg's weighted mean, then ``optimizer``: (new model, new server state)."""
+    return server_round(WeightedMean(), updates(), state, optimizer, optimizer_state)
 
 
 def test_fedavg_known_answer():
     # w = 1/4 * [3, 2] + 3/4 * [1, 6] = [1.5, 5.0]; buffer: 1/4 * 4 = 1.0
-    new = run_round(FedAvg(buffers=["bn.running_mean"]))
+    new, _ = run_round(FedAvg(buffers=["bn.running_mean"]))
     assert new["w"].tolist() == [1.5, 5.0]
     assert new["bn.running_mean"].tolist() == [1.0]
-    half = run_round(FedAvg(lr=0.5))
+    half, _ = run_round(FedAvg(lr=0.5))
     assert half["w"].tolist() == [1.25, 3.5]
 
 
@@ -49,33 +47,34 @@ def test_weighted_sum_is_streaming_and_checks_keys():
 
 def test_fedavgm_known_answer():
     s = FedAvgM(lr=1.0, momentum=0.5, buffers=["bn.running_mean"])
-    w1 = run_round(s)
-    assert w1["w"].tolist() == [1.5, 5.0]  # v = Delta = [0.5, 3]
-    w2 = run_round(s, w1)  # v = 0.5 * [0.5, 3] + [0.5, 3] = [0.75, 4.5]
+    w1, st1 = run_round(s)
+    assert w1["w"].tolist() == [1.5, 5.0] and st1["v.w"].tolist() == [0.5, 3.0]  # v = Delta
+    w2, st2 = run_round(s, w1, st1)  # v = 0.5 * [0.5, 3] + [0.5, 3] = [0.75, 4.5]
     assert w2["w"].tolist() == [2.25, 9.5]
     assert w2["bn.running_mean"].tolist() == [2.0]  # buffers: plain average, no momentum
-    restored = FedAvgM(lr=1.0, momentum=0.5)
-    restored.load_state_dict(s.state_dict())
-    assert torch.equal(restored.v["w"], s.v["w"])
+    assert st1["v.w"].tolist() == [0.5, 3.0]  # the step returns a new state; the old one is untouched
+    assert set(st2) == {"v.w"} and s.check_state({**st2, "privacy.clip_norm": torch.tensor(1.0)}) == st2
+    with pytest.raises(CheckpointError, match="another server.strategy"):
+        FedAvg().check_state(st2)
 
 
 def test_fedadam_known_answer():
     b1, b2, tau, lr = 0.9, 0.99, 1e-3, 0.1
     s = FedAdam(lr=lr, beta1=b1, beta2=b2, tau=tau, buffers=["bn.running_mean"])
-    new = run_round(s)
+    new, state = run_round(s)
     for i, d in enumerate([0.5, 3.0]):
         m = (1 - b1) * d
         v = b2 * tau**2 + (1 - b2) * d * d
         assert new["w"][i].item() == pytest.approx([1.0, 2.0][i] + lr * m / (math.sqrt(v) + tau), rel=1e-6)
     assert new["bn.running_mean"].tolist() == [1.0]
-    assert set(s.state_dict()) == {"m.w", "v.w"}
+    assert set(state) == {"m.w", "v.w"}
 
 
-def test_make_strategy():
-    assert isinstance(make_strategy(ServerConfig(strategy="fedadam")), FedAdam)
-    assert isinstance(make_strategy(ServerConfig(strategy="fedavgm")), FedAvgM)
+def test_make_optimizer():
+    assert isinstance(make_optimizer("fedadam", lr=0.01), FedAdam)
+    assert isinstance(make_optimizer("fedavgm", lr=1.0), FedAvgM)
     with pytest.raises(ConfigError, match="server.strategy"):
-        make_strategy(ServerConfig(strategy="x"))
+        make_optimizer("x", lr=1.0)
 
 
 def test_sampling_seeded():
@@ -97,7 +96,7 @@ def _client():
 def test_client_delta_determinism_and_prox():
     model = torch.nn.Linear(4, 2)
     g0 = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = TrainConfig(local_epochs=3, batch_size=8, lr=0.5, momentum=0.0)
+    cfg = LocalTraining(epochs=3, batch_size=8, lr=0.5, momentum=0.0)
     run = lambda c, s: train_client(model, g0, _client(), c, generator=torch.Generator().manual_seed(s))  # noqa
     u1, u2, u3 = run(cfg, 1), run(cfg, 1), run(cfg, 2)
     assert u1.num_samples == 40 and u1.train_loss > 0
@@ -105,7 +104,7 @@ def test_client_delta_determinism_and_prox():
     assert not torch.equal(u1.delta["weight"], u3.delta["weight"])
     # delta is w_local - w_global: the working model ends at g0 + delta
     assert torch.allclose(model.state_dict()["weight"], g0["weight"] + u3.delta["weight"])
-    prox = run(TrainConfig(local_epochs=3, batch_size=8, lr=0.5, momentum=0.0, prox_mu=1.0), 1)
+    prox = run(LocalTraining(epochs=3, batch_size=8, lr=0.5, momentum=0.0, prox_mu=1.0), 1)
     assert prox.delta["weight"].norm() < 0.8 * u1.delta["weight"].norm()
 
 

@@ -20,8 +20,8 @@ _LAZY = {
     "Config": ("fed8.config", "Config"),
     "load_config": ("fed8.config", "load_config"),
     "Fed8Error": ("fed8.errors", "Fed8Error"),
-    "run": ("fed8.pipeline", "run"),
-    "RunResult": ("fed8.pipeline", "RunResult"),
+    "run": ("fed8.stages.train", "run"),
+    "RunResult": ("fed8.stages.train", "RunResult"),
 }
 
 

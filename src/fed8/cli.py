@@ -1,4 +1,4 @@
-"""The ``fed8`` command: argument parsing and printing only; the work is in :mod:`fed8.pipeline`."""
+"""The ``fed8`` command: argument parsing and printing only; the work is in :mod:`fed8.stages`."""
 
 from __future__ import annotations
 
@@ -122,21 +122,23 @@ def progress_line(row: dict) -> str:
     """One round in a few words: ``loss 0.231 acc 0.9712 clients 0.951/0.812 eps 3.1`` (clients: mean/min).
 
     With the round counter, a bar of 8 and the elapsed time it fits an 80-column terminal.
-
     Every metric may be None (no eval this round, no client with local test images).
     """
-    def num(key: str, fmt: str) -> str:
-        v = row.get(key)
+    from .federated.record import RoundRecord
+
+    r = RoundRecord.from_dict(row)
+
+    def num(v, fmt: str) -> str:
         return "-" if v is None else format(v, fmt)
 
-    desc = f"loss {num('train_loss', '.3f')}"
-    if row.get("eval_accuracy") is not None:
-        desc += f" acc {num('eval_accuracy', '.4f')}"
-        if row.get("client_accuracy_mean") is not None:
-            desc += f" clients {num('client_accuracy_mean', '.3f')}/{num('client_accuracy_min', '.3f')}"
-    if row.get("epsilon") is not None:
-        desc += f" eps {num('epsilon', '.3g')}"
-    if row.get("aborted"):
+    desc = f"loss {num(r.train_loss, '.3f')}"
+    if r.evaluated:
+        desc += f" acc {num(r.eval_accuracy, '.4f')}"
+        if r.client_accuracy_mean is not None:
+            desc += f" clients {num(r.client_accuracy_mean, '.3f')}/{num(r.client_accuracy_min, '.3f')}"
+    if r.epsilon is not None:
+        desc += f" eps {num(r.epsilon, '.3g')}"
+    if r.aborted:
         desc += " (round abandoned)"
     return desc
 
@@ -146,7 +148,7 @@ def _cmd_run(args) -> int:
     from rich.table import Table
 
     from .config import load_config
-    from .pipeline import default_run_dir, run
+    from .stages.train import default_run_dir, run
     from .rundir import RunDir
 
     con = _console()
@@ -268,7 +270,7 @@ def _cmd_quantize(args) -> int:
     from dataclasses import replace
 
     from .config import Config
-    from .deploy_stage import quantize_model, quantize_run
+    from .stages.quantize import quantize_model, quantize_run
     from .rundir import RunDir
 
     target = Path(args.target)

@@ -1,13 +1,18 @@
-"""Federated training: the client step, server strategies, sampling, the simulated round loop."""
+"""Federated training: the client step, aggregators, server optimizers, sampling, the round logic and
+its in-process transport."""
 
-from .client import ClientData, ClientUpdate, train_client, trainable_keys
+from .aggregator import Aggregator, AggregatorWrapper, WeightedMean, WeightedSum
+from .client import ClientData, ClientUpdate, LocalTraining, train_client, trainable_keys
 from .evaluate import client_accuracy_stats, evaluate
+from .optimizer import FedAdam, FedAvg, FedAvgM, ServerOptimizer, make_optimizer
+from .record import RoundRecord
+from .round import Reply, RoundLoop, Transport
 from .sampling import num_sampled, sample_clients
-from .simulation import Simulation
-from .strategy import FedAdam, FedAvg, FedAvgM, Strategy, StrategyWrapper, WeightedSum, make_strategy
+from .simulation import InProcessTransport, Simulation
 
 __all__ = [
-    "ClientData", "ClientUpdate", "FedAdam", "FedAvg", "FedAvgM", "Simulation", "Strategy", "StrategyWrapper",
-    "WeightedSum", "client_accuracy_stats", "evaluate", "make_strategy", "num_sampled", "sample_clients",
-    "train_client", "trainable_keys",
+    "Aggregator", "AggregatorWrapper", "ClientData", "ClientUpdate", "FedAdam", "FedAvg", "FedAvgM",
+    "InProcessTransport", "LocalTraining", "Reply", "RoundLoop", "RoundRecord", "ServerOptimizer", "Simulation",
+    "Transport", "WeightedMean", "WeightedSum", "client_accuracy_stats", "evaluate", "make_optimizer",
+    "num_sampled", "sample_clients", "train_client", "trainable_keys",
 ]

@@ -14,9 +14,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import TrainConfig
+__all__ = ["ClientData", "ClientUpdate", "LocalTraining", "train_client", "trainable_keys"]
 
-__all__ = ["ClientData", "ClientUpdate", "train_client", "trainable_keys"]
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """The values of a client's local SGD (taken from ``[train]`` by the caller)."""
+
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    prox_mu: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -52,12 +62,12 @@ def train_client(
     model: nn.Module,
     global_state: Mapping[str, torch.Tensor],
     data: ClientData,
-    cfg: TrainConfig,
+    cfg: LocalTraining,
     *,
     generator: torch.Generator,
     client: int = -1,
 ) -> ClientUpdate:
-    """Run ``cfg.local_epochs`` epochs of minibatch SGD and return the update.
+    """Run ``cfg.epochs`` epochs of minibatch SGD and return the update.
 
     Parameters
     ----------
@@ -68,8 +78,8 @@ def train_client(
     data
         The client's local data.
     cfg
-        ``lr``, ``momentum``, ``weight_decay``, ``batch_size``, ``local_epochs`` and
-        ``prox_mu``. With ``prox_mu > 0`` the FedProx term (Li et al. 2020,
+        :class:`LocalTraining`: ``lr``, ``momentum``, ``weight_decay``, ``batch_size``,
+        ``epochs`` and ``prox_mu``. With ``prox_mu > 0`` the FedProx term (Li et al. 2020,
         arXiv:1812.06127) ``mu/2 * ||w - w_global||^2`` is added to the loss, i.e.
         ``mu * (w - w_global)`` to each gradient.
     generator
@@ -88,7 +98,7 @@ def train_client(
     anchors = [p.detach().clone() for p in params] if cfg.prox_mu > 0 else None
     x, y, n, bs = data.x_train, data.y_train, data.num_train, cfg.batch_size
     total, steps = torch.zeros(()), 0
-    for _ in range(cfg.local_epochs):
+    for _ in range(cfg.epochs):
         perm = torch.randperm(n, generator=generator)
         for i in range(0, n, bs):
             idx = perm[i : i + bs]

@@ -1,4 +1,4 @@
-"""DP-FedAvg and secure summation as a strategy wrapper.
+"""DP-FedAvg and secure summation as an aggregator wrapper.
 
 One round, for the sampled clients ``S`` (McMahan et al. 2018, arXiv:1710.06963,
 Algorithm 1, with the adaptive clipping of Andrew et al. 2021, arXiv:1905.03871)::
@@ -9,7 +9,7 @@ Algorithm 1, with the adaptive clipping of Andrew et al. 2021, arXiv:1905.03871)
     Delta = (Sum + N(0, (z_u C)^2 I)) / D                     D = m (expected clients per round), public
     C    <- C exp(-eta (( sum_k b_k + N(0, sigma_b^2)) / (q N) - gamma))
 
-then the inner strategy (FedAvg, FedAvgM, FedAdam) steps with ``Delta``. Weights are
+then a server optimizer (FedAvg, FedAvgM, FedAdam) steps with ``Delta``. Weights are
 ``w_k = 1`` (uniform) or ``min(1, n_k / cap)`` (capped, ``cap`` a public config value);
 the fixed denominator, computed from public numbers only, keeps the sensitivity of
 ``Delta`` at ``C / D``. Without DP (secure sum only) ``D = sum_k w_k``.
@@ -35,8 +35,8 @@ from .._rng import DP_NOISE
 from ..errors import EmptyRoundError
 from ..privacy.dp import adaptive_clip_step, add_gaussian_noise, clip_by_norm
 from ..privacy.randomness import PrivacyRandomness
+from .aggregator import AggregatorWrapper, Tensors, Total, WeightedMean, samples_weight
 from .client import ClientUpdate
-from .strategy import Strategy, StrategyWrapper, Tensors, WeightedSum
 
 __all__ = ["AdaptiveClipping", "PrivateAggregate", "capped_weight", "uniform_weight"]
 
@@ -48,13 +48,14 @@ class AdaptiveClipping:
         self.target_quantile, self.lr, self.count_stddev = target_quantile, lr, count_stddev
 
 
-class PrivateAggregate(StrategyWrapper):
+class PrivateAggregate(AggregatorWrapper):
     """Clip, weight, sum (plainly or securely), add noise, divide by a fixed denominator.
 
     Parameters
     ----------
     inner
-        The server optimizer that receives the private mean update.
+        The sum: a :class:`~fed8.federated.aggregator.WeightedMean` (plain; its own weight
+        is not used) or a :class:`~fed8.federated.secure.SecureWeightedSum`. Default: plain.
     clip_norm
         Initial ``C`` (L2, over the whole update).
     weight
@@ -66,107 +67,81 @@ class PrivateAggregate(StrategyWrapper):
         The server adds it, except with ``client_noise_std`` when clients sent updates.
     client_noise_std
         Distributed DP: std each client adds (``z_u C / sqrt(t)``, so that any ``t``
-        senders together add at least ``z_u C``); needs ``secure``.
+        senders together add at least ``z_u C``); needs a secure sum.
     adaptive
         :class:`AdaptiveClipping` or None.
     expected_clients
         ``q N``: the denominator of the clipped-count fraction.
-    secure
-        A :class:`fed8.privacy.secagg.SecureSum`, or None for a plain sum.
     randomness
         Source of the noise; default the OS CSPRNG.
     """
 
-    def __init__(self, inner: Strategy, *, clip_norm: float, weight: Callable[[int], float],
+    def __init__(self, inner=None, *, clip_norm: float, weight: Callable[[int], float],
                  denominator: float | None, noise_multiplier: float = 0.0, client_noise_std: float = 0.0,
                  adaptive: AdaptiveClipping | None = None, expected_clients: float = 1.0,
-                 secure=None, randomness: PrivacyRandomness | None = None) -> None:
-        super().__init__(inner)
+                 randomness: PrivacyRandomness | None = None) -> None:
+        super().__init__(inner if inner is not None else WeightedMean(samples_weight))
         self.clip_norm, self.weight, self.denominator = clip_norm, weight, denominator
         self.noise_multiplier, self.client_noise_std = noise_multiplier, client_noise_std
-        self.adaptive, self.expected_clients, self.secure = adaptive, expected_clients, secure
+        self.adaptive, self.expected_clients = adaptive, expected_clients
         self.randomness = randomness if randomness is not None else PrivacyRandomness()
         self._metrics: dict = {}
-        self._n = 0
 
-    def begin_round(self, rnd: int, clients: Sequence[int] = ()) -> None:
-        self.rnd, self._n = rnd, 0
-        self._sum, self._bits = WeightedSum(), 0
-        self._up: dict[int, int] = {}
-        self._metrics = {}
-        if self.secure is not None:
-            self.secure.begin(rnd, clients, clip_norm=self.clip_norm, noise_std=self.client_noise_std)
+    def begin(self, rnd: int, clients: Sequence[int] = ()) -> None:
+        self.rnd, self._metrics = rnd, {}
+        configure = getattr(self.inner, "configure", None)
+        if configure is not None:
+            configure(clip_norm=self.clip_norm, noise_std=self.client_noise_std)
+        self.inner.begin(rnd, clients)
 
-    def accumulate(self, update: ClientUpdate) -> None:
+    def add(self, update: ClientUpdate) -> None:
         clipped, norm = clip_by_norm(update.delta, self.clip_norm)
-        bit = int(norm <= self.clip_norm)
-        w = self.weight(update.num_samples)
-        if self.secure is not None:
-            self.secure.add(update.client, clipped, weight=w, bit=bit)
-        else:
-            self._sum.add(clipped, w)
-            self._bits += bit
-        self._n += 1
+        self.inner.add_weighted(update.client, clipped, self.weight(update.num_samples), int(norm <= self.clip_norm))
 
-    @property
-    def num_updates(self) -> int:  # type: ignore[override]
-        return self._n
-
-    def _sum_of_round(self, global_state: Mapping[str, torch.Tensor]) -> tuple[Tensors, float, int]:
-        """The (secure or plain) weighted sum, its weight and the clip-bit count; zeros if nothing came."""
-        if self._n == 0:
+    def _total(self, params: Mapping[str, torch.Tensor]) -> Total:
+        """The round's (secure or plain) sum; under DP a zero sum when nothing came."""
+        t = self.inner.total() if self.num_updates else Total(None, 0.0, 0, 0, {})
+        self._metrics.update(t.metrics)
+        if t.total is None:
             if self.denominator is None:  # no DP: nothing to release, the round is abandoned
                 raise EmptyRoundError(f"round {self.rnd}: no update to aggregate.")
-            zeros = {k: torch.zeros(v.shape, dtype=torch.float32) for k, v in global_state.items()
-                     if v.is_floating_point()}
-            self._inputs = 0
-            return zeros, 0.0, 0
-        if self.secure is not None:
-            res = self.secure.finish()
-            self._metrics.update(uplink_bytes=sum(res.uplink_bytes.values()),
-                                 secagg_downlink_bytes=sum(res.downlink_bytes.values()),
-                                 secagg_ring_bits=res.ring_bits, secagg_inputs=res.num_inputs)
-            self._inputs = res.num_inputs
-            return res.total, res.weight_sum, res.bit_sum
-        self._inputs = self._n
-        return self._sum.total, self._sum.weight, self._bits
+            t.total = {k: torch.zeros(v.shape, dtype=torch.float32) for k, v in params.items()
+                       if v.is_floating_point()}
+        return t
 
-    def finish_round(self, global_state: Mapping[str, torch.Tensor]) -> Tensors:
-        total, wsum, bits = self._sum_of_round(global_state)
+    def result(self, params: Mapping[str, torch.Tensor]) -> Tensors:
+        t = self._total(params)
         draws = self.randomness.draws(DP_NOISE, self.rnd)
         # Distributed noise: the clients added it; with no client in the sum, the server adds it all.
-        z = self.noise_multiplier if (self._n == 0 or not self.client_noise_std) else 0.0
+        z = self.noise_multiplier if (t.inputs == 0 or not self.client_noise_std) else 0.0
         std = z * self.clip_norm
-        noisy = add_gaussian_noise(total, std, draws=draws)
-        denom = self.denominator if self.denominator is not None else wsum
+        noisy = add_gaussian_noise(t.total, std, draws=draws)
+        denom = self.denominator if self.denominator is not None else t.weight
         if not denom > 0:
             raise EmptyRoundError(f"round {self.rnd}: the aggregation weights sum to {denom}; nothing to average.")
         mean = {k: v / denom for k, v in noisy.items()}
-        unclipped = bits / self._inputs if self._n else None
+        unclipped = t.bits / t.inputs if t.inputs else None
         self._metrics.update(clip_norm=self.clip_norm, unclipped_fraction=unclipped,
                              clipped_fraction=None if unclipped is None else 1.0 - unclipped,
                              noise_std=std / denom if denom else None)
         if self.adaptive is not None:
             a = self.adaptive
             if a.count_stddev > 0:  # DP: the noised count over the public expected number of clients
-                fraction = (bits + a.count_stddev * float(draws.randn(()))) / self.expected_clients
+                fraction = (t.bits + a.count_stddev * float(draws.randn(()))) / self.expected_clients
             else:  # noise-free (secure aggregation alone): the exact fraction of this round's inputs
                 fraction = unclipped if unclipped is not None else 1.0
             self.clip_norm = adaptive_clip_step(self.clip_norm, fraction, target_quantile=a.target_quantile, lr=a.lr)
-        self.inner.begin_round(self.rnd)
-        self.inner.accumulate(ClientUpdate(-1, mean, 1, 0.0))
-        return self.inner.finish_round(global_state)
+        return mean
 
-    def round_metrics(self) -> dict:
-        return {**self.inner.round_metrics(), **self._metrics}
+    def metrics(self) -> dict:
+        return dict(self._metrics)
 
     def state_dict(self) -> Tensors:
-        return {**self.inner.state_dict(), "privacy.clip_norm": torch.tensor(self.clip_norm, dtype=torch.float64)}
+        return {"privacy.clip_norm": torch.tensor(self.clip_norm, dtype=torch.float64)}
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         if "privacy.clip_norm" in state:
             self.clip_norm = float(state["privacy.clip_norm"])
-        self.inner.load_state_dict({k: v for k, v in state.items() if k != "privacy.clip_norm"})
 
 
 def capped_weight(cap: float) -> Callable[[int], float]:
@@ -176,4 +151,3 @@ def capped_weight(cap: float) -> Callable[[int], float]:
 
 def uniform_weight(n: int) -> float:
     return 1.0
-

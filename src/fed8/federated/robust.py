@@ -1,4 +1,4 @@
-"""Robust aggregation and update validation, as strategy wrappers.
+"""Robust aggregation and update validation, as aggregators and aggregator wrappers.
 
 * :class:`ValidateUpdates` rejects updates with missing or extra tensors, wrong shapes,
   NaN or Inf, logs each with the client id and the reason, and counts them in the
@@ -22,15 +22,15 @@ import torch
 
 from ..errors import EmptyRoundError
 from ..privacy.dp import clip_by_norm
+from .aggregator import Aggregator, AggregatorWrapper, Tensors
 from .client import ClientUpdate
-from .strategy import Strategy, StrategyWrapper, Tensors
 
 __all__ = ["CoordinateMedian", "NormBound", "TrimmedMean", "ValidateUpdates"]
 
 log = logging.getLogger("fed8")
 
 
-class ValidateUpdates(StrategyWrapper):
+class ValidateUpdates(AggregatorWrapper):
     """Reject malformed updates before they reach the aggregate.
 
     Parameters
@@ -39,14 +39,14 @@ class ValidateUpdates(StrategyWrapper):
         ``{name: shape}`` of the tensors every update must carry.
     """
 
-    def __init__(self, inner: Strategy, expected: Mapping[str, Sequence[int]]) -> None:
+    def __init__(self, inner: Aggregator, expected: Mapping[str, Sequence[int]]) -> None:
         super().__init__(inner)
         self.expected = {k: tuple(v) for k, v in expected.items()}
         self.rejected: list[dict] = []
 
-    def begin_round(self, rnd: int, clients: Sequence[int] = ()) -> None:
+    def begin(self, rnd: int, clients: Sequence[int] = ()) -> None:
         self.rnd, self.rejected = rnd, []
-        self.inner.begin_round(rnd, clients)
+        self.inner.begin(rnd, clients)
 
     def problem(self, update: ClientUpdate) -> str | None:
         """Why ``update`` must be rejected, or None."""
@@ -65,39 +65,37 @@ class ValidateUpdates(StrategyWrapper):
             return f"negative sample count {update.num_samples}"
         return None
 
-    def accumulate(self, update: ClientUpdate) -> None:
+    def add(self, update: ClientUpdate) -> None:
         why = self.problem(update)
         if why is None:
-            self.inner.accumulate(update)
+            self.inner.add(update)
             return
         log.warning("round %d: rejected the update of client %d: %s", self.rnd, update.client, why)
         self.rejected.append({"client": update.client, "reason": why})
 
-    def round_metrics(self) -> dict:
-        return {**self.inner.round_metrics(), "rejected_updates": len(self.rejected),
-                "rejected": list(self.rejected)}
+    def metrics(self) -> dict:
+        return {**self.inner.metrics(), "rejected_updates": len(self.rejected), "rejected": list(self.rejected)}
 
 
-class NormBound(StrategyWrapper):
-    """Clip each update to ``||delta|| <= bound``, then aggregate as the inner strategy does."""
+class NormBound(AggregatorWrapper):
+    """Clip each update to ``||delta|| <= bound``, then aggregate as the inner aggregator does."""
 
-    def __init__(self, inner: Strategy, bound: float) -> None:
+    def __init__(self, inner: Aggregator, bound: float) -> None:
         super().__init__(inner)
         self.bound = bound
 
-    def accumulate(self, update: ClientUpdate) -> None:
+    def add(self, update: ClientUpdate) -> None:
         clipped, _ = clip_by_norm(update.delta, self.bound)
-        self.inner.accumulate(ClientUpdate(update.client, clipped, update.num_samples, update.train_loss))
+        self.inner.add(ClientUpdate(update.client, clipped, update.num_samples, update.train_loss))
 
 
-class _Buffered(StrategyWrapper):
-    """Holds the round's updates and hands the inner strategy one robust aggregate."""
+class _Buffered(Aggregator):
+    """Holds the round's updates (``m`` x model size) and reduces them per coordinate."""
 
-    def begin_round(self, rnd: int, clients: Sequence[int] = ()) -> None:
+    def begin(self, rnd: int, clients: Sequence[int] = ()) -> None:
         self.rnd, self.updates = rnd, []
-        self.inner.begin_round(rnd, clients)
 
-    def accumulate(self, update: ClientUpdate) -> None:
+    def add(self, update: ClientUpdate) -> None:
         self.updates.append(update.delta)
 
     @property
@@ -107,15 +105,13 @@ class _Buffered(StrategyWrapper):
     def reduce(self, stacked: torch.Tensor) -> torch.Tensor:  # [m, ...] -> [...]
         raise NotImplementedError
 
-    def finish_round(self, global_state: Mapping[str, torch.Tensor]) -> Tensors:
+    def result(self, params: Mapping[str, torch.Tensor]) -> Tensors:
         if not self.updates:
             raise EmptyRoundError("no updates were accumulated this round.")
         agg = {k: self.reduce(torch.stack([u[k].to(torch.float32) for u in self.updates]))
                for k in self.updates[0]}
         self.updates = []
-        self.inner.begin_round(self.rnd)
-        self.inner.accumulate(ClientUpdate(-1, agg, 1, 0.0))
-        return self.inner.finish_round(global_state)
+        return agg
 
 
 class CoordinateMedian(_Buffered):
@@ -130,8 +126,7 @@ class CoordinateMedian(_Buffered):
 class TrimmedMean(_Buffered):
     """Coordinate-wise mean after dropping the ``floor(beta m)`` largest and smallest values."""
 
-    def __init__(self, inner: Strategy, trim_fraction: float) -> None:
-        super().__init__(inner)
+    def __init__(self, trim_fraction: float) -> None:
         self.trim_fraction = trim_fraction
 
     def reduce(self, stacked: torch.Tensor) -> torch.Tensor:

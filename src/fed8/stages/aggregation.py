@@ -1,10 +1,12 @@
-"""Assemble the server's aggregation chain and the clients' hooks from a config.
+"""Assemble the server's aggregator, its optimizer and the clients' hooks from a config.
 
-    ValidateUpdates( [NormBound | CoordinateMedian | TrimmedMean | PrivateAggregate | Reweighted]( inner ) )
+    ValidateUpdates( [NormBound]( WeightedMean | CoordinateMedian | TrimmedMean
+                                  | PrivateAggregate( WeightedMean | SecureWeightedSum ) ) )
 
-The round loop only ever sees a :class:`Strategy`; every privacy and robustness
-feature is a wrapper or a client hook chosen here, and every combination that would
-silently break a guarantee is refused with the reason.
+The round loop only ever sees an :class:`~fed8.federated.aggregator.Aggregator` and a
+:class:`~fed8.federated.optimizer.ServerOptimizer`; every privacy and robustness feature
+is a wrapper or a client hook chosen here, and every combination that would silently
+break a guarantee is refused with the reason.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from typing import Mapping, Sequence
 from ..config import Config
 from ..errors import ConfigError
 from ..privacy.randomness import privacy_randomness
-from .hooks import Attack, LocalDP, malicious_clients
-from .private import AdaptiveClipping, PrivateAggregate, capped_weight, uniform_weight
-from .robust import CoordinateMedian, NormBound, TrimmedMean, ValidateUpdates
-from .sampling import num_sampled
-from .strategy import Reweighted, Strategy, make_strategy
+from ..federated.hooks import Attack, LocalDP, malicious_clients
+from ..federated.aggregator import Aggregator, WeightedMean, samples_weight
+from ..federated.optimizer import ServerOptimizer, make_optimizer
+from ..federated.private import AdaptiveClipping, PrivateAggregate, capped_weight, uniform_weight
+from ..federated.robust import CoordinateMedian, NormBound, TrimmedMean, ValidateUpdates
+from ..federated.sampling import num_sampled
 
-__all__ = ["SECAGG_CLIP_LR", "SECAGG_CLIP_QUANTILE", "check_combination", "expected_clients", "make_aggregator"]
+__all__ = ["SECAGG_CLIP_LR", "SECAGG_CLIP_QUANTILE", "check_combination", "expected_clients", "make_aggregator",
+           "make_server_optimizer"]
 
 # Secure aggregation without DP clips only to fix the shared int8 scale; the bound follows
 # the 0.9 quantile of the update norms (noise-free: the clip-bit sum is exact), fast enough
@@ -101,12 +105,18 @@ def _weighting(cfg: Config) -> str:
     return w
 
 
-def make_aggregator(cfg: Config, plan, *, client_sizes: Sequence[int], expected: Mapping[str, Sequence[int]],
-                    buffers: Sequence[str] = ()) -> tuple[Strategy, list]:
-    """The strategy chain and the client hooks for ``cfg`` and its privacy ``plan``."""
+def make_server_optimizer(cfg: Config, *, buffers: Sequence[str] = ()) -> ServerOptimizer:
+    """The server optimizer of ``[server]``."""
+    s = cfg.server
+    return make_optimizer(s.strategy, lr=s.lr, momentum=s.momentum, beta1=s.beta1, beta2=s.beta2, tau=s.tau,
+                          buffers=buffers)
+
+
+def make_aggregator(cfg: Config, plan, *, client_sizes: Sequence[int],
+                    expected: Mapping[str, Sequence[int]]) -> tuple[Aggregator, list]:
+    """The aggregator chain and the client hooks for ``cfg`` and its privacy ``plan``."""
     check_combination(cfg)
     p, seed = cfg.privacy, cfg.run.seed
-    inner = make_strategy(cfg.server, buffers=buffers)
     weighting = _weighting(cfg)
     randomness = privacy_randomness(dp=p.dp != "none", insecure_reproducible=p.insecure_reproducible_noise,
                                     seed=seed)
@@ -128,34 +138,31 @@ def make_aggregator(cfg: Config, plan, *, client_sizes: Sequence[int], expected:
             weight = capped_weight(float(max(client_sizes, default=1)))
         # DP: a fixed denominator from public numbers only (w_k <= 1, so each client moves Delta by <= C / m).
         denominator = m if central else None
-        secure = None
+        inner: Aggregator = WeightedMean()
         if p.secure_aggregation:
             from ..privacy.secagg import SecureSum
+            from ..federated.secure import SecureWeightedSum
 
-            secure = SecureSum(seed=seed, threshold=p.secagg_threshold, min_clients=p.secagg_min_clients,
-                               dropout=p.secagg_dropout, dropout_phase=p.secagg_dropout_phase,
-                               randomness=randomness)
+            inner = SecureWeightedSum(SecureSum(
+                seed=seed, threshold=p.secagg_threshold, min_clients=p.secagg_min_clients, dropout=p.secagg_dropout,
+                dropout_phase=p.secagg_dropout_phase, randomness=randomness))
         distributed = central and p.noise_placement == "distributed"
         z_u = plan.update_noise_multiplier if central else 0.0
         t_min = max(1, math.ceil(p.secagg_threshold * m - 1e-9))
-        strategy: Strategy = PrivateAggregate(
-            inner, clip_norm=p.clip_norm, weight=weight, denominator=denominator,
-            noise_multiplier=z_u,
+        agg: Aggregator = PrivateAggregate(
+            inner, clip_norm=p.clip_norm, weight=weight, denominator=denominator, noise_multiplier=z_u,
             client_noise_std=z_u * p.clip_norm / math.sqrt(t_min) if distributed else 0.0,
-            adaptive=_adaptive(cfg, plan),
-            expected_clients=m, secure=secure, randomness=randomness)
-        if cfg.server.robust == "norm_bound":
-            strategy = NormBound(strategy, cfg.server.norm_bound)
+            adaptive=_adaptive(cfg, plan), expected_clients=m, randomness=randomness)
+    elif cfg.server.robust == "median":
+        agg = CoordinateMedian()
+    elif cfg.server.robust == "trimmed_mean":
+        agg = TrimmedMean(cfg.server.trim_fraction)
+    elif weighting == "uniform":
+        agg = WeightedMean(uniform_weight)
+    elif weighting == "capped":
+        agg = WeightedMean(capped_weight(float(p.weight_cap)))
     else:
-        strategy = inner
-        if weighting == "uniform":
-            strategy = Reweighted(strategy, uniform_weight)
-        elif weighting == "capped":
-            strategy = Reweighted(strategy, capped_weight(float(p.weight_cap)))
-        if cfg.server.robust == "norm_bound":
-            strategy = NormBound(strategy, cfg.server.norm_bound)
-        elif cfg.server.robust == "median":
-            strategy = CoordinateMedian(strategy)
-        elif cfg.server.robust == "trimmed_mean":
-            strategy = TrimmedMean(strategy, cfg.server.trim_fraction)
-    return ValidateUpdates(strategy, expected), hooks
+        agg = WeightedMean(samples_weight)
+    if cfg.server.robust == "norm_bound":
+        agg = NormBound(agg, cfg.server.norm_bound)
+    return ValidateUpdates(agg, expected), hooks

@@ -1,8 +1,7 @@
-"""``fed8 run``: data -> partition -> federated training -> report, over one run directory."""
+"""The train stage of ``fed8 run``: data -> partition -> federated rounds -> quantize and report stages."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -10,16 +9,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 
-from . import __version__
-from ._rng import INIT, derive_seed
-from .config import Config, load_config
-from .errors import CheckpointError, ConfigError
-from .rundir import RunDir
+from .. import __version__
+from ..config import Config, load_config
+from ..errors import CheckpointError, ConfigError
+from ..rundir import RunDir
+from .federation import Prepared, prepare
 
-__all__ = ["RESUMABLE_KEYS", "RunResult", "default_run_dir", "make_wire", "prepare", "run"]
+__all__ = ["RESUMABLE_KEYS", "RunResult", "default_run_dir", "run"]
 
 # Keys that may change when a run is resumed; anything else would make it another run.
 RESUMABLE_KEYS = ("train.rounds", "eval.every", "eval.batch_size", "run.threads", "quantize.enabled",
@@ -42,20 +40,6 @@ class RunResult:
         return self.summary["final"]
 
 
-@dataclass
-class Prepared:
-    """Everything a run needs before round 1: data, clients, model, strategy, partition summary."""
-
-    config: Config
-    simulation: Any
-    state: dict[str, torch.Tensor]
-    partition: dict
-    classes: tuple[str, ...]
-    input_shape: tuple[int, int, int]
-    num_parameters: int
-    plan: Any = None
-
-
 def default_run_dir(cfg: Config) -> Path:
     """``<run.out>/<YYYYmmdd-HHMMSS>-<model>-<dataset>``, made unique."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -65,74 +49,6 @@ def default_run_dir(cfg: Config) -> Path:
         i += 1
         out = base.with_name(f"{base.name}-{i}")
     return out
-
-
-def make_wire(cfg: Config, num_clients: int, residuals: Path | None = None):
-    """The uplink / downlink codecs of ``cfg.compression``; error-feedback residuals under ``residuals``."""
-    from .compression import ResidualStore, make_codec
-    from .compression.wire import Wire
-
-    c = cfg.compression
-    opts = dict(granularity=c.granularity, block_size=c.block_size, rounding=c.rounding,
-                topk_fraction=c.topk_fraction)
-    store = ResidualStore(residuals) if c.error_feedback else None
-    return Wire(make_codec(c.uplink, **opts), make_codec(c.downlink, **opts), seed=cfg.run.seed,
-                num_clients=num_clients, downlink_mode=c.downlink_mode, residuals=store)
-
-
-def prepare(cfg: Config, residuals: Path | None = None):
-    """Load data, partition it, build the clients, the model, the strategy and the wire.
-
-    ``residuals``: folder for error-feedback residuals (the run directory's); in memory if None.
-    """
-    import dataclasses
-
-    from .data import load_splits, local_split, partition, partition_summary, to_float
-    from .federated import ClientData, Simulation
-    from .federated.build import check_combination, expected_clients, make_aggregator
-    from .models import build_model, count_parameters
-    from .privacy import check_model_for_dp, make_plan
-    from .privacy.randomness import privacy_randomness
-
-    check_combination(cfg)
-    plan = make_plan(cfg.privacy, num_clients=cfg.data.num_clients, clients_per_round=expected_clients(cfg),
-                     sampling=cfg.train.sampling, rounds=cfg.train.rounds)
-    splits = load_splits(cfg.data)
-    train, ev = splits.train, splits.eval
-    labels = train.labels.numpy()
-    parts = partition(labels, cfg.data.num_clients, cfg.data.partition, alpha=cfg.data.alpha,
-                      shards_per_client=cfg.data.shards_per_client, seed=cfg.run.seed)
-    client_splits = [local_split(p, test_fraction=cfg.data.test_fraction, seed=cfg.run.seed, client=k)
-                     for k, p in enumerate(parts)]
-    # Lay the clients out contiguously so each client's tensors are views, not copies.
-    order = np.concatenate([np.concatenate([s.train, s.test]) for s in client_splits])
-    x_all, y_all = to_float(train.images[torch.from_numpy(order)]), train.labels[torch.from_numpy(order)]
-    clients, at = [], 0
-    for s in client_splits:
-        a, b, c = at, at + len(s.train), at + len(s.train) + len(s.test)
-        clients.append(ClientData(x_all[a:b], y_all[a:b], x_all[b:c], y_all[b:c]))
-        at = c
-    c_, h, w = train.shape
-    model = build_model(cfg.model.name, in_channels=c_, height=h, width=w, num_classes=train.num_classes,
-                        norm=cfg.model.norm, hidden=cfg.model.hidden, seed=derive_seed(cfg.run.seed, INIT))
-    if cfg.privacy.dp != "none":
-        check_model_for_dp(model, model_name=cfg.model.name)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    param_names = {k for k, _ in model.named_parameters()}
-    buffers = [k for k, v in state.items() if v.is_floating_point() and k not in param_names]
-    strategy, hooks = make_aggregator(
-        cfg, plan, client_sizes=[c.num_train for c in clients], buffers=buffers,
-        expected={k: tuple(v.shape) for k, v in state.items() if v.is_floating_point()})
-    # A privacy budget may cut the rounds (privacy.budget = "stop"); the saved config keeps the plan's input.
-    train_cfg = dataclasses.replace(cfg.train, rounds=plan.rounds)
-    sim = Simulation(model=model, clients=clients, eval_x=to_float(ev.images), eval_y=ev.labels,
-                     strategy=strategy, train=train_cfg, eval=cfg.eval, seed=cfg.run.seed,
-                     wire=make_wire(cfg, len(clients), residuals), client_hooks=hooks,
-                     sampling_randomness=privacy_randomness(
-                         dp=cfg.privacy.dp != "none", insecure_reproducible=cfg.privacy.insecure_reproducible_noise,
-                         seed=cfg.run.seed))
-    return Prepared(cfg, sim, state, partition_summary(client_splits, labels, train.num_classes),
-                    train.classes, train.shape, count_parameters(model), plan)
 
 
 def _resume_config(rd: RunDir, overrides: Sequence[str]) -> Config:
@@ -152,28 +68,30 @@ def _resume_config(rd: RunDir, overrides: Sequence[str]) -> Config:
 
 
 def _summary(prep: Prepared, rows: list[dict], wall_s: float) -> dict:
+    from ..federated.record import CLIENT_ACCURACY_KEYS, RoundRecord
+
     cfg = prep.config
-    evals = [r for r in rows if r.get("eval_accuracy") is not None]
-    final = evals[-1] if evals else {}
+    recs = [RoundRecord.from_dict(r) for r in rows]
+    evals = [r for r in recs if r.evaluated]
+    final = evals[-1] if evals else None
+    up, down = sum(r.uplink_bytes for r in recs), sum(r.downlink_bytes for r in recs)
     return {
         "fed8_version": __version__, "torch_version": torch.__version__,
         "dataset": cfg.data.source, "model": cfg.model.name, "parameters": prep.num_parameters,
         "input_shape": list(prep.input_shape), "classes": list(prep.classes),
-        "num_clients": cfg.data.num_clients, "rounds": rows[-1]["round"] if rows else 0,
-        "final": {k: final.get(k) for k in ("round", "eval_accuracy", "eval_loss", "client_accuracy_mean",
-                                             "client_accuracy_p10", "client_accuracy_min")},
-        "best_eval_accuracy": max((r["eval_accuracy"] for r in evals), default=None),
-        "total_uplink_bytes": sum(r["uplink_bytes"] for r in rows),
-        "total_downlink_bytes": sum(r["downlink_bytes"] for r in rows),
-        "uplink_ratio_to_float32": (sum(r["uplink_bytes"] for r in rows)
-                                    / max(sum(r.get("uplink_bytes_float32", 0) for r in rows), 1)),
-        "downlink_ratio_to_float32": (sum(r["downlink_bytes"] for r in rows)
-                                      / max(sum(r.get("downlink_bytes_float32", 0) for r in rows), 1)),
+        "num_clients": cfg.data.num_clients, "rounds": recs[-1].round if recs else 0,
+        "final": {k: getattr(final, k) if final else None
+                  for k in ("round", "eval_accuracy", "eval_loss", *CLIENT_ACCURACY_KEYS)},
+        "best_eval_accuracy": max((r.eval_accuracy for r in evals), default=None),
+        "total_uplink_bytes": up,
+        "total_downlink_bytes": down,
+        "uplink_ratio_to_float32": up / max(sum(r.uplink_bytes_float32 for r in recs), 1),
+        "downlink_ratio_to_float32": down / max(sum(r.downlink_bytes_float32 for r in recs), 1),
         "uplink_codec": cfg.compression.uplink + ("+error_feedback" if cfg.compression.error_feedback else ""),
         "downlink_codec": f"{cfg.compression.downlink} ({cfg.compression.downlink_mode})",
         "privacy": _privacy_summary(prep, rows),
-        "rejected_updates": sum(r.get("rejected_updates", 0) for r in rows),
-        "train_seconds": sum(r["seconds"] for r in rows),
+        "rejected_updates": sum(r.rejected_updates for r in recs),
+        "train_seconds": sum(r.seconds for r in recs),
         "wall_seconds_this_invocation": wall_s,
     }
 
@@ -287,7 +205,7 @@ def _train(cfg: Config, rd: RunDir, ck, resumed: bool, progress, on_round, repor
         plan = prep.plan.after_interruptions(extra, target_epsilon=cfg.privacy.target_epsilon)
         if plan is not prep.plan:
             prep.plan = plan
-            sim.train = dataclasses.replace(sim.train, rounds=max(plan.rounds, start))
+            sim.rounds = max(plan.rounds, start)
         rd.write_metrics(rows)
     meta = {"seed": cfg.run.seed, "rng": "stateless: generators derive from SeedSequence([seed, stream, round, "
             "client]); privacy draws under DP come from os.urandom and are fresh on every attempt"}
@@ -296,8 +214,9 @@ def _train(cfg: Config, rd: RunDir, ck, resumed: bool, progress, on_round, repor
         if prep.plan.server_sees_releases:
             rd.mark_attempt(rnd)
 
-    def after_round(rnd: int, new_state: dict, strategy, row: dict) -> None:
-        row["epsilon"] = prep.plan.epsilon(rnd)
+    def after_round(rnd: int, new_state: dict, rec) -> None:
+        rec.epsilon = prep.plan.epsilon(rnd)
+        row = rec.to_dict()
         # Commit first (the checkpoint carries the row), then publish the row: a round whose
         # checkpoint is not committed was never released, and a committed one is never redrawn.
         rd.save_checkpoint(rnd, new_state, sim.server_state(),
@@ -312,17 +231,17 @@ def _train(cfg: Config, rd: RunDir, ck, resumed: bool, progress, on_round, repor
             on_round(rnd, row)
 
     state = sim.run(state, start_round=start, on_round=after_round, before_round=before_round)
-    from ._io import save_tensors
-    from .data import PIXEL_MEAN, PIXEL_STD
+    from .._io import save_tensors
+    from ..data import PIXEL_MEAN, PIXEL_STD
     save_tensors(rd.model, state, metadata={
         "model": cfg.model.name, "input_shape": list(prep.input_shape), "classes": list(prep.classes),
         "pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD, "norm": cfg.model.norm, "hidden": cfg.model.hidden})
     summary = _summary(prep, rows, time.perf_counter() - t0)
     rd.write_json(rd.summary, summary)
     if cfg.quantize.enabled:
-        from .deploy_stage import quantize_run
+        from .quantize import quantize_run
         summary["deploy"] = quantize_run(rd.path, cfg.quantize)["formats"]  # it updates summary.json too
     if report:
-        from .report import write_report
+        from ..report import write_report
         write_report(rd.path)
     return RunResult(rd.path, rows, summary)

@@ -18,8 +18,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ._io import atomic_write_json, staged_dir
-from .config import DEPLOY_FORMATS, QuantizeConfig
+from .._io import atomic_write_json, staged_dir
+from ..config import DEPLOY_FORMATS, QuantizeConfig
 
 __all__ = ["DeployData", "deploy_formats", "quantize_model", "quantize_run"]
 
@@ -45,10 +45,10 @@ def _formats(q: QuantizeConfig) -> list[str]:
 
 def _use_openvino(q: QuantizeConfig) -> bool:
     """Whether to measure on OpenVINO too; ``quantize.openvino = "on"`` without it installed is an error."""
-    from .deploy import runtime
+    from ..deploy import runtime
 
     if q.openvino == "on" and not runtime.openvino_available():
-        from .errors import MissingExtraError
+        from ..errors import MissingExtraError
 
         raise MissingExtraError("openvino", "openvino")
     return q.openvino == "on" or (q.openvino == "auto" and runtime.openvino_available())
@@ -74,11 +74,11 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
     will replace: model files there of formats not rebuilt now are carried over (linked)
     and named in a note.
     """
-    from .deploy.calibrate import client_histograms, client_ranges, merge_histograms, merge_ranges, thresholds
-    from .deploy.export import read_metadata, stamp_metadata
-    from .deploy.gate import gate, layer_sqnr
-    from .deploy.quantize import fp8_activation_scales, quantize_fp8_model, quantize_int8_model
-    from .deploy.runtime import FP8_CPU_SESSION_CONFIG, INTEGER_OPS, kernel_ops, latency_ms, run_logits, session
+    from ..deploy.calibrate import client_histograms, client_ranges, merge_histograms, merge_ranges, thresholds
+    from ..deploy.export import read_metadata, stamp_metadata
+    from ..deploy.gate import gate, layer_sqnr
+    from ..deploy.quantize import fp8_activation_scales, quantize_fp8_model, quantize_int8_model
+    from ..deploy.runtime import FP8_CPU_SESSION_CONFIG, INTEGER_OPS, kernel_ops, latency_ms, run_logits, session
 
     fmts = _formats(q)
     use_openvino = _use_openvino(q)
@@ -234,11 +234,11 @@ def quantize_run(run_dir: str | Path, q: QuantizeConfig | None = None, *, calibr
     ``RUN_DIR/deploy``).
     """
 
-    from ._io import load_tensors
-    from .data import PIXEL_MEAN, PIXEL_STD
-    from .errors import CheckpointError
-    from .pipeline import prepare
-    from .rundir import RunDir
+    from .._io import load_tensors
+    from ..data import PIXEL_MEAN, PIXEL_STD
+    from ..errors import CheckpointError
+    from ..rundir import RunDir
+    from .federation import load_federation
 
     say = progress or (lambda s: None)
     rd = RunDir.open(run_dir)
@@ -249,18 +249,17 @@ def quantize_run(run_dir: str | Path, q: QuantizeConfig | None = None, *, calibr
         raise CheckpointError(f"{rd.model} does not exist: the run has not finished. Finish it with "
                               f"'fed8 run --resume {rd.path}'.")
     say("preparing data")
-    prep = prepare(cfg)
-    model = prep.simulation.model
+    fed = load_federation(cfg)  # the clients' data and the model; no aggregator, wire or secure aggregation
+    model = fed.model
     model.load_state_dict(load_tensors(rd.model))
     model.eval()
-    clients = prep.simulation.clients
     final = Path(out) if out else rd.path / "deploy"
-    meta = {"model": cfg.model.name, "input_shape": list(prep.input_shape), "classes": list(prep.classes),
+    meta = {"model": cfg.model.name, "input_shape": list(fed.input_shape), "classes": list(fed.classes),
             "preprocess": {"divisor": 255, "mean": PIXEL_MEAN, "std": PIXEL_STD,
                            "formula": "x = (pixel / divisor - mean) / std", "layout": "NCHW",
-                           "resize": list(prep.input_shape[1:]), "resample": "bilinear"}}
+                           "resize": list(fed.input_shape[1:]), "resample": "bilinear"}}
     with staged_dir(final) as out:
-        result = _quantize_run_into(out, final, model, prep, clients, q, meta, calibration_data, say)
+        result = _quantize_run_into(out, final, fed, q, meta, calibration_data, say)
     if final.resolve() == (rd.path / "deploy").resolve():
         _publish(rd, result)
     return result
@@ -275,28 +274,29 @@ def _publish(rd, result: dict[str, Any]) -> None:
         summary["deploy"] = result["formats"]
         rd.write_json(rd.summary, summary)
     if rd.report.exists():
-        from .report import write_report
+        from ..report import write_report
 
         write_report(rd.path)
 
 
-def _quantize_run_into(out: Path, final: Path, model, prep, clients, q: QuantizeConfig, meta: dict,
+def _quantize_run_into(out: Path, final: Path, fed, q: QuantizeConfig, meta: dict,
                        calibration_data: Sequence[str], say) -> dict[str, Any]:
     import torch
 
-    from .deploy.export import export_onnx, parity, read_metadata
-    from .deploy.images import load_images
-    from .deploy.runtime import run_logits, session
-    from .errors import CheckpointError
-    from .federated.evaluate import client_accuracy_stats
+    from ..deploy.export import export_onnx, parity, read_metadata
+    from ..deploy.images import load_images
+    from ..deploy.runtime import run_logits, session
+    from ..errors import CheckpointError
+    from ..federated.evaluate import client_accuracy_stats
 
     say("exporting ONNX")
-    fp32 = export_onnx(model, prep.input_shape, out / "fp32.onnx", metadata={**meta, "format": "float32"})
-    ex, ey = prep.simulation.eval_x.numpy(), prep.simulation.eval_y.numpy()
-    local_x = prep.simulation.local_x.numpy()
-    local_y, owner = prep.simulation.local_y.numpy(), prep.simulation.owner
+    model, clients = fed.model, fed.clients
+    fp32 = export_onnx(model, fed.input_shape, out / "fp32.onnx", metadata={**meta, "format": "float32"})
+    ex, ey = fed.eval_x.numpy(), fed.eval_y.numpy()
+    local_x, local_y, owner = fed.local_test
+    local_x, local_y = local_x.numpy(), local_y.numpy()
 
-    par = parity(model, run_logits(session(fp32, threads=q.threads), ex), prep.simulation.eval_x)
+    par = parity(model, run_logits(session(fp32, threads=q.threads), ex), fed.eval_x)
     if par["top1_agreement"] < 1.0:
         raise CheckpointError(f"ONNX export disagrees with PyTorch on {1 - par['top1_agreement']:.2%} of the eval "
                               f"split (max logit error {par['max_abs_logit_error']:.3g}); refusing to quantize.")
@@ -328,7 +328,7 @@ def _quantize_run_into(out: Path, final: Path, model, prep, clients, q: Quantize
                                   for s in sets if len(s)]))
         return float(np.mean(run_logits(sess, local_x).argmax(1) == local_y))
 
-    data = DeployData(sets, ex, ey, tuple(prep.input_shape), on_device, select)
+    data = DeployData(sets, ex, ey, tuple(fed.input_shape), on_device, select)
     return deploy_formats(fp32, out, q, data, meta, calibration, say, extra={"float32_parity": par}, final=final)
 
 
@@ -340,9 +340,9 @@ def quantize_model(model_path: str | Path, q: QuantizeConfig, calibration_data: 
     most 5,000) evaluate: accuracy if the source has labels, otherwise top-1 agreement
     with the FP32 model.
     """
-    from .deploy.export import read_metadata
-    from .deploy.images import load_images
-    from .errors import DeployError
+    from ..deploy.export import read_metadata
+    from ..deploy.images import load_images
+    from ..errors import DeployError
 
     say = progress or (lambda s: None)
     _use_openvino(q)

@@ -1,0 +1,175 @@
+"""The server side of a federated round, written once over a small transport interface.
+
+Round r (1-based)::
+
+    S       = sample(r)                      seeded (seed, SAMPLE, r); the OS CSPRNG under DP
+    for each reply of transport.round(r, w, S), as it arrives:
+        aggregator.add(update)               streaming: one update alive at a time
+    Delta   = aggregator.result(w)           FedAvg mean, robust rule, DP mean (noised), ...
+    w, s    = optimizer.apply(s, w, Delta)   FedAvg, FedAvgM, FedAdam over the explicit state s
+    metrics = evaluate(w) every eval_every rounds (server eval split + every client's own data)
+
+A round with nothing to aggregate (no client sampled, every update rejected, a secure
+round that lost too many clients) is abandoned and the model kept, except under DP,
+where the aggregator releases the noised zero sum instead. Transports
+(:class:`Transport`): :class:`fed8.federated.simulation.InProcessTransport` (clients are
+data shards in this process) and the Flower transport (SuperNodes).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Mapping, Protocol, Sequence
+
+import torch
+
+from .._rng import SAMPLE
+from ..errors import EmptyRoundError, SecAggError
+from ..privacy.randomness import PrivacyRandomness
+from .aggregator import Aggregator
+from .client import ClientUpdate
+from .optimizer import ServerOptimizer
+from .record import RoundRecord
+from .sampling import sample_clients
+
+__all__ = ["Reply", "RoundLoop", "Transport"]
+
+log = logging.getLogger("fed8")
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One client's decoded update and the bytes its upload took."""
+
+    update: ClientUpdate
+    uplink_bytes: int
+
+
+class Transport(Protocol):
+    """How the server reaches the clients: broadcast, local training, upload, evaluation."""
+
+    def broadcast(self, rnd: int, state: Mapping[str, torch.Tensor], clients: Sequence[int]) -> int:
+        """Send the global model to ``clients``; returns the downlink bytes."""
+
+    def collect(self, rnd: int, clients: Sequence[int]) -> Iterator[Reply]:
+        """The clients' updates of round ``rnd``, as they arrive (missing ones are dropouts)."""
+
+    def evaluate_clients(self, state: Mapping[str, torch.Tensor]) -> dict:
+        """``client_accuracy_mean / p10 / min`` of ``state`` on every client's local test split."""
+
+    def float32_bytes(self, state: Mapping[str, torch.Tensor]) -> tuple[int, int]:
+        """What one float32 upload / download of ``state`` would cost."""
+
+    def state_dict(self) -> Tensors:
+        """Transport state to checkpoint (e.g. what the clients hold for delta downlinks)."""
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None: ...
+
+
+@dataclass
+class RoundLoop:
+    """The server's rounds over any :class:`Transport`.
+
+    Parameters
+    ----------
+    aggregator, optimizer
+        How updates become the mean update, and how it becomes the next model.
+    transport
+        Where the clients are.
+    num_clients, fraction, sampling
+        Client sampling (``fixed`` or ``poisson``); ``sampling_randomness`` is where the
+        sample comes from (the OS CSPRNG under DP).
+    rounds, eval_every
+        Rounds to run; evaluate every ``eval_every`` rounds (0: the last only).
+    evaluate_server
+        ``state -> {"eval_loss", "eval_accuracy"}`` on the server's eval split, or None.
+    """
+
+    aggregator: Aggregator
+    optimizer: ServerOptimizer
+    transport: Transport
+    num_clients: int
+    fraction: float
+    rounds: int
+    sampling: str = "fixed"
+    eval_every: int = 1
+    seed: int = 0
+    evaluate_server: Callable[[Mapping[str, torch.Tensor]], dict] | None = None
+    sampling_randomness: PrivacyRandomness | None = None
+    optimizer_state: Tensors = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.sampling_randomness is None:
+            self.sampling_randomness = PrivacyRandomness(self.seed)
+        self.optimizer_state = self.optimizer_state or self.optimizer.init()
+
+    def is_eval_round(self, rnd: int) -> bool:
+        return rnd == self.rounds or (self.eval_every > 0 and rnd % self.eval_every == 0)
+
+    def evaluate(self, state: Mapping[str, torch.Tensor]) -> dict:
+        out = dict(self.evaluate_server(state)) if self.evaluate_server is not None else {}
+        return {**out, **self.transport.evaluate_clients(state)}
+
+    def sample(self, rnd: int) -> list[int]:
+        return sample_clients(self.num_clients, self.fraction, sampling=self.sampling,
+                              generator=self.sampling_randomness.draws(SAMPLE, rnd))
+
+    def run_round(self, rnd: int, state: Tensors) -> tuple[Tensors, RoundRecord]:
+        """Train, aggregate and (if due) evaluate round ``rnd``; the new state and the round's record."""
+        t0 = time.perf_counter()
+        sampled = self.sample(rnd)
+        self.aggregator.begin(rnd, sampled)
+        down = self.transport.broadcast(rnd, state, sampled)
+        loss_sum, n_sum, up = 0.0, 0, 0
+        for reply in self.transport.collect(rnd, sampled):
+            u = reply.update
+            up += reply.uplink_bytes
+            loss_sum += u.train_loss * u.num_samples
+            n_sum += u.num_samples
+            self.aggregator.add(u)
+            del reply, u  # streaming: at most one update alive at a time
+        aborted = None
+        try:
+            delta = self.aggregator.result(state)
+            new_state, self.optimizer_state = self.optimizer.apply(self.optimizer_state, state, delta)
+        except (SecAggError, EmptyRoundError) as e:
+            log.warning("round %d abandoned, model unchanged: %s", rnd, e)
+            new_state, aborted = dict(state), str(e)
+        extra = self.aggregator.metrics()
+        up = extra.pop("uplink_bytes", up)  # secure aggregation sends its own messages
+        down += extra.pop("secagg_downlink_bytes", 0)
+        up32, down32 = self.transport.float32_bytes(state)
+        rec = RoundRecord(round=rnd, num_clients=len(sampled), train_loss=loss_sum / max(n_sum, 1),
+                          uplink_bytes=up, downlink_bytes=down, uplink_bytes_float32=up32 * len(sampled),
+                          downlink_bytes_float32=down32 * len(sampled),
+                          rejected_updates=extra.pop("rejected_updates", 0), extra=extra, aborted=aborted)
+        if self.is_eval_round(rnd):
+            rec = rec.with_eval(self.evaluate(new_state))
+        rec.seconds = time.perf_counter() - t0
+        return new_state, rec
+
+    def server_state(self) -> Tensors:
+        """Everything the server checkpoints besides the model: aggregator, optimizer and transport state."""
+        return {**self.aggregator.state_dict(), **self.optimizer_state, **self.transport.state_dict()}
+
+    def load_server_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.aggregator.load_state_dict({k: v for k, v in state.items() if k.startswith("privacy.")})
+        self.optimizer_state = self.optimizer.check_state(
+            {k: v for k, v in state.items() if not k.startswith(("privacy.", "wire."))})
+        self.transport.load_state_dict({k: v for k, v in state.items() if k.startswith("wire.")})
+
+    def run(self, state: Tensors, *, start_round: int = 0,
+            on_round: Callable[[int, Tensors, RoundRecord], None] | None = None,
+            before_round: Callable[[int], None] | None = None) -> Tensors:
+        """Rounds ``start_round + 1 .. rounds``; ``before_round(r)`` before and ``on_round(r, state, rec)`` after each."""
+        for rnd in range(start_round + 1, self.rounds + 1):
+            if before_round is not None:
+                before_round(rnd)
+            state, rec = self.run_round(rnd, state)
+            if on_round is not None:
+                on_round(rnd, state, rec)
+        return state

@@ -1,0 +1,54 @@
+"""Secure summation as a sum that DP-FedAvg's aggregator wraps (:class:`SecureWeightedSum`).
+
+Same interface as :class:`fed8.federated.aggregator.WeightedMean`'s sum (``configure``,
+``add_weighted``, ``total``) over :class:`fed8.privacy.secagg.SecureSum`: the server
+only ever learns the total of the clipped, weighted updates, the total weight and the
+count of unclipped clients, plus the real bytes of every protocol message.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+
+from .aggregator import Aggregator, Tensors, Total
+
+__all__ = ["SecureWeightedSum"]
+
+
+class SecureWeightedSum(Aggregator):
+    """A round's weighted sum computed by the secure-aggregation protocol.
+
+    Parameters
+    ----------
+    secure
+        A :class:`fed8.privacy.secagg.SecureSum` (threshold, floor, dropouts, randomness).
+    """
+
+    def __init__(self, secure) -> None:
+        self.secure = secure
+        self.clip_norm, self.noise_std, self.num_updates = 1.0, 0.0, 0
+
+    def configure(self, *, clip_norm: float, noise_std: float) -> None:
+        """The public numbers the round's shared int8 scale is fixed from (before :meth:`begin`)."""
+        self.clip_norm, self.noise_std = clip_norm, noise_std
+
+    def begin(self, rnd: int, clients: Sequence[int] = ()) -> None:
+        self.rnd, self.num_updates = rnd, 0
+        self.secure.begin(rnd, clients, clip_norm=self.clip_norm, noise_std=self.noise_std)
+
+    def add_weighted(self, client: int, tensors: Mapping[str, torch.Tensor], weight: float, bit: int = 0) -> None:
+        self.secure.add(client, tensors, weight=weight, bit=bit)
+        self.num_updates += 1
+
+    def total(self) -> Total:
+        if self.num_updates == 0:
+            return Total(None, 0.0, 0, 0, {})
+        res = self.secure.finish()
+        return Total(res.total, res.weight_sum, res.bit_sum, res.num_inputs, {
+            "uplink_bytes": sum(res.uplink_bytes.values()), "secagg_downlink_bytes": sum(res.downlink_bytes.values()),
+            "secagg_ring_bits": res.ring_bits, "secagg_inputs": res.num_inputs})
+
+    def result(self, params: Mapping[str, torch.Tensor]) -> Tensors:  # pragma: no cover - always wrapped
+        raise NotImplementedError("SecureWeightedSum is a sum: wrap it in PrivateAggregate.")

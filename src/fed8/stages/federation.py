@@ -1,0 +1,137 @@
+"""Assemble a federation from a config: data, partition, clients, model, aggregator, optimizer, wire.
+
+:func:`load_federation` builds what every stage needs from the data (the clients' shards,
+the eval split, the model); :func:`prepare` adds what only training needs (the privacy
+plan, the aggregator chain, the server optimizer, the codecs) and returns the
+:class:`~fed8.federated.simulation.Simulation`. The quantize stage uses the first alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._rng import INIT, derive_seed
+from ..config import Config
+
+__all__ = ["Federation", "Prepared", "load_federation", "make_wire", "prepare"]
+
+
+@dataclass
+class Federation:
+    """The data side of a run: clients, eval split, the model at round 0, the partition summary."""
+
+    clients: list
+    eval_x: torch.Tensor
+    eval_y: torch.Tensor
+    model: torch.nn.Module
+    partition: dict
+    classes: tuple[str, ...]
+    input_shape: tuple[int, int, int]
+
+    @property
+    def local_test(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every client's local test split in one tensor, its labels, and the owner of each image."""
+        x = torch.cat([c.x_test for c in self.clients]) if self.clients else torch.zeros(0)
+        y = torch.cat([c.y_test for c in self.clients])
+        owner = torch.cat([torch.full((c.y_test.shape[0],), k, dtype=torch.long) for k, c in enumerate(self.clients)])
+        return x, y, owner
+
+
+def load_federation(cfg: Config) -> Federation:
+    """Load the data, partition it across the clients and build the model (seeded by (seed, INIT))."""
+    from ..data import load_splits, local_split, partition, partition_summary, to_float
+    from ..federated import ClientData
+    from ..models import build_model
+
+    splits = load_splits(cfg.data)
+    train, ev = splits.train, splits.eval
+    labels = train.labels.numpy()
+    parts = partition(labels, cfg.data.num_clients, cfg.data.partition, alpha=cfg.data.alpha,
+                      shards_per_client=cfg.data.shards_per_client, seed=cfg.run.seed)
+    client_splits = [local_split(p, test_fraction=cfg.data.test_fraction, seed=cfg.run.seed, client=k)
+                     for k, p in enumerate(parts)]
+    # Lay the clients out contiguously so each client's tensors are views, not copies.
+    order = np.concatenate([np.concatenate([s.train, s.test]) for s in client_splits])
+    x_all, y_all = to_float(train.images[torch.from_numpy(order)]), train.labels[torch.from_numpy(order)]
+    clients, at = [], 0
+    for s in client_splits:
+        a, b, c = at, at + len(s.train), at + len(s.train) + len(s.test)
+        clients.append(ClientData(x_all[a:b], y_all[a:b], x_all[b:c], y_all[b:c]))
+        at = c
+    c_, h, w = train.shape
+    model = build_model(cfg.model.name, in_channels=c_, height=h, width=w, num_classes=train.num_classes,
+                        norm=cfg.model.norm, hidden=cfg.model.hidden, seed=derive_seed(cfg.run.seed, INIT))
+    return Federation(clients, to_float(ev.images), ev.labels, model,
+                      partition_summary(client_splits, labels, train.num_classes), train.classes, train.shape)
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs before round 1: data, clients, model, aggregator, partition summary."""
+
+    config: Config
+    simulation: Any
+    state: dict[str, torch.Tensor]
+    partition: dict
+    classes: tuple[str, ...]
+    input_shape: tuple[int, int, int]
+    num_parameters: int
+    plan: Any = None
+
+
+def make_wire(cfg: Config, num_clients: int, residuals: Path | None = None):
+    """The uplink / downlink codecs of ``cfg.compression``; error-feedback residuals under ``residuals``."""
+    from ..compression import ResidualStore, make_codec
+    from ..compression.wire import Wire
+
+    c = cfg.compression
+    opts = dict(granularity=c.granularity, block_size=c.block_size, rounding=c.rounding,
+                topk_fraction=c.topk_fraction)
+    store = ResidualStore(residuals) if c.error_feedback else None
+    return Wire(make_codec(c.uplink, **opts), make_codec(c.downlink, **opts), seed=cfg.run.seed,
+                num_clients=num_clients, downlink_mode=c.downlink_mode, residuals=store)
+
+
+def prepare(cfg: Config, residuals: Path | None = None):
+    """Load data, partition it, build the clients, the model, the aggregator, the optimizer and the wire.
+
+    ``residuals``: folder for error-feedback residuals (the run directory's); in memory if None.
+    """
+
+    from ..federated import LocalTraining, Simulation
+    from ..models import count_parameters
+    from ..privacy import check_model_for_dp, make_plan
+    from ..privacy.randomness import privacy_randomness
+    from .aggregation import check_combination, expected_clients, make_aggregator, make_server_optimizer
+
+    check_combination(cfg)
+    plan = make_plan(cfg.privacy, num_clients=cfg.data.num_clients, clients_per_round=expected_clients(cfg),
+                     sampling=cfg.train.sampling, rounds=cfg.train.rounds)
+    fed = load_federation(cfg)
+    model, clients = fed.model, fed.clients
+    if cfg.privacy.dp != "none":
+        check_model_for_dp(model, model_name=cfg.model.name)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    param_names = {k for k, _ in model.named_parameters()}
+    buffers = [k for k, v in state.items() if v.is_floating_point() and k not in param_names]
+    aggregator, hooks = make_aggregator(
+        cfg, plan, client_sizes=[c.num_train for c in clients],
+        expected={k: tuple(v.shape) for k, v in state.items() if v.is_floating_point()})
+    t = cfg.train
+    # A privacy budget may cut the rounds (privacy.budget = "stop"); the saved config keeps the plan's input.
+    sim = Simulation(model=model, clients=clients, eval_x=fed.eval_x, eval_y=fed.eval_y,
+                     aggregator=aggregator, optimizer=make_server_optimizer(cfg, buffers=buffers),
+                     local=LocalTraining(epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum,
+                                         weight_decay=t.weight_decay, prox_mu=t.prox_mu),
+                     rounds=plan.rounds, fraction=t.fraction, sampling=t.sampling, eval_every=cfg.eval.every,
+                     eval_batch_size=cfg.eval.batch_size, seed=cfg.run.seed,
+                     wire=make_wire(cfg, len(clients), residuals), client_hooks=hooks,
+                     sampling_randomness=privacy_randomness(
+                         dp=cfg.privacy.dp != "none", insecure_reproducible=cfg.privacy.insecure_reproducible_noise,
+                         seed=cfg.run.seed))
+    return Prepared(cfg, sim, state, fed.partition, fed.classes, fed.input_shape, count_parameters(model), plan)
