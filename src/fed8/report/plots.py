@@ -41,48 +41,51 @@ def _round_axis(ax) -> None:
 
 def plot_all(rows: list[dict[str, Any]], partition: dict | None, out: Path, deploy: dict | None = None) -> list[Path]:
     """Write the plots into ``out`` and return their paths."""
+    from ..federated.record import RoundRecord
+
     plt = _pyplot()
-    ev = [r for r in rows if r.get("eval_accuracy") is not None]
-    rounds = [r["round"] for r in ev]
-    paths = []
+    recs = [RoundRecord.from_dict(r) for r in rows]
+    ev = [r for r in recs if r.evaluated]
+    rounds = [r.round for r in ev]
+    paths: list[Path] = []
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    a1.plot(rounds, [r["eval_accuracy"] for r in ev], marker="o", ms=3)
+    a1.plot(rounds, [r.eval_accuracy for r in ev], marker="o", ms=3)
     a1.set(xlabel="round", ylabel="accuracy", title="Global model, eval split")
-    a2.plot(rounds, [r["eval_loss"] for r in ev], marker="o", ms=3, label="eval loss")
-    a2.plot([r["round"] for r in rows], [r["train_loss"] for r in rows], marker=".", ms=3, label="client train loss")
+    a2.plot(rounds, [r.eval_loss for r in ev], marker="o", ms=3, label="eval loss")
+    a2.plot([r.round for r in recs], [r.train_loss for r in recs], marker=".", ms=3, label="client train loss")
     a2.set(xlabel="round", ylabel="cross-entropy", title="Loss")
     a2.legend()
     for ax in (a1, a2):
         _round_axis(ax)
     _save(fig, out / "accuracy_loss.png", paths)
 
-    band = [r for r in ev if r.get("client_accuracy_mean") is not None]
+    band = [r for r in ev if r.client_accuracy_mean is not None]
     fig, ax = plt.subplots(figsize=(6, 3.6))
     if band:
-        x = [r["round"] for r in band]
-        ax.fill_between(x, [r["client_accuracy_min"] for r in band], [r["client_accuracy_mean"] for r in band],
+        x = [r.round for r in band]
+        ax.fill_between(x, [r.client_accuracy_min for r in band], [r.client_accuracy_mean for r in band],
                         alpha=0.2, label="min .. mean")
-        ax.plot(x, [r["client_accuracy_min"] for r in band], lw=1, label="min")
-        ax.plot(x, [r["client_accuracy_p10"] for r in band], lw=1, label="10th percentile")
-        ax.plot(x, [r["client_accuracy_mean"] for r in band], lw=2, label="mean")
+        ax.plot(x, [r.client_accuracy_min for r in band], lw=1, label="min")
+        ax.plot(x, [r.client_accuracy_p10 for r in band], lw=1, label="10th percentile")
+        ax.plot(x, [r.client_accuracy_mean for r in band], lw=2, label="mean")
         ax.legend()
     ax.set(xlabel="round", ylabel="accuracy", title="Global model on each client's local test split")
     _round_axis(ax)
     _save(fig, out / "client_accuracy.png", paths)
 
-    eps = [r for r in rows if r.get("epsilon") is not None]
+    eps = [r for r in recs if r.epsilon is not None]
     if eps:
         fig, ax = plt.subplots(figsize=(6, 3.6))
-        ax.plot([r["round"] for r in eps], [r["epsilon"] for r in eps], marker="o", ms=3, label="epsilon")
+        ax.plot([r.round for r in eps], [r.epsilon for r in eps], marker="o", ms=3, label="epsilon")
         ax.set(xlabel="round", ylabel="epsilon (client level)", title="Privacy spent after each round")
         _round_axis(ax)
         _save(fig, out / "epsilon.png", paths)
 
     if partition:
         _samples_per_client(plt, partition, out, paths)
-    if any(r.get("eval_accuracy") is not None for r in rows):
-        _accuracy_vs_bytes(plt, rows, out, paths)
+    if ev:
+        _accuracy_vs_bytes(plt, recs, out, paths)
     if deploy:
         _deploy_tradeoff(plt, deploy, out, paths)
     return paths
@@ -119,22 +122,21 @@ def _samples_per_client(plt, partition: dict, out: Path, paths: list[Path]) -> N
     _save(fig, out / "samples_per_client.png", paths)
 
 
-def _accuracy_vs_bytes(plt, rows: list[dict], out: Path, paths: list[Path]) -> None:
+def _accuracy_vs_bytes(plt, recs: list, out: Path, paths: list[Path]) -> None:
     """Eval accuracy against cumulative bytes on the wire, with what float32 payloads would have cost."""
-    up = down = up32 = down32 = 0
-    sent, sent32, acc = [], [], []
-    for r in rows:
-        up, down = up + r.get("uplink_bytes", 0), down + r.get("downlink_bytes", 0)
-        up32 = up32 + r.get("uplink_bytes_float32", r.get("uplink_bytes", 0))
-        down32 = down32 + r.get("downlink_bytes_float32", r.get("downlink_bytes", 0))
-        if r.get("eval_accuracy") is not None:
-            sent.append((up + down) / 1e6)
-            sent32.append((up32 + down32) / 1e6)
-            acc.append(r["eval_accuracy"])
+    sent = sent32 = 0
+    x, x32, acc = [], [], []
+    for r in recs:
+        sent += r.uplink_bytes + r.downlink_bytes
+        sent32 += (r.uplink_bytes_float32 or r.uplink_bytes) + (r.downlink_bytes_float32 or r.downlink_bytes)
+        if r.evaluated:
+            x.append(sent / 1e6)
+            x32.append(sent32 / 1e6)
+            acc.append(r.eval_accuracy)
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot(sent, acc, marker="o", ms=3, label="this run's codecs")
-    if sent32 != sent:
-        ax.plot(sent32, acc, ls="--", color="#888", label="same rounds in float32")
+    ax.plot(x, acc, marker="o", ms=3, label="this run's codecs")
+    if x32 != x:
+        ax.plot(x32, acc, ls="--", color="#888", label="same rounds in float32")
     ax.set(xlabel="cumulative MB sent (uplink + downlink)", ylabel="eval accuracy", title="Accuracy against bytes sent")
     ax.grid(alpha=0.3)
     ax.legend()
