@@ -112,6 +112,10 @@ def test_a_run_that_fails_before_round_1_leaves_no_folder(tmp_path, small, capsy
     assert main(["run", "--out", str(tmp_path / "r")] + sets) == 2
     assert "needs at least 2" in _err(capsys)
     assert not (tmp_path / "r").exists()
+    (tmp_path / "mine/checkpoints").mkdir(parents=True)  # a folder of the user's: what was there stays
+    (tmp_path / "mine/notes.txt").write_text("keep")
+    assert main(["run", "--out", str(tmp_path / "mine")] + sets) == 2
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["checkpoints", "notes.txt"]
 
 
 def test_resume_may_not_go_back(tmp_path, small, capsys):

@@ -65,6 +65,9 @@ class RunDir:
                 f"{rd.path} already holds a run (config.toml exists). Continue it with "
                 f"'fed8 run --resume {rd.path}', or choose another --out."
             )
+        # What was there before is never removed by discard_if_no_round.
+        rd._preexisting = {p.name for p in rd.path.iterdir()} if rd.path.is_dir() else set()
+        rd._made_dir = not rd.path.exists()
         try:
             rd.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -120,19 +123,29 @@ class RunDir:
                 old.unlink(missing_ok=True)
 
     def discard_if_no_round(self) -> None:
-        """Remove what :meth:`create` and the first round wrote if no round was committed."""
+        """Remove what :meth:`create` and the first round wrote if no round was committed.
+
+        Only entries that did not exist before :meth:`create` are touched; a folder the
+        user gave that held other files keeps them.
+        """
         import shutil
 
         if (self.checkpoints / "state.json").exists():
             return
-        for name in ("config.toml", "partition.json", "metrics.jsonl"):
-            (self.path / name).unlink(missing_ok=True)
-        for name in ("checkpoints", "residuals"):
-            shutil.rmtree(self.path / name, ignore_errors=True)
-        try:
-            self.path.rmdir()  # only if nothing else is in it
-        except OSError:
-            pass
+        before = getattr(self, "_preexisting", set())
+        for name in ("config.toml", "partition.json", "metrics.jsonl", "checkpoints", "residuals"):
+            f = self.path / name
+            if name in before:
+                continue
+            if f.is_dir():
+                shutil.rmtree(f, ignore_errors=True)
+            else:
+                f.unlink(missing_ok=True)
+        if getattr(self, "_made_dir", False):
+            try:
+                self.path.rmdir()  # only if nothing else is in it
+            except OSError:
+                pass
 
     def mark_attempt(self, rnd: int) -> None:
         """Record that round ``rnd`` is about to send messages (read back on resume)."""
