@@ -58,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="write report.html and plots for a run directory")
     rep.add_argument("run_dir")
+
+    c = sub.add_parser("certs", help="make a CA and a server certificate for a federation's TLS (SuperLink)")
+    c.add_argument("dir", help="folder for ca.crt, ca.key, server.crt, server.key")
+    c.add_argument("--host", dest="hosts", action="append", default=[], metavar="NAME|IP",
+                   help="a name or address clients use to reach the SuperLink (repeatable; default localhost and "
+                        "127.0.0.1)")
+    c.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
+    c.add_argument("--force", action="store_true", help="replace existing files")
     return p
 
 
@@ -327,10 +335,23 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_certs(args) -> int:
+    from .certs import make_certificates
+
+    paths = make_certificates(args.dir, args.hosts or ["localhost", "127.0.0.1"], days=args.days, force=args.force)
+    d = Path(args.dir)
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    print(f"SuperLink:  flower-superlink --ssl-ca-certfile {d / 'ca.crt'} --ssl-certfile {d / 'server.crt'} "
+          f"--ssl-keyfile {d / 'server.key'}")
+    print(f"SuperNodes: flower-supernode --root-certificates {d / 'ca.crt'} --superlink HOST:PORT ...  "
+          "(copy ca.crt to every node; keep ca.key and server.key private)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"run": _cmd_run, "init": _cmd_init, "info": _cmd_info, "report": _cmd_report,
-                "quantize": _cmd_quantize, "predict": _cmd_predict}
+                "quantize": _cmd_quantize, "predict": _cmd_predict, "certs": _cmd_certs}
     try:
         return handlers[args.command](args)
     except USER_ERRORS as e:
