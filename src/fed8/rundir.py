@@ -36,7 +36,7 @@ def _sha256(path: Path) -> str:
 
 
 class Checkpoint(dict):
-    """``round``, ``model`` (state dict), ``server`` (strategy state), ``meta`` (state.json)."""
+    """``round``, ``model`` (state dict), ``server`` (aggregator, optimizer and wire state), ``meta`` (state.json)."""
 
 
 class RunDir:
