@@ -130,6 +130,8 @@ def run(
     progress: Callable[[dict], None] | None = None,
     on_round: Callable[[int, dict], None] | None = None,
     report: bool = True,
+    quantize: bool = True,
+    transport_factory: Callable[[Prepared], Any] | None = None,
 ) -> RunResult:
     """Train a global model federatedly and write the run directory.
 
@@ -146,6 +148,11 @@ def run(
         Called with each round's metrics row (for live displays).
     on_round
         Called as ``on_round(round, row)`` after the round's checkpoint is committed.
+    quantize
+        Run the quantize stage at the end when ``quantize.enabled`` (False: skip it).
+    transport_factory
+        ``prepared -> transport`` to run the rounds over (e.g. Flower's); default the
+        in-process transport of the simulation.
 
     Returns
     -------
@@ -173,18 +180,21 @@ def run(
             cfg = cfg.replace(overrides)
         rd = RunDir.create(out if out is not None else default_run_dir(cfg), cfg)
     try:
-        return _train(cfg, rd, ck, resume is not None, progress, on_round, report, t0)
+        return _train(cfg, rd, ck, resume is not None, progress, on_round, report, t0, quantize, transport_factory)
     except BaseException:
         if resume is None:
             rd.discard_if_no_round()  # a run that failed before round 1 leaves no folder behind
         raise
 
 
-def _train(cfg: Config, rd: RunDir, ck, resumed: bool, progress, on_round, report: bool, t0: float) -> RunResult:
+def _train(cfg: Config, rd: RunDir, ck, resumed: bool, progress, on_round, report: bool, t0: float,
+           quantize: bool = True, transport_factory=None) -> RunResult:
     torch.set_num_threads(cfg.run.threads or os.cpu_count() or 1)
 
     prep = prepare(cfg, residuals=rd.path / "residuals")
     sim, state = prep.simulation, prep.state
+    if transport_factory is not None:  # the same round logic over another transport (Flower)
+        sim.transport = transport_factory(prep)
     rd.write_json(rd.partition, prep.partition)
     rows: list[dict] = []
     start, extra = 0, 0
@@ -238,7 +248,7 @@ def _train(cfg: Config, rd: RunDir, ck, resumed: bool, progress, on_round, repor
         "pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD, "norm": cfg.model.norm, "hidden": cfg.model.hidden})
     summary = _summary(prep, rows, time.perf_counter() - t0)
     rd.write_json(rd.summary, summary)
-    if cfg.quantize.enabled:
+    if cfg.quantize.enabled and quantize:
         from .quantize import quantize_run
         summary["deploy"] = quantize_run(rd.path, cfg.quantize)["formats"]  # it updates summary.json too
     if report:

@@ -1,0 +1,79 @@
+"""fed8's ClientApp: the client step and the uplink codec on a SuperNode.
+
+Messages: ``query`` (answers the node's ``partition-id``), ``train`` (local SGD from the
+sent model with the generator of (seed, TRAIN, round, client), the update encoded with the
+run's uplink codec and the generator of (seed, COMPRESS, round, client), exactly as in
+simulation) and ``evaluate`` (correct predictions of the sent model on the client's local
+test split). The data of client k comes from the run's config and the node's
+``partition-id`` (local trials: the same partition fed8's simulation makes).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from .._rng import COMPRESS, TRAIN, torch_generator
+from .messages import bytes_array, state_from_record
+
+__all__ = ["app"]
+
+app = ClientApp()
+
+
+def _setup(msg: Message, context: Context):
+    import torch
+
+    from ..config import load_config
+    from ..stages.federation import load_federation
+
+    job = msg.content["job"]
+    raw = tomllib.loads(str(job["config"]))
+    cfg = load_config(None, {f"{s}.{k}": v for s, keys in raw.items() for k, v in keys.items()})
+    torch.set_num_threads(cfg.run.threads or os.cpu_count() or 1)
+    client = int(job["client"])
+    pid = int(context.node_config.get("partition-id", client))
+    if pid != client:
+        raise RuntimeError(f"message for client {client} reached the node of partition {pid}")
+    return cfg, load_federation(cfg), client, int(job["round"])
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    pid = int(context.node_config["partition-id"])
+    return Message(content=RecordDict({"a": ConfigRecord({"partition-id": pid})}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    from ..federated.client import LocalTraining, train_client
+    from ..stages.federation import make_wire
+
+    cfg, fed, k, rnd = _setup(msg, context)
+    t = cfg.train
+    state = state_from_record(msg.content["model"])
+    update = train_client(fed.model, state, fed.clients[k],
+                          LocalTraining(epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum,
+                                        weight_decay=t.weight_decay, prox_mu=t.prox_mu),
+                          generator=torch_generator(cfg.run.seed, TRAIN, rnd, k), client=k)
+    uplink = make_wire(cfg, cfg.data.num_clients).uplink
+    payload = uplink.encode(update.delta, generator=torch_generator(cfg.run.seed, COMPRESS, rnd, k))
+    return Message(content=RecordDict({
+        "update": ArrayRecord({"payload": bytes_array(payload)}),
+        "job": ConfigRecord({"client": k, "num_samples": update.num_samples, "train_loss": update.train_loss})}),
+        reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    from ..federated.evaluate import predict_correct
+
+    cfg, fed, k, _ = _setup(msg, context)
+    fed.model.load_state_dict(state_from_record(msg.content["model"]))
+    data = fed.clients[k]
+    _, correct = predict_correct(fed.model, data.x_test, data.y_test, batch_size=cfg.eval.batch_size)
+    return Message(content=RecordDict({"job": ConfigRecord(
+        {"client": k, "correct": int(correct.sum()), "count": int(correct.numel())})}), reply_to=msg)

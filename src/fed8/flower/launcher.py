@@ -1,0 +1,171 @@
+"""A local federation on 127.0.0.1: one SuperLink and N SuperNodes as child processes, and a fed8 run on it.
+
+``fed8 federation`` is :func:`run_federation`. Every process starts in its own process
+group (its ClientApp / ServerApp children with it) and is stopped by group, TERM then KILL,
+on success, error and Ctrl-C. ``FLWR_HOME`` (connections, installed apps, logs) lives in
+``RUN_DIR/flwr``. The Flower app handed to ``flwr run`` is a ``pyproject.toml`` whose
+components point at the installed ``fed8.flower`` modules; the SuperLink runs with
+``--disable-runtime-dependency-installation`` and the app declares no dependencies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ..errors import Fed8Error
+
+__all__ = ["local_federation", "run_federation"]
+
+_APP = """[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "fed8app"
+version = "1.0.0"
+description = "fed8 on Flower: the ServerApp and ClientApp of the installed fed8 package"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+
+[tool.flwr.app]
+publisher = "fed8"
+
+[tool.flwr.app.components]
+serverapp = "fed8.flower.server_app:app"
+clientapp = "fed8.flower.client_app:app"
+
+[tool.flwr.app.config]
+run-dir = ""
+round-timeout-s = 600.0
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bin(name: str) -> str:
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else name
+
+
+def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise Fed8Error(f"the SuperLink exited with code {proc.returncode}; see {log}.")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.2)
+    raise Fed8Error(f"the SuperLink did not listen on 127.0.0.1:{port} within {timeout_s:.0f} s; see {log}.")
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """TERM, then KILL, every process group we started; wait for each leader."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, sig)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+            time.sleep(0.1)
+    for p in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def local_federation(home: Path, nodes: int, *, timeout_s: float = 60.0) -> Iterator[dict]:
+    """Start a SuperLink and ``nodes`` SuperNodes (partition ids 0..nodes-1); yield ``{"port", "env", "pids"}``."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0"}
+    procs: list[subprocess.Popen] = []
+
+    def start(args: list[str], log: Path) -> subprocess.Popen:
+        with open(log, "ab") as fh:
+            p = subprocess.Popen(args, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True)
+        procs.append(p)
+        return p
+
+    try:
+        port = _free_port()
+        link = start([_bin("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
+                      "--disable-runtime-dependency-installation"], home / "superlink.log")
+        _wait_port(port, link, home / "superlink.log", timeout_s)
+        for i in range(nodes):
+            start([_bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
+                   "--port", str(_free_port()), "--node-config", f"partition-id={i} num-partitions={nodes}"],
+                  home / f"supernode-{i}.log")
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "fed8"\n\n[superlink.fed8]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
+        yield {"port": port, "env": env, "pids": [p.pid for p in procs]}
+    finally:
+        _stop(procs)
+
+
+def run_federation(run_dir: str | Path, nodes: int, *, round_timeout_s: float = 600.0,
+                   progress: Callable[[dict], None] | None = None, timeout_s: float | None = None) -> None:
+    """Run (or continue) the fed8 run in ``run_dir`` on a local federation of ``nodes`` SuperNodes."""
+    from . import require_flwr
+
+    require_flwr()
+    run_dir = Path(run_dir).resolve()
+    home = run_dir / "flwr"
+    app = home / "app"
+    app.mkdir(parents=True, exist_ok=True)
+    (app / "pyproject.toml").write_text(_APP)
+    metrics = run_dir / "metrics.jsonl"
+    seen = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+    stop = threading.Event()
+
+    def follow() -> None:
+        nonlocal seen
+        while not stop.wait(0.5):
+            if progress is None or not metrics.exists():
+                continue
+            lines = metrics.read_text().splitlines()
+            for line in lines[seen:]:
+                with contextlib.suppress(json.JSONDecodeError):
+                    progress(json.loads(line))
+            seen = len(lines)
+
+    with local_federation(home, nodes) as fed:
+        watcher = threading.Thread(target=follow, daemon=True)
+        watcher.start()
+        cmd = [_bin("flwr"), "run", str(app), "fed8", "--stream", "--run-config",
+               f"run-dir='{run_dir}' round-timeout-s={float(round_timeout_s)}"]
+        with open(home / "flwr-run.log", "ab") as fh:
+            p = subprocess.Popen(cmd, env=fed["env"], stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True)
+            try:
+                p.wait(timeout=timeout_s)
+            finally:
+                _stop([p])
+                stop.set()
+                watcher.join(5)
+    if not (run_dir / "summary.json").exists() or json.loads((run_dir / "summary.json").read_text()).get(
+            "rounds", 0) < _planned_rounds(run_dir):
+        raise Fed8Error(f"the Flower run did not finish; see {home / 'flwr-run.log'} and the logs in {home}. "
+                        f"Continue it with: fed8 federation --resume {run_dir} --nodes {nodes}")
+
+
+def _planned_rounds(run_dir: Path) -> int:
+    from ..rundir import RunDir
+
+    return RunDir(run_dir).load_config().train.rounds

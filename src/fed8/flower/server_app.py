@@ -1,0 +1,32 @@
+"""fed8's ServerApp: the train stage of ``fed8 run`` with :class:`FlowerTransport` for its rounds.
+
+Run config (set by ``fed8 federation``): ``run-dir`` (a run directory holding config.toml;
+the ServerApp continues it after its last committed round) and ``round-timeout-s``.
+Sampling, aggregation, the server optimizer, evaluation on the server's eval split, the
+metrics, checkpoints and summary are the simulation's own code.
+"""
+
+from __future__ import annotations
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+__all__ = ["app"]
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    from ..config import to_toml
+    from ..rundir import RunDir
+    from ..stages.train import run
+    from .transport import FlowerTransport, discover_nodes
+
+    run_dir = str(context.run_config["run-dir"])
+    timeout = float(context.run_config["round-timeout-s"])
+    cfg = RunDir.open(run_dir).load_config()
+    nodes = discover_nodes(grid, cfg.data.num_clients, timeout_s=timeout)
+    run(resume=run_dir, report=True, quantize=False,
+        transport_factory=lambda prep: FlowerTransport(grid, nodes, to_toml(cfg), prep.simulation.wire,
+                                                       round_timeout_s=timeout))

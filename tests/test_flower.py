@@ -1,0 +1,69 @@
+"""fed8 on Flower's deployment engine: real SuperLink and SuperNode processes on 127.0.0.1."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import fed8
+from fed8.cli import main
+from fed8.errors import MissingExtraError
+
+pytest.importorskip("flwr", reason="the Flower extra is not installed (pip install 'fed8[flower]')")
+
+SMALL = ["data.subset=300", "data.num_clients=3", "train.rounds=2", "train.local_epochs=1", "train.fraction=1.0",
+         "run.threads=1", "compression.uplink=int8", "quantize.enabled=false"]
+
+
+def _processes_of(home: Path) -> list[int]:
+    """PIDs of live processes started with FLWR_HOME = ``home`` (SuperLink, SuperNodes, app processes)."""
+    needle = f"FLWR_HOME={home}".encode()
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if needle in (d / "environ").read_bytes().split(b"\0"):
+                    out.append(int(d.name))
+            except OSError:
+                pass
+    return out
+
+
+def test_federation_gives_the_simulation_model_and_leaves_no_process(tmp_path, capsys):
+    sets = [a for s in SMALL for a in ("--set", s)]
+    assert main(["federation", "--out", str(tmp_path / "fed")] + sets) == 0
+    out = capsys.readouterr().out
+    assert "round 2/2" in out and "fed8 quantize" in out
+    assert _processes_of((tmp_path / "fed/flwr").resolve()) == []
+    sim = fed8.run(fed8.load_config(None, SMALL), out=tmp_path / "sim", report=False)
+    assert (tmp_path / "fed/model.safetensors").read_bytes() == (tmp_path / "sim/model.safetensors").read_bytes()
+    rows = [json.loads(x) for x in (tmp_path / "fed/metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(rows, sim.metrics):  # same metrics, the counted bytes (int8 uplink payloads) included
+        assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+    assert rows[0]["uplink_bytes"] < 0.3 * rows[0]["uplink_bytes_float32"]
+
+
+def test_federation_refuses_what_it_cannot_do_yet(tmp_path, capsys):
+    assert main(["federation", "--set", "privacy.dp=central", "--set", "privacy.noise_multiplier=1"]) == 2
+    assert "does not support privacy.dp = 'central'" in capsys.readouterr().err
+    assert main(["federation", "--nodes", "2", "--set", "data.num_clients=3", "--out", str(tmp_path / "x")]) == 2
+    assert "one SuperNode per client" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_missing_flower_names_the_extra(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_flwr(name, *a, **k):
+        if name == "flwr" or name.startswith("flwr."):
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_flwr)
+    from fed8.flower import require_flwr
+
+    with pytest.raises(MissingExtraError, match=r"pip install 'fed8\[flower\]'"):
+        require_flwr()
+    assert os.environ.get("FLWR_HOME") is None  # the launcher never sets it in this process
