@@ -17,13 +17,14 @@ SMALL = ["data.subset=300", "data.num_clients=3", "train.rounds=2", "train.local
 
 
 def _processes_of(home: Path) -> list[int]:
-    """PIDs of live processes started with FLWR_HOME = ``home`` (SuperLink, SuperNodes, app processes)."""
+    """PIDs of live (not zombie) processes started with FLWR_HOME = ``home`` (SuperLink, SuperNodes, apps)."""
     needle = f"FLWR_HOME={home}".encode()
     out = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                if needle in (d / "environ").read_bytes().split(b"\0"):
+                zombie = (d / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+                if not zombie and needle in (d / "environ").read_bytes().split(b"\0"):
                     out.append(int(d.name))
             except OSError:
                 pass
@@ -67,3 +68,34 @@ def test_missing_flower_names_the_extra(monkeypatch):
     with pytest.raises(MissingExtraError, match=r"pip install 'fed8\[flower\]'"):
         require_flwr()
     assert os.environ.get("FLWR_HOME") is None  # the launcher never sets it in this process
+
+
+def test_ctrl_c_stops_every_process_and_resume_finishes_the_same_model(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sets = [a for s in SMALL + ["train.rounds=3"] for a in ("--set", s)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    run = tmp_path / "fed"
+    p = subprocess.Popen([sys.executable, "-m", "fed8.cli", "federation", "--out", str(run)] + sets, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and p.poll() is None:
+        if (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().strip():
+            break
+        time.sleep(0.5)
+    assert p.poll() is None, p.communicate()[0]
+    p.send_signal(signal.SIGINT)  # Ctrl-C after round 1 was committed
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 130 and "fed8 federation --resume" in out, out
+    assert _processes_of((run / "flwr").resolve()) == []
+    done = json.loads((run / "checkpoints/state.json").read_text())["round"]
+    assert 1 <= done < 3
+    assert main(["federation", "--resume", str(run)]) == 0
+    assert _processes_of((run / "flwr").resolve()) == []
+    sim = fed8.run(fed8.load_config(None, SMALL + ["train.rounds=3"]), out=tmp_path / "sim", report=False)
+    assert (run / "model.safetensors").read_bytes() == (tmp_path / "sim/model.safetensors").read_bytes()
+    assert [json.loads(x)["round"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert len(sim.metrics) == 3

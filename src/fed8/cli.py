@@ -383,8 +383,13 @@ def _cmd_federation(args) -> int:
 
     con.print(f"[bold]fed8 federation[/] {cfg.model.name} on {cfg.data.source}: {nodes} SuperNodes on 127.0.0.1, "
               f"{cfg.train.rounds} rounds, run directory {rd.path}")
-    run_federation(rd.path, nodes, round_timeout_s=args.round_timeout,
-                   progress=lambda row: con.print(f"round {row['round']}/{cfg.train.rounds} {progress_line(row)}"))
+    try:
+        run_federation(rd.path, nodes, round_timeout_s=args.round_timeout,
+                       progress=lambda row: con.print(f"round {row['round']}/{cfg.train.rounds} {progress_line(row)}"))
+    except KeyboardInterrupt:
+        con.print(f"\ninterrupted; the SuperLink and SuperNodes are stopped and the last committed round is saved. "
+                  f"Continue with: fed8 federation --resume {rd.path}", soft_wrap=True)
+        return 130
     con.print(f"done: {rd.path / 'summary.json'}; the deploy stage over Flower is not written yet, build the 8-bit "
               f"models with: fed8 quantize {rd.path}", soft_wrap=True)
     return 0

@@ -75,12 +75,52 @@ def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout_s: float) -
     raise Fed8Error(f"the SuperLink did not listen on 127.0.0.1:{port} within {timeout_s:.0f} s; see {log}.")
 
 
-def _stop(procs: list[subprocess.Popen]) -> None:
-    """TERM, then KILL, every process group we started; wait for each leader."""
+def _children() -> dict[int, list[int]]:
+    """``{ppid: [pid, ...]}`` of every process now (Linux ``/proc``)."""
+    tree: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                tree.setdefault(ppid, []).append(int(d.name))
+    return tree
+
+
+def _marked(home: Path | None) -> set[int]:
+    """Live processes started with our ``FLWR_HOME`` (orphans whose parent is already gone)."""
+    if home is None:
+        return set()
+    needle, out = f"FLWR_HOME={home}".encode(), set()
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if needle in (d / "environ").read_bytes().split(b"\0"):
+                    out.add(int(d.name))
+    return out
+
+
+def _stop(procs: list[subprocess.Popen], home: Path | None = None) -> None:
+    """TERM, then KILL, every process we started and every process they started.
+
+    Flower's SuperLink and SuperNodes start their SuperExec in a session of its own, which
+    starts the ServerApp / ClientApp processes, so process groups alone do not reach them:
+    the descendants are collected from ``/proc`` first, while the tree is intact, plus any
+    process that carries this federation's ``FLWR_HOME`` (an orphan of an earlier crash).
+    """
+    tree, todo, pids = _children(), [p.pid for p in procs], set()
+    while todo:
+        pid = todo.pop()
+        if pid not in pids:
+            pids.add(pid)
+            todo.extend(tree.get(pid, []))
+    pids |= _marked(home)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for p in procs:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(p.pid, sig)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and any(p.poll() is None for p in procs):
             time.sleep(0.1)
@@ -116,7 +156,7 @@ def local_federation(home: Path, nodes: int, *, timeout_s: float = 60.0) -> Iter
             f'[superlink]\ndefault = "fed8"\n\n[superlink.fed8]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
         yield {"port": port, "env": env, "pids": [p.pid for p in procs]}
     finally:
-        _stop(procs)
+        _stop(procs, home)
 
 
 def run_federation(run_dir: str | Path, nodes: int, *, round_timeout_s: float = 600.0,
