@@ -99,3 +99,11 @@ def test_ctrl_c_stops_every_process_and_resume_finishes_the_same_model(tmp_path)
     assert (run / "model.safetensors").read_bytes() == (tmp_path / "sim/model.safetensors").read_bytes()
     assert [json.loads(x)["round"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     assert len(sim.metrics) == 3
+
+
+def test_a_server_error_stops_every_process_and_says_where_the_logs_are(tmp_path, capsys):
+    sets = [a for s in SMALL + ["data.source=npz", f"data.path={tmp_path / 'missing.npz'}"] for a in ("--set", s)]
+    assert main(["federation", "--out", str(tmp_path / "bad")] + sets) == 1  # the ServerApp fails on the data
+    err = capsys.readouterr().err
+    assert "did not finish" in err and "flwr-run.log" in err and "Traceback" not in err
+    assert _processes_of((tmp_path / "bad/flwr").resolve()) == []
