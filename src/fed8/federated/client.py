@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ClientData", "ClientUpdate", "LocalTraining", "train_client", "trainable_keys"]
+__all__ = ["ClientData", "ClientUpdate", "LocalTraining", "local_test_split", "train_client", "trainable_keys"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,15 @@ class ClientUpdate:
     delta: dict[str, torch.Tensor]
     num_samples: int
     train_loss: float
+
+
+def local_test_split(clients) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every client's local test images in one tensor, their labels, and ``owner[i]``: the client holding image i."""
+    x = torch.cat([c.x_test for c in clients]) if clients else torch.zeros(0)
+    y = torch.cat([c.y_test for c in clients]) if clients else torch.zeros(0, dtype=torch.long)
+    owner = torch.cat([torch.full((c.y_test.shape[0],), k, dtype=torch.long) for k, c in enumerate(clients)]) \
+        if clients else torch.zeros(0, dtype=torch.long)
+    return x, y, owner
 
 
 def trainable_keys(state: Mapping[str, torch.Tensor]) -> list[str]:

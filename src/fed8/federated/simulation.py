@@ -24,7 +24,7 @@ from torch import nn
 from .._rng import TRAIN, torch_generator
 from ..privacy.randomness import PrivacyRandomness
 from .aggregator import Aggregator
-from .client import ClientData, ClientUpdate, LocalTraining, train_client
+from .client import ClientData, ClientUpdate, LocalTraining, local_test_split, train_client
 from .evaluate import client_accuracy_stats, evaluate, predict_correct
 from .optimizer import ServerOptimizer
 from .round import Reply, RoundLoop
@@ -70,12 +70,7 @@ class InProcessTransport:
     eval_batch_size: int = 500
 
     def __post_init__(self) -> None:
-        # All clients' local test splits in one tensor; owner[i] = the client holding sample i.
-        tests = [c.x_test for c in self.clients]
-        self.local_x = torch.cat(tests) if tests else torch.zeros(0)
-        self.local_y = torch.cat([c.y_test for c in self.clients])
-        self.owner = torch.cat([torch.full((c.y_test.shape[0],), k, dtype=torch.long)
-                                for k, c in enumerate(self.clients)])
+        self.local_x, self.local_y, self.owner = local_test_split(self.clients)
         if self.wire is None:
             from ..compression import make_codec
             from ..compression.wire import Wire

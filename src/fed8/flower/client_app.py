@@ -49,15 +49,12 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    from ..federated.client import LocalTraining, train_client
-    from ..stages.federation import make_wire
+    from ..federated.client import train_client
+    from ..stages.federation import local_training, make_wire
 
     cfg, fed, k, rnd = _setup(msg, context)
-    t = cfg.train
     state = state_from_record(msg.content["model"])
-    update = train_client(fed.model, state, fed.clients[k],
-                          LocalTraining(epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum,
-                                        weight_decay=t.weight_decay, prox_mu=t.prox_mu),
+    update = train_client(fed.model, state, fed.clients[k], local_training(cfg.train),
                           generator=torch_generator(cfg.run.seed, TRAIN, rnd, k), client=k)
     uplink = make_wire(cfg, cfg.data.num_clients).uplink
     payload = uplink.encode(update.delta, generator=torch_generator(cfg.run.seed, COMPRESS, rnd, k))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,7 +18,10 @@ import torch
 from .._rng import INIT, derive_seed
 from ..config import Config
 
-__all__ = ["Federation", "Prepared", "load_federation", "make_wire", "prepare"]
+if TYPE_CHECKING:
+    from ..federated.client import LocalTraining
+
+__all__ = ["Federation", "Prepared", "load_federation", "local_training", "make_wire", "prepare"]
 
 
 @dataclass
@@ -36,10 +39,17 @@ class Federation:
     @property
     def local_test(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every client's local test split in one tensor, its labels, and the owner of each image."""
-        x = torch.cat([c.x_test for c in self.clients]) if self.clients else torch.zeros(0)
-        y = torch.cat([c.y_test for c in self.clients])
-        owner = torch.cat([torch.full((c.y_test.shape[0],), k, dtype=torch.long) for k, c in enumerate(self.clients)])
-        return x, y, owner
+        from ..federated.client import local_test_split
+
+        return local_test_split(self.clients)
+
+
+def local_training(train) -> "LocalTraining":
+    """The client step's values from the ``[train]`` section."""
+    from ..federated.client import LocalTraining
+
+    return LocalTraining(epochs=train.local_epochs, batch_size=train.batch_size, lr=train.lr,
+                         momentum=train.momentum, weight_decay=train.weight_decay, prox_mu=train.prox_mu)
 
 
 def load_federation(cfg: Config) -> Federation:
@@ -103,7 +113,7 @@ def prepare(cfg: Config, residuals: Path | None = None):
     ``residuals``: folder for error-feedback residuals (the run directory's); in memory if None.
     """
 
-    from ..federated import LocalTraining, Simulation
+    from ..federated import Simulation
     from ..models import count_parameters
     from ..privacy import check_model_for_dp, make_plan
     from ..privacy.randomness import privacy_randomness
@@ -126,8 +136,7 @@ def prepare(cfg: Config, residuals: Path | None = None):
     # A privacy budget may cut the rounds (privacy.budget = "stop"); the saved config keeps the plan's input.
     sim = Simulation(model=model, clients=clients, eval_x=fed.eval_x, eval_y=fed.eval_y,
                      aggregator=aggregator, optimizer=make_server_optimizer(cfg, buffers=buffers),
-                     local=LocalTraining(epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum,
-                                         weight_decay=t.weight_decay, prox_mu=t.prox_mu),
+                     local=local_training(t),
                      rounds=plan.rounds, fraction=t.fraction, sampling=t.sampling, eval_every=cfg.eval.every,
                      eval_batch_size=cfg.eval.batch_size, seed=cfg.run.seed,
                      wire=make_wire(cfg, len(clients), residuals), client_hooks=hooks,
