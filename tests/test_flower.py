@@ -14,6 +14,8 @@ pytest.importorskip("flwr", reason="the Flower extra is not installed (pip insta
 
 SMALL = ["data.subset=300", "data.num_clients=3", "train.rounds=2", "train.local_epochs=1", "train.fraction=1.0",
          "run.threads=1", "compression.uplink=int8", "quantize.enabled=false"]
+# the real-process test also carries what lives on the nodes' disks: delta-downlink references, EF residuals
+RICH = SMALL + ["compression.downlink=int8", "compression.downlink_mode=delta", "compression.error_feedback=true"]
 
 
 def _processes_of(home: Path) -> list[int]:
@@ -32,13 +34,16 @@ def _processes_of(home: Path) -> list[int]:
 
 
 def test_federation_gives_the_simulation_model_and_leaves_no_process(tmp_path, capsys):
-    sets = [a for s in SMALL for a in ("--set", s)]
+    sets = [a for s in RICH for a in ("--set", s)]
     assert main(["federation", "--out", str(tmp_path / "fed")] + sets) == 0
     out = capsys.readouterr().out
     assert "round 2/2" in out and "fed8 quantize" in out
     assert _processes_of((tmp_path / "fed/flwr").resolve()) == []
-    sim = fed8.run(fed8.load_config(None, SMALL), out=tmp_path / "sim", report=False)
+    sim = fed8.run(fed8.load_config(None, RICH), out=tmp_path / "sim", report=False)
     assert (tmp_path / "fed/model.safetensors").read_bytes() == (tmp_path / "sim/model.safetensors").read_bytes()
+    for k in range(3):  # each node kept its own state on its own disk
+        assert len(list((tmp_path / f"fed/nodes/{k}").rglob(f"residuals/c{k:06d}-r000002.safetensors"))) == 1
+        assert len(list((tmp_path / f"fed/nodes/{k}").rglob("downlink-r000002.safetensors"))) == 1
     rows = [json.loads(x) for x in (tmp_path / "fed/metrics.jsonl").read_text().splitlines()]
     for a, b in zip(rows, sim.metrics):  # same metrics, the counted bytes (int8 uplink payloads) included
         assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
@@ -46,8 +51,8 @@ def test_federation_gives_the_simulation_model_and_leaves_no_process(tmp_path, c
 
 
 def test_federation_refuses_what_it_cannot_do_yet(tmp_path, capsys):
-    assert main(["federation", "--set", "privacy.dp=central", "--set", "privacy.noise_multiplier=1"]) == 2
-    assert "does not support privacy.dp = 'central'" in capsys.readouterr().err
+    assert main(["federation", "--set", "privacy.secure_aggregation=true"]) == 2
+    assert "does not support privacy.secure_aggregation = True" in capsys.readouterr().err
     assert main(["federation", "--nodes", "2", "--set", "data.num_clients=3", "--out", str(tmp_path / "x")]) == 2
     assert "one SuperNode per client" in capsys.readouterr().err and not (tmp_path / "x").exists()
 

@@ -345,10 +345,7 @@ def _cmd_report(args) -> int:
     return 0
 
 
-FLOWER_UNSUPPORTED = (
-    ("privacy.dp", "none"), ("privacy.secure_aggregation", False), ("attack.fraction", 0.0),
-    ("compression.downlink", "float32"), ("compression.downlink_mode", "full"), ("compression.error_feedback", False),
-)
+FLOWER_UNSUPPORTED = (("privacy.secure_aggregation", False),)
 
 
 def _cmd_federation(args) -> int:
@@ -375,8 +372,8 @@ def _cmd_federation(args) -> int:
     bad = [f"{k} = {flat[k.split('.')[0]][k.split('.')[1]]!r}" for k, ok in FLOWER_UNSUPPORTED
            if flat[k.split(".")[0]][k.split(".")[1]] != ok]
     if bad:
-        raise ConfigError(f"fed8 federation does not support {', '.join(bad)} yet (DP, secure aggregation, attacks, "
-                          "8-bit downlinks and error feedback over Flower are not written); use fed8 run for them.")
+        raise ConfigError(f"fed8 federation does not support {', '.join(bad)} yet (secure aggregation's protocol over "
+                          "Flower messages is not written); use fed8 run for it.")
     if not args.resume:
         rd = RunDir.create(Path(args.out) if args.out else default_run_dir(cfg), cfg)
     from .flower.launcher import run_federation

@@ -13,6 +13,7 @@ Non-floating-point state entries (e.g. BatchNorm step counters) travel as safete
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch
@@ -22,7 +23,7 @@ from .codec import TensorCodec, decode
 from .feedback import ErrorFeedback, ResidualStore
 from .floats import FloatCodec
 
-__all__ = ["Wire"]
+__all__ = ["Broadcast", "Wire"]
 
 Tensors = dict[str, torch.Tensor]
 
@@ -33,6 +34,35 @@ def _raw_bytes(tensors: Mapping[str, torch.Tensor]) -> int:
     from safetensors.torch import save
 
     return len(save({k: v.contiguous() for k, v in tensors.items()}))
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    """One round's downlink.
+
+    Attributes
+    ----------
+    received
+        The model every sampled client starts from (decoded floats + the raw entries).
+    nbytes
+        Downlink bytes of the round, all sampled clients together.
+    payload
+        The downlink codec's bytes (``C(w)``, or ``C(w - w_ref)`` in delta mode); None when
+        the floats go as plain float32.
+    base
+        Delta mode: ``w_ref``, what an up-to-date client already holds (None otherwise).
+    stale
+        Delta mode: sampled clients that missed the previous broadcast and get ``base`` too.
+    rest
+        Non-floating-point entries (sent as safetensors).
+    """
+
+    received: Tensors
+    nbytes: int
+    payload: bytes | None
+    base: Tensors | None
+    stale: frozenset
+    rest: Tensors
 
 
 class Wire:
@@ -53,10 +83,20 @@ class Wire:
 
     def broadcast(self, rnd: int, state: Mapping[str, torch.Tensor], sampled: Sequence[int]) -> tuple[Tensors, int]:
         """The model the sampled clients start from, and the downlink bytes of sending it to them."""
+        b = self.prepare_broadcast(rnd, state, sampled)
+        return b.received, b.nbytes
+
+    def prepare_broadcast(self, rnd: int, state: Mapping[str, torch.Tensor],
+                          sampled: Sequence[int]) -> "Broadcast":
+        """Round ``rnd``'s downlink: what is sent to whom, what each client then holds, the bytes.
+
+        Advances the delta-mode reference (the server's copy of what the clients hold).
+        """
         floats = {k: v for k, v in state.items() if v.is_floating_point()}
         rest = {k: v for k, v in state.items() if not v.is_floating_point()}
         raw = _raw_bytes(rest)
         gen = torch_generator(self.seed, DOWNLINK, rnd)
+        payload, base, stale = None, None, frozenset()
         if self.mode == "full" or self.ref is None:
             if self.downlink.name == "float32":
                 received, size = floats, self.downlink.size(floats)
@@ -67,15 +107,16 @@ class Wire:
         else:
             payload = self.downlink.encode({k: floats[k] - self.ref[k] for k in floats}, generator=gen)
             d = decode(payload)
+            base = self.ref
             received = {k: self.ref[k] + d[k] for k in floats}
+            stale = frozenset(k for k in sampled if int(self.last_seen[k]) != rnd - 1)
             catch_up = self._f32.size(floats)  # clients that missed the last broadcast get w_ref in float32
-            total = sum((len(payload) if int(self.last_seen[k]) == rnd - 1 else catch_up + len(payload)) + raw
-                        for k in sampled)
+            total = sum(len(payload) + (catch_up if k in stale else 0) + raw for k in sampled)
         if self.mode == "delta":
             self.ref = {k: v.clone() for k, v in received.items()}
             # every client could follow along; only those sampled were counted (others catch up later)
             self.last_seen[list(sampled)] = rnd
-        return {**received, **rest}, total
+        return Broadcast({**received, **rest}, total, payload, base, stale, rest)
 
     def upload(self, rnd: int, client: int, delta: Mapping[str, torch.Tensor]) -> tuple[Tensors, int]:
         """What the server decodes from ``client``'s update, and the payload's length."""

@@ -43,10 +43,15 @@ Tensors = dict[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class Reply:
-    """One client's decoded update and the bytes its upload took."""
+    """One client's decoded update, the bytes its upload took, and any downlink bytes sent late.
+
+    ``downlink_bytes``: bytes the transport had to send this client after the broadcast
+    (e.g. a catch-up copy of the reference model a SuperNode lost); counted in the round.
+    """
 
     update: ClientUpdate
     uplink_bytes: int
+    downlink_bytes: int = 0
 
 
 class Transport(Protocol):
@@ -128,6 +133,7 @@ class RoundLoop:
         for reply in self.transport.collect(rnd, sampled):
             u = reply.update
             up += reply.uplink_bytes
+            down += reply.downlink_bytes
             loss_sum += u.train_loss * u.num_samples
             n_sum += u.num_samples
             self.aggregator.add(u)

@@ -130,9 +130,15 @@ def _stop(procs: list[subprocess.Popen], home: Path | None = None) -> None:
 
 
 @contextlib.contextmanager
-def local_federation(home: Path, nodes: int, *, timeout_s: float = 60.0) -> Iterator[dict]:
-    """Start a SuperLink and ``nodes`` SuperNodes (partition ids 0..nodes-1); yield ``{"port", "env", "pids"}``."""
+def local_federation(home: Path, nodes: int, *, timeout_s: float = 60.0,
+                     node_dir: Path | None = None) -> Iterator[dict]:
+    """Start a SuperLink and ``nodes`` SuperNodes (partition ids 0..nodes-1); yield ``{"port", "env", "pids"}``.
+
+    Node ``i`` keeps its files (downlink references, error-feedback residuals) under
+    ``node_dir / i`` (default ``home / "nodes" / i``).
+    """
     home.mkdir(parents=True, exist_ok=True)
+    node_dir = (node_dir or home / "nodes").resolve()
     env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0"}
     procs: list[subprocess.Popen] = []
 
@@ -150,7 +156,8 @@ def local_federation(home: Path, nodes: int, *, timeout_s: float = 60.0) -> Iter
         _wait_port(port, link, home / "superlink.log", timeout_s)
         for i in range(nodes):
             start([_bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
-                   "--port", str(_free_port()), "--node-config", f"partition-id={i} num-partitions={nodes}"],
+                   "--port", str(_free_port()), "--node-config",
+                   f'partition-id={i} num-partitions={nodes} state-dir="{node_dir / str(i)}"'],
                   home / f"supernode-{i}.log")
         (home / "config.toml").write_text(
             f'[superlink]\ndefault = "fed8"\n\n[superlink.fed8]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
@@ -185,7 +192,7 @@ def run_federation(run_dir: str | Path, nodes: int, *, round_timeout_s: float = 
                     progress(json.loads(line))
             seen = len(lines)
 
-    with local_federation(home, nodes) as fed:
+    with local_federation(home, nodes, node_dir=run_dir / "nodes") as fed:
         watcher = threading.Thread(target=follow, daemon=True)
         watcher.start()
         cmd = [_bin("flwr"), "run", str(app), "fed8", "--stream", "--run-config",

@@ -18,6 +18,8 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    from pathlib import Path
+
     from ..config import to_toml
     from ..rundir import RunDir
     from ..stages.train import run
@@ -29,4 +31,4 @@ def main(grid: Grid, context: Context) -> None:
     nodes = discover_nodes(grid, cfg.data.num_clients, timeout_s=timeout)
     run(resume=run_dir, report=True, quantize=False,
         transport_factory=lambda prep: FlowerTransport(grid, nodes, to_toml(cfg), prep.simulation.wire,
-                                                       round_timeout_s=timeout))
+                                                       round_timeout_s=timeout, run_key=Path(run_dir).name))

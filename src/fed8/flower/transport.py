@@ -22,7 +22,7 @@ from ..errors import Fed8Error
 from ..federated.client import ClientUpdate
 from ..federated.evaluate import client_accuracy_stats
 from ..federated.round import Reply
-from .messages import from_bytes_array, state_to_record
+from .messages import broadcast_records, from_bytes_array, state_to_record
 
 __all__ = ["FlowerTransport", "discover_nodes"]
 
@@ -63,56 +63,75 @@ class FlowerTransport:
         ``{fed8 client id: node id}`` (:func:`discover_nodes`).
     config_toml
         The run's resolved config, sent with every message (the ClientApp builds its data,
-        model and codecs from it).
+        model, codecs and client hooks from it).
     wire
-        The run's :class:`fed8.compression.wire.Wire` (byte counts of the float32 reference).
+        The run's :class:`fed8.compression.wire.Wire`: the downlink is encoded here as in
+        simulation, and its byte counts are the simulation's.
     round_timeout_s
         How long a round waits for replies.
+    run_key
+        Names this run's folder on each node (downlink references, error-feedback residuals).
     """
 
-    def __init__(self, grid, nodes: Mapping[int, int], config_toml: str, wire, *, round_timeout_s: float) -> None:
+    def __init__(self, grid, nodes: Mapping[int, int], config_toml: str, wire, *, round_timeout_s: float,
+                 run_key: str = "run") -> None:
         self.grid, self.nodes, self.config_toml, self.wire = grid, dict(nodes), config_toml, wire
-        self.round_timeout_s = round_timeout_s
-        self._model = None
+        self.round_timeout_s, self.run_key = round_timeout_s, run_key
+        self._model = self._with_base = None
+        self._is_delta, self._base_bytes = False, 0
 
     def broadcast(self, rnd: int, state: Mapping[str, torch.Tensor], clients: Sequence[int]) -> int:
-        self._model, nbytes = state_to_record(state)
-        raw = sum(v.numel() * v.element_size() for v in state.values() if not v.is_floating_point())
-        return (nbytes + raw) * len(clients)
+        b = self.wire.prepare_broadcast(rnd, state, clients)
+        self._model, self._with_base = broadcast_records(b)
+        self._is_delta, self._stale = b.base is not None, b.stale
+        self._base_bytes = self.wire.float32_bytes(b.base)[0] if b.base is not None else 0
+        return b.nbytes
 
-    def _messages(self, kind: str, rnd: int, clients: Sequence[int]):
+    def _message(self, kind: str, rnd: int, k: int, model, **job):
         from flwr.app import ConfigRecord, Message, RecordDict
 
-        return [Message(content=RecordDict({"model": self._model, "job": ConfigRecord(
-            {"round": rnd, "client": int(k), "config": self.config_toml})}), dst_node_id=self.nodes[k],
-            message_type=kind, ttl=self.round_timeout_s) for k in clients]
+        return Message(content=RecordDict({"model": model, "job": ConfigRecord(
+            {"round": rnd, "client": int(k), "config": self.config_toml, "run-key": self.run_key, **job})}),
+            dst_node_id=self.nodes[k], message_type=kind, ttl=self.round_timeout_s)
 
-    def _send(self, kind: str, rnd: int, clients: Sequence[int]) -> dict[int, object]:
+    def _send(self, kind: str, rnd: int, messages: Mapping[int, object]) -> dict[int, object]:
         replies = {}
-        for r in self.grid.send_and_receive(self._messages(kind, rnd, clients), timeout=self.round_timeout_s):
+        for r in self.grid.send_and_receive(list(messages.values()), timeout=self.round_timeout_s):
             if r.has_error():
                 log.warning("round %d: a %s reply is an error (%s); counted as a dropout", rnd, kind, r.error.reason)
                 continue
             replies[int(r.content["job"]["client"])] = r.content
-        missing = sorted(set(clients) - set(replies))
+        missing = sorted(set(messages) - set(replies))
         if missing:
             log.warning("round %d: no %s reply from clients %s within %.0f s; counted as dropouts", rnd, kind,
                         missing[:10], self.round_timeout_s)
         return replies
 
+    def _train_message(self, rnd: int, k: int, base: bool):
+        model = self._with_base if base else self._model
+        return self._message("train", rnd, k, model, **{"is-delta": self._is_delta,
+                                                        "keep-ref": self.wire.mode == "delta"})
+
     def collect(self, rnd: int, clients: Sequence[int]) -> Iterator[Reply]:
-        replies = self._send("train", rnd, clients)
+        replies = self._send("train", rnd, {k: self._train_message(rnd, k, k in self._stale) for k in clients})
+        lost = sorted(k for k, c in replies.items() if "missing-ref" in c["job"])
+        late = {}
+        if lost:  # the node missed a broadcast the server counted it as having: send the base now
+            log.warning("round %d: clients %s lack the downlink reference; sending it in float32", rnd, lost[:10])
+            replies.update(self._send("train", rnd, {k: self._train_message(rnd, k, True) for k in lost}))
+            late = {k: self._base_bytes for k in lost}
         for k in sorted(replies):  # the order simulation adds them in
             c = replies[k]
+            if "missing-ref" in c["job"]:
+                continue
             payload = from_bytes_array(c["update"]["payload"])
             job = c["job"]
             yield Reply(ClientUpdate(k, decode(payload), int(job["num_samples"]), float(job["train_loss"])),
-                        len(payload))
+                        len(payload), late.get(k, 0))
 
     def evaluate_clients(self, state: Mapping[str, torch.Tensor]) -> dict:
-        self._model, _ = state_to_record(state)
-        clients = sorted(self.nodes)
-        replies = self._send("evaluate", 0, clients)
+        model, _ = state_to_record(state)
+        replies = self._send("evaluate", 0, {k: self._message("evaluate", 0, k, model) for k in sorted(self.nodes)})
         correct, owner = [], []
         for k in sorted(replies):
             hits, n = int(replies[k]["job"]["correct"]), int(replies[k]["job"]["count"])

@@ -25,7 +25,7 @@ from ..federated.robust import CoordinateMedian, NormBound, TrimmedMean, Validat
 from ..federated.sampling import num_sampled
 
 __all__ = ["SECAGG_CLIP_LR", "SECAGG_CLIP_QUANTILE", "check_combination", "expected_clients", "make_aggregator",
-           "make_server_optimizer"]
+           "make_client_hooks", "make_server_optimizer"]
 
 # Secure aggregation without DP clips only to fix the shared int8 scale; the bound follows
 # the 0.9 quantile of the update norms (noise-free: the clip-bit sum is exact), fast enough
@@ -112,6 +112,22 @@ def make_server_optimizer(cfg: Config, *, buffers: Sequence[str] = ()) -> Server
                           buffers=buffers)
 
 
+def make_client_hooks(cfg: Config, plan, num_clients: int) -> list:
+    """What each client does to its update before encoding it: simulated attacks, then local DP.
+
+    Runs where the client runs (this process in simulation, the SuperNode on Flower); local
+    DP's noise comes from that machine's OS CSPRNG.
+    """
+    p, hooks = cfg.privacy, []
+    if cfg.attack.fraction > 0:
+        hooks.append(Attack(malicious_clients(num_clients, cfg.attack.fraction, cfg.run.seed), cfg.attack.kind,
+                            cfg.attack.scale))
+    if p.dp == "local":
+        hooks.append(LocalDP(p.clip_norm, plan.noise_multiplier, privacy_randomness(
+            dp=True, insecure_reproducible=p.insecure_reproducible_noise, seed=cfg.run.seed)))
+    return hooks
+
+
 def make_aggregator(cfg: Config, plan, *, client_sizes: Sequence[int],
                     expected: Mapping[str, Sequence[int]]) -> tuple[Aggregator, list]:
     """The aggregator chain and the client hooks for ``cfg`` and its privacy ``plan``."""
@@ -121,12 +137,7 @@ def make_aggregator(cfg: Config, plan, *, client_sizes: Sequence[int],
     randomness = privacy_randomness(dp=p.dp != "none", insecure_reproducible=p.insecure_reproducible_noise,
                                     seed=seed)
     m = expected_clients(cfg)
-    hooks: list = []
-    if cfg.attack.fraction > 0:
-        hooks.append(Attack(malicious_clients(len(client_sizes), cfg.attack.fraction, seed), cfg.attack.kind,
-                            cfg.attack.scale))
-    if p.dp == "local":
-        hooks.append(LocalDP(p.clip_norm, plan.noise_multiplier, randomness))
+    hooks = make_client_hooks(cfg, plan, len(client_sizes))
 
     central = p.dp == "central"
     if central or p.secure_aggregation:

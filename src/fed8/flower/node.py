@@ -1,0 +1,63 @@
+"""What a SuperNode keeps between messages, in files: downlink references and error-feedback residuals.
+
+Flower starts a fresh ClientApp process per message, so a client's state across rounds
+lives on the node's disk, never on the server:
+
+* ``downlink-r<round>.safetensors``: the model the client decoded in round ``r`` when the
+  downlink sends deltas (``compression.downlink_mode = "delta"``); round ``r + 1``'s delta
+  is added to it. Its content is a function of the committed rounds only, so a replayed
+  round (after a server crash) rewrites the same bytes.
+* ``residuals/``: the error-feedback residuals (:class:`fed8.compression.ResidualStore`),
+  rolled back to the round the server resumed from, exactly as the simulation's.
+
+The folder is ``<state-dir>/<run key>``: ``state-dir`` from the node config
+(``fed8 federation`` sets ``RUN_DIR/nodes/<partition>``), else
+``~/.fed8/supernode/partition-<id>``; the run key is the run directory's name.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from .._io import load_tensors, save_tensors
+
+__all__ = ["NodeState"]
+
+_KEY = re.compile(r"[^A-Za-z0-9._-]")
+
+
+class NodeState:
+    """One run's files on one SuperNode, under ``root``."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @classmethod
+    def of(cls, node_config: Mapping, run_key: str, partition: int) -> "NodeState":
+        base = node_config.get("state-dir") or Path.home() / ".fed8" / "supernode" / f"partition-{partition}"
+        return cls(Path(str(base)) / (_KEY.sub("_", run_key) or "run"))
+
+    def _ref(self, rnd: int) -> Path:
+        return self.root / f"downlink-r{rnd:06d}.safetensors"
+
+    def reference(self, rnd: int) -> dict[str, torch.Tensor] | None:
+        """The model decoded in round ``rnd``, or None if this node did not receive that broadcast."""
+        path = self._ref(rnd)
+        return load_tensors(path) if path.exists() else None
+
+    def keep_reference(self, rnd: int, floats: Mapping[str, torch.Tensor]) -> None:
+        """Store round ``rnd``'s decoded model; drop references older than ``rnd - 1``."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        save_tensors(self._ref(rnd), floats)
+        for f in self.root.glob("downlink-r*.safetensors"):
+            if int(f.stem.rsplit("r", 1)[1]) < rnd - 1:
+                f.unlink(missing_ok=True)
+
+    def residuals(self):
+        from ..compression import ResidualStore
+
+        return ResidualStore(self.root / "residuals")

@@ -1,0 +1,80 @@
+"""An in-process fake of Flower's Grid: fed8's real ServerApp and ClientApp code, no processes, no network.
+
+Each fake node has a node config and a Context; a message is answered by calling the
+ClientApp's handler for its type, as a SuperNode would in a fresh ClientApp process. Nodes
+can be marked down (no reply, like a SuperNode killed mid-round) or restarted (a new node
+id, as Flower gives a restarted SuperNode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from pathlib import Path
+
+from flwr.app import Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fed8.flower import client_app
+
+
+class FakeGrid:
+    def __init__(self, num_nodes: int, state_root: Path) -> None:
+        self._ids = itertools.count(1001)
+        self.configs = {}
+        for i in range(num_nodes):
+            self.configs[next(self._ids)] = {"partition-id": i, "num-partitions": num_nodes,
+                                             "state-dir": str(state_root / str(i))}
+        self.down: set[int] = set()
+        self.sent: list[Message] = []
+        self.drop_in_round: dict[int, set[int]] = {}  # {round: partitions that do not answer its train message}
+
+    def get_node_ids(self):
+        return [n for n in self.configs if n not in self.down]
+
+    def node_of(self, partition: int) -> int:
+        return next(n for n, c in self.configs.items() if c["partition-id"] == partition and n not in self.down)
+
+    def restart(self, partition: int) -> int:
+        """The node of ``partition`` comes back with a new node id (its disk state kept)."""
+        old = self.node_of(partition)
+        self.down.add(old)
+        new = next(self._ids)
+        self.configs[new] = dict(self.configs[old])
+        return new
+
+    def send_and_receive(self, messages, *, timeout=None):
+        out = []
+        for m in messages:
+            self.sent.append(m)
+            nid = m.metadata.dst_node_id
+            if nid in self.down or nid not in self.configs:
+                continue
+            job = m.content["job"] if "job" in m.content else None
+            if (m.metadata.message_type == "train" and job is not None
+                    and self.configs[nid]["partition-id"] in self.drop_in_round.get(int(job["round"]), set())):
+                continue
+            ctx = Context(run_id=1, node_id=nid, node_config=self.configs[nid], state=RecordDict(), run_config={})
+            handler = getattr(client_app, m.metadata.message_type)
+            out.append(handler(m, ctx))
+        return out
+
+
+@contextlib.contextmanager
+def task_identity():
+    """What a ServerApp process has set before it creates messages."""
+    saved = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    try:
+        yield
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def run_server_app(run_dir: Path, grid: FakeGrid, *, round_timeout_s: float = 60.0) -> None:
+    """fed8's ServerApp main on ``grid`` for the run in ``run_dir``."""
+    from fed8.flower import server_app
+
+    with task_identity():
+        server_app.main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                                      run_config={"run-dir": str(run_dir), "round-timeout-s": round_timeout_s}))

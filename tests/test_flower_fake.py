@@ -1,0 +1,87 @@
+"""fed8's ServerApp and ClientApp over an in-process fake Grid: the Flower runtime's logic, fast."""
+
+import json
+
+import pytest
+
+pytest.importorskip("flwr", reason="the Flower extra is not installed (pip install 'fed8[flower]')")
+
+import fed8  # noqa: E402
+from fed8.rundir import RunDir  # noqa: E402
+
+from fake_grid import FakeGrid, run_server_app  # noqa: E402
+
+BASE = ["data.subset=240", "data.num_clients=3", "train.rounds=3", "train.local_epochs=1", "train.fraction=1.0",
+        "run.threads=1", "quantize.enabled=false", "model.name=mlp", "model.hidden=32"]
+
+
+def _federation(tmp_path, sets, grid=None):
+    cfg = fed8.load_config(None, BASE + sets)
+    rd = RunDir.create(tmp_path / "fed", cfg)
+    grid = grid or FakeGrid(cfg.data.num_clients, tmp_path / "nodes")
+    run_server_app(rd.path, grid)
+    return rd.path, grid
+
+
+def _rows(path):
+    return [{k: v for k, v in json.loads(x).items() if k != "seconds"}
+            for x in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("sets", [
+    pytest.param(["compression.uplink=int8", "compression.downlink=int8"], id="int8-both-ways"),
+    pytest.param(["compression.uplink=float8_e4m3fn", "compression.downlink=int8", "compression.downlink_mode=delta",
+                  "train.fraction=0.67"], id="delta-downlink-partial-participation"),
+    pytest.param(["compression.uplink=topk", "compression.error_feedback=true"], id="error-feedback-on-the-node"),
+    pytest.param(["attack.fraction=0.34", "server.robust=median"], id="attack-on-the-node"),
+    pytest.param(["privacy.dp=central", "privacy.noise_multiplier=0.5", "privacy.weighting=uniform",
+                  "privacy.insecure_reproducible_noise=true"], id="central-dp"),
+    pytest.param(["privacy.dp=local", "privacy.noise_multiplier=0.3", "privacy.weighting=uniform",
+                  "privacy.insecure_reproducible_noise=true"], id="local-dp-on-the-node"),
+])
+def test_flower_apps_give_the_simulation_model(tmp_path, sets):
+    fed, _ = _federation(tmp_path, sets)
+    sim = fed8.run(fed8.load_config(None, BASE + sets), out=tmp_path / "sim", report=False)
+    assert (fed / "model.safetensors").read_bytes() == (sim.run_dir / "model.safetensors").read_bytes()
+    assert _rows(fed) == [{k: v for k, v in r.items() if k != "seconds"} for r in sim.metrics]
+
+
+def test_error_feedback_residuals_live_on_the_node_not_the_server(tmp_path):
+    fed, _ = _federation(tmp_path, ["compression.uplink=topk", "compression.error_feedback=true"])
+    for k in range(3):  # node k holds client k's residuals: the last round's, and the one before until committed
+        files = sorted(p.name for p in (tmp_path / "nodes" / str(k)).rglob("residuals/*.safetensors"))
+        assert files[-1] == f"c{k:06d}-r000003.safetensors" and len(files) <= 2
+        assert all(f.startswith(f"c{k:06d}-") for f in files)
+    assert not list(fed.rglob("residuals/*.safetensors"))  # the server holds none
+
+
+def test_local_dp_noise_is_drawn_on_the_node_from_the_os(tmp_path, monkeypatch):
+    """Without the insecure opt-in, two runs differ (fresh OS noise on the nodes), and noise is real."""
+    sets = ["privacy.dp=local", "privacy.noise_multiplier=0.3", "privacy.weighting=uniform", "train.rounds=1"]
+    a, _ = _federation(tmp_path / "a", sets)
+    b, _ = _federation(tmp_path / "b", sets)
+    assert (a / "model.safetensors").read_bytes() != (b / "model.safetensors").read_bytes()
+
+
+def test_a_node_that_lost_its_downlink_reference_gets_the_base_and_it_is_counted(tmp_path):
+    sets = ["compression.downlink=int8", "compression.downlink_mode=delta", "train.rounds=2"]
+    cfg = fed8.load_config(None, BASE + sets)
+    grid = FakeGrid(3, tmp_path / "nodes")
+    rd = RunDir.create(tmp_path / "fed", cfg)
+
+    real = grid.send_and_receive
+
+    def wipe_then_send(messages, *, timeout=None):
+        messages = list(messages)
+        if messages and messages[0].metadata.message_type == "train" and int(messages[0].content["job"]["round"]) == 2:
+            for f in (tmp_path / "nodes" / "1").rglob("downlink-r000001.safetensors"):
+                f.unlink()  # node 1 lost its disk state (or missed the broadcast)
+        return real(messages, timeout=timeout)
+
+    grid.send_and_receive = wipe_then_send
+    run_server_app(rd.path, grid)
+    sim = fed8.run(cfg, out=tmp_path / "sim", report=False)
+    assert (rd.path / "model.safetensors").read_bytes() == (sim.run_dir / "model.safetensors").read_bytes()
+    fed_rows, sim_rows = _rows(rd.path), sim.metrics
+    base = sim_rows[1]["downlink_bytes_float32"] // 3  # one float32 model (an mlp has no raw entries)
+    assert fed_rows[1]["downlink_bytes"] == sim_rows[1]["downlink_bytes"] + base
