@@ -28,6 +28,9 @@ class FakeGrid:
         self.down: set[int] = set()
         self.sent: list[Message] = []
         self.drop_in_round: dict[int, set[int]] = {}  # {round: partitions that do not answer its train message}
+        self.restart_in_round: dict[int, int] = {}  # {round: partition whose node dies then restarts (new id)}
+        self.replay_in_round: dict[int, int] = {}  # {round: partition whose reply is replaced by its previous one}
+        self.last_reply: dict[int, Message] = {}
 
     def get_node_ids(self):
         return [n for n in self.configs if n not in self.down]
@@ -51,12 +54,24 @@ class FakeGrid:
             if nid in self.down or nid not in self.configs:
                 continue
             job = m.content["job"] if "job" in m.content else None
-            if (m.metadata.message_type == "train" and job is not None
-                    and self.configs[nid]["partition-id"] in self.drop_in_round.get(int(job["round"]), set())):
-                continue
+            pid = self.configs[nid]["partition-id"]
+            if m.metadata.message_type == "train" and job is not None:
+                rnd = int(job["round"])
+                if pid in self.drop_in_round.get(rnd, set()):
+                    continue
+                if self.restart_in_round.get(rnd) == pid:
+                    del self.restart_in_round[rnd]
+                    self.restart(pid)  # killed mid-round: no reply; it comes back with a new id
+                    continue
+                if self.replay_in_round.get(rnd) == pid and pid in self.last_reply:
+                    out.append(self.last_reply[pid])  # a stale reply of an earlier round
+                    continue
             ctx = Context(run_id=1, node_id=nid, node_config=self.configs[nid], state=RecordDict(), run_config={})
             handler = getattr(client_app, m.metadata.message_type)
-            out.append(handler(m, ctx))
+            reply = handler(m, ctx)
+            if m.metadata.message_type == "train":
+                self.last_reply[pid] = reply
+            out.append(reply)
         return out
 
 
@@ -71,10 +86,10 @@ def task_identity():
         TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
-def run_server_app(run_dir: Path, grid: FakeGrid, *, round_timeout_s: float = 60.0) -> None:
+def run_server_app(run_dir: Path, grid: FakeGrid) -> None:
     """fed8's ServerApp main on ``grid`` for the run in ``run_dir``."""
     from fed8.flower import server_app
 
     with task_identity():
         server_app.main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
-                                      run_config={"run-dir": str(run_dir), "round-timeout-s": round_timeout_s}))
+                                      run_config={"run-dir": str(run_dir)}))

@@ -85,3 +85,58 @@ def test_a_node_that_lost_its_downlink_reference_gets_the_base_and_it_is_counted
     fed_rows, sim_rows = _rows(rd.path), sim.metrics
     base = sim_rows[1]["downlink_bytes_float32"] // 3  # one float32 model (an mlp has no raw entries)
     assert fed_rows[1]["downlink_bytes"] == sim_rows[1]["downlink_bytes"] + base
+
+
+# -- faults: dropouts, min_replies, retries, restarted nodes, stale replies ---------------------------------------
+
+def test_a_dropout_leaves_the_round_to_the_replies_that_came(tmp_path):
+    cfg = fed8.load_config(None, BASE + ["train.rounds=2"])
+    grid = FakeGrid(3, tmp_path / "nodes")
+    grid.drop_in_round = {2: {1}}
+    fed, _ = _federation(tmp_path, ["train.rounds=2", "federation.round_retries=0"], grid)
+    rows = _rows(fed)
+    one = rows[0]["uplink_bytes"] // 3  # float32 uplink: every update is the same size
+    assert rows[0]["uplink_bytes"] == 3 * one and rows[1]["uplink_bytes"] == 2 * one
+    sim = fed8.run(cfg, out=tmp_path / "sim", report=False)
+    assert (fed / "model.safetensors").read_bytes() != (sim.run_dir / "model.safetensors").read_bytes()
+
+
+def test_too_few_replies_stop_the_run_resumably_and_resume_ends_with_the_simulation_model(tmp_path):
+    from fed8.errors import RoundFailedError
+
+    sets = ["train.rounds=3", "federation.min_replies=3", "federation.round_retries=1"]
+    cfg = fed8.load_config(None, BASE + sets)
+    rd = RunDir.create(tmp_path / "fed", cfg)
+    grid = FakeGrid(3, tmp_path / "nodes")
+    grid.drop_in_round = {2: {2}}
+    with pytest.raises(RoundFailedError, match=r"round 2: 2 of 3 .*min_replies = 3.*--resume"):
+        run_server_app(rd.path, grid)
+    assert [r["round"] for r in _rows(rd.path)] == [1]
+    asked = [m for m in grid.sent if m.metadata.message_type == "train" and int(m.content["job"]["round"]) == 2]
+    assert len(asked) == 4  # 3 clients, then the missing one again
+    grid.drop_in_round = {}
+    run_server_app(rd.path, grid)  # fed8 federation --resume: the nodes are back
+    sim = fed8.run(cfg, out=tmp_path / "sim", report=False)
+    assert (rd.path / "model.safetensors").read_bytes() == (sim.run_dir / "model.safetensors").read_bytes()
+
+
+def test_a_restarted_node_is_found_by_partition_and_the_round_completes(tmp_path):
+    sets = ["train.rounds=3", "federation.min_replies=3", "federation.round_retries=1",
+            "compression.downlink=int8", "compression.downlink_mode=delta", "compression.uplink=topk",
+            "compression.error_feedback=true"]
+    grid = FakeGrid(3, tmp_path / "nodes")
+    grid.restart_in_round = {2: 1}
+    old = grid.node_of(1)
+    fed, _ = _federation(tmp_path, sets, grid)
+    assert grid.node_of(1) != old
+    sim = fed8.run(fed8.load_config(None, BASE + sets), out=tmp_path / "sim", report=False)
+    assert (fed / "model.safetensors").read_bytes() == (sim.run_dir / "model.safetensors").read_bytes()
+
+
+def test_a_stale_reply_never_reaches_a_later_round(tmp_path):
+    grid = FakeGrid(3, tmp_path / "nodes")
+    grid.replay_in_round = {2: 0}
+    fed, _ = _federation(tmp_path, ["train.rounds=2", "federation.round_retries=0"], grid)
+    rows = _rows(fed)
+    assert rows[1]["uplink_bytes"] == 2 * rows[0]["uplink_bytes"] // 3  # client 0's round-1 reply was dropped
+    assert all(m.metadata.ttl == 600.0 for m in grid.sent if m.metadata.message_type == "train")

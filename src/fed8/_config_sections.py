@@ -12,7 +12,8 @@ from typing import Any
 from .errors import ConfigError
 
 __all__ = [
-    "AttackConfig", "CompressionConfig", "DEPLOY_FORMATS", "DataConfig", "EvalConfig", "ModelConfig",
+    "AttackConfig", "CompressionConfig", "DEPLOY_FORMATS", "DataConfig", "EvalConfig", "FederationConfig",
+    "ModelConfig",
     "PrivacyConfig", "QuantizeConfig", "RunConfig", "ServerConfig", "TrainConfig",
 ]
 
@@ -317,6 +318,21 @@ class QuantizeConfig:
         "(int8_openvino.onnx when int8_graph_tuning rewrote int8.onnx for ONNX Runtime)",
         choices=("auto", "on", "off"),
     )
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Rounds over real machines (fed8 federation, Flower): deadlines, dropouts, retries."""
+
+    round_timeout_s: float = _key(
+        600.0, "seconds a round waits for the clients' replies; a missing reply is a dropout (messages "
+        "expire after this too, so a late one cannot reach a later round)", gt=0.0)
+    min_replies: int = _key(
+        1, "fewest replies a round is aggregated with; below it the missing clients are asked again "
+        "(round_retries times, restarted nodes found by partition id), then the run stops with its last "
+        "committed round kept (fed8 federation --resume continues it)", ge=1)
+    round_retries: int = _key(
+        1, "times a round short of min_replies asks its missing clients again before the run stops", ge=0)
 
 
 @dataclass(frozen=True)

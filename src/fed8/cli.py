@@ -38,8 +38,6 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     f.add_argument("--out", help="run directory (default: <run.out>/<time>-<model>-<data>)")
     f.add_argument("--resume", metavar="RUN_DIR", help="continue a federation run after its last committed round")
-    f.add_argument("--round-timeout", type=float, default=600.0, metavar="S",
-                   help="seconds a round waits for the clients' replies (default 600)")
 
     i = sub.add_parser("init", help="write the default config with a comment on every key")
     i.add_argument("path", nargs="?", default="fed8.toml")
@@ -374,6 +372,10 @@ def _cmd_federation(args) -> int:
     if bad:
         raise ConfigError(f"fed8 federation does not support {', '.join(bad)} yet (secure aggregation's protocol over "
                           "Flower messages is not written); use fed8 run for it.")
+    if cfg.federation.min_replies > cfg.data.num_clients:
+        raise ConfigError(f"federation.min_replies = {cfg.federation.min_replies} is above data.num_clients = "
+                          f"{cfg.data.num_clients}: no round could ever be aggregated. Use a value <= "
+                          f"{cfg.data.num_clients}.")
     if not args.resume:
         rd = RunDir.create(Path(args.out) if args.out else default_run_dir(cfg), cfg)
     from .flower.launcher import run_federation
@@ -381,7 +383,7 @@ def _cmd_federation(args) -> int:
     con.print(f"[bold]fed8 federation[/] {cfg.model.name} on {cfg.data.source}: {nodes} SuperNodes on 127.0.0.1, "
               f"{cfg.train.rounds} rounds, run directory {rd.path}")
     try:
-        run_federation(rd.path, nodes, round_timeout_s=args.round_timeout,
+        run_federation(rd.path, nodes,
                        progress=lambda row: con.print(f"round {row['round']}/{cfg.train.rounds} {progress_line(row)}"))
     except KeyboardInterrupt:
         con.print(f"\ninterrupted; the SuperLink and SuperNodes are stopped and the last committed round is saved. "

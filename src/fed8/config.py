@@ -36,6 +36,7 @@ __all__ = [
     "DEPLOY_FORMATS",
     "DataConfig",
     "EvalConfig",
+    "FederationConfig",
     "ModelConfig",
     "PrivacyConfig",
     "QuantizeConfig",
@@ -53,6 +54,7 @@ from ._config_sections import (  # noqa: E402  (re-exported: the sections are pa
     CompressionConfig,
     DataConfig,
     EvalConfig,
+    FederationConfig,
     ModelConfig,
     PrivacyConfig,
     QuantizeConfig,
@@ -75,6 +77,7 @@ class Config:
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def replace(self, overrides: Sequence[str] | Mapping[str, Any]) -> "Config":
@@ -95,6 +98,7 @@ _SECTIONS: dict[str, type] = {
     "quantize": QuantizeConfig,
     "privacy": PrivacyConfig,
     "attack": AttackConfig,
+    "federation": FederationConfig,
     "run": RunConfig,
 }
 

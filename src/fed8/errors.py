@@ -9,7 +9,7 @@ allowed, and how to fix it.
 from __future__ import annotations
 
 __all__ = ["CheckpointError", "ConfigError", "DataError", "DeployError", "EmptyRoundError", "Fed8Error",
-           "MissingExtraError", "ParameterError", "PayloadError", "SecAggError"]
+           "MissingExtraError", "ParameterError", "PayloadError", "RoundFailedError", "SecAggError"]
 
 
 class Fed8Error(Exception):
@@ -46,6 +46,10 @@ class SecAggError(Fed8Error, RuntimeError):
 
 class EmptyRoundError(Fed8Error, RuntimeError):
     """A round has nothing to aggregate (no client sampled, every update rejected); the model is kept."""
+
+
+class RoundFailedError(Fed8Error, RuntimeError):
+    """A round over real machines got too few replies, even after retrying; the run stops, resumable."""
 
 
 class MissingExtraError(Fed8Error, ImportError):

@@ -63,7 +63,7 @@ def train(msg: Message, context: Context) -> Message:
     state = received_state(msg.content["model"], rnd=rnd, is_delta=bool(job["is-delta"]),
                            keep=bool(job["keep-ref"]), node=node)
     if state is None:  # a delta without the reference it applies to: ask for the base
-        return Message(content=RecordDict({"job": ConfigRecord({"client": k, "missing-ref": rnd - 1})}),
+        return Message(content=RecordDict({"job": ConfigRecord({"client": k, "round": rnd, "missing-ref": rnd - 1})}),
                        reply_to=msg)
     update = train_client(fed.model, state, fed.clients[k], local_training(cfg.train),
                           generator=torch_generator(cfg.run.seed, TRAIN, rnd, k), client=k)
@@ -82,7 +82,8 @@ def train(msg: Message, context: Context) -> Message:
         payload = wire.uplink.encode(update.delta, generator=gen)
     return Message(content=RecordDict({
         "update": ArrayRecord({"payload": bytes_array(payload)}),
-        "job": ConfigRecord({"client": k, "num_samples": update.num_samples, "train_loss": update.train_loss})}),
+        "job": ConfigRecord({"client": k, "round": rnd, "num_samples": update.num_samples,
+                             "train_loss": update.train_loss})}),
         reply_to=msg)
 
 
@@ -101,9 +102,9 @@ def _plan(cfg):
 def evaluate(msg: Message, context: Context) -> Message:
     from ..federated.evaluate import predict_correct
 
-    cfg, fed, k, _ = _setup(msg, context)
+    cfg, fed, k, rnd = _setup(msg, context)
     fed.model.load_state_dict(state_from_record(msg.content["model"]))
     data = fed.clients[k]
     _, correct = predict_correct(fed.model, data.x_test, data.y_test, batch_size=cfg.eval.batch_size)
     return Message(content=RecordDict({"job": ConfigRecord(
-        {"client": k, "correct": int(correct.sum()), "count": int(correct.numel())})}), reply_to=msg)
+        {"client": k, "round": rnd, "correct": int(correct.sum()), "count": int(correct.numel())})}), reply_to=msg)

@@ -49,7 +49,6 @@ clientapp = "fed8.flower.client_app:app"
 
 [tool.flwr.app.config]
 run-dir = ""
-round-timeout-s = 600.0
 """
 
 
@@ -166,8 +165,8 @@ def local_federation(home: Path, nodes: int, *, timeout_s: float = 60.0,
         _stop(procs, home)
 
 
-def run_federation(run_dir: str | Path, nodes: int, *, round_timeout_s: float = 600.0,
-                   progress: Callable[[dict], None] | None = None, timeout_s: float | None = None) -> None:
+def run_federation(run_dir: str | Path, nodes: int, *, progress: Callable[[dict], None] | None = None,
+                   timeout_s: float | None = None) -> None:
     """Run (or continue) the fed8 run in ``run_dir`` on a local federation of ``nodes`` SuperNodes."""
     from . import require_flwr
 
@@ -196,7 +195,7 @@ def run_federation(run_dir: str | Path, nodes: int, *, round_timeout_s: float = 
         watcher = threading.Thread(target=follow, daemon=True)
         watcher.start()
         cmd = [_bin("flwr"), "run", str(app), "fed8", "--stream", "--run-config",
-               f"run-dir='{run_dir}' round-timeout-s={float(round_timeout_s)}"]
+               f"run-dir='{run_dir}'"]
         with open(home / "flwr-run.log", "ab") as fh:
             p = subprocess.Popen(cmd, env=fed["env"], stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  start_new_session=True)

@@ -1,7 +1,8 @@
 """fed8's ServerApp: the train stage of ``fed8 run`` with :class:`FlowerTransport` for its rounds.
 
 Run config (set by ``fed8 federation``): ``run-dir`` (a run directory holding config.toml;
-the ServerApp continues it after its last committed round) and ``round-timeout-s``.
+the ServerApp continues it after its last committed round). Deadlines, dropouts and
+retries come from the run's ``[federation]`` section.
 Sampling, aggregation, the server optimizer, evaluation on the server's eval split, the
 metrics, checkpoints and summary are the simulation's own code.
 """
@@ -26,9 +27,10 @@ def main(grid: Grid, context: Context) -> None:
     from .transport import FlowerTransport, discover_nodes
 
     run_dir = str(context.run_config["run-dir"])
-    timeout = float(context.run_config["round-timeout-s"])
     cfg = RunDir.open(run_dir).load_config()
-    nodes = discover_nodes(grid, cfg.data.num_clients, timeout_s=timeout)
+    f = cfg.federation
+    nodes = discover_nodes(grid, cfg.data.num_clients, timeout_s=f.round_timeout_s)
     run(resume=run_dir, report=True, quantize=False,
-        transport_factory=lambda prep: FlowerTransport(grid, nodes, to_toml(cfg), prep.simulation.wire,
-                                                       round_timeout_s=timeout, run_key=Path(run_dir).name))
+        transport_factory=lambda prep: FlowerTransport(
+            grid, nodes, to_toml(cfg), prep.simulation.wire, round_timeout_s=f.round_timeout_s,
+            run_key=Path(run_dir).name, min_replies=f.min_replies, round_retries=f.round_retries))

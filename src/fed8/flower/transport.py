@@ -6,7 +6,15 @@ keeps fed8's client ids and maps them to Flower node ids itself (a node reports 
 message carries the round, the fed8 client id, the run's config and the model; the reply
 carries the uplink codec's payload, the sample count and the training loss. Replies are
 aggregated in client-id order, as in simulation, so both runtimes sum the same floats in
-the same order. A client whose reply does not come within ``round_timeout_s`` is a dropout.
+the same order.
+
+Faults: a client whose reply does not come within ``round_timeout_s`` is a dropout, and
+the message expires then (its ``ttl``), so a node that comes back late never trains on
+it; a reply is only taken for the round and client it was asked for. A round with fewer
+than ``min_replies`` replies asks the missing clients again (``round_retries`` times),
+looking up restarted nodes by partition id, then stops the run with
+:class:`~fed8.errors.RoundFailedError`: the last committed round stays, and
+``fed8 federation --resume`` continues from it.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import numpy as np
 import torch
 
 from ..compression import decode
-from ..errors import Fed8Error
+from ..errors import Fed8Error, RoundFailedError
 from ..federated.client import ClientUpdate
 from ..federated.evaluate import client_accuracy_stats
 from ..federated.round import Reply
@@ -29,22 +37,26 @@ __all__ = ["FlowerTransport", "discover_nodes"]
 log = logging.getLogger("fed8")
 
 
+def _partitions(grid, node_ids, timeout_s: float) -> dict[int, int]:
+    """``{partition id: node id}`` of the nodes in ``node_ids`` that answer a ``query`` within ``timeout_s``."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    msgs = [Message(content=RecordDict({"q": ConfigRecord({"what": "partition-id"})}), dst_node_id=n,
+                    message_type="query", ttl=max(1.0, timeout_s)) for n in node_ids]
+    return {int(r.content["a"]["partition-id"]): r.metadata.src_node_id
+            for r in grid.send_and_receive(msgs, timeout=max(1.0, timeout_s)) if not r.has_error()}
+
+
 def discover_nodes(grid, num_clients: int, *, timeout_s: float) -> dict[int, int]:
     """``{fed8 client id: Flower node id}`` from each node's ``partition-id`` (waits for all of them)."""
     import time
-
-    from flwr.app import ConfigRecord, Message, RecordDict
 
     deadline = time.monotonic() + timeout_s
     mapping: dict[int, int] = {}
     while time.monotonic() < deadline:
         nodes = [n for n in grid.get_node_ids() if n not in mapping.values()]
         if nodes:
-            msgs = [Message(content=RecordDict({"q": ConfigRecord({"what": "partition-id"})}), dst_node_id=n,
-                            message_type="query") for n in nodes]
-            for r in grid.send_and_receive(msgs, timeout=max(1.0, deadline - time.monotonic())):
-                if not r.has_error():
-                    mapping[int(r.content["a"]["partition-id"])] = r.metadata.src_node_id
+            mapping.update(_partitions(grid, nodes, deadline - time.monotonic()))
         if len(mapping) >= num_clients:
             return mapping
         time.sleep(0.5)
@@ -68,15 +80,19 @@ class FlowerTransport:
         The run's :class:`fed8.compression.wire.Wire`: the downlink is encoded here as in
         simulation, and its byte counts are the simulation's.
     round_timeout_s
-        How long a round waits for replies.
+        How long a round waits for replies (and the messages' ttl).
+    min_replies, round_retries
+        A round with fewer replies than ``min_replies`` (at most the sampled count) asks its
+        missing clients again, ``round_retries`` times, then raises :class:`RoundFailedError`.
     run_key
         Names this run's folder on each node (downlink references, error-feedback residuals).
     """
 
     def __init__(self, grid, nodes: Mapping[int, int], config_toml: str, wire, *, round_timeout_s: float,
-                 run_key: str = "run") -> None:
+                 run_key: str = "run", min_replies: int = 1, round_retries: int = 0) -> None:
         self.grid, self.nodes, self.config_toml, self.wire = grid, dict(nodes), config_toml, wire
         self.round_timeout_s, self.run_key = round_timeout_s, run_key
+        self.min_replies, self.round_retries = min_replies, round_retries
         self._model = self._with_base = None
         self._is_delta, self._base_bytes = False, 0
 
@@ -100,7 +116,12 @@ class FlowerTransport:
             if r.has_error():
                 log.warning("round %d: a %s reply is an error (%s); counted as a dropout", rnd, kind, r.error.reason)
                 continue
-            replies[int(r.content["job"]["client"])] = r.content
+            job = r.content["job"]
+            if int(job["round"]) != rnd or int(job["client"]) not in messages:
+                log.warning("round %d: dropped a %s reply for round %s, client %s", rnd, kind, job["round"],
+                            job["client"])  # a stale or foreign reply never reaches this round's sum
+                continue
+            replies[int(job["client"])] = r.content
         missing = sorted(set(messages) - set(replies))
         if missing:
             log.warning("round %d: no %s reply from clients %s within %.0f s; counted as dropouts", rnd, kind,
@@ -112,18 +133,52 @@ class FlowerTransport:
         return self._message("train", rnd, k, model, **{"is-delta": self._is_delta,
                                                         "keep-ref": self.wire.mode == "delta"})
 
-    def collect(self, rnd: int, clients: Sequence[int]) -> Iterator[Reply]:
-        replies = self._send("train", rnd, {k: self._train_message(rnd, k, k in self._stale) for k in clients})
-        lost = sorted(k for k, c in replies.items() if "missing-ref" in c["job"])
-        late = {}
+    def _refresh(self, clients: Sequence[int]) -> None:
+        """Find the new node ids of ``clients`` whose node left the Grid (a restarted SuperNode gets a new id)."""
+        live = set(self.grid.get_node_ids())
+        if all(self.nodes[k] in live for k in clients):
+            return
+        unknown = sorted(live - set(self.nodes.values()))
+        if unknown:
+            found = _partitions(self.grid, unknown, min(30.0, self.round_timeout_s))
+            for k, n in found.items():
+                if k in self.nodes and self.nodes[k] != n:
+                    log.info("client %d is now on node %d (was %d)", k, n, self.nodes[k])
+                    self.nodes[k] = n
+
+    def _train(self, rnd: int, clients: Sequence[int], replies: dict, late: dict) -> None:
+        """Send round ``rnd``'s train message to ``clients``; collect good replies into ``replies``."""
+        got = self._send("train", rnd, {k: self._train_message(rnd, k, k in self._stale) for k in clients})
+        lost = sorted(k for k, c in got.items() if "missing-ref" in c["job"])
         if lost:  # the node missed a broadcast the server counted it as having: send the base now
             log.warning("round %d: clients %s lack the downlink reference; sending it in float32", rnd, lost[:10])
-            replies.update(self._send("train", rnd, {k: self._train_message(rnd, k, True) for k in lost}))
-            late = {k: self._base_bytes for k in lost}
+            got.update(self._send("train", rnd, {k: self._train_message(rnd, k, True) for k in lost}))
+            late.update({k: late.get(k, 0) + self._base_bytes for k in lost})
+        replies.update({k: c for k, c in got.items() if "missing-ref" not in c["job"]})
+
+    def collect(self, rnd: int, clients: Sequence[int]) -> Iterator[Reply]:
+        self._refresh(clients)
+        replies: dict[int, object] = {}
+        late: dict[int, int] = {}
+        self._train(rnd, clients, replies, late)
+        need = min(self.min_replies, len(clients))
+        for attempt in range(self.round_retries):
+            if len(replies) >= need:
+                break
+            missing = [k for k in clients if k not in replies]
+            log.warning("round %d: %d of %d replies, fewer than federation.min_replies = %d; asking clients %s "
+                        "again (retry %d of %d)", rnd, len(replies), len(clients), need, missing[:10], attempt + 1,
+                        self.round_retries)
+            self._refresh(missing)
+            self._train(rnd, missing, replies, late)
+        if len(replies) < need:
+            raise RoundFailedError(
+                f"round {rnd}: {len(replies)} of {len(clients)} sampled clients replied within "
+                f"federation.round_timeout_s = {self.round_timeout_s:g} s (after {self.round_retries} retries), fewer "
+                f"than federation.min_replies = {need}; the run stops with round {rnd - 1} committed. Bring the "
+                "SuperNodes back and continue with fed8 federation --resume RUN_DIR, or lower federation.min_replies.")
         for k in sorted(replies):  # the order simulation adds them in
             c = replies[k]
-            if "missing-ref" in c["job"]:
-                continue
             payload = from_bytes_array(c["update"]["payload"])
             job = c["job"]
             yield Reply(ClientUpdate(k, decode(payload), int(job["num_samples"]), float(job["train_loss"])),
