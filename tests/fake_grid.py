@@ -67,8 +67,7 @@ class FakeGrid:
                     out.append(self.last_reply[pid])  # a stale reply of an earlier round
                     continue
             ctx = Context(run_id=1, node_id=nid, node_config=self.configs[nid], state=RecordDict(), run_config={})
-            handler = getattr(client_app, m.metadata.message_type)
-            reply = handler(m, ctx)
+            reply = client_app.app(m, ctx)  # the ClientApp routes by message type, as on a SuperNode
             if m.metadata.message_type == "train":
                 self.last_reply[pid] = reply
             out.append(reply)

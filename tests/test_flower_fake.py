@@ -140,3 +140,29 @@ def test_a_stale_reply_never_reaches_a_later_round(tmp_path):
     rows = _rows(fed)
     assert rows[1]["uplink_bytes"] == 2 * rows[0]["uplink_bytes"] // 3  # client 0's round-1 reply was dropped
     assert all(m.metadata.ttl == 600.0 for m in grid.sent if m.metadata.message_type == "train")
+
+
+# -- the deploy stage over Flower -------------------------------------------------------------------------------------
+
+def _deploy_rows(path):
+    q = json.loads((path / "deploy/quantization.json").read_text())
+    drop = ("latency", "speedup", "openvino")
+    return q, [{k: v for k, v in r.items() if not k.startswith(drop)} for r in q["formats"]]
+
+
+def test_the_deploy_stage_calibrates_and_evaluates_on_the_nodes_and_builds_the_simulation_models(tmp_path):
+    sets = ["train.rounds=2", "quantize.enabled=true", "quantize.formats=int8,float8_e4m3fn",
+            "quantize.calibration=percentile", "quantize.fp8_activation_scale=auto", "quantize.openvino=off",
+            "quantize.calibration_samples_per_client=16"]
+    fed, grid = _federation(tmp_path, sets)
+    sim = fed8.run(fed8.load_config(None, BASE + sets), out=tmp_path / "sim", report=False)
+    kinds = [m.metadata.message_type for m in grid.sent]
+    assert {"query.calibrate", "evaluate.onnx"} <= set(kinds)
+    q_fed, rows_fed = _deploy_rows(fed)
+    q_sim, rows_sim = _deploy_rows(sim.run_dir)
+    assert rows_fed == rows_sim  # same accuracies, per-client accuracies, gate decisions, bytes
+    assert rows_fed[1]["on_device"]["client_accuracy_mean"] is not None
+    for f in ("int8.onnx", "float8_e4m3fn.onnx"):
+        assert (fed / "deploy" / f).read_bytes() == (sim.run_dir / "deploy" / f).read_bytes()
+    assert "SuperNodes" in q_fed["calibration"]["where"] and q_fed["calibration"]["samples"] == 48
+    assert json.loads((fed / "summary.json").read_text())["deploy"][1]["format"] == "int8"

@@ -29,7 +29,7 @@ from ..formats import (PerChannel, choose_scale_fp8, dequantize_fp8, fake_quanti
                        sqnr_db)
 from .calibrate import activations, check_input
 
-__all__ = ["GateResult", "LayerSQNR", "gate", "layer_sqnr"]
+__all__ = ["GateResult", "LayerSQNR", "client_sqnr_sums", "gate", "layer_sqnr", "layer_sqnr_from_sums"]
 
 _COMPUTE = ("Conv", "Gemm", "MatMul")
 
@@ -69,22 +69,20 @@ def _fake_weight(w: torch.Tensor, fmt: str, axis: int, weight_scale: str) -> tor
     return dequantize_fp8(quantize_fp8(w, s, f), s, f)
 
 
-def layer_sqnr(fp32_path: str | Path, fmt: str, client_images: Iterable[np.ndarray], *,
-               ranges: Mapping[str, tuple[float, float]], fp8_scales: Mapping[str, float] | None = None,
-               weight_scale: str = "mse") -> list[LayerSQNR]:
-    """Local SQNR of every compute layer with a constant weight, lowest (most sensitive) first."""
-    import onnx
-    from onnx import numpy_helper
-
-    g = onnx.load(str(fp32_path)).graph
+def _layers(g):
     inits = {t.name: t for t in g.initializer}
-    layers = [n for n in g.node if n.op_type in _COMPUTE and len(n.input) > 1 and n.input[1] in inits]
+    return inits, [n for n in g.node if n.op_type in _COMPUTE and len(n.input) > 1 and n.input[1] in inits]
+
+
+def client_sqnr_sums(fp32_path: str | Path, fmt: str, x: np.ndarray, *, ranges: Mapping[str, tuple[float, float]],
+                     fp8_scales: Mapping[str, float] | None = None) -> dict[str, tuple[float, float]]:
+    """On one client: ``{input tensor: (sum x^2, sum (x - Q(x))^2)}`` of every compute layer's input."""
+    import onnx
+
+    _, layers = _layers(onnx.load(str(fp32_path)).graph)
     acts = sorted({n.input[0] for n in layers if n.input[0] in ranges})
-    sig = dict.fromkeys(acts, 0.0)
-    noise = dict.fromkeys(acts, 0.0)
-    for x in client_images:  # on each client: two sums per tensor leave it
-        if x.shape[0] == 0:
-            continue
+    sig, noise = dict.fromkeys(acts, 0.0), dict.fromkeys(acts, 0.0)
+    if x.shape[0]:
         check_input(fp32_path, x)
         for batch in activations(fp32_path, acts, x, 100):
             for k, a in batch.items():
@@ -92,6 +90,21 @@ def layer_sqnr(fp32_path: str | Path, fmt: str, client_images: Iterable[np.ndarr
                 q = _fake_act(t, fmt, *ranges[k], fp8_scales[k] if fp8_scales else None)
                 sig[k] += float((t * t).sum())
                 noise[k] += float(((t - q) ** 2).sum())
+    return {k: (sig[k], noise[k]) for k in acts}
+
+
+def layer_sqnr_from_sums(fp32_path: str | Path, fmt: str, sums: Iterable[Mapping[str, tuple[float, float]]], *,
+                         weight_scale: str = "mse") -> list[LayerSQNR]:
+    """Server side: the clients' sums added (in client order), SQNR of every layer, lowest first."""
+    import onnx
+    from onnx import numpy_helper
+
+    inits, layers = _layers(onnx.load(str(fp32_path)).graph)
+    sig: dict[str, float] = {}
+    noise: dict[str, float] = {}
+    for s in sums:
+        for k, (a, b) in s.items():
+            sig[k], noise[k] = sig.get(k, 0.0) + a, noise.get(k, 0.0) + b
     out = []
     for n in layers:
         w = torch.from_numpy(numpy_helper.to_array(inits[n.input[1]]).copy())
@@ -105,6 +118,19 @@ def layer_sqnr(fp32_path: str | Path, fmt: str, client_images: Iterable[np.ndarr
             x_db = 10 * math.log10(sig[k] / noise[k]) if sig[k] > 0 else -math.inf
         out.append(LayerSQNR(n.name, n.op_type, w_db, x_db))
     return sorted(out, key=lambda r: r.sqnr_db)
+
+
+def layer_sqnr(fp32_path: str | Path, fmt: str, client_images: Iterable[np.ndarray], *,
+               ranges: Mapping[str, tuple[float, float]], fp8_scales: Mapping[str, float] | None = None,
+               weight_scale: str = "mse") -> list[LayerSQNR]:
+    """Local SQNR of every compute layer with a constant weight, lowest (most sensitive) first.
+
+    Each client's images give two sums per tensor (:func:`client_sqnr_sums`); only those
+    leave it, and :func:`layer_sqnr_from_sums` adds them.
+    """
+    return layer_sqnr_from_sums(fp32_path, fmt, (client_sqnr_sums(fp32_path, fmt, x, ranges=ranges,
+                                                                  fp8_scales=fp8_scales) for x in client_images),
+                                weight_scale=weight_scale)
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["client_accuracy_stats", "evaluate", "predict_correct"]
+__all__ = ["client_accuracy_from_counts", "client_accuracy_stats", "evaluate", "predict_correct"]
 
 
 @torch.no_grad()
@@ -51,3 +53,15 @@ def client_accuracy_stats(correct: torch.Tensor, owner: torch.Tensor, num_client
         "client_accuracy_min": float(acc.min()),
     }
 
+
+
+def client_accuracy_from_counts(counts: Sequence[tuple[int, int]]) -> dict[str, float | None]:
+    """:func:`client_accuracy_stats` from each client's ``(correct, images)`` (what a device reports)."""
+    hits = torch.tensor([float(h) for h, _ in counts], dtype=torch.float64)
+    n = torch.tensor([float(c) for _, c in counts], dtype=torch.float64)
+    has = n > 0
+    if not bool(has.any()):
+        return {"client_accuracy_mean": None, "client_accuracy_p10": None, "client_accuracy_min": None}
+    acc = (hits[has] / n[has]).numpy()
+    return {"client_accuracy_mean": float(acc.mean()), "client_accuracy_p10": float(np.percentile(acc, 10)),
+            "client_accuracy_min": float(acc.min())}

@@ -108,3 +108,65 @@ def evaluate(msg: Message, context: Context) -> Message:
     _, correct = predict_correct(fed.model, data.x_test, data.y_test, batch_size=cfg.eval.batch_size)
     return Message(content=RecordDict({"job": ConfigRecord(
         {"client": k, "round": rnd, "correct": int(correct.sum()), "count": int(correct.numel())})}), reply_to=msg)
+
+
+# -- the quantize stage on the node: statistics of its own images, on-device accuracy ------------------------------
+
+def _onnx(msg: Message, folder: str):
+    from pathlib import Path
+
+    from .messages import from_bytes_array
+
+    path = Path(folder) / "model.onnx"
+    path.write_bytes(from_bytes_array(msg.content["model"]["onnx"]))
+    return path
+
+
+@app.query("calibrate")
+def calibrate(msg: Message, context: Context) -> Message:
+    """Ranges, histograms or the gate's SQNR sums of the sent FP32 model on this node's calibration images."""
+    import json
+    import tempfile
+
+    from ..deploy.calibrate import client_histograms, client_ranges
+    from ..deploy.gate import client_sqnr_sums
+
+    cfg, fed, k, rnd = _setup(msg, context)
+    job = msg.content["job"]
+    x = fed.clients[k].x_train[: cfg.quantize.calibration_samples_per_client].numpy()
+    what = str(job["what"])
+    with tempfile.TemporaryDirectory(prefix="fed8-node-") as d:
+        path = _onnx(msg, d)
+        if what == "ranges":
+            stats = client_ranges(path, x)
+        elif what == "histograms":
+            h = client_histograms(path, x, json.loads(str(job["bounds"])))
+            stats = {t: [v.counts.tolist(), v.bound, v.n, v.sum, v.sum_sq] for t, v in h.items()}
+        elif what == "sqnr":
+            scales = json.loads(str(job["fp8-scales"]))
+            stats = client_sqnr_sums(path, str(job["format"]), x, ranges=json.loads(str(job["ranges"])),
+                                     fp8_scales=scales or None)
+        else:
+            from ..errors import Fed8Error
+
+            raise Fed8Error(f"unknown calibration request {what!r}; this node runs another fed8 version than the "
+                            "server. Install the same fed8 on every node.")
+    return Message(content=RecordDict({"job": ConfigRecord(
+        {"client": k, "round": rnd, "samples": int(len(x)), "stats": json.dumps(stats)})}), reply_to=msg)
+
+
+@app.evaluate("onnx")
+def evaluate_onnx(msg: Message, context: Context) -> Message:
+    """Correct predictions of the sent 8-bit (or FP32) ONNX model on this node's local test split."""
+    import tempfile
+
+    from ..deploy.clients import correct_counts
+    from ..deploy.runtime import session
+
+    cfg, fed, k, rnd = _setup(msg, context)
+    data = fed.clients[k]
+    with tempfile.TemporaryDirectory(prefix="fed8-node-") as d:
+        hits, n = correct_counts(session(_onnx(msg, d), threads=cfg.quantize.threads), data.x_test.numpy(),
+                                 data.y_test.numpy())
+    return Message(content=RecordDict({"job": ConfigRecord({"client": k, "round": rnd, "correct": hits,
+                                                            "count": n})}), reply_to=msg)

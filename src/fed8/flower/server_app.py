@@ -4,7 +4,10 @@ Run config (set by ``fed8 federation``): ``run-dir`` (a run directory holding co
 the ServerApp continues it after its last committed round). Deadlines, dropouts and
 retries come from the run's ``[federation]`` section.
 Sampling, aggregation, the server optimizer, evaluation on the server's eval split, the
-metrics, checkpoints and summary are the simulation's own code.
+metrics, checkpoints and summary are the simulation's own code. Then, when
+``quantize.enabled``, the quantize stage runs with :class:`fed8.flower.deploy.FlowerStatistics`:
+the nodes calibrate on their own images and evaluate every 8-bit model on their local
+test splits.
 """
 
 from __future__ import annotations
@@ -30,7 +33,17 @@ def main(grid: Grid, context: Context) -> None:
     cfg = RunDir.open(run_dir).load_config()
     f = cfg.federation
     nodes = discover_nodes(grid, cfg.data.num_clients, timeout_s=f.round_timeout_s)
-    run(resume=run_dir, report=True, quantize=False,
-        transport_factory=lambda prep: FlowerTransport(
+    transport = {}
+
+    def make(prep):
+        transport["t"] = FlowerTransport(
             grid, nodes, to_toml(cfg), prep.simulation.wire, round_timeout_s=f.round_timeout_s,
-            run_key=Path(run_dir).name, min_replies=f.min_replies, round_retries=f.round_retries))
+            run_key=Path(run_dir).name, min_replies=f.min_replies, round_retries=f.round_retries)
+        return transport["t"]
+
+    run(resume=run_dir, report=True, quantize=False, transport_factory=make)
+    if cfg.quantize.enabled:  # the deploy stage: statistics from the nodes, 8-bit models evaluated on them
+        from ..stages.quantize import quantize_run
+        from .deploy import FlowerStatistics
+
+        quantize_run(run_dir, cfg.quantize, devices=FlowerStatistics(transport["t"]))

@@ -22,13 +22,12 @@ from __future__ import annotations
 import logging
 from typing import Iterator, Mapping, Sequence
 
-import numpy as np
 import torch
 
 from ..compression import decode
 from ..errors import Fed8Error, RoundFailedError
 from ..federated.client import ClientUpdate
-from ..federated.evaluate import client_accuracy_stats
+from ..federated.evaluate import client_accuracy_from_counts
 from ..federated.round import Reply
 from .messages import broadcast_records, from_bytes_array, state_to_record
 
@@ -103,14 +102,14 @@ class FlowerTransport:
         self._base_bytes = self.wire.float32_bytes(b.base)[0] if b.base is not None else 0
         return b.nbytes
 
-    def _message(self, kind: str, rnd: int, k: int, model, **job):
+    def message(self, kind: str, rnd: int, k: int, model, **job):
         from flwr.app import ConfigRecord, Message, RecordDict
 
         return Message(content=RecordDict({"model": model, "job": ConfigRecord(
             {"round": rnd, "client": int(k), "config": self.config_toml, "run-key": self.run_key, **job})}),
             dst_node_id=self.nodes[k], message_type=kind, ttl=self.round_timeout_s)
 
-    def _send(self, kind: str, rnd: int, messages: Mapping[int, object]) -> dict[int, object]:
+    def send(self, kind: str, rnd: int, messages: Mapping[int, object]) -> dict[int, object]:
         replies = {}
         for r in self.grid.send_and_receive(list(messages.values()), timeout=self.round_timeout_s):
             if r.has_error():
@@ -130,10 +129,10 @@ class FlowerTransport:
 
     def _train_message(self, rnd: int, k: int, base: bool):
         model = self._with_base if base else self._model
-        return self._message("train", rnd, k, model, **{"is-delta": self._is_delta,
+        return self.message("train", rnd, k, model, **{"is-delta": self._is_delta,
                                                         "keep-ref": self.wire.mode == "delta"})
 
-    def _refresh(self, clients: Sequence[int]) -> None:
+    def refresh(self, clients: Sequence[int]) -> None:
         """Find the new node ids of ``clients`` whose node left the Grid (a restarted SuperNode gets a new id)."""
         live = set(self.grid.get_node_ids())
         if all(self.nodes[k] in live for k in clients):
@@ -148,16 +147,16 @@ class FlowerTransport:
 
     def _train(self, rnd: int, clients: Sequence[int], replies: dict, late: dict) -> None:
         """Send round ``rnd``'s train message to ``clients``; collect good replies into ``replies``."""
-        got = self._send("train", rnd, {k: self._train_message(rnd, k, k in self._stale) for k in clients})
+        got = self.send("train", rnd, {k: self._train_message(rnd, k, k in self._stale) for k in clients})
         lost = sorted(k for k, c in got.items() if "missing-ref" in c["job"])
         if lost:  # the node missed a broadcast the server counted it as having: send the base now
             log.warning("round %d: clients %s lack the downlink reference; sending it in float32", rnd, lost[:10])
-            got.update(self._send("train", rnd, {k: self._train_message(rnd, k, True) for k in lost}))
+            got.update(self.send("train", rnd, {k: self._train_message(rnd, k, True) for k in lost}))
             late.update({k: late.get(k, 0) + self._base_bytes for k in lost})
         replies.update({k: c for k, c in got.items() if "missing-ref" not in c["job"]})
 
     def collect(self, rnd: int, clients: Sequence[int]) -> Iterator[Reply]:
-        self._refresh(clients)
+        self.refresh(clients)
         replies: dict[int, object] = {}
         late: dict[int, int] = {}
         self._train(rnd, clients, replies, late)
@@ -169,7 +168,7 @@ class FlowerTransport:
             log.warning("round %d: %d of %d replies, fewer than federation.min_replies = %d; asking clients %s "
                         "again (retry %d of %d)", rnd, len(replies), len(clients), need, missing[:10], attempt + 1,
                         self.round_retries)
-            self._refresh(missing)
+            self.refresh(missing)
             self._train(rnd, missing, replies, late)
         if len(replies) < need:
             raise RoundFailedError(
@@ -186,14 +185,9 @@ class FlowerTransport:
 
     def evaluate_clients(self, state: Mapping[str, torch.Tensor]) -> dict:
         model, _ = state_to_record(state)
-        replies = self._send("evaluate", 0, {k: self._message("evaluate", 0, k, model) for k in sorted(self.nodes)})
-        correct, owner = [], []
-        for k in sorted(replies):
-            hits, n = int(replies[k]["job"]["correct"]), int(replies[k]["job"]["count"])
-            correct += [True] * hits + [False] * (n - hits)
-            owner += [k] * n
-        return client_accuracy_stats(torch.tensor(correct, dtype=torch.bool),
-                                     torch.tensor(np.array(owner, dtype=np.int64)), len(self.nodes))
+        replies = self.send("evaluate", 0, {k: self.message("evaluate", 0, k, model) for k in sorted(self.nodes)})
+        return client_accuracy_from_counts([(int(replies[k]["job"]["correct"]), int(replies[k]["job"]["count"]))
+                                            if k in replies else (0, 0) for k in sorted(self.nodes)])
 
     def float32_bytes(self, state: Mapping[str, torch.Tensor]) -> tuple[int, int]:
         return self.wire.float32_bytes(state)

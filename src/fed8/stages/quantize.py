@@ -56,14 +56,24 @@ def _use_openvino(q: QuantizeConfig) -> bool:
 
 @dataclass
 class DeployData:
-    """What the stage calibrates and evaluates on."""
+    """What the stage calibrates and evaluates on.
+
+    ``statistics`` is where the clients' side runs (calibration statistics, the gate's
+    sums, on-device accuracy): in this process over ``calib_sets`` by default, or on
+    SuperNodes (:class:`fed8.flower.deploy.FlowerStatistics`).
+    """
 
     calib_sets: list[np.ndarray]  # one array per client (one in total if centralized)
     eval_x: np.ndarray
     eval_y: np.ndarray | None  # None: score is top-1 agreement with float32
     input_shape: tuple[int, ...]
-    on_device: Callable[[Any], dict] | None = None  # session -> per-client accuracy stats
-    select: Callable[[Any], float] | None = None  # session -> score on the clients' data (FP8 scale choice)
+    statistics: Any = None  # a fed8.deploy.clients.ClientStatistics; default LocalStatistics(calib_sets)
+
+    def __post_init__(self) -> None:
+        if self.statistics is None:
+            from ..deploy.clients import LocalStatistics
+
+            self.statistics = LocalStatistics(self.calib_sets)
 
 
 def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, meta: dict, calibration: dict,
@@ -74,20 +84,24 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
     will replace: model files there of formats not rebuilt now are carried over (linked)
     and named in a note.
     """
-    from ..deploy.calibrate import client_histograms, client_ranges, merge_histograms, merge_ranges, thresholds
+    from ..deploy.calibrate import merge_histograms, merge_ranges, thresholds
     from ..deploy.export import read_metadata, stamp_metadata
-    from ..deploy.gate import gate, layer_sqnr
+    from ..deploy.gate import gate, layer_sqnr_from_sums
+    from ..federated.evaluate import client_accuracy_from_counts
     from ..deploy.quantize import fp8_activation_scales, quantize_fp8_model, quantize_int8_model
     from ..deploy.runtime import FP8_CPU_SESSION_CONFIG, INTEGER_OPS, kernel_ops, latency_ms, run_logits, session
 
     fmts = _formats(q)
     use_openvino = _use_openvino(q)
-    say("calibrating" + (" on the clients" if len(data.calib_sets) > 1 else ""))
-    ranges = merge_ranges(client_ranges(fp32, x) for x in data.calib_sets)
+    stats = data.statistics
+    say("calibrating" + (" on the clients" if len(data.calib_sets) != 1 else ""))
+    ranges = merge_ranges(stats.ranges(fp32))
+    if getattr(stats, "samples", None) is not None:  # remote clients say how many images they used
+        calibration["samples"] = stats.samples
     hists = None
     if q.calibration != "minmax" or (q.fp8_activation_scale != "amax" and any(f != "int8" for f in fmts)):
         bounds = {k: max(abs(lo), abs(hi)) for k, (lo, hi) in ranges.items()}
-        hists = merge_histograms(client_histograms(fp32, x, bounds) for x in data.calib_sets)
+        hists = merge_histograms(stats.histograms(fp32, bounds))
     act_ranges = thresholds(q.calibration, ranges, hists or {}, percentile=q.calibration_percentile)
     calibration.update(method=q.calibration, statistics="min/max per tensor" + (
         ", 2048-bin histogram and moments per tensor" if hists else ""))
@@ -100,6 +114,16 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
         return float((logits.argmax(1) == ref).mean())
 
     base = score(fp32_logits)
+
+    def on_device(path: Path) -> dict | None:
+        counts = stats.correct(path)
+        return client_accuracy_from_counts(counts) if counts is not None else None
+
+    def select(path: Path, sess) -> float:
+        """The clients' accuracy on their local test splits (counts summed); else the eval split's score."""
+        counts = stats.correct(path) or []
+        n = sum(c for _, c in counts)
+        return sum(h for h, _ in counts) / n if n else score(run_logits(sess, data.eval_x))
 
     def timings(sess) -> dict[str, float]:  # the same for every model and runtime
         shape = tuple(data.input_shape)
@@ -114,7 +138,7 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
             "eval_accuracy": acc if data.eval_y is not None else None,
             "accuracy_delta_points": 100 * (acc - base) if data.eval_y is not None else None,
             "top1_agreement_with_float32": float((logits.argmax(1) == fp32_logits.argmax(1)).mean()),
-            "on_device": data.on_device(sess) if data.on_device else None,
+            "on_device": on_device(path),
             **timings(sess),
             "integer_kernels": sorted(set(kernel_ops(path)) & INTEGER_OPS),
             "status": "ok", "layers_kept_float": [],
@@ -149,7 +173,7 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
                     say(f"{fmt}: trying {m} activation scales")
                     quantize_fp8_model(fp32, path, scales[m], fmt, scale_method=q.fp8_weight_scale)
                     sess = session(path, threads=q.threads)
-                    tried[m] = data.select(sess) if data.select else score(run_logits(sess, data.eval_x))
+                    tried[m] = select(path, sess)
                 choice = max(candidates, key=lambda m: tried[m])  # ties keep the first (amax)
                 info["activation_scale_candidates"] = tried
             info["activation_scale"] = choice
@@ -165,8 +189,8 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
 
         def ranking(_f=fmt, _s=fp8_scales):
             say(f"{_f}: ranking layers by SQNR")
-            return layer_sqnr(fp32, _f, data.calib_sets, ranges=act_ranges, fp8_scales=_s,
-                              weight_scale=q.fp8_weight_scale)
+            return layer_sqnr_from_sums(fp32, _f, stats.sqnr_sums(fp32, _f, act_ranges, _s),
+                                        weight_scale=q.fp8_weight_scale)
 
         res = gate(build, ranking, float_accuracy=base, max_drop_points=q.max_accuracy_drop)
         if not res.passed:  # report the fully quantized model, marked failed
@@ -226,12 +250,15 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
 
 
 def quantize_run(run_dir: str | Path, q: QuantizeConfig | None = None, *, calibration_data: Sequence[str] = (),
-                 out: str | Path | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 out: str | Path | None = None, progress: Callable[[str], None] | None = None,
+                 devices=None) -> dict[str, Any]:
     """Build and measure the deployable models of a finished run; returns quantization.json's content.
 
     ``calibration_data`` (files / folders / .npz) replaces federated calibration with
     centralized calibration on those images. ``out`` is the output folder (default:
-    ``RUN_DIR/deploy``).
+    ``RUN_DIR/deploy``). ``devices``: a :class:`fed8.deploy.clients.ClientStatistics` with a
+    ``where`` description whose clients are elsewhere (SuperNodes): they calibrate and
+    evaluate the 8-bit models on their own data; default, the clients' shards in this process.
     """
 
     from .._io import load_tensors
@@ -259,7 +286,7 @@ def quantize_run(run_dir: str | Path, q: QuantizeConfig | None = None, *, calibr
                            "formula": "x = (pixel / divisor - mean) / std", "layout": "NCHW",
                            "resize": list(fed.input_shape[1:]), "resample": "bilinear"}}
     with staged_dir(final) as out:
-        result = _quantize_run_into(out, final, fed, q, meta, calibration_data, say)
+        result = _quantize_run_into(out, final, fed, q, meta, calibration_data, say, devices)
     if final.resolve() == (rd.path / "deploy").resolve():
         _publish(rd, result)
     return result
@@ -280,14 +307,13 @@ def _publish(rd, result: dict[str, Any]) -> None:
 
 
 def _quantize_run_into(out: Path, final: Path, fed, q: QuantizeConfig, meta: dict,
-                       calibration_data: Sequence[str], say) -> dict[str, Any]:
-    import torch
+                       calibration_data: Sequence[str], say, devices=None) -> dict[str, Any]:
 
     from ..deploy.export import export_onnx, parity, read_metadata
     from ..deploy.images import load_images
     from ..deploy.runtime import run_logits, session
+    from ..deploy.clients import CalibrateHere, LocalStatistics
     from ..errors import CheckpointError
-    from ..federated.evaluate import client_accuracy_stats
 
     say("exporting ONNX")
     model, clients = fed.model, fed.clients
@@ -314,21 +340,14 @@ def _quantize_run_into(out: Path, final: Path, fed, q: QuantizeConfig, meta: dic
         calibration = {"where": "clients (federated: only per-tensor statistics left each client)",
                        "clients": len(clients), "samples": int(sum(len(s) for s in sets))}
 
-    def on_device(sess) -> dict:
-        if not local_x.shape[0]:
-            return client_accuracy_stats(torch.zeros(0, dtype=torch.bool), owner, len(clients))
-        correct = run_logits(sess, local_x).argmax(1) == local_y
-        return client_accuracy_stats(torch.from_numpy(correct), owner, len(clients))
-
-    def select(sess) -> float:
-        """Accuracy over the clients' local test images (each client counts its own; counts are summed)."""
-        if not local_x.shape[0]:  # no local test split: agreement with float32 on the calibration images
-            ref = session(fp32, threads=q.threads)
-            return float(np.mean([np.mean(run_logits(sess, s).argmax(1) == run_logits(ref, s).argmax(1))
-                                  for s in sets if len(s)]))
-        return float(np.mean(run_logits(sess, local_x).argmax(1) == local_y))
-
-    data = DeployData(sets, ex, ey, tuple(fed.input_shape), on_device, select)
+    if devices is None:
+        statistics = LocalStatistics(sets, local_x, local_y, owner.numpy(), len(clients), q.threads)
+    elif calibration_data or q.centralized_calibration:  # calibrate here, evaluate on the devices
+        statistics = CalibrateHere(LocalStatistics(sets, threads=q.threads), devices)
+    else:  # the clients are elsewhere (SuperNodes): they calibrate on their own images
+        statistics = devices
+        calibration = {"where": devices.where, "clients": len(clients)}
+    data = DeployData(sets, ex, ey, tuple(fed.input_shape), statistics)
     return deploy_formats(fp32, out, q, data, meta, calibration, say, extra={"float32_parity": par}, final=final)
 
 
