@@ -16,6 +16,9 @@ SMALL = ["data.subset=300", "data.num_clients=3", "train.rounds=2", "train.local
          "run.threads=1", "compression.uplink=int8", "quantize.enabled=false"]
 # the real-process test also carries what lives on the nodes' disks: delta-downlink references, EF residuals
 RICH = SMALL + ["compression.downlink=int8", "compression.downlink_mode=delta", "compression.error_feedback=true"]
+# ... and the deploy stage on the nodes (calibration statistics from them, the INT8 model evaluated on them)
+DEPLOY = ["quantize.enabled=true", "quantize.formats=int8", "quantize.openvino=off",
+          "quantize.calibration_samples_per_client=32"]
 
 
 def _processes_of(home: Path) -> list[int]:
@@ -34,13 +37,17 @@ def _processes_of(home: Path) -> list[int]:
 
 
 def test_federation_gives_the_simulation_model_and_leaves_no_process(tmp_path, capsys):
-    sets = [a for s in RICH for a in ("--set", s)]
+    sets = [a for s in RICH + DEPLOY for a in ("--set", s)]
     assert main(["federation", "--out", str(tmp_path / "fed")] + sets) == 0
     out = capsys.readouterr().out
-    assert "round 2/2" in out and "fed8 quantize" in out
+    assert "round 2/2" in out and "fed8 federation summary" in out and "int8" in out
     assert _processes_of((tmp_path / "fed/flwr").resolve()) == []
-    sim = fed8.run(fed8.load_config(None, RICH), out=tmp_path / "sim", report=False)
+    sim = fed8.run(fed8.load_config(None, RICH + DEPLOY), out=tmp_path / "sim", report=False)
     assert (tmp_path / "fed/model.safetensors").read_bytes() == (tmp_path / "sim/model.safetensors").read_bytes()
+    assert (tmp_path / "fed/deploy/int8.onnx").read_bytes() == (tmp_path / "sim/deploy/int8.onnx").read_bytes()
+    on = [json.loads((tmp_path / d / "deploy/quantization.json").read_text())["formats"][1]["on_device"]
+          for d in ("fed", "sim")]
+    assert on[0] == on[1] and on[0]["client_accuracy_mean"] > 0.1  # evaluated on the nodes, same numbers
     for k in range(3):  # each node kept its own state on its own disk
         assert len(list((tmp_path / f"fed/nodes/{k}").rglob(f"residuals/c{k:06d}-r000002.safetensors"))) == 1
         assert len(list((tmp_path / f"fed/nodes/{k}").rglob("downlink-r000002.safetensors"))) == 1

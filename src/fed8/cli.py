@@ -161,7 +161,6 @@ def progress_line(row: dict) -> str:
 
 def _cmd_run(args) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
     from .config import load_config
     from .stages.train import default_run_dir, run
@@ -196,13 +195,20 @@ def _cmd_run(args) -> int:
             else:
                 con.print("\ninterrupted before the first round completed; nothing was kept.")
             return 130
-    s = result.summary
-    table = Table(title="fed8 run summary", show_header=False)
+    _print_summary(con, result.run_dir, result.summary, "fed8 run summary", report=not args.no_report)
+    return 0
+
+
+def _print_summary(con, run_dir: Path, s: dict, title: str, *, report: bool) -> None:
+    """The end-of-run table (and the deploy tables) of fed8 run and fed8 federation."""
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
     table.add_column(style="bold")
     table.add_column()
     f = s["final"]
     for k, v in [
-        ("run directory", str(result.run_dir)),
+        ("run directory", str(run_dir)),
         ("model / parameters", f"{s['model']} / {s['parameters']:,}"),
         ("rounds", str(s["rounds"])),
         ("eval accuracy (global)", f"{f['eval_accuracy']:.4f}" if f["eval_accuracy"] is not None else "-"),
@@ -225,9 +231,8 @@ def _cmd_run(args) -> int:
             con.print("[bold]" + s["privacy"]["stopped_for_budget"] + "[/bold]")
     if s.get("deploy"):
         con.print(_deploy_table(s["deploy"]))
-    if not args.no_report:
-        con.print(f"report: {result.run_dir / 'report.html'}", soft_wrap=True)
-    return 0
+    if report:
+        con.print(f"report: {run_dir / 'report.html'}", soft_wrap=True)
 
 
 def _deploy_table(rows: list[dict]):
@@ -389,8 +394,10 @@ def _cmd_federation(args) -> int:
         con.print(f"\ninterrupted; the SuperLink and SuperNodes are stopped and the last committed round is saved. "
                   f"Continue with: fed8 federation --resume {rd.path}", soft_wrap=True)
         return 130
-    con.print(f"done: {rd.path / 'summary.json'}; the deploy stage over Flower is not written yet, build the 8-bit "
-              f"models with: fed8 quantize {rd.path}", soft_wrap=True)
+    import json
+
+    _print_summary(con, rd.path, json.loads(rd.summary.read_text()), "fed8 federation summary",
+                   report=rd.report.exists())
     return 0
 
 
