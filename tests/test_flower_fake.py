@@ -166,3 +166,56 @@ def test_the_deploy_stage_calibrates_and_evaluates_on_the_nodes_and_builds_the_s
         assert (fed / "deploy" / f).read_bytes() == (sim.run_dir / "deploy" / f).read_bytes()
     assert "SuperNodes" in q_fed["calibration"]["where"] and q_fed["calibration"]["samples"] == 48
     assert json.loads((fed / "summary.json").read_text())["deploy"][1]["format"] == "int8"
+
+
+# -- secure aggregation over Flower -----------------------------------------------------------------------------------
+
+SECAGG = ["privacy.secure_aggregation=true", "data.num_clients=4", "privacy.secagg_threshold=0.6"]
+
+
+def test_secure_aggregation_runs_its_stages_on_the_nodes_and_gives_the_simulation_model(tmp_path):
+    cfg = fed8.load_config(None, BASE + SECAGG)
+    grid = FakeGrid(4, tmp_path / "nodes")
+    fed, _ = _federation(tmp_path, SECAGG, grid)
+    sim = fed8.run(cfg, out=tmp_path / "sim", report=False)
+    assert (fed / "model.safetensors").read_bytes() == (sim.run_dir / "model.safetensors").read_bytes()
+    assert _rows(fed) == [{k: v for k, v in r.items() if k != "seconds"} for r in sim.metrics]  # bytes too
+    kinds = [m.metadata.message_type for m in grid.sent if "job" in m.content and int(m.content["job"]["round"]) == 1]
+    stages = ["query.secagg_keys", "query.secagg_shares", "train", "query.secagg_unmask"]
+    assert [k for k in kinds if k in stages] == [s for s in stages for _ in range(4)]
+    # the server saw only masked input: no train reply carries a payload it could decode
+    from fed8.compression import decode
+    from fed8.errors import PayloadError
+
+    for reply in grid.last_reply.values():
+        with pytest.raises(PayloadError):
+            decode(bytes(reply.content["update"]["payload"].data))
+    assert not list((tmp_path / "nodes").rglob("secagg-r*.json"))  # keys deleted after unmasking
+
+
+def test_secure_aggregation_with_distributed_dp_draws_noise_on_the_nodes(tmp_path):
+    sets = SECAGG + ["privacy.dp=central", "privacy.noise_placement=distributed", "privacy.noise_multiplier=0.5",
+                     "privacy.weighting=uniform", "privacy.adaptive_clipping=false",
+                     "privacy.insecure_reproducible_noise=true", "train.rounds=2"]
+    fed, _ = _federation(tmp_path, sets)
+    sim = fed8.run(fed8.load_config(None, BASE + sets), out=tmp_path / "sim", report=False)
+    assert (fed / "model.safetensors").read_bytes() == (sim.run_dir / "model.safetensors").read_bytes()
+    assert _rows(fed)[-1]["epsilon"] == sim.metrics[-1]["epsilon"]
+
+
+def test_a_dropout_after_the_key_stages_is_unmasked_around(tmp_path):
+    grid = FakeGrid(4, tmp_path / "nodes")
+    grid.drop_in_round = {2: {3}}  # node 3 shares keys, then never sends its input
+    fed, _ = _federation(tmp_path, SECAGG + ["train.rounds=2", "federation.round_retries=0"], grid)
+    rows = _rows(fed)
+    assert rows[1].get("aborted") is None and rows[1]["secagg_inputs"] == 3
+
+
+def test_too_few_clients_for_the_threshold_abandon_the_round_clearly(tmp_path, caplog):
+    grid = FakeGrid(4, tmp_path / "nodes")
+    grid.drop_in_round = {2: {1, 2, 3}}  # 1 input: below secagg_min_clients = 3
+    fed, _ = _federation(tmp_path, SECAGG + ["train.rounds=2", "federation.round_retries=0"], grid)
+    rows = _rows(fed)
+    assert "participation floor" in rows[1]["aborted"]
+    m1 = json.loads((fed / "metrics.jsonl").read_text().splitlines()[0])
+    assert m1.get("aborted") is None

@@ -348,7 +348,7 @@ def _cmd_report(args) -> int:
     return 0
 
 
-FLOWER_UNSUPPORTED = (("privacy.secure_aggregation", False),)
+FLOWER_UNSUPPORTED = (("privacy.secagg_dropout", 0.0),)
 
 
 def _cmd_federation(args) -> int:
@@ -375,8 +375,9 @@ def _cmd_federation(args) -> int:
     bad = [f"{k} = {flat[k.split('.')[0]][k.split('.')[1]]!r}" for k, ok in FLOWER_UNSUPPORTED
            if flat[k.split(".")[0]][k.split(".")[1]] != ok]
     if bad:
-        raise ConfigError(f"fed8 federation does not support {', '.join(bad)} yet (secure aggregation's protocol over "
-                          "Flower messages is not written); use fed8 run for it.")
+        raise ConfigError(f"fed8 federation does not take {', '.join(bad)}: on real nodes dropouts happen (a node "
+                          "that misses a stage's deadline drops out); the simulated dropout is for fed8 run. Set it "
+                          "to 0.")
     if cfg.federation.min_replies > cfg.data.num_clients:
         raise ConfigError(f"federation.min_replies = {cfg.federation.min_replies} is above data.num_clients = "
                           f"{cfg.data.num_clients}: no round could ever be aggregated. Use a value <= "

@@ -37,6 +37,7 @@ from ..privacy.dp import adaptive_clip_step, add_gaussian_noise, clip_by_norm
 from ..privacy.randomness import PrivacyRandomness
 from .aggregator import AggregatorWrapper, Tensors, Total, WeightedMean, samples_weight
 from .client import ClientUpdate
+from .secure import MaskedInput
 
 __all__ = ["AdaptiveClipping", "PrivateAggregate", "capped_weight", "uniform_weight"]
 
@@ -95,6 +96,9 @@ class PrivateAggregate(AggregatorWrapper):
         self.inner.begin(rnd, clients)
 
     def add(self, update: ClientUpdate) -> None:
+        if isinstance(update, MaskedInput):  # clipped, weighted and encoded on the client already
+            self.inner.add_masked(update)
+            return
         clipped, norm = clip_by_norm(update.delta, self.clip_norm)
         self.inner.add_weighted(update.client, clipped, self.weight(update.num_samples), int(norm <= self.clip_norm))
 

@@ -8,13 +8,29 @@ count of unclipped clients, plus the real bytes of every protocol message.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch
 
 from .aggregator import Aggregator, Tensors, Total
 
-__all__ = ["SecureWeightedSum"]
+__all__ = ["MaskedInput", "SecureWeightedSum"]
+
+
+@dataclass(frozen=True)
+class MaskedInput:
+    """A client's masked ring input, encoded on the client (over Flower: on its SuperNode).
+
+    Takes the place of a :class:`~fed8.federated.client.ClientUpdate` in the round: the
+    server never sees the update, so validation, clipping and weighting happened on the
+    client, and the wrappers pass it to the secure sum untouched.
+    """
+
+    client: int
+    payload: bytes
+    num_samples: int
+    train_loss: float
 
 
 class SecureWeightedSum(Aggregator):
@@ -40,6 +56,11 @@ class SecureWeightedSum(Aggregator):
 
     def add_weighted(self, client: int, tensors: Mapping[str, torch.Tensor], weight: float, bit: int = 0) -> None:
         self.secure.add(client, tensors, weight=weight, bit=bit)
+        self.num_updates += 1
+
+    def add_masked(self, update: MaskedInput) -> None:
+        """A masked input the client encoded itself (its protocol driver is remote)."""
+        self.secure.add_masked(update.client, update.payload)
         self.num_updates += 1
 
     def total(self) -> Total:

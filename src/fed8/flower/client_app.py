@@ -69,6 +69,15 @@ def train(msg: Message, context: Context) -> Message:
                           generator=torch_generator(cfg.run.seed, TRAIN, rnd, k), client=k)
     for hook in make_client_hooks(cfg, _plan(cfg), cfg.data.num_clients):  # attacks, local DP (this node's CSPRNG)
         update = hook(rnd, update)
+    if "secagg" in msg.content:  # secure aggregation, stage 2: only the masked ring input leaves the node
+        payload = _masked_input(cfg, k, rnd, update, msg.content, node)
+        if payload is None:
+            return Message(content=RecordDict({"job": ConfigRecord({"client": k, "round": rnd, "rejected": 1})}),
+                           reply_to=msg)
+        return Message(content=RecordDict({
+            "update": ArrayRecord({"payload": bytes_array(payload)}),
+            "job": ConfigRecord({"client": k, "round": rnd, "num_samples": update.num_samples,
+                                 "train_loss": update.train_loss})}), reply_to=msg)
     wire = make_wire(cfg, cfg.data.num_clients)
     gen = torch_generator(cfg.run.seed, COMPRESS, rnd, k)
     if cfg.compression.error_feedback:
@@ -87,9 +96,48 @@ def train(msg: Message, context: Context) -> Message:
         reply_to=msg)
 
 
+def _masked_input(cfg, k: int, rnd: int, update, content, node) -> bytes | None:
+    """Clip, weight, rotate, round (with this node's randomness) and mask the update, as the simulation's secure sum.
+
+    The node chooses its own noise share (from the config's privacy plan) and checks its
+    update; None if the update is not finite (it then sends no input).
+    """
+    import torch
+
+    from ..privacy.dp import clip_by_norm
+    from ..privacy.randomness import privacy_randomness
+    from ..privacy.secagg import SecAggClient
+    from ..privacy.secagg.ring import flatten
+    from ..privacy.secagg.summer import RoundEncoding
+    from ..stages.aggregation import client_noise_std
+    from .messages import from_bytes_array
+
+    if not all(bool(torch.isfinite(v).all()) for v in update.delta.values()):
+        return None
+    p, sa = cfg.privacy, content["secagg"]
+    clip, cap = float(sa["clip-norm"]), float(sa["weight-cap"])
+    clipped, norm = clip_by_norm(update.delta, clip)
+    weight = 1.0 if cap == 0 else min(1.0, update.num_samples / cap)
+    vec, _ = flatten(clipped)
+    enc = RoundEncoding.for_round(rnd, seed=cfg.run.seed, participants=int(sa["participants"]), dim=int(vec.shape[0]),
+                                  clip_norm=clip, noise_std=client_noise_std(cfg, _plan(cfg)))
+    ring = enc.encode(vec, weight=weight, bit=int(norm <= clip), client=k, randomness=privacy_randomness(
+        dp=p.dp != "none", insecure_reproducible=p.insecure_reproducible_noise, seed=cfg.run.seed))
+    state = node.load_secagg(rnd)
+    if state is None:
+        from ..errors import SecAggError
+
+        raise SecAggError(f"client {k} has no secure-aggregation keys for round {rnd} (its node lost them).")
+    client = SecAggClient.from_state(state)
+    payload = client.masked_input(ring, {int(u): from_bytes_array(a) for u, a in content["inbox"].items()})
+    node.save_secagg(rnd, client.to_state())
+    return payload
+
+
 def _plan(cfg):
-    """The run's privacy plan, computed on the node from the config (local DP's noise is the node's choice)."""
-    if cfg.privacy.dp != "local":
+    """The run's privacy plan, computed on the node from the config (its noise is the node's choice)."""
+    p = cfg.privacy
+    if not (p.dp == "local" or (p.dp == "central" and p.noise_placement == "distributed")):
         return None
     from ..privacy import make_plan
     from ..stages.aggregation import expected_clients
@@ -170,3 +218,66 @@ def evaluate_onnx(msg: Message, context: Context) -> Message:
                                  data.y_test.numpy())
     return Message(content=RecordDict({"job": ConfigRecord({"client": k, "round": rnd, "correct": hits,
                                                             "count": n})}), reply_to=msg)
+
+
+# -- secure aggregation's key and unmasking stages (fed8.flower.secagg) ---------------------------------------------
+
+def _secagg_node(msg: Message, context: Context):
+    from .node import NodeState
+
+    job = msg.content["job"]
+    k, rnd = int(job["client"]), int(job["round"])
+    pid = int(context.node_config.get("partition-id", k))
+    if pid != k:
+        raise RuntimeError(f"message for client {k} reached the node of partition {pid}")
+    return job, k, rnd, NodeState.of(context.node_config, str(job["run-key"]), k)
+
+
+def _secagg_reply(msg: Message, k: int, rnd: int, arrays: dict) -> Message:
+    return Message(content=RecordDict({"secagg": ArrayRecord(arrays), "job": ConfigRecord(
+        {"client": k, "round": rnd})}), reply_to=msg)
+
+
+@app.query("secagg_keys")
+def secagg_keys(msg: Message, context: Context) -> Message:
+    """Stage 0: fresh key pairs (from the OS); the public keys go to the server, the rest stays on the node."""
+    from ..privacy.secagg import SecAggClient
+
+    job, k, rnd, node = _secagg_node(msg, context)
+    client = SecAggClient(k, rnd=rnd, threshold=int(job["t"]), k=int(job["ring-bits"]), length=int(job["length"]))
+    node.save_secagg(rnd, client.to_state())
+    return _secagg_reply(msg, k, rnd, {"advert": bytes_array(client.advertise())})
+
+
+@app.query("secagg_shares")
+def secagg_shares(msg: Message, context: Context) -> Message:
+    """Stage 1: Shamir shares of this client's mask seed and key, encrypted to each other participant."""
+    from ..errors import SecAggError
+    from ..privacy.secagg import SecAggClient
+    from .messages import from_bytes_array
+
+    _, k, rnd, node = _secagg_node(msg, context)
+    state = node.load_secagg(rnd)
+    if state is None:
+        raise SecAggError(f"client {k} has no secure-aggregation keys for round {rnd}.")
+    client = SecAggClient.from_state(state)
+    cts = client.share_keys({int(u): from_bytes_array(a) for u, a in msg.content["secagg"].items()})
+    node.save_secagg(rnd, client.to_state())
+    return _secagg_reply(msg, k, rnd, {str(v): bytes_array(ct) for v, ct in cts.items()})
+
+
+@app.query("secagg_unmask")
+def secagg_unmask(msg: Message, context: Context) -> Message:
+    """Stage 3: the shares that remove the masks of the round's senders (never both of one client's secrets)."""
+    import json
+
+    from ..errors import SecAggError
+    from ..privacy.secagg import SecAggClient
+
+    job, k, rnd, node = _secagg_node(msg, context)
+    state = node.load_secagg(rnd)
+    if state is None:
+        raise SecAggError(f"client {k} has no secure-aggregation state for round {rnd}.")
+    shares = SecAggClient.from_state(state).unmask(json.loads(str(job["senders"])))
+    node.drop_secagg(rnd)
+    return _secagg_reply(msg, k, rnd, {f"{kind}{u}": bytes_array(share) for u, (kind, share) in shares.items()})

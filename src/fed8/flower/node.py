@@ -61,3 +61,33 @@ class NodeState:
         from ..compression import ResidualStore
 
         return ResidualStore(self.root / "residuals")
+
+    # -- secure aggregation: this client's protocol state between stages (private keys: owner-only file) ----------
+    def _secagg(self, rnd: int) -> Path:
+        return self.root / f"secagg-r{rnd:06d}.json"
+
+    def save_secagg(self, rnd: int, state: dict) -> None:
+        """Write the client's secure-aggregation state of round ``rnd`` atomically, readable by this user only."""
+        import json
+        import os
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        for f in self.root.glob("secagg-r*.json"):  # an abandoned round's keys are never needed again
+            if f.name != self._secagg(rnd).name:
+                f.unlink(missing_ok=True)
+        tmp = self._secagg(rnd).with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self._secagg(rnd))
+
+    def load_secagg(self, rnd: int) -> dict | None:
+        import json
+
+        path = self._secagg(rnd)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def drop_secagg(self, rnd: int) -> None:
+        self._secagg(rnd).unlink(missing_ok=True)

@@ -36,10 +36,12 @@ def main(grid: Grid, context: Context) -> None:
     transport = {}
 
     def make(prep):
-        transport["t"] = FlowerTransport(
+        t = transport["t"] = FlowerTransport(
             grid, nodes, to_toml(cfg), prep.simulation.wire, round_timeout_s=f.round_timeout_s,
             run_key=Path(run_dir).name, min_replies=f.min_replies, round_retries=f.round_retries)
-        return transport["t"]
+        if cfg.privacy.secure_aggregation:  # the protocol's client halves run on the nodes
+            _remote_secure_sum(cfg, prep, t)
+        return t
 
     run(resume=run_dir, report=True, quantize=False, transport_factory=make)
     if cfg.quantize.enabled:  # the deploy stage: statistics from the nodes, 8-bit models evaluated on them
@@ -47,3 +49,20 @@ def main(grid: Grid, context: Context) -> None:
         from .deploy import FlowerStatistics
 
         quantize_run(run_dir, cfg.quantize, devices=FlowerStatistics(transport["t"]))
+
+
+def _remote_secure_sum(cfg, prep, transport) -> None:
+    """Put a :class:`~fed8.flower.secagg.FlowerSecureSum` where the simulation's SecureSum sits in the chain."""
+    from ..federated.secure import SecureWeightedSum
+    from ..stages.aggregation import weight_cap
+    from .secagg import FlowerSecureSum
+
+    agg = prep.simulation.aggregator
+    while not isinstance(agg, SecureWeightedSum):
+        agg = agg.inner
+    p = cfg.privacy
+    state = prep.state
+    transport.secure = agg.secure = FlowerSecureSum(
+        transport, {k: tuple(v.shape) for k, v in state.items() if v.is_floating_point()}, seed=cfg.run.seed,
+        threshold=p.secagg_threshold, min_clients=p.secagg_min_clients,
+        weight_cap=weight_cap(cfg, [c.num_train for c in prep.simulation.clients]))

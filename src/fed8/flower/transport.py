@@ -29,6 +29,7 @@ from ..errors import Fed8Error, RoundFailedError
 from ..federated.client import ClientUpdate
 from ..federated.evaluate import client_accuracy_from_counts
 from ..federated.round import Reply
+from ..federated.secure import MaskedInput
 from .messages import broadcast_records, from_bytes_array, state_to_record
 
 __all__ = ["FlowerTransport", "discover_nodes"]
@@ -92,6 +93,7 @@ class FlowerTransport:
         self.grid, self.nodes, self.config_toml, self.wire = grid, dict(nodes), config_toml, wire
         self.round_timeout_s, self.run_key = round_timeout_s, run_key
         self.min_replies, self.round_retries = min_replies, round_retries
+        self.secure = None  # a fed8.flower.secagg.FlowerSecureSum when the run uses secure aggregation
         self._model = self._with_base = None
         self._is_delta, self._base_bytes = False, 0
 
@@ -102,10 +104,11 @@ class FlowerTransport:
         self._base_bytes = self.wire.float32_bytes(b.base)[0] if b.base is not None else 0
         return b.nbytes
 
-    def message(self, kind: str, rnd: int, k: int, model, **job):
+    def message(self, kind: str, rnd: int, k: int, model, *, extra: Mapping | None = None, **job):
+        """A ``kind`` message to client ``k``: ``model`` (an ArrayRecord), the job, and ``extra`` records."""
         from flwr.app import ConfigRecord, Message, RecordDict
 
-        return Message(content=RecordDict({"model": model, "job": ConfigRecord(
+        return Message(content=RecordDict({"model": model, **(extra or {}), "job": ConfigRecord(
             {"round": rnd, "client": int(k), "config": self.config_toml, "run-key": self.run_key, **job})}),
             dst_node_id=self.nodes[k], message_type=kind, ttl=self.round_timeout_s)
 
@@ -129,8 +132,12 @@ class FlowerTransport:
 
     def _train_message(self, rnd: int, k: int, base: bool):
         model = self._with_base if base else self._model
-        return self.message("train", rnd, k, model, **{"is-delta": self._is_delta,
-                                                        "keep-ref": self.wire.mode == "delta"})
+        extra = None
+        if self.secure is not None:  # stage 2 of secure aggregation: the shares addressed to k, the encoding
+            inbox, params = self.secure.train_records(k)
+            extra = {"inbox": inbox, "secagg": params}
+        return self.message("train", rnd, k, model, extra=extra, **{"is-delta": self._is_delta,
+                                                                     "keep-ref": self.wire.mode == "delta"})
 
     def refresh(self, clients: Sequence[int]) -> None:
         """Find the new node ids of ``clients`` whose node left the Grid (a restarted SuperNode gets a new id)."""
@@ -147,15 +154,24 @@ class FlowerTransport:
 
     def _train(self, rnd: int, clients: Sequence[int], replies: dict, late: dict) -> None:
         """Send round ``rnd``'s train message to ``clients``; collect good replies into ``replies``."""
+        if self.secure is not None:  # only clients that shared keys can send masked input
+            clients = [k for k in clients if self.secure.ready(k)]
+            if not clients:
+                return
         got = self.send("train", rnd, {k: self._train_message(rnd, k, k in self._stale) for k in clients})
         lost = sorted(k for k, c in got.items() if "missing-ref" in c["job"])
         if lost:  # the node missed a broadcast the server counted it as having: send the base now
             log.warning("round %d: clients %s lack the downlink reference; sending it in float32", rnd, lost[:10])
             got.update(self.send("train", rnd, {k: self._train_message(rnd, k, True) for k in lost}))
             late.update({k: late.get(k, 0) + self._base_bytes for k in lost})
-        replies.update({k: c for k, c in got.items() if "missing-ref" not in c["job"]})
+        for k in sorted(k for k, c in got.items() if "rejected" in c["job"]):
+            log.warning("round %d: client %d found its update not finite and sent no input", rnd, k)
+        replies.update({k: c for k, c in got.items() if "missing-ref" not in c["job"] and "rejected" not in c["job"]})
 
     def collect(self, rnd: int, clients: Sequence[int]) -> Iterator[Reply]:
+        if self.secure is not None and self.secure.failed:  # abandoned in its key stages: nothing to train for
+            log.warning("round %d: %s; no client trains this round", rnd, self.secure.failed)
+            return
         self.refresh(clients)
         replies: dict[int, object] = {}
         late: dict[int, int] = {}
@@ -180,6 +196,10 @@ class FlowerTransport:
             c = replies[k]
             payload = from_bytes_array(c["update"]["payload"])
             job = c["job"]
+            if self.secure is not None:
+                yield Reply(MaskedInput(k, payload, int(job["num_samples"]), float(job["train_loss"])),
+                            len(payload), late.get(k, 0))
+                continue
             yield Reply(ClientUpdate(k, decode(payload), int(job["num_samples"]), float(job["train_loss"])),
                         len(payload), late.get(k, 0))
 

@@ -25,7 +25,7 @@ from ..federated.robust import CoordinateMedian, NormBound, TrimmedMean, Validat
 from ..federated.sampling import num_sampled
 
 __all__ = ["SECAGG_CLIP_LR", "SECAGG_CLIP_QUANTILE", "check_combination", "expected_clients", "make_aggregator",
-           "make_client_hooks", "make_server_optimizer"]
+           "client_noise_std", "make_client_hooks", "make_server_optimizer", "weight_cap"]
 
 # Secure aggregation without DP clips only to fix the shared int8 scale; the bound follows
 # the 0.9 quantile of the update norms (noise-free: the clip-bit sum is exact), fast enough
@@ -128,6 +128,29 @@ def make_client_hooks(cfg: Config, plan, num_clients: int) -> list:
     return hooks
 
 
+def weight_cap(cfg: Config, client_sizes: Sequence[int]) -> float:
+    """Aggregation weights under DP or secure aggregation: ``min(1, n_k / cap)``; 0 means uniform (w_k = 1).
+
+    ``samples`` weighting under secure aggregation without DP caps at the largest client
+    (w = n_k / max n), so weights fit the int8 weight code.
+    """
+    weighting = _weighting(cfg)
+    if weighting == "uniform":
+        return 0.0
+    if weighting == "capped":
+        return float(cfg.privacy.weight_cap)
+    return float(max(client_sizes, default=1))
+
+
+def client_noise_std(cfg: Config, plan) -> float:
+    """Distributed DP: the std each client adds, ``z_u C / sqrt(t)``, so that any ``t`` senders add ``z_u C``."""
+    p = cfg.privacy
+    if not (p.dp == "central" and p.noise_placement == "distributed"):
+        return 0.0
+    t_min = max(1, math.ceil(p.secagg_threshold * expected_clients(cfg) - 1e-9))
+    return plan.update_noise_multiplier * p.clip_norm / math.sqrt(t_min)
+
+
 def make_aggregator(cfg: Config, plan, *, client_sizes: Sequence[int],
                     expected: Mapping[str, Sequence[int]]) -> tuple[Aggregator, list]:
     """The aggregator chain and the client hooks for ``cfg`` and its privacy ``plan``."""
@@ -141,12 +164,8 @@ def make_aggregator(cfg: Config, plan, *, client_sizes: Sequence[int],
 
     central = p.dp == "central"
     if central or p.secure_aggregation:
-        if weighting == "uniform":
-            weight = uniform_weight
-        elif weighting == "capped":
-            weight = capped_weight(float(p.weight_cap))
-        else:  # samples under secure aggregation without DP: w = n_k / max n_k, no DP parameter depends on it
-            weight = capped_weight(float(max(client_sizes, default=1)))
+        cap = weight_cap(cfg, client_sizes)
+        weight = uniform_weight if cap == 0 else capped_weight(cap)
         # DP: a fixed denominator from public numbers only (w_k <= 1, so each client moves Delta by <= C / m).
         denominator = m if central else None
         inner: Aggregator = WeightedMean()
@@ -157,12 +176,10 @@ def make_aggregator(cfg: Config, plan, *, client_sizes: Sequence[int],
             inner = SecureWeightedSum(SecureSum(
                 seed=seed, threshold=p.secagg_threshold, min_clients=p.secagg_min_clients, dropout=p.secagg_dropout,
                 dropout_phase=p.secagg_dropout_phase, randomness=randomness))
-        distributed = central and p.noise_placement == "distributed"
         z_u = plan.update_noise_multiplier if central else 0.0
-        t_min = max(1, math.ceil(p.secagg_threshold * m - 1e-9))
         agg: Aggregator = PrivateAggregate(
             inner, clip_norm=p.clip_norm, weight=weight, denominator=denominator, noise_multiplier=z_u,
-            client_noise_std=z_u * p.clip_norm / math.sqrt(t_min) if distributed else 0.0,
+            client_noise_std=client_noise_std(cfg, plan),
             adaptive=_adaptive(cfg, plan), expected_clients=m, randomness=randomness)
     elif cfg.server.robust == "median":
         agg = CoordinateMedian()

@@ -68,6 +68,24 @@ class SecAggClient:
         self.keys: dict[int, tuple[bytes, bytes]] = {}
         self.own_shares: tuple[bytes, bytes] | None = None
 
+    def to_state(self) -> dict:
+        """Everything this client must keep between protocol stages (private keys included: keep it local)."""
+        return {"id": self.id, "rnd": self.rnd, "t": self.t, "k": self.k, "length": self.length,
+                "c": self.c.private_bytes.hex(), "s": self.s.private_bytes.hex(), "b": self.b.hex(),
+                "keys": {str(v): [a.hex(), b.hex()] for v, (a, b) in self.keys.items()},
+                "own": [x.hex() for x in self.own_shares] if self.own_shares else None,
+                "inbox": {str(u): ct.hex() for u, ct in getattr(self, "inbox", {}).items()}}
+
+    @classmethod
+    def from_state(cls, st: dict) -> "SecAggClient":
+        c = cls.__new__(cls)
+        c.id, c.rnd, c.t, c.k, c.length = int(st["id"]), int(st["rnd"]), int(st["t"]), int(st["k"]), int(st["length"])
+        c.c, c.s, c.b = KeyPair(bytes.fromhex(st["c"])), KeyPair(bytes.fromhex(st["s"])), bytes.fromhex(st["b"])
+        c.keys = {int(v): (bytes.fromhex(a), bytes.fromhex(b)) for v, (a, b) in st["keys"].items()}
+        c.own_shares = tuple(bytes.fromhex(x) for x in st["own"]) if st["own"] else None
+        c.inbox = {int(u): bytes.fromhex(ct) for u, ct in st["inbox"].items()}
+        return c
+
     def advertise(self) -> bytes:
         """Round 0: the two public keys (64 bytes)."""
         return self.c.public + self.s.public

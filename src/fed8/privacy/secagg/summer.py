@@ -23,7 +23,7 @@ from ..randomness import PrivacyRandomness
 from .protocol import SecAggClient, SecAggServer, threshold_for
 from .ring import flatten, from_ring, ring_bits, rotate, shared_scale, to_ring, unflatten, unrotate
 
-__all__ = ["SecureSum", "SumResult"]
+__all__ = ["RoundEncoding", "SecureSum", "SumResult"]
 
 # sub-streams of SECAGG
 _ROTATION, _ROUNDING, _NOISE, _DROPOUT = 1, 2, 3, 4
@@ -42,6 +42,65 @@ class SumResult:
     downlink_bytes: dict[int, int] = field(default_factory=dict)
     client_seconds: dict[int, float] = field(default_factory=dict)
     server_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class RoundEncoding:
+    """One round's public encoding, the same on every client: rotation signs, shared scale, ring bits.
+
+    Each client's ring input is ``[to_ring(R(w x) + noise share), weight code, clip bit]``
+    (``length = padded + 2`` elements); :meth:`encode` is the client's half, run in this
+    process by :class:`SecureSum` and on the SuperNode over Flower, :meth:`decode` the
+    server's after unmasking.
+    """
+
+    rnd: int
+    seed: int
+    k: int
+    dim: int
+    scale: float
+    noise_std: float = 0.0
+
+    @classmethod
+    def for_round(cls, rnd: int, *, seed: int, participants: int, dim: int, clip_norm: float,
+                  noise_std: float = 0.0, bound_sigmas: float = 4.0) -> "RoundEncoding":
+        padded = dim + dim % 2
+        return cls(rnd, seed, ring_bits(participants), dim,
+                   shared_scale(clip_norm=clip_norm, dim=padded, noise_std=noise_std, bound_sigmas=bound_sigmas),
+                   noise_std)
+
+    @property
+    def padded(self) -> int:
+        return self.dim + self.dim % 2
+
+    @property
+    def length(self) -> int:
+        return self.padded + 2
+
+    def signs(self) -> torch.Tensor:
+        g = torch_generator(self.seed, SECAGG, _ROTATION, self.rnd)
+        return torch.randint(0, 2, (self.padded,), generator=g).to(torch.float32) * 2 - 1
+
+    def encode(self, vec: torch.Tensor, *, weight: float, bit: int, client: int, randomness: PrivacyRandomness,
+               signs: torch.Tensor | None = None) -> np.ndarray:
+        """The client's ring input for its flattened, clipped update ``vec``."""
+        code = int(round(127 * min(max(weight, 0.0), 1.0)))
+        x = torch.zeros(self.padded)
+        x[: self.dim] = vec * (code / 127)
+        y = rotate(x, signs if signs is not None else self.signs())
+        if self.noise_std > 0:  # distributed DP: this client's share of the noise
+            y = y + self.noise_std * randomness.draws(SECAGG, _NOISE, self.rnd, client).randn(tuple(y.shape))
+        ring = np.empty(self.length, dtype=np.uint32)
+        ring[: self.padded] = to_ring(y, self.scale, self.k, draws=randomness.draws(SECAGG, _ROUNDING, self.rnd, client))
+        ring[self.padded :] = [code, int(bit)]
+        return ring
+
+    def decode(self, unmasked: np.ndarray, signs: torch.Tensor | None = None) -> tuple[torch.Tensor, float, int]:
+        """The summed update (flat), the sum of the weights applied and the clip-bit sum."""
+        total = from_ring(unmasked, self.k)
+        y = torch.from_numpy(total[: self.padded].astype(np.float64)).to(torch.float32) * self.scale
+        vec = unrotate(y, signs if signs is not None else self.signs())[: self.dim]
+        return vec, float(total[self.padded]) / 127, int(total[self.padded + 1])
 
 
 class SecureSum:
@@ -112,10 +171,6 @@ class SecureSum:
             self.up[u] += sum(len(m) + 4 for m in cts.values())
             self.server.collect_shares(u, cts)
 
-    def signs(self, d: int) -> torch.Tensor:
-        g = torch_generator(self.seed, SECAGG, _ROTATION, self.rnd)
-        return torch.randint(0, 2, (d,), generator=g).to(torch.float32) * 2 - 1
-
     def add(self, client: int, update: Mapping[str, torch.Tensor], *, weight: float, bit: int) -> None:
         """Client side then server side of round 2 for one client (``update`` already clipped).
 
@@ -127,26 +182,19 @@ class SecureSum:
         vec, layout = flatten(update)
         if self.layout is None:
             self.layout, self.dim = layout, vec.shape[0]
-            self.padded = self.dim + self.dim % 2
-            self.scale = shared_scale(clip_norm=self.clip_norm, dim=self.padded, noise_std=self.noise_std,
-                                      bound_sigmas=self.bound_sigmas)
-            self._start(self.padded + 2)
-            self._signs = self.signs(self.padded)
+            self.enc = RoundEncoding.for_round(self.rnd, seed=self.seed, participants=len(self.participants),
+                                               dim=self.dim, clip_norm=self.clip_norm, noise_std=self.noise_std,
+                                               bound_sigmas=self.bound_sigmas)
+            self.padded, self.scale = self.enc.padded, self.enc.scale
+            self._start(self.enc.length)
+            self._signs = self.enc.signs()
         elif layout != self.layout:
             raise SecAggError(f"client {client}: update layout differs from the round's.")
         if client in self.dropped and self.dropout_phase == "before_input":
             return
         t0 = time.perf_counter()
-        code = int(round(127 * min(max(weight, 0.0), 1.0)))
-        x = torch.zeros(self.padded)
-        x[: self.dim] = vec * (code / 127)
-        y = rotate(x, self._signs)
-        if self.noise_std > 0:  # distributed DP: this client's share of the noise
-            y = y + self.noise_std * self.randomness.draws(SECAGG, _NOISE, self.rnd, client).randn(tuple(y.shape))
-        ring = np.empty(self.length, dtype=np.uint32)
-        ring[: self.padded] = to_ring(y, self.scale, self.k,
-                                      draws=self.randomness.draws(SECAGG, _ROUNDING, self.rnd, client))
-        ring[self.padded :] = [code, int(bit)]
+        ring = self.enc.encode(vec, weight=weight, bit=bit, client=client, randomness=self.randomness,
+                               signs=self._signs)
         c = self.clients[client]
         inbox = self.server.inboxes.get(client, {})
         self.down[client] += sum(len(m) + 4 for m in inbox.values())
@@ -177,9 +225,7 @@ class SecureSum:
             self.up[u] += sum(5 + len(s) for _, s in r.values())
             responses[u] = r
         t0 = time.perf_counter()
-        total = from_ring(self.server.unmask(responses), self.k)
-        y = torch.from_numpy(total[: self.padded].astype(np.float64)).to(torch.float32) * self.scale
-        vec = unrotate(y, self._signs)[: self.dim]
+        vec, weight_sum, bit_sum = self.enc.decode(self.server.unmask(responses), self._signs)
         self.server_cpu += time.perf_counter() - t0
-        return SumResult(unflatten(vec, self.layout), float(total[self.padded]) / 127, int(total[self.padded + 1]),
+        return SumResult(unflatten(vec, self.layout), weight_sum, bit_sum,
                          len(senders), self.k, dict(self.up), dict(self.down), dict(self.cpu), self.server_cpu)
