@@ -31,6 +31,7 @@ class FakeGrid:
         self.restart_in_round: dict[int, int] = {}  # {round: partition whose node dies then restarts (new id)}
         self.replay_in_round: dict[int, int] = {}  # {round: partition whose reply is replaced by its previous one}
         self.last_reply: dict[int, Message] = {}
+        self.replies: list[Message] = []
 
     def get_node_ids(self):
         return [n for n in self.configs if n not in self.down]
@@ -70,6 +71,7 @@ class FakeGrid:
             reply = client_app.app(m, ctx)  # the ClientApp routes by message type, as on a SuperNode
             if m.metadata.message_type == "train":
                 self.last_reply[pid] = reply
+            self.replies.append(reply)
             out.append(reply)
         return out
 

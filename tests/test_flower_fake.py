@@ -219,3 +219,31 @@ def test_too_few_clients_for_the_threshold_abandon_the_round_clearly(tmp_path, c
     assert "participation floor" in rows[1]["aborted"]
     m1 = json.loads((fed / "metrics.jsonl").read_text().splitlines()[0])
     assert m1.get("aborted") is None
+
+
+def test_a_real_node_trains_and_evaluates_on_its_own_data_path(tmp_path):
+    """Nodes configured with data-path / data-source use their own files, not the server's dataset."""
+    import numpy as np
+
+    from fed8.data import load_splits
+
+    train = load_splits(fed8.load_config(None, BASE).data).train
+    sizes = [40, 60, 80]
+    cfg = fed8.load_config(None, BASE + ["train.rounds=1", "data.test_fraction=0.25"])
+    grid = FakeGrid(3, tmp_path / "nodes")
+    at = 0
+    for conf in grid.configs.values():
+        n = sizes[conf["partition-id"]]
+        f = tmp_path / f"node{conf['partition-id']}.npz"
+        np.savez(f, x_train=train.images[at:at + n].numpy(), y_train=train.labels[at:at + n].numpy(),
+                 classes=np.array([str(c) for c in train.classes]))
+        at += n
+        conf.update({"data-path": str(f), "data-source": "npz"})
+    rd = RunDir.create(tmp_path / "fed", cfg)
+    run_server_app(rd.path, grid)
+    counts = {int(r.content["job"]["client"]): int(r.content["job"]["count"])
+              for r in grid.replies if r.metadata.message_type == "evaluate"}
+    assert counts == {k: n // 4 for k, n in enumerate(sizes)}  # each node's own local test split
+    trained = {int(r.content["job"]["client"]): int(r.content["job"]["num_samples"])
+               for r in grid.replies if r.metadata.message_type == "train"}
+    assert trained == {k: n - n // 4 for k, n in enumerate(sizes)}

@@ -5,9 +5,13 @@ as the simulation's wire decodes it, local SGD with the generator of (seed, TRAI
 client), the client hooks (simulated attacks, local DP with this node's OS CSPRNG), the
 update encoded with the run's uplink codec, with error feedback from residuals kept on
 the node, and the generator of (seed, COMPRESS, round, client), exactly as in simulation)
-and ``evaluate`` (correct predictions of the sent model on the client's local
-test split). The data of client k comes from the run's config and the node's
-``partition-id`` (local trials: the same partition fed8's simulation makes).
+and ``evaluate`` (correct predictions of the sent model on the client's local test
+split); the quantize stage's ``query.calibrate`` / ``evaluate.onnx``; secure
+aggregation's ``query.secagg_*`` stages (:mod:`fed8.flower.secagg`). The data of client
+k: on a real node, every image at the node config's ``data-path`` (read as
+``data-source``, default the run's ``data.source``), ``data.test_fraction`` of them kept
+as its local test split; in local trials, the ``partition-id`` of the run's dataset (the
+same partition fed8's simulation makes).
 """
 
 from __future__ import annotations
@@ -27,10 +31,14 @@ app = ClientApp()
 
 
 def _setup(msg: Message, context: Context):
+    """The run's config, this node's model and data, its client id and the round, from a message.
+
+    The data: ``data-path`` (+ ``data-source``) in the node config on a real node, else
+    the ``partition-id`` of the run's dataset (local trials: the simulation's partition).
+    """
     import torch
 
     from ..config import load_config
-    from ..stages.federation import load_federation
 
     job = msg.content["job"]
     raw = tomllib.loads(str(job["config"]))
@@ -40,7 +48,17 @@ def _setup(msg: Message, context: Context):
     pid = int(context.node_config.get("partition-id", client))
     if pid != client:
         raise RuntimeError(f"message for client {client} reached the node of partition {pid}")
-    return cfg, load_federation(cfg), client, int(job["round"])
+    if context.node_config.get("data-path"):
+        from ..stages.federation import load_node_data
+
+        model, data = load_node_data(cfg, str(context.node_config["data-path"]), client=client,
+                                     source=context.node_config.get("data-source") or None)
+    else:
+        from ..stages.federation import load_federation
+
+        fed = load_federation(cfg)
+        model, data = fed.model, fed.clients[client]
+    return cfg, model, data, client, int(job["round"])
 
 
 @app.query()
@@ -57,7 +75,7 @@ def train(msg: Message, context: Context) -> Message:
     from .messages import received_state
     from .node import NodeState
 
-    cfg, fed, k, rnd = _setup(msg, context)
+    cfg, model, data, k, rnd = _setup(msg, context)
     job = msg.content["job"]
     node = NodeState.of(context.node_config, str(job["run-key"]), k)
     state = received_state(msg.content["model"], rnd=rnd, is_delta=bool(job["is-delta"]),
@@ -65,7 +83,7 @@ def train(msg: Message, context: Context) -> Message:
     if state is None:  # a delta without the reference it applies to: ask for the base
         return Message(content=RecordDict({"job": ConfigRecord({"client": k, "round": rnd, "missing-ref": rnd - 1})}),
                        reply_to=msg)
-    update = train_client(fed.model, state, fed.clients[k], local_training(cfg.train),
+    update = train_client(model, state, data, local_training(cfg.train),
                           generator=torch_generator(cfg.run.seed, TRAIN, rnd, k), client=k)
     for hook in make_client_hooks(cfg, _plan(cfg), cfg.data.num_clients):  # attacks, local DP (this node's CSPRNG)
         update = hook(rnd, update)
@@ -150,10 +168,9 @@ def _plan(cfg):
 def evaluate(msg: Message, context: Context) -> Message:
     from ..federated.evaluate import predict_correct
 
-    cfg, fed, k, rnd = _setup(msg, context)
-    fed.model.load_state_dict(state_from_record(msg.content["model"]))
-    data = fed.clients[k]
-    _, correct = predict_correct(fed.model, data.x_test, data.y_test, batch_size=cfg.eval.batch_size)
+    cfg, model, data, k, rnd = _setup(msg, context)
+    model.load_state_dict(state_from_record(msg.content["model"]))
+    _, correct = predict_correct(model, data.x_test, data.y_test, batch_size=cfg.eval.batch_size)
     return Message(content=RecordDict({"job": ConfigRecord(
         {"client": k, "round": rnd, "correct": int(correct.sum()), "count": int(correct.numel())})}), reply_to=msg)
 
@@ -179,9 +196,9 @@ def calibrate(msg: Message, context: Context) -> Message:
     from ..deploy.calibrate import client_histograms, client_ranges
     from ..deploy.gate import client_sqnr_sums
 
-    cfg, fed, k, rnd = _setup(msg, context)
+    cfg, _, data, k, rnd = _setup(msg, context)
     job = msg.content["job"]
-    x = fed.clients[k].x_train[: cfg.quantize.calibration_samples_per_client].numpy()
+    x = data.x_train[: cfg.quantize.calibration_samples_per_client].numpy()
     what = str(job["what"])
     with tempfile.TemporaryDirectory(prefix="fed8-node-") as d:
         path = _onnx(msg, d)
@@ -211,8 +228,7 @@ def evaluate_onnx(msg: Message, context: Context) -> Message:
     from ..deploy.clients import correct_counts
     from ..deploy.runtime import session
 
-    cfg, fed, k, rnd = _setup(msg, context)
-    data = fed.clients[k]
+    cfg, _, data, k, rnd = _setup(msg, context)
     with tempfile.TemporaryDirectory(prefix="fed8-node-") as d:
         hits, n = correct_counts(session(_onnx(msg, d), threads=cfg.quantize.threads), data.x_test.numpy(),
                                  data.y_test.numpy())

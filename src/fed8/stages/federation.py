@@ -21,7 +21,7 @@ from ..config import Config
 if TYPE_CHECKING:
     from ..federated.client import LocalTraining
 
-__all__ = ["Federation", "Prepared", "load_federation", "local_training", "make_wire", "prepare"]
+__all__ = ["Federation", "Prepared", "load_federation", "load_node_data", "local_training", "make_wire", "prepare"]
 
 
 @dataclass
@@ -78,6 +78,37 @@ def load_federation(cfg: Config) -> Federation:
                         norm=cfg.model.norm, hidden=cfg.model.hidden, seed=derive_seed(cfg.run.seed, INIT))
     return Federation(clients, to_float(ev.images), ev.labels, model,
                       partition_summary(client_splits, labels, train.num_classes), train.classes, train.shape)
+
+
+def load_node_data(cfg: Config, path: str, *, client: int, source: str | None = None):
+    """A real node's own data: every image at ``path`` (read as ``source``, default ``data.source``).
+
+    The node keeps ``data.test_fraction`` of them as its local test split (seeded by
+    (seed, client), as in simulation) and trains on the rest. Returns ``(model, ClientData)``;
+    the model is the run's architecture for this data's image shape and classes (the
+    server's model must match it, or loading the broadcast fails with both shapes named).
+    """
+    import dataclasses
+
+    from ..data import load_splits, local_split, to_float
+    from ..errors import DataError
+    from ..federated import ClientData
+    from ..models import build_model
+
+    src = source or cfg.data.source
+    if src == "mnist10k":
+        raise DataError("node config data-source = 'mnist10k' is the bundled dataset, not a node's own data; give "
+                        "data-path with data-source = idx | cifar10 | folder | npz, or use partition-id.")
+    splits = load_splits(dataclasses.replace(cfg.data, source=src, path=str(path), subset=0))
+    images = torch.cat([splits.train.images, splits.eval.images])
+    labels = torch.cat([splits.train.labels, splits.eval.labels])
+    s = local_split(np.arange(len(labels)), test_fraction=cfg.data.test_fraction, seed=cfg.run.seed, client=client)
+    tr, te = torch.from_numpy(s.train), torch.from_numpy(s.test)
+    x = to_float(images)
+    c, h, w = splits.train.shape
+    model = build_model(cfg.model.name, in_channels=c, height=h, width=w, num_classes=splits.train.num_classes,
+                        norm=cfg.model.norm, hidden=cfg.model.hidden, seed=derive_seed(cfg.run.seed, INIT))
+    return model, ClientData(x[tr], labels[tr], x[te], labels[te])
 
 
 @dataclass
