@@ -58,8 +58,10 @@ def test_federation_gives_the_simulation_model_and_leaves_no_process(tmp_path, c
 
 
 def test_federation_refuses_what_it_cannot_do_yet(tmp_path, capsys):
-    assert main(["federation", "--set", "privacy.secure_aggregation=true"]) == 2
-    assert "does not support privacy.secure_aggregation = True" in capsys.readouterr().err
+    assert main(["federation", "--set", "privacy.secure_aggregation=true", "--set", "privacy.secagg_dropout=0.2"]) == 2
+    assert "does not take privacy.secagg_dropout = 0.2" in capsys.readouterr().err
+    assert main(["federation", "--set", "federation.min_replies=30", "--set", "data.num_clients=3"]) == 2
+    assert "federation.min_replies = 30 is above data.num_clients = 3" in capsys.readouterr().err
     assert main(["federation", "--nodes", "2", "--set", "data.num_clients=3", "--out", str(tmp_path / "x")]) == 2
     assert "one SuperNode per client" in capsys.readouterr().err and not (tmp_path / "x").exists()
 

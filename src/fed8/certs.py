@@ -10,6 +10,12 @@ A SuperLink on a real network serves TLS (``flower-superlink --ssl-ca-certfile c
   TLS server authentication for exactly the host names and IP addresses given
   (subjectAltName), ``days`` long.
 
+With ``--nodes N`` it also writes SuperNode authentication keys (:func:`make_node_keys`):
+``node-<i>.key`` (ECDSA P-384, OpenSSH private key, for ``flower-supernode
+--auth-supernode-private-key``) and ``node-<i>.pub`` (OpenSSH public key, for ``flwr
+supernode register``), so that a SuperLink started with ``--enable-supernode-auth``
+admits only the registered nodes.
+
 Private keys are written mode 0600 and never overwritten unless asked. Keep ``ca.key``
 off the server if you can: it is only needed to issue certificates.
 """
@@ -26,7 +32,7 @@ from typing import Sequence
 from ._io import atomic_write_bytes
 from .errors import ConfigError
 
-__all__ = ["CERT_FILES", "make_certificates"]
+__all__ = ["CERT_FILES", "make_certificates", "make_node_keys"]
 
 CERT_FILES = ("ca.crt", "ca.key", "server.crt", "server.key")
 _DNS = re.compile(r"^(?=.{1,253}$)(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
@@ -119,3 +125,33 @@ def make_certificates(out: str | Path, hosts: Sequence[str] = ("localhost", "127
     atomic_write_bytes(paths["ca.crt"], ca.public_bytes(serialization.Encoding.PEM))
     atomic_write_bytes(paths["server.crt"], server.public_bytes(serialization.Encoding.PEM))
     return paths
+
+
+def make_node_keys(out: str | Path, count: int, *, force: bool = False) -> list[tuple[Path, Path]]:
+    """Write ``count`` SuperNode authentication key pairs; return ``[(private key, public key), ...]``.
+
+    Raises
+    ------
+    ConfigError
+        ``count < 1``, or files that exist without ``force``.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if count < 1:
+        raise ConfigError(f"--nodes must be >= 1; got {count}.")
+    out = Path(out)
+    pairs = [(out / f"node-{i}.key", out / f"node-{i}.pub") for i in range(count)]
+    existing = [str(p) for pair in pairs for p in pair if p.exists()]
+    if existing and not force:
+        raise ConfigError(f"{', '.join(existing[:4])} exist; pass --force to replace them (the registered public "
+                          "keys then no longer match).")
+    out.mkdir(parents=True, exist_ok=True)
+    for priv, pub in pairs:
+        key = ec.generate_private_key(ec.SECP384R1())
+        atomic_write_bytes(priv, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                                   serialization.NoEncryption()))
+        os.chmod(priv, 0o600)
+        atomic_write_bytes(pub, key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                              serialization.PublicFormat.OpenSSH) + b"\n")
+    return pairs

@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     f.add_argument("--out", help="run directory (default: <run.out>/<time>-<model>-<data>)")
     f.add_argument("--resume", metavar="RUN_DIR", help="continue a federation run after its last committed round")
+    f.add_argument("--tls", action="store_true", help="TLS between every process (a fresh CA and certificate)")
+    f.add_argument("--auth", action="store_true",
+                   help="SuperNode authentication (implies --tls): only registered node keys are admitted")
 
     i = sub.add_parser("init", help="write the default config with a comment on every key")
     i.add_argument("path", nargs="?", default="fed8.toml")
@@ -73,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="a name or address clients use to reach the SuperLink (repeatable; default localhost and "
                         "127.0.0.1)")
     c.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
+    c.add_argument("--nodes", type=int, default=0, metavar="N",
+                   help="also write N SuperNode authentication key pairs node-<i>.key / node-<i>.pub")
     c.add_argument("--force", action="store_true", help="replace existing files")
     return p
 
@@ -389,7 +394,7 @@ def _cmd_federation(args) -> int:
     con.print(f"[bold]fed8 federation[/] {cfg.model.name} on {cfg.data.source}: {nodes} SuperNodes on 127.0.0.1, "
               f"{cfg.train.rounds} rounds, run directory {rd.path}")
     try:
-        run_federation(rd.path, nodes,
+        run_federation(rd.path, nodes, tls=args.tls, auth=args.auth,
                        progress=lambda row: con.print(f"round {row['round']}/{cfg.train.rounds} {progress_line(row)}"))
     except KeyboardInterrupt:
         con.print(f"\ninterrupted; the SuperLink and SuperNodes are stopped and the last committed round is saved. "
@@ -412,6 +417,14 @@ def _cmd_certs(args) -> int:
           f"--ssl-keyfile {d / 'server.key'}")
     print(f"SuperNodes: flower-supernode --root-certificates {d / 'ca.crt'} --superlink HOST:PORT ...  "
           "(copy ca.crt to every node; keep ca.key and server.key private)")
+    if args.nodes:
+        from .certs import make_node_keys
+
+        pairs = make_node_keys(d, args.nodes, force=args.force)
+        print(f"wrote {len(pairs)} SuperNode key pairs {pairs[0][0].name}/.pub ... {pairs[-1][0].name}/.pub")
+        print("Authentication: flower-superlink ... --enable-supernode-auth; register each node's public key with "
+              f"flwr supernode register {d / 'node-0.pub'} CONNECTION; start node i with flower-supernode ... "
+              f"--auth-supernode-private-key {d / 'node-<i>.key'} (copy only its own key to each node)")
     return 0
 
 

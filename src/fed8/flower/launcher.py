@@ -128,18 +128,45 @@ def _stop(procs: list[subprocess.Popen], home: Path | None = None) -> None:
             p.wait(timeout=5)
 
 
+def _register(public_key: Path, env: dict, log: Path) -> None:
+    """``flwr supernode register PUBLIC_KEY fed8``: admit one SuperNode to a SuperLink with authentication."""
+    with open(log, "ab") as fh:
+        r = subprocess.run([_bin("flwr"), "supernode", "register", str(public_key), "fed8"], env=env, stdout=fh,
+                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=120, check=False)
+    if r.returncode != 0:
+        raise Fed8Error(f"flwr supernode register {public_key} failed (exit {r.returncode}); see {log}.")
+
+
 @contextlib.contextmanager
-def local_federation(home: Path, nodes: int, *, timeout_s: float = 60.0,
-                     node_dir: Path | None = None) -> Iterator[dict]:
+def local_federation(home: Path, nodes: int, *, timeout_s: float = 60.0, node_dir: Path | None = None,
+                     tls: bool = False, auth: bool = False, unregistered: tuple[int, ...] = ()) -> Iterator[dict]:
     """Start a SuperLink and ``nodes`` SuperNodes (partition ids 0..nodes-1); yield ``{"port", "env", "pids"}``.
 
     Node ``i`` keeps its files (downlink references, error-feedback residuals) under
-    ``node_dir / i`` (default ``home / "nodes" / i``).
+    ``node_dir / i`` (default ``home / "nodes" / i``). ``tls``: a fresh CA and server
+    certificate for 127.0.0.1 (``fed8 certs``) in ``home / "certs"``; the SuperLink serves
+    TLS and every SuperNode and the ``flwr`` CLI verify it. ``auth`` (implies ``tls``): the
+    SuperLink admits only SuperNodes whose public key was registered
+    (``--enable-supernode-auth``, ``flwr supernode register``); each node signs with its
+    own key. ``unregistered``: partitions whose key is not registered (tests: they are refused).
     """
+    from ..certs import make_certificates, make_node_keys
+
     home.mkdir(parents=True, exist_ok=True)
     node_dir = (node_dir or home / "nodes").resolve()
     env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0"}
     procs: list[subprocess.Popen] = []
+    tls = tls or auth
+    certs = home / "certs"
+    if tls:
+        paths = make_certificates(certs, ["127.0.0.1", "localhost"], days=7, force=True)
+        link_security = ["--ssl-ca-certfile", str(paths["ca.crt"]), "--ssl-certfile", str(paths["server.crt"]),
+                         "--ssl-keyfile", str(paths["server.key"])]
+        node_security = ["--root-certificates", str(paths["ca.crt"])]
+        connection = f'root-certificates = "{paths["ca.crt"]}"\n'
+    else:
+        link_security, node_security, connection = ["--insecure"], ["--insecure"], "insecure = true\n"
+    keys = make_node_keys(certs, nodes, force=True) if auth else []
 
     def start(args: list[str], log: Path) -> subprocess.Popen:
         with open(log, "ab") as fh:
@@ -150,23 +177,28 @@ def local_federation(home: Path, nodes: int, *, timeout_s: float = 60.0,
 
     try:
         port = _free_port()
-        link = start([_bin("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
-                      "--disable-runtime-dependency-installation"], home / "superlink.log")
+        link = start([_bin("flower-superlink"), *link_security, "--host", "127.0.0.1", "--port", str(port),
+                      "--disable-runtime-dependency-installation", *(["--enable-supernode-auth"] if auth else [])],
+                     home / "superlink.log")
         _wait_port(port, link, home / "superlink.log", timeout_s)
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "fed8"\n\n[superlink.fed8]\naddress = "127.0.0.1:{port}"\n{connection}')
+        for i, (_, pub) in enumerate(keys):
+            if i not in unregistered:
+                _register(pub, env, home / "register.log")
         for i in range(nodes):
-            start([_bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
+            start([_bin("flower-supernode"), *node_security, "--superlink", f"127.0.0.1:{port}",
+                   *(["--auth-supernode-private-key", str(keys[i][0])] if auth else []),
                    "--port", str(_free_port()), "--node-config",
                    f'partition-id={i} num-partitions={nodes} state-dir="{node_dir / str(i)}"'],
                   home / f"supernode-{i}.log")
-        (home / "config.toml").write_text(
-            f'[superlink]\ndefault = "fed8"\n\n[superlink.fed8]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
-        yield {"port": port, "env": env, "pids": [p.pid for p in procs]}
+        yield {"port": port, "env": env, "pids": [p.pid for p in procs], "procs": procs}
     finally:
         _stop(procs, home)
 
 
 def run_federation(run_dir: str | Path, nodes: int, *, progress: Callable[[dict], None] | None = None,
-                   timeout_s: float | None = None) -> None:
+                   timeout_s: float | None = None, tls: bool = False, auth: bool = False) -> None:
     """Run (or continue) the fed8 run in ``run_dir`` on a local federation of ``nodes`` SuperNodes."""
     from . import require_flwr
 
@@ -191,7 +223,7 @@ def run_federation(run_dir: str | Path, nodes: int, *, progress: Callable[[dict]
                     progress(json.loads(line))
             seen = len(lines)
 
-    with local_federation(home, nodes, node_dir=run_dir / "nodes") as fed:
+    with local_federation(home, nodes, node_dir=run_dir / "nodes", tls=tls, auth=auth) as fed:
         watcher = threading.Thread(target=follow, daemon=True)
         watcher.start()
         cmd = [_bin("flwr"), "run", str(app), "fed8", "--stream", "--run-config",

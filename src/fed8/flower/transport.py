@@ -94,6 +94,7 @@ class FlowerTransport:
         self.round_timeout_s, self.run_key = round_timeout_s, run_key
         self.min_replies, self.round_retries = min_replies, round_retries
         self.secure = None  # a fed8.flower.secagg.FlowerSecureSum when the run uses secure aggregation
+        self._asked: set[int] = set()  # node ids already asked for their partition
         self._model = self._with_base = None
         self._is_delta, self._base_bytes = False, 0
 
@@ -140,17 +141,19 @@ class FlowerTransport:
                                                                      "keep-ref": self.wire.mode == "delta"})
 
     def refresh(self, clients: Sequence[int]) -> None:
-        """Find the new node ids of ``clients`` whose node left the Grid (a restarted SuperNode gets a new id)."""
-        live = set(self.grid.get_node_ids())
-        if all(self.nodes[k] in live for k in clients):
+        """Map nodes the Grid lists for the first time to their clients (a restarted SuperNode gets a new id).
+
+        Each new node id is asked its partition once; a client whose node came back under a
+        new id is sent to the new one from then on, even while the SuperLink still lists the old.
+        """
+        fresh = sorted(set(self.grid.get_node_ids()) - set(self.nodes.values()) - self._asked)
+        if not fresh:
             return
-        unknown = sorted(live - set(self.nodes.values()))
-        if unknown:
-            found = _partitions(self.grid, unknown, min(30.0, self.round_timeout_s))
-            for k, n in found.items():
-                if k in self.nodes and self.nodes[k] != n:
-                    log.info("client %d is now on node %d (was %d)", k, n, self.nodes[k])
-                    self.nodes[k] = n
+        self._asked.update(fresh)
+        for k, n in _partitions(self.grid, fresh, min(30.0, self.round_timeout_s)).items():
+            if k in self.nodes and self.nodes[k] != n:
+                log.warning("client %d is now on node %d (was %d): its SuperNode restarted", k, n, self.nodes[k])
+                self.nodes[k] = n
 
     def _train(self, rnd: int, clients: Sequence[int], replies: dict, late: dict) -> None:
         """Send round ``rnd``'s train message to ``clients``; collect good replies into ``replies``."""
