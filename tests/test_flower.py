@@ -66,6 +66,18 @@ def test_federation_refuses_what_it_cannot_do_yet(tmp_path, capsys):
     assert "one SuperNode per client" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
+def test_prepare_writes_the_run_and_the_app_for_real_machines_and_starts_nothing(tmp_path, capsys):
+    import tomllib
+
+    assert main(["federation", "--prepare", "--out", str(tmp_path / "run"), "--set", "data.num_clients=3"]) == 0
+    out = capsys.readouterr().out
+    app = tmp_path / "run/flwr/app/pyproject.toml"
+    comp = tomllib.loads(app.read_text())["tool"]["flwr"]["app"]["components"]
+    assert comp == {"serverapp": "fed8.flower.server_app:app", "clientapp": "fed8.flower.client_app:app"}
+    assert (tmp_path / "run/config.toml").exists() and "flwr run" in out and "run-dir=" in out
+    assert _processes_of((tmp_path / "run/flwr").resolve()) == [] and not (tmp_path / "run/flwr/superlink.log").exists()
+
+
 def test_missing_flower_names_the_extra(monkeypatch):
     import builtins
 
@@ -101,6 +113,10 @@ def test_ctrl_c_stops_every_process_and_resume_finishes_the_same_model(tmp_path)
             break
         time.sleep(0.5)
     assert p.poll() is None, p.communicate()[0]
+    home = (run / "flwr").resolve()
+    for pid in _processes_of(home):  # every Flower process runs with telemetry and update checks off
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert b"FLWR_TELEMETRY_ENABLED=0" in env and b"FLWR_DISABLE_UPDATE_CHECK=1" in env
     p.send_signal(signal.SIGINT)  # Ctrl-C after round 1 was committed
     out, _ = p.communicate(timeout=120)
     assert p.returncode == 130 and "fed8 federation --resume" in out, out

@@ -62,7 +62,7 @@ def _rows(run: Path) -> list[dict]:
 
 
 def test_a_supernode_killed_mid_round_is_a_dropout_and_its_restart_rejoins(tmp_path):
-    from fed8.flower.launcher import run_federation
+    from fed8.flower.launcher import flower_env, run_federation
 
     cfg = fed8.load_config(None, SMALL + ["train.rounds=3", "compression.uplink=float32",
                                           "federation.round_timeout_s=25", "federation.min_replies=2",
@@ -76,7 +76,7 @@ def test_a_supernode_killed_mid_round_is_a_dropout_and_its_restart_rejoins(tmp_p
         os.killpg(pid, signal.SIGKILL)  # the SuperNode dies at the start of round 2
         events["killed"] = time.monotonic()
         time.sleep(3)
-        env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0"}
+        env = flower_env(home)
         with open(home / "supernode-2-restarted.log", "ab") as fh:
             subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              start_new_session=True)
@@ -138,3 +138,20 @@ def test_tls_with_supernode_authentication_trains_and_an_unregistered_node_is_re
         assert fed["procs"][1].poll() is None  # the registered one stays connected
     assert "Failed to activate SuperNode" in (other / "supernode-1.log").read_text()
     assert _processes_of(other) == []
+
+
+def test_secure_aggregation_over_real_flower_gives_the_simulation_model(tmp_path):
+    """fed8's secure-aggregation stages through Flower's real serialization and processes."""
+    from fed8.flower.launcher import run_federation
+
+    sets = SMALL + ["data.num_clients=3", "compression.uplink=float32", "privacy.secure_aggregation=true",
+                    "privacy.secagg_min_clients=2", "privacy.secagg_threshold=0.6"]
+    rd = RunDir.create(tmp_path / "fed", fed8.load_config(None, sets))
+    run_federation(rd.path, 3, timeout_s=600)
+    sim = fed8.run(fed8.load_config(None, sets), out=tmp_path / "sim", report=False)
+    assert (rd.path / "model.safetensors").read_bytes() == (sim.run_dir / "model.safetensors").read_bytes()
+    rows = _rows(rd.path)
+    assert [r["uplink_bytes"] for r in rows] == [r["uplink_bytes"] for r in sim.metrics]
+    assert all(r["secagg_inputs"] == 3 for r in rows)
+    assert not list((rd.path / "nodes").rglob("secagg-r*.json"))  # keys gone after unmasking
+    assert _processes_of(rd.path.resolve() / "flwr") == []

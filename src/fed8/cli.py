@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     f.add_argument("--out", help="run directory (default: <run.out>/<time>-<model>-<data>)")
     f.add_argument("--resume", metavar="RUN_DIR", help="continue a federation run after its last committed round")
+    f.add_argument("--prepare", action="store_true",
+                   help="only write the run directory and the Flower app, and print the flwr run command (real "
+                        "machines: you start the SuperLink and SuperNodes)")
     f.add_argument("--tls", action="store_true", help="TLS between every process (a fresh CA and certificate)")
     f.add_argument("--auth", action="store_true",
                    help="SuperNode authentication (implies --tls): only registered node keys are admitted")
@@ -389,17 +392,35 @@ def _cmd_federation(args) -> int:
                           f"{cfg.data.num_clients}.")
     if not args.resume:
         rd = RunDir.create(Path(args.out) if args.out else default_run_dir(cfg), cfg)
-    from .flower.launcher import run_federation
+    from .flower.launcher import run_federation, write_app
+
+    if args.prepare:
+        app = write_app(rd.path)
+        con.print(f"run directory {rd.path} and Flower app {app} written. With your SuperLink and SuperNodes up "
+                  f"(README: On real machines), submit from the SuperLink's machine:\n  flwr run {app} CONNECTION "
+                  f"--run-config \"run-dir='{rd.path.resolve()}'\"\nand continue an interrupted run with the same "
+                  "command.", soft_wrap=True)
+        return 0
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     con.print(f"[bold]fed8 federation[/] {cfg.model.name} on {cfg.data.source}: {nodes} SuperNodes on 127.0.0.1, "
               f"{cfg.train.rounds} rounds, run directory {rd.path}")
-    try:
-        run_federation(rd.path, nodes, tls=args.tls, auth=args.auth,
-                       progress=lambda row: con.print(f"round {row['round']}/{cfg.train.rounds} {progress_line(row)}"))
-    except KeyboardInterrupt:
-        con.print(f"\ninterrupted; the SuperLink and SuperNodes are stopped and the last committed round is saved. "
-                  f"Continue with: fed8 federation --resume {rd.path}", soft_wrap=True)
-        return 130
+    with Progress(TextColumn("round {task.completed:.0f}/{task.total:.0f}"), BarColumn(bar_width=8),
+                  TimeElapsedColumn(), TextColumn("{task.description}"), console=con, transient=False) as bar:
+        done = len(rd.read_metrics())
+        task = bar.add_task("starting the SuperLink and SuperNodes" if not done else "resuming", total=cfg.train.rounds,
+                            completed=done)
+
+        def progress(row: dict) -> None:  # the same live line as fed8 run, from metrics.jsonl as rounds commit
+            bar.update(task, completed=row["round"], description=progress_line(row))
+
+        try:
+            run_federation(rd.path, nodes, tls=args.tls, auth=args.auth, progress=progress)
+        except KeyboardInterrupt:
+            bar.stop()
+            con.print(f"\ninterrupted; the SuperLink and SuperNodes are stopped and the last committed round is "
+                      f"saved. Continue with: fed8 federation --resume {rd.path}", soft_wrap=True)
+            return 130
     import json
 
     _print_summary(con, rd.path, json.loads(rd.summary.read_text()), "fed8 federation summary",

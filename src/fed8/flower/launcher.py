@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 
 from ..errors import Fed8Error
 
-__all__ = ["local_federation", "run_federation"]
+__all__ = ["flower_env", "local_federation", "run_federation", "write_app"]
 
 _APP = """[build-system]
 requires = ["hatchling"]
@@ -128,6 +128,11 @@ def _stop(procs: list[subprocess.Popen], home: Path | None = None) -> None:
             p.wait(timeout=5)
 
 
+def flower_env(home: Path) -> dict[str, str]:
+    """The environment of every Flower process: ``FLWR_HOME`` here, telemetry and update checks off."""
+    return {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+
+
 def _register(public_key: Path, env: dict, log: Path) -> None:
     """``flwr supernode register PUBLIC_KEY fed8``: admit one SuperNode to a SuperLink with authentication."""
     with open(log, "ab") as fh:
@@ -154,7 +159,7 @@ def local_federation(home: Path, nodes: int, *, timeout_s: float = 60.0, node_di
 
     home.mkdir(parents=True, exist_ok=True)
     node_dir = (node_dir or home / "nodes").resolve()
-    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0"}
+    env = flower_env(home)
     procs: list[subprocess.Popen] = []
     tls = tls or auth
     certs = home / "certs"
@@ -197,6 +202,14 @@ def local_federation(home: Path, nodes: int, *, timeout_s: float = 60.0, node_di
         _stop(procs, home)
 
 
+def write_app(run_dir: str | Path) -> Path:
+    """The Flower app folder for ``flwr run`` (``RUN_DIR/flwr/app``): fed8's installed apps, no dependencies."""
+    app = Path(run_dir).resolve() / "flwr" / "app"
+    app.mkdir(parents=True, exist_ok=True)
+    (app / "pyproject.toml").write_text(_APP)
+    return app
+
+
 def run_federation(run_dir: str | Path, nodes: int, *, progress: Callable[[dict], None] | None = None,
                    timeout_s: float | None = None, tls: bool = False, auth: bool = False) -> None:
     """Run (or continue) the fed8 run in ``run_dir`` on a local federation of ``nodes`` SuperNodes."""
@@ -205,9 +218,7 @@ def run_federation(run_dir: str | Path, nodes: int, *, progress: Callable[[dict]
     require_flwr()
     run_dir = Path(run_dir).resolve()
     home = run_dir / "flwr"
-    app = home / "app"
-    app.mkdir(parents=True, exist_ok=True)
-    (app / "pyproject.toml").write_text(_APP)
+    app = write_app(run_dir)
     metrics = run_dir / "metrics.jsonl"
     seen = len(metrics.read_text().splitlines()) if metrics.exists() else 0
     stop = threading.Event()
