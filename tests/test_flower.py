@@ -96,6 +96,7 @@ def test_missing_flower_names_the_extra(monkeypatch):
     assert os.environ.get("FLWR_HOME") is None  # the launcher never sets it in this process
 
 
+@pytest.mark.network  # 2 minutes: with the fault tests (pytest -m network), to keep CI under 15 minutes
 def test_ctrl_c_stops_every_process_and_resume_finishes_the_same_model(tmp_path):
     import signal
     import subprocess
@@ -105,8 +106,10 @@ def test_ctrl_c_stops_every_process_and_resume_finishes_the_same_model(tmp_path)
     sets = [a for s in SMALL + ["train.rounds=3"] for a in ("--set", s)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     run = tmp_path / "fed"
+    # SIGINT's default action restored in the child: a test run in the background inherits it ignored
     p = subprocess.Popen([sys.executable, "-m", "fed8.cli", "federation", "--out", str(run)] + sets, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and p.poll() is None:
         if (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().strip():

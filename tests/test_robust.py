@@ -75,3 +75,17 @@ def test_trimmed_mean_survives_sign_flipping_where_fedavg_collapses(tmp_path):
     assert clean > 0.8
     assert fedavg < 0.5 * clean  # collapses
     assert trimmed > clean - 0.05 and median > clean - 0.1
+
+
+def test_the_fast_finite_check_is_exact_for_overflowing_sums_and_single_bad_values():
+    from fed8.federated.aggregator import WeightedMean
+    from fed8.federated.client import ClientUpdate
+    from fed8.federated.robust import ValidateUpdates
+
+    v = ValidateUpdates(WeightedMean(), {"w": (4,)})
+    big = torch.full((4,), 3e38)  # finite values whose float32 sum overflows to inf: still a valid update
+    assert v.problem(ClientUpdate(0, {"w": big}, 1, 0.0)) is None
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        t = torch.zeros(4)
+        t[2] = bad
+        assert "contains" in v.problem(ClientUpdate(0, {"w": t}, 1, 0.0))

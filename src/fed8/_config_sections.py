@@ -341,6 +341,12 @@ class RunConfig:
 
     seed: int = _key(0, "seed of every random choice (sampling, init, shuffling)", ge=0)
     threads: int = _key(0, "torch CPU threads; 0 = number of cores", ge=0)
+    client_batching: str = _key(
+        "off", "train a round's sampled clients together with torch.func (vmap over clients, masked ragged "
+        "clients): auto (batched where the model allows: no BatchNorm; else sequential, reason logged once) | off "
+        "(one client after another, bit-identical to fed8 federation)", choices=("auto", "off"))
+    client_batch_size: int = _key(
+        0, "clients per batched chunk; 0 = auto (per-client state of the chunk within 192 MiB)", ge=0)
     out: str = _key(
         "runs", "parent folder of run directories (each run gets runs/<time>-<model>-<data>)"
     )

@@ -15,6 +15,7 @@ committed rounds and redraws the rest.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from ..compression.wire import Wire
 
 __all__ = ["ClientHook", "InProcessTransport", "Simulation"]
+
+log = logging.getLogger("fed8")
 
 Tensors = dict[str, torch.Tensor]
 # A client-side transform of an update before it is sent: (round, update) -> update.
@@ -59,6 +62,11 @@ class InProcessTransport:
         Client-side transforms applied in order to each update before it is encoded.
     eval_batch_size
         Batch size of the clients' evaluation.
+    client_batch_size
+        1: clients one after another (:func:`~fed8.federated.client.train_client`); > 1, or
+        0 for an automatic size: chunks of clients trained together
+        (:func:`~fed8.federated.batched.train_clients_batched`), falling back to one by one
+        (reason logged once) for models it cannot batch.
     """
 
     model: nn.Module
@@ -68,6 +76,7 @@ class InProcessTransport:
     wire: "Wire | None" = None
     client_hooks: Sequence[ClientHook] = ()
     eval_batch_size: int = 500
+    client_batch_size: int = 1  # > 1 or 0 (auto): train chunks of clients together (fed8.federated.batched)
 
     def __post_init__(self) -> None:
         self.local_x, self.local_y, self.owner = local_test_split(self.clients)
@@ -83,10 +92,36 @@ class InProcessTransport:
         self._received, down = self.wire.broadcast(rnd, state, clients)
         return down
 
+    def _updates(self, rnd: int, clients: Sequence[int]) -> Iterator[ClientUpdate]:
+        """The clients' trained updates, in order: one by one, or chunk by chunk when batching applies."""
+        chunk = self.client_batch_size
+        if chunk != 1:
+            from .batched import auto_chunk, batching_blocker
+
+            why = batching_blocker(self.model)
+            if why is not None:
+                if not getattr(self, "_told", False):
+                    log.info("client batching is off for this model: %s; clients train one after another", why)
+                    self._told = True
+                chunk = 1
+            elif chunk == 0:
+                chunk = auto_chunk(self.model, len(clients))
+        if chunk == 1:
+            for k in clients:
+                yield train_client(self.model, self._received, self.clients[k], self.local,
+                                   generator=torch_generator(self.seed, TRAIN, rnd, k), client=k)
+            return
+        from .batched import train_clients_batched
+
+        for i in range(0, len(clients), chunk):
+            ks = list(clients[i : i + chunk])
+            yield from train_clients_batched(
+                self.model, self._received, [self.clients[k] for k in ks], self.local,
+                generators=[torch_generator(self.seed, TRAIN, rnd, k) for k in ks], clients=ks)
+
     def collect(self, rnd: int, clients: Sequence[int]) -> Iterator[Reply]:
-        for k in clients:
-            update = train_client(self.model, self._received, self.clients[k], self.local,
-                                  generator=torch_generator(self.seed, TRAIN, rnd, k), client=k)
+        for update in self._updates(rnd, clients):
+            k = update.client
             for hook in self.client_hooks:
                 update = hook(rnd, update)
             delta, nbytes = self.wire.upload(rnd, k, update.delta)
@@ -113,7 +148,7 @@ class Simulation(RoundLoop):
 
     Parameters
     ----------
-    model, clients, local, wire, client_hooks
+    model, clients, local, wire, client_hooks, client_batch_size
         As for :class:`InProcessTransport`.
     eval_x, eval_y
         The server's eval split.
@@ -128,8 +163,9 @@ class Simulation(RoundLoop):
                  rounds: int, fraction: float, sampling: str = "fixed", eval_every: int = 1,
                  eval_batch_size: int = 500, seed: int = 0, wire: "Wire | None" = None,
                  client_hooks: Sequence[ClientHook] = (),
-                 sampling_randomness: PrivacyRandomness | None = None) -> None:
-        transport = InProcessTransport(model, clients, local, seed, wire, client_hooks, eval_batch_size)
+                 sampling_randomness: PrivacyRandomness | None = None, client_batch_size: int = 1) -> None:
+        transport = InProcessTransport(model, clients, local, seed, wire, client_hooks, eval_batch_size,
+                                       client_batch_size)
         self.model, self.clients, self.eval_x, self.eval_y = model, clients, eval_x, eval_y
         self.eval_batch_size = eval_batch_size
         super().__init__(aggregator=aggregator, optimizer=optimizer, transport=transport,

@@ -24,8 +24,8 @@ from ..federated.private import AdaptiveClipping, PrivateAggregate, capped_weigh
 from ..federated.robust import CoordinateMedian, NormBound, TrimmedMean, ValidateUpdates
 from ..federated.sampling import num_sampled
 
-__all__ = ["SECAGG_CLIP_LR", "SECAGG_CLIP_QUANTILE", "check_combination", "expected_clients", "make_aggregator",
-           "client_noise_std", "make_client_hooks", "make_server_optimizer", "weight_cap"]
+__all__ = ["SECAGG_CLIP_LR", "SECAGG_CLIP_QUANTILE", "check_combination", "client_noise_std", "expected_clients",
+           "make_aggregator", "make_client_hooks", "make_server_optimizer", "weight_cap"]
 
 # Secure aggregation without DP clips only to fix the shared int8 scale; the bound follows
 # the 0.9 quantile of the update norms (noise-free: the clip-bit sum is exact), fast enough

@@ -173,5 +173,6 @@ def prepare(cfg: Config, residuals: Path | None = None):
                      wire=make_wire(cfg, len(clients), residuals), client_hooks=hooks,
                      sampling_randomness=privacy_randomness(
                          dp=cfg.privacy.dp != "none", insecure_reproducible=cfg.privacy.insecure_reproducible_noise,
-                         seed=cfg.run.seed))
+                         seed=cfg.run.seed),
+                     client_batch_size=1 if cfg.run.client_batching == "off" else cfg.run.client_batch_size)
     return Prepared(cfg, sim, state, fed.partition, fed.classes, fed.input_shape, count_parameters(model), plan)

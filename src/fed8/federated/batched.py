@@ -1,0 +1,121 @@
+"""Batched clients: a chunk of a round's clients trained together with ``torch.func``.
+
+Each client runs exactly the local SGD of :func:`fed8.federated.client.train_client`
+(its own minibatch order from its own generator, its own number of steps), but the
+chunk's clients share one forward/backward per step: parameters carry the clients as a
+leading batch dimension and ``vmap(grad_and_value(loss))`` over
+``functional_call(model, params, x)`` computes every client's gradient at once
+(torch.func; the per-example-gradient pattern of Opacus and functorch, with clients in
+place of examples). Ragged clients are masked, never padded into their updates:
+
+* step ``t`` of client ``c`` uses its ``t``-th minibatch (epochs concatenated); a padded
+  slot has mask 0, so the loss is the mean over the client's real samples only;
+* a client with fewer steps is *inactive* after its last one: its weights and momentum
+  are left untouched (``torch.where``), so weight decay, momentum and FedProx never act
+  on a step the client did not take.
+
+SGD as ``torch.optim.SGD`` (dampening 0, no Nesterov): ``g = grad + mu (w - w_global) +
+lambda w``, ``b = g`` on the first step else ``b = m b + g``, ``w = w - lr b``. The result
+equals sequential training up to float rounding: batched kernels sum in another order,
+and many SGD steps amplify the difference (in float64 the two agree to 1e-15; in float32
+to 1e-7 of the update for the cnn and mlp, 1e-3 for resnet20 after 15 steps; see
+``tests/test_batched.py``). Models with BatchNorm (per-client running
+statistics) or other float buffers are not batched (:func:`batching_blocker`).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .client import ClientData, ClientUpdate, LocalTraining
+
+__all__ = ["auto_chunk", "batching_blocker", "train_clients_batched"]
+
+# Per-client state kept during a chunk: weights, gradients, momentum, the FedProx anchor.
+_STATE_COPIES = 4
+
+
+def batching_blocker(model: nn.Module) -> str | None:
+    """Why ``model``'s clients cannot be trained batched, or None."""
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return "the model has BatchNorm layers (per-client running statistics are sequential state)"
+    params = {n for n, _ in model.named_parameters()}
+    extra = [k for k, v in model.state_dict().items() if v.is_floating_point() and k not in params]
+    if extra:
+        return f"the model has float buffers that training changes ({', '.join(extra[:3])})"
+    return None
+
+
+def auto_chunk(model: nn.Module, clients: int, *, budget_bytes: int = 192 << 20) -> int:
+    """Clients per chunk so that their per-client state stays within ``budget_bytes`` (at least 1)."""
+    per = _STATE_COPIES * sum(p.numel() * p.element_size() for p in model.parameters())
+    return max(1, min(clients, budget_bytes // max(per, 1)))
+
+
+def train_clients_batched(model: nn.Module, global_state: dict[str, torch.Tensor], data: Sequence[ClientData],
+                          cfg: LocalTraining, *, generators: Sequence[torch.Generator],
+                          clients: Sequence[int]) -> list[ClientUpdate]:
+    """Local SGD of every client in ``data`` at once; one :class:`ClientUpdate` per client, in order."""
+    from torch.func import functional_call, grad_and_value, vmap
+
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    c_n, bs = len(data), cfg.batch_size
+    base = {n: global_state[n].detach() for n in names}
+    w = {n: base[n].unsqueeze(0).expand(c_n, *base[n].shape).clone() for n in names}
+    buf: dict[str, torch.Tensor] | None = None
+    fixed = {k: v for k, v in global_state.items() if k not in base}  # integer buffers etc., shared
+
+    schedule = []  # per client: its minibatch index tensors, epochs concatenated (train_client's order)
+    for d, g in zip(data, generators):
+        steps = []
+        for _ in range(cfg.epochs):
+            perm = torch.randperm(d.num_train, generator=g)
+            steps += [perm[i : i + bs] for i in range(0, d.num_train, bs)]
+        schedule.append(steps)
+    n_steps = [len(s) for s in schedule]
+    shape, dtype = data[0].x_train.shape[1:], data[0].x_train.dtype
+
+    def loss(params, x, y, m):
+        out = functional_call(model, {**params, **fixed}, (x,))
+        return (F.cross_entropy(out, y, reduction="none") * m).sum() / m.sum().clamp(min=1.0)
+
+    step = vmap(grad_and_value(loss))
+    totals = torch.zeros(c_n)
+    model.train()
+    for t in range(max(n_steps, default=0)):
+        x = torch.zeros((c_n, bs, *shape), dtype=dtype)
+        y = torch.zeros((c_n, bs), dtype=torch.long)
+        m = torch.zeros((c_n, bs), dtype=dtype)
+        active = torch.tensor([t < n for n in n_steps])
+        for c, s in enumerate(schedule):
+            if t < len(s):
+                idx = s[t]
+                x[c, : len(idx)], y[c, : len(idx)], m[c, : len(idx)] = data[c].x_train[idx], data[c].y_train[idx], 1
+        grads, values = step(w, x, y, m)
+        totals += torch.where(active, values.detach(), torch.zeros(()))
+        with torch.no_grad():
+            new_buf = {}
+            for n in names:
+                a = active.view(-1, *([1] * base[n].dim()))
+                g = grads[n]
+                if cfg.prox_mu > 0:
+                    g = g + cfg.prox_mu * (w[n] - base[n])
+                if cfg.weight_decay:
+                    g = g + cfg.weight_decay * w[n]
+                if cfg.momentum:
+                    g = g if buf is None else torch.where(a, cfg.momentum * buf[n] + g, buf[n])
+                    new_buf[n] = g
+                w[n] = torch.where(a, w[n] - cfg.lr * g, w[n])
+            if cfg.momentum:
+                buf = new_buf
+    out = []
+    for c, d in enumerate(data):
+        delta = {k: (w[k][c] - base[k]) if k in base else torch.zeros_like(v)
+                 for k, v in global_state.items() if v.is_floating_point()}
+        out.append(ClientUpdate(client=clients[c], delta=delta, num_samples=d.num_train,
+                                train_loss=float(totals[c]) / max(n_steps[c], 1)))
+    return out
