@@ -1,7 +1,10 @@
-"""Workload W1: fed8 FedAvg vs a plain PyTorch loop doing the same training work.
+"""Workloads W1 and S8: fed8 FedAvg vs a plain PyTorch loop doing the same training work.
 
-MNIST-10k train split (8000 images), 100 IID clients of 80 images, every client every
-round, E=1, B=10, plain SGD lr 0.05, model `cnn`, 5 rounds. Both implementations run
+W1: MNIST-10k train split (8000 images), 100 IID clients of 80 images, every client every
+round, E=1, B=10, plain SGD lr 0.05, model `cnn`, 5 rounds. S8: the same with 800 train
+images (8 per client), where per-client overhead dominates. fed8 runs in each client
+mode asked for (``--modes sequential,batched``: ``run.client_batching = off`` / ``auto``),
+each against its own interleaved plain loop. Both implementations run
 in this one process, alternating round by round (fed8 round r, then plain round r),
 so machine noise hits both alike. fed8's time per round is everything `fed8.run`
 does between rounds: sampling, client training, aggregation, metrics and checkpoint
@@ -10,8 +13,8 @@ writes (and evaluation on the last round, which the plain loop also does).
 Prints seconds per round (median of rounds 2..R) and the ratio fed8 / plain; the
 last line of each thread setting is JSON.
 
-    python bench/w1_fedavg.py                 # threads 1 and 2
-    python bench/w1_fedavg.py --threads 2 --rounds 5 --clients 100
+    python bench/w1_fedavg.py                 # W1, threads 1 and 2, sequential clients
+    python bench/w1_fedavg.py --workload S8 --threads 2 --modes sequential,batched
 """
 
 from __future__ import annotations
@@ -54,15 +57,17 @@ def plain_round(model, global_state, xs, ys, gen, *, lr, bs):
     return {k: v / n for k, v in total.items()}
 
 
-def bench(threads: int, rounds: int, clients: int) -> dict:
+def bench(threads: int, rounds: int, clients: int, workload: str = "W1", mode: str = "sequential") -> dict:
     torch.set_num_threads(threads)
-    cfg = fed8.load_config(None, [
+    subset = 800 if workload == "S8" else 0
+    cfg = fed8.load_config(None, [f"data.subset={subset}",
+        "run.client_batching=" + ("auto" if mode == "batched" else "off"),
         "data.partition=iid", f"data.num_clients={clients}", "data.test_fraction=0.0",
         f"train.rounds={rounds}", "train.fraction=1.0", "train.local_epochs=1", "train.batch_size=10",
         "train.lr=0.05", "train.momentum=0.0", "eval.every=0", f"run.threads={threads}",
     ])
     # plain loop's data: the same 8000 images dealt to the same number of clients
-    train = load_splits(DataConfig()).train
+    train = load_splits(DataConfig(subset=subset)).train
     ev = load_splits(DataConfig()).eval
     x, y = to_float(train.images), train.labels
     parts = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).chunk(clients)
@@ -96,11 +101,12 @@ def bench(threads: int, rounds: int, clients: int) -> dict:
         res = fed8.run(cfg, out=f"{tmp}/run", on_round=after_fed8_round, report=False)
     f, p = statistics.median(fed8_s[1:]), statistics.median(plain_s[1:])
     for r in range(rounds):
-        print(f"threads={threads} round {r + 1}: fed8 {fed8_s[r]:.3f} s, plain {plain_s[r]:.3f} s")
-    print(f"threads={threads}: fed8 {f:.3f} s/round, plain {p:.3f} s/round, ratio {f / p:.3f} "
+        print(f"{workload} {mode} threads={threads} round {r + 1}: fed8 {fed8_s[r]:.3f} s, plain {plain_s[r]:.3f} s")
+    print(f"{workload} {mode} threads={threads}: fed8 {f:.3f} s/round, plain {p:.3f} s/round, ratio {f / p:.3f} "
           f"(final fed8 eval accuracy {res.final['eval_accuracy']:.4f})")
-    return {"workload": "W1", "threads": threads, "fed8_s_per_round": round(f, 4),
-            "plain_s_per_round": round(p, 4), "ratio": round(f / p, 4)}
+    return {"workload": workload, "mode": mode, "threads": threads, "fed8_s_per_round": round(f, 4),
+            "plain_s_per_round": round(p, 4), "ratio": round(f / p, 4),
+            "eval_accuracy": res.final["eval_accuracy"]}
 
 
 def main() -> None:
@@ -108,11 +114,19 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     ap.add_argument("--clients", type=int, default=100)
+    ap.add_argument("--workload", choices=("W1", "S8"), default="W1")
+    ap.add_argument("--modes", default="sequential", help="comma-separated: sequential, batched")
     a = ap.parse_args()
     if a.rounds < 2:
         ap.error("--rounds must be >= 2 (round 1 is warm-up)")
+    modes = [m.strip() for m in a.modes.split(",")]
     for t in (int(s) for s in a.threads.split(",")):
-        print(json.dumps(bench(t, a.rounds, a.clients)), flush=True)
+        results = {m: bench(t, a.rounds, a.clients, a.workload, m) for m in modes}
+        for r in results.values():
+            print(json.dumps(r), flush=True)
+        default = results.get("sequential", next(iter(results.values())))  # the default mode: client_batching off
+        print(json.dumps({**default, "ratio": default["ratio"], "modes": {m: r["ratio"] for m, r in results.items()}}),
+              flush=True)
 
 
 if __name__ == "__main__":
