@@ -34,31 +34,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-APP = """[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "fed8bare"
-version = "1.0.0"
-description = "a bare Flower app with fed8's training, for bench/flower.py"
-license = "Apache-2.0"
-dependencies = []
-
-[tool.hatch.build.targets.wheel]
-packages = ["."]
-
-[tool.flwr.app]
-publisher = "fed8"
-
-[tool.flwr.app.components]
-serverapp = "_flower_bare:server"
-clientapp = "_flower_bare:client"
-
-[tool.flwr.app.config]
-config = ""
-out = ""
-"""
 
 
 def _sets(args) -> list[str]:
@@ -84,11 +59,13 @@ def run_fed8(args, work: Path) -> dict:
 def run_bare(args, work: Path) -> dict:
     import fed8
     from fed8.config import to_toml
-    from fed8.flower.launcher import _bin, _stop, local_federation
+    from fed8.flower.launcher import _bin, _stop, app_pyproject, local_federation
 
     app = work / "bare-app"
     app.mkdir(parents=True)
-    (app / "pyproject.toml").write_text(APP)
+    (app / "pyproject.toml").write_text(app_pyproject(
+        "fed8bare", "a bare Flower app with fed8's training, for bench/flower.py", "_flower_bare:server",
+        "_flower_bare:client", ("config", "out")))
     shutil.copy(HERE / "_flower_bare.py", app / "_flower_bare.py")
     cfg_file = work / "bare-config.toml"
     cfg_file.write_text(to_toml(fed8.load_config(None, _sets(args))))

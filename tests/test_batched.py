@@ -93,7 +93,7 @@ def test_a_batched_run_is_deterministic_resumes_bit_identically_and_is_close_to_
 
 
 def test_batching_falls_back_for_batchnorm_and_says_why_once(tmp_path, caplog):
-    sets = BASE + BATCHED + ["model.name=resnet20", "model.norm=batch", "data.subset=120", "train.rounds=2"]
+    sets = BASE + BATCHED + ["model.name=resnet20", "model.norm=batch", "data.subset=60", "train.rounds=1"]
     with caplog.at_level(logging.INFO, logger="fed8"):
         a = fed8.run(fed8.load_config(None, sets), out=tmp_path / "a", report=False)
     assert sum("client batching is off for this model" in r.message for r in caplog.records) == 1

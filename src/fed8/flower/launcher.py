@@ -24,16 +24,19 @@ from typing import Callable, Iterator
 
 from ..errors import Fed8Error
 
-__all__ = ["flower_env", "local_federation", "run_federation", "write_app"]
+__all__ = ["app_pyproject", "flower_env", "local_federation", "run_federation", "write_app"]
 
-_APP = """[build-system]
+def app_pyproject(name: str, description: str, serverapp: str, clientapp: str, config: tuple[str, ...]) -> str:
+    """The ``pyproject.toml`` of a Flower app whose components are installed modules (no dependencies to install)."""
+    keys = "".join(f'{k} = ""\n' for k in config)
+    return f"""[build-system]
 requires = ["hatchling"]
 build-backend = "hatchling.build"
 
 [project]
-name = "fed8app"
+name = "{name}"
 version = "1.0.0"
-description = "fed8 on Flower: the ServerApp and ClientApp of the installed fed8 package"
+description = "{description}"
 license = "Apache-2.0"
 dependencies = []
 
@@ -44,12 +47,15 @@ packages = ["."]
 publisher = "fed8"
 
 [tool.flwr.app.components]
-serverapp = "fed8.flower.server_app:app"
-clientapp = "fed8.flower.client_app:app"
+serverapp = "{serverapp}"
+clientapp = "{clientapp}"
 
 [tool.flwr.app.config]
-run-dir = ""
-"""
+{keys}"""
+
+
+_APP = app_pyproject("fed8app", "fed8 on Flower: the ServerApp and ClientApp of the installed fed8 package",
+                     "fed8.flower.server_app:app", "fed8.flower.client_app:app", ("run-dir",))
 
 
 def _free_port() -> int:
