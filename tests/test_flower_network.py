@@ -2,7 +2,8 @@
 
 CI runs one real-process federation (tests/test_flower.py); these run on demand and
 before a release: a SuperNode killed mid-round and restarted, the ServerApp killed and
-the run resumed, TLS with SuperNode authentication and an unregistered node refused.
+the run resumed, TLS with SuperNode authentication and an unregistered node refused,
+secure aggregation over real Flower (and, in tests/test_flower.py, Ctrl-C + resume).
 """
 
 import json
