@@ -45,7 +45,7 @@ def main(grid: Grid, context: Context) -> None:
     nodes = sorted(grid.get_node_ids())[:n]
     model = load_federation(cfg).model
     state = {k: v.clone() for k, v in model.state_dict().items() if v.is_floating_point()}
-    seconds = []
+    seconds, correct = [], []
     for rnd in range(1, cfg.train.rounds + 1):
         t0 = time.perf_counter()
         rec = _pack(state)
@@ -62,10 +62,24 @@ def main(grid: Grid, context: Context) -> None:
             msgs = [Message(content=RecordDict({"model": rec, "job": ConfigRecord({"config": text, "round": rnd})}),
                             dst_node_id=node, message_type="evaluate") for node in nodes]
             replies = [r for r in grid.send_and_receive(msgs) if not r.has_error()]
-            sum(int(r.content["job"]["correct"]) for r in replies)
+            correct.append(sum(int(r.content["job"]["correct"]) for r in replies))
         seconds.append(time.perf_counter() - t0)
     with open(str(context.run_config["out"]), "w") as fh:
-        json.dump({"seconds": seconds}, fh)
+        json.dump({"seconds": seconds, "correct_on_nodes": correct}, fh)
+
+
+def _client(msg: Message, context: Context):
+    """The run's config, this node's partition and the model loaded with the sent weights."""
+    import torch
+
+    from fed8.stages.federation import load_federation
+
+    cfg = _cfg(str(msg.content["job"]["config"]))
+    torch.set_num_threads(1)
+    fed = load_federation(cfg)
+    start = {k: torch.from_numpy(msg.content["model"][k].numpy().copy()) for k in msg.content["model"].keys()}
+    fed.model.load_state_dict(start, strict=False)
+    return cfg, fed.model, fed.clients[int(context.node_config["partition-id"])], start
 
 
 @client.train()
@@ -73,15 +87,7 @@ def train(msg: Message, context: Context) -> Message:
     import torch
     import torch.nn.functional as F
 
-    from fed8.stages.federation import load_federation
-
-    cfg = _cfg(str(msg.content["job"]["config"]))
-    torch.set_num_threads(1)
-    fed = load_federation(cfg)
-    data = fed.clients[int(context.node_config["partition-id"])]
-    model = fed.model
-    start = {k: torch.from_numpy(msg.content["model"][k].numpy().copy()) for k in msg.content["model"].keys()}
-    model.load_state_dict(start, strict=False)
+    cfg, model, data, start = _client(msg, context)
     t = cfg.train
     opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     model.train()
@@ -102,15 +108,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     import torch
 
-    from fed8.stages.federation import load_federation
-
-    cfg = _cfg(str(msg.content["job"]["config"]))
-    torch.set_num_threads(1)
-    fed = load_federation(cfg)
-    data = fed.clients[int(context.node_config["partition-id"])]
-    model = fed.model
-    model.load_state_dict({k: torch.from_numpy(msg.content["model"][k].numpy().copy())
-                           for k in msg.content["model"].keys()}, strict=False)
+    _, model, data, _ = _client(msg, context)
     model.eval()
     with torch.no_grad():
         correct = int((model(data.x_test).argmax(1) == data.y_test).sum()) if len(data.y_test) else 0

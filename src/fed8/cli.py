@@ -356,9 +356,6 @@ def _cmd_report(args) -> int:
     return 0
 
 
-FLOWER_UNSUPPORTED = (("privacy.secagg_dropout", 0.0),)
-
-
 def _cmd_federation(args) -> int:
     from .config import load_config
     from .flower import require_flwr
@@ -379,13 +376,10 @@ def _cmd_federation(args) -> int:
         raise ConfigError(f"--nodes {nodes} differs from data.num_clients = {cfg.data.num_clients}: a local "
                           f"federation runs one SuperNode per client. Pass --set data.num_clients={nodes} or --nodes "
                           f"{cfg.data.num_clients}.")
-    flat = cfg.to_dict()
-    bad = [f"{k} = {flat[k.split('.')[0]][k.split('.')[1]]!r}" for k, ok in FLOWER_UNSUPPORTED
-           if flat[k.split(".")[0]][k.split(".")[1]] != ok]
-    if bad:
-        raise ConfigError(f"fed8 federation does not take {', '.join(bad)}: on real nodes dropouts happen (a node "
-                          "that misses a stage's deadline drops out); the simulated dropout is for fed8 run. Set it "
-                          "to 0.")
+    if cfg.privacy.secagg_dropout:
+        raise ConfigError(f"fed8 federation does not take privacy.secagg_dropout = {cfg.privacy.secagg_dropout}: on "
+                          "real nodes dropouts happen (a node that misses a stage's deadline drops out); the simulated "
+                          "dropout is for fed8 run. Set it to 0.")
     if cfg.federation.min_replies > cfg.data.num_clients:
         raise ConfigError(f"federation.min_replies = {cfg.federation.min_replies} is above data.num_clients = "
                           f"{cfg.data.num_clients}: no round could ever be aggregated. Use a value <= "

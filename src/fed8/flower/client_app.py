@@ -30,6 +30,14 @@ __all__ = ["app"]
 app = ClientApp()
 
 
+def _check_partition(context: Context, client: int) -> int:
+    """``client``, after checking the message reached the node of that partition."""
+    pid = int(context.node_config.get("partition-id", client))
+    if pid != client:
+        raise RuntimeError(f"message for client {client} reached the node of partition {pid}")
+    return client
+
+
 def _setup(msg: Message, context: Context):
     """The run's config, this node's model and data, its client id and the round, from a message.
 
@@ -44,10 +52,7 @@ def _setup(msg: Message, context: Context):
     raw = tomllib.loads(str(job["config"]))
     cfg = load_config(None, {f"{s}.{k}": v for s, keys in raw.items() for k, v in keys.items()})
     torch.set_num_threads(cfg.run.threads or os.cpu_count() or 1)
-    client = int(job["client"])
-    pid = int(context.node_config.get("partition-id", client))
-    if pid != client:
-        raise RuntimeError(f"message for client {client} reached the node of partition {pid}")
+    client = _check_partition(context, int(job["client"]))
     if context.node_config.get("data-path"):
         from ..stages.federation import load_node_data
 
@@ -124,7 +129,6 @@ def _masked_input(cfg, k: int, rnd: int, update, content, node) -> bytes | None:
 
     from ..privacy.dp import clip_by_norm
     from ..privacy.randomness import privacy_randomness
-    from ..privacy.secagg import SecAggClient
     from ..privacy.secagg.ring import flatten
     from ..privacy.secagg.summer import RoundEncoding
     from ..stages.aggregation import client_noise_std
@@ -141,12 +145,7 @@ def _masked_input(cfg, k: int, rnd: int, update, content, node) -> bytes | None:
                                   clip_norm=clip, noise_std=client_noise_std(cfg, _plan(cfg)))
     ring = enc.encode(vec, weight=weight, bit=int(norm <= clip), client=k, randomness=privacy_randomness(
         dp=p.dp != "none", insecure_reproducible=p.insecure_reproducible_noise, seed=cfg.run.seed))
-    state = node.load_secagg(rnd)
-    if state is None:
-        from ..errors import SecAggError
-
-        raise SecAggError(f"client {k} has no secure-aggregation keys for round {rnd} (its node lost them).")
-    client = SecAggClient.from_state(state)
+    client = node.secagg_client(rnd, k)
     payload = client.masked_input(ring, {int(u): from_bytes_array(a) for u, a in content["inbox"].items()})
     node.save_secagg(rnd, client.to_state())
     return payload
@@ -242,10 +241,7 @@ def _secagg_node(msg: Message, context: Context):
     from .node import NodeState
 
     job = msg.content["job"]
-    k, rnd = int(job["client"]), int(job["round"])
-    pid = int(context.node_config.get("partition-id", k))
-    if pid != k:
-        raise RuntimeError(f"message for client {k} reached the node of partition {pid}")
+    k, rnd = _check_partition(context, int(job["client"])), int(job["round"])
     return job, k, rnd, NodeState.of(context.node_config, str(job["run-key"]), k)
 
 
@@ -268,15 +264,10 @@ def secagg_keys(msg: Message, context: Context) -> Message:
 @app.query("secagg_shares")
 def secagg_shares(msg: Message, context: Context) -> Message:
     """Stage 1: Shamir shares of this client's mask seed and key, encrypted to each other participant."""
-    from ..errors import SecAggError
-    from ..privacy.secagg import SecAggClient
     from .messages import from_bytes_array
 
     _, k, rnd, node = _secagg_node(msg, context)
-    state = node.load_secagg(rnd)
-    if state is None:
-        raise SecAggError(f"client {k} has no secure-aggregation keys for round {rnd}.")
-    client = SecAggClient.from_state(state)
+    client = node.secagg_client(rnd, k)
     cts = client.share_keys({int(u): from_bytes_array(a) for u, a in msg.content["secagg"].items()})
     node.save_secagg(rnd, client.to_state())
     return _secagg_reply(msg, k, rnd, {str(v): bytes_array(ct) for v, ct in cts.items()})
@@ -287,13 +278,7 @@ def secagg_unmask(msg: Message, context: Context) -> Message:
     """Stage 3: the shares that remove the masks of the round's senders (never both of one client's secrets)."""
     import json
 
-    from ..errors import SecAggError
-    from ..privacy.secagg import SecAggClient
-
     job, k, rnd, node = _secagg_node(msg, context)
-    state = node.load_secagg(rnd)
-    if state is None:
-        raise SecAggError(f"client {k} has no secure-aggregation state for round {rnd}.")
-    shares = SecAggClient.from_state(state).unmask(json.loads(str(job["senders"])))
+    shares = node.secagg_client(rnd, k).unmask(json.loads(str(job["senders"])))
     node.drop_secagg(rnd)
     return _secagg_reply(msg, k, rnd, {f"{kind}{u}": bytes_array(share) for u, (kind, share) in shares.items()})

@@ -89,5 +89,16 @@ class NodeState:
         path = self._secagg(rnd)
         return json.loads(path.read_text()) if path.exists() else None
 
+    def secagg_client(self, rnd: int, client: int):
+        """The client's :class:`~fed8.privacy.secagg.SecAggClient` of round ``rnd``, from its state file."""
+        from ..errors import SecAggError
+        from ..privacy.secagg import SecAggClient
+
+        state = self.load_secagg(rnd)
+        if state is None:
+            raise SecAggError(f"client {client} has no secure-aggregation state for round {rnd} (its node lost it, "
+                              "or missed the key stage).")
+        return SecAggClient.from_state(state)
+
     def drop_secagg(self, rnd: int) -> None:
         self._secagg(rnd).unlink(missing_ok=True)
