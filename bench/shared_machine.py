@@ -1,15 +1,19 @@
-"""Workload SHARED: a training step on a machine another process is also using.
+"""Workload SHARED: training on a machine another process is also using (OpenMP wait policy).
 
-Times ``--steps`` SGD steps of the ``cnn`` on a batch of 10 MNIST-shaped images with
-``--threads`` torch threads, in a fresh process per setting (OpenMP reads its wait policy
-once, at start), for OpenMP's default wait policy and ``OMP_WAIT_POLICY=PASSIVE``, next to
-each competitor: none, a pure-Python spin loop (one core busy), and another 2-thread torch
-job with the default policy (a second run or a test suite). The competitor is started by
-this script and stopped after each setting. Prints the median milliseconds per step of each
-setting and, last, a JSON line with the default / PASSIVE ratios.
+Part ``step``: times ``--steps`` SGD steps of the ``cnn`` on a batch of 10 MNIST-shaped
+images with ``--threads`` torch threads, in a fresh process per setting (OpenMP reads its
+wait policy once, when torch loads it), with libgomp's default policy and with
+``OMP_WAIT_POLICY=PASSIVE`` (what the ``fed8`` command sets), next to each competitor:
+none; a pure-Python spin loop (one core busy); a 2-thread torch matmul loop (always busy);
+another 2-thread training loop with the default policy; the same with ``PASSIVE`` (e.g.
+another ``fed8`` run). Part ``run``: a short ``fed8.run`` (S8-sized: 100 clients of 8
+images, 3 rounds, no quantize stage; the same launcher for both policies, ``PASSIVE`` being
+what the ``fed8`` command sets and the default what fed8 ran with before) next to nothing
+and next to each training loop. Competitors are started by this script and stopped after
+each setting. The last line is JSON.
 
-    python bench/shared_machine.py
-    python bench/shared_machine.py --threads 2 --steps 60
+    python bench/shared_machine.py                       # both parts
+    python bench/shared_machine.py --part step --threads 2 --steps 60
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+import time
 
 STEP = r"""
 import statistics, sys, time, torch
@@ -29,55 +35,91 @@ m = build_model("cnn", in_channels=1, height=28, width=28, num_classes=10, seed=
 opt = torch.optim.SGD(m.parameters(), lr=0.05)
 x, y = torch.randn(10, 1, 28, 28), torch.randint(0, 10, (10,))
 times = []
-for i in range(int(sys.argv[2]) + 5):
+steps = int(sys.argv[2])
+i = 0
+while steps == 0 or i < steps + 5:
     t0 = time.perf_counter()
     loss = F.cross_entropy(m(x), y)
     opt.zero_grad(); loss.backward(); opt.step()
     if i >= 5:
         times.append(time.perf_counter() - t0)
+    i += 1
 print(1000 * statistics.median(times))
 """
 
-
 COMPETITORS = {
-    # one core busy with a pure-Python loop
-    "python": "while True: pass",
-    # another 2-thread torch job (a second fed8 run, a test suite): default OpenMP policy, like most
-    "torch": "import torch\ntorch.set_num_threads(2)\na = torch.randn(256, 256)\nwhile True:\n    a @ a",
+    "python spin loop": ([sys.executable, "-c", "while True: pass"], None),
+    "torch matmul loop": ([sys.executable, "-c", "import torch\ntorch.set_num_threads(2)\na = torch.randn(256, 256)\n"
+                           "while True:\n    a @ a"], None),
+    "training loop, default policy": ([sys.executable, "-c", STEP, "2", "0"], None),
+    "training loop, PASSIVE": ([sys.executable, "-c", STEP, "2", "0"], "PASSIVE"),
 }
 
+RUN_SETS = ["data.subset=800", "data.partition=iid", "data.num_clients=100", "data.test_fraction=0.0",
+            "train.rounds=3", "train.fraction=1.0", "train.batch_size=10", "eval.every=0", "run.threads=2",
+            "quantize.enabled=false", "run.client_batching=off"]
 
-def step_ms(threads: int, steps: int, policy: str | None, competitor: str | None) -> float:
+
+def _env(policy: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if policy:
         env["OMP_WAIT_POLICY"] = policy
-    clean = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    spinner = (subprocess.Popen([sys.executable, "-c", COMPETITORS[competitor]], env=clean)
-               if competitor else None)
+    return env
+
+
+def _next_to(competitor: str | None, cmd: list[str], env: dict[str, str]) -> str:
+    spinner = None
+    if competitor:
+        argv, policy = COMPETITORS[competitor]
+        spinner = subprocess.Popen(argv, env=_env(policy), stdout=subprocess.DEVNULL)
     try:
-        out = subprocess.run([sys.executable, "-c", STEP, str(threads), str(steps)], env=env, check=True,
-                             capture_output=True, text=True, timeout=600).stdout
+        return subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=1200).stdout
     finally:
         if spinner is not None:
             spinner.kill()
             spinner.wait()
-    return float(out.strip().splitlines()[-1])
+
+
+def part_step(threads: int, steps: int) -> dict:
+    rows = {}
+    for competitor in (None, *COMPETITORS):
+        for policy in (None, "PASSIVE"):
+            out = _next_to(competitor, [sys.executable, "-c", STEP, str(threads), str(steps)], _env(policy))
+            ms = float(out.strip().splitlines()[-1])
+            rows[f"{competitor or 'none'} / {policy or 'default'}"] = round(ms, 2)
+            print(f"competitor {competitor or 'none':30} our policy {policy or 'default':8} {ms:8.2f} ms/step",
+                  flush=True)
+    return rows
+
+
+def part_run() -> dict:
+    rows = {}
+    code = "import sys, fed8; fed8.run(fed8.load_config(None, sys.argv[1:]), report=False)"
+    with tempfile.TemporaryDirectory() as tmp:
+        for competitor in (None, "training loop, PASSIVE", "training loop, default policy"):
+            for policy in ("PASSIVE", None):
+                t0 = time.perf_counter()
+                _next_to(competitor, [sys.executable, "-c", code, *RUN_SETS, f"run.out={tmp}/{len(rows)}"],
+                         _env(policy))
+                s = time.perf_counter() - t0
+                rows[f"{competitor or 'none'} / {policy or 'default'}"] = round(s, 1)
+                print(f"fed8 run next to {competitor or 'nothing':30} our policy {policy or 'default':8} {s:7.1f} s",
+                      flush=True)
+    return rows
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--part", choices=("step", "run", "all"), default="all")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=60)
     a = ap.parse_args()
-    rows = {}
-    for competitor in (None, "python", "torch"):
-        for policy in (None, "PASSIVE"):
-            name = f"{competitor or 'quiet'} / {policy or 'default'}"
-            rows[name] = step_ms(a.threads, a.steps, policy, competitor)
-            print(f"competitor {competitor or 'none':7} wait policy {policy or 'default':8} {rows[name]:8.2f} ms/step",
-                  flush=True)
-    ratios = {c: rows[f"{c} / default"] / rows[f"{c} / PASSIVE"] for c in ("quiet", "python", "torch")}
-    print(json.dumps({"threads": a.threads, "steps": a.steps, "ms_per_step": rows, "default_over_passive": ratios}))
+    result = {"threads": a.threads, "steps": a.steps}
+    if a.part in ("step", "all"):
+        result["ms_per_step"] = part_step(a.threads, a.steps)
+    if a.part in ("run", "all"):
+        result["run_seconds"] = part_run()
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

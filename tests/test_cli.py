@@ -1,5 +1,8 @@
+import os
 import subprocess
 import sys
+
+import pytest
 
 import fed8
 from fed8.cli import main
@@ -45,6 +48,31 @@ def test_run_and_report(tmp_path, small, capsys):
     assert all(f"<th>{h}</th>" in per_round for h in ("eval acc", "clients mean", "uplink", "downlink", "s"))
     assert "<th>epsilon</th>" not in per_round  # columns without values (no DP here) are left out
     assert main(["report", str(tmp_path / "nope")]) == 2  # a user error: exit 2
+
+
+@pytest.mark.parametrize("user", [None, "ACTIVE"])
+def test_cli_sets_passive_openmp_wait_policy_before_torch_loads(user):
+    """libgomp (torch's OpenMP) prints its settings (OMP_DISPLAY_ENV) when torch loads it: unset, it spins
+    300,000 times at a barrier (and shows PASSIVE); PASSIVE spins 0 times; ACTIVE 3e10 times."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["OMP_DISPLAY_ENV"] = "VERBOSE"
+    if user:
+        env["OMP_WAIT_POLICY"] = user  # a user's own choice is kept
+    r = subprocess.run([sys.executable, "-c", "import sys; from fed8.cli import main; sys.exit(main(['info']))"],
+                       capture_output=True, text=True, check=True, env=env)
+    shown = r.stdout + r.stderr
+    assert f"OMP_WAIT_POLICY = '{user or 'PASSIVE'}'" in shown
+    assert f"GOMP_SPINCOUNT = '{'30000000000' if user else '0'}'" in shown
+    assert f"OpenMP wait policy: {user or 'PASSIVE'}" in r.stdout
+
+
+def test_flower_processes_get_the_wait_policy(monkeypatch, tmp_path):
+    from fed8.flower.launcher import flower_env
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert flower_env(tmp_path)["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert flower_env(tmp_path)["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
 def test_import_is_cheap():

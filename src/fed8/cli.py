@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
+from ._threads import set_wait_policy, wait_policy
 from .errors import CheckpointError, ConfigError, DataError, DeployError, Fed8Error, MissingExtraError, ParameterError
 
 __all__ = ["main"]
@@ -122,6 +123,7 @@ def _cmd_info(args) -> int:
     con.print(f"python {platform.python_version()} ({platform.platform()})")
     con.print(f"torch {torch.__version__}; threads {torch.get_num_threads()} (cores {os.cpu_count()}); "
               f"cuda {'yes' if torch.cuda.is_available() else 'no'}")
+    con.print(f"OpenMP wait policy: {wait_policy()}")
     for mod in ("onnx", "onnxruntime", "openvino", "flwr", "dp_accounting"):
         try:
             from importlib.metadata import version
@@ -444,6 +446,7 @@ def _cmd_certs(args) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    set_wait_policy()  # before any handler imports torch: libgomp reads it once, when torch loads it
     args = _parser().parse_args(argv)
     handlers = {"run": _cmd_run, "init": _cmd_init, "info": _cmd_info, "report": _cmd_report,
                 "quantize": _cmd_quantize, "predict": _cmd_predict, "certs": _cmd_certs,
