@@ -42,7 +42,7 @@ def test_batched_updates_match_sequential_for_ragged_clients(name, local, dtype)
         scale = max(1.0, max(float(v.abs().max()) for v in a.delta.values()))
         for k in a.delta:
             assert float((a.delta[k] - b.delta[k]).abs().max()) <= tol * scale, (name, k)
-        assert b.train_loss == pytest.approx(a.train_loss, rel=1e-4)
+        assert b.train_loss == pytest.approx(a.train_loss, rel=max(1e-4, tol))
     assert max(float(v.abs().max()) for v in bat[1].delta.values()) > 0  # the one-image client trained too
 
 

@@ -66,13 +66,36 @@ def test_cli_sets_passive_openmp_wait_policy_before_torch_loads(user):
     assert f"OpenMP wait policy: {user or 'PASSIVE'}" in r.stdout
 
 
-def test_flower_processes_get_the_wait_policy(monkeypatch, tmp_path):
+def test_flower_processes_get_the_wait_policy_and_malloc_thresholds(monkeypatch, tmp_path):
     from fed8.flower.launcher import flower_env
 
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    assert flower_env(tmp_path)["OMP_WAIT_POLICY"] == "PASSIVE"
+    for name in ("OMP_WAIT_POLICY", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.delenv(name, raising=False)
+    env = flower_env(tmp_path)
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["MALLOC_MMAP_THRESHOLD_"] == str(1 << 30)
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    assert flower_env(tmp_path)["OMP_WAIT_POLICY"] == "ACTIVE"
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")
+    env = flower_env(tmp_path)
+    assert env["OMP_WAIT_POLICY"] == "ACTIVE" and env["MALLOC_TRIM_THRESHOLD_"] == "0"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_malloc_thresholds_stop_refaulting_freed_buffers():
+    """A 40 MiB buffer (an evaluation batch's activations) freed and allocated again: glibc's defaults map fresh
+    pages every time (above the 32 MiB ceiling of its dynamic mmap threshold); after tune_malloc it is reused."""
+    code = (
+        "import resource, sys, torch\n"
+        "from fed8._process import tune_malloc\n"
+        "if sys.argv[1] == '1': assert tune_malloc()\n"
+        "for _ in range(20): torch.empty(10 << 20).fill_(1)\n"  # the heap settles (grows to fit) first
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "for _ in range(20): torch.empty(10 << 20).fill_(1)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    faults = {on: int(subprocess.run([sys.executable, "-c", code, on], capture_output=True, text=True, check=True,
+                                     env=env).stdout) for on in ("0", "1")}
+    pages = 20 * (40 << 20) // 4096
+    assert faults["1"] < 0.1 * pages < faults["0"], faults
 
 
 def test_import_is_cheap():

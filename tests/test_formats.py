@@ -60,10 +60,15 @@ def test_fp8_nan_stays_nan_and_overflow_without_saturation():
 
 # -- FP8 bit-exact against oracles over all 65,536 float16 patterns ---------------------------
 @pytest.mark.parametrize("fmt", [E4M3FN, E5M2], ids=lambda f: f.name)
-def test_fp8_saturating_matches_torch_cast(fmt):
-    ours = to_bits(ALL_F16, fmt)
-    ref = ALL_F16.clamp(-fmt.max, fmt.max).to(fmt.torch_dtype).view(torch.uint8)
+def test_fp8_saturating_matches_ml_dtypes(fmt):
+    ours = to_bits(ALL_F16, fmt)  # torch's cast after a clamp; ml_dtypes is an independent implementation
+    ref = torch.from_numpy(ALL_F16.clamp(-fmt.max, fmt.max).numpy().astype(ML[fmt.name]).view(np.uint8).copy())
     assert bool(same_bits(ours, ref, fmt).all())
+    # float32 inputs (more mantissa bits than float16: the ties and sticky bits differ): a sweep of bit patterns
+    x = (torch.arange(0, 2**32, 65521, dtype=torch.int64) - 2**31).to(torch.int32).view(torch.float32)
+    with np.errstate(invalid="ignore"):  # NaN patterns stay NaN
+        ref32 = torch.from_numpy(x.clamp(-fmt.max, fmt.max).numpy().astype(ML[fmt.name]).view(np.uint8).copy())
+    assert bool(same_bits(to_bits(x, fmt), ref32, fmt).all())
     finite = ALL_F16.isfinite()
     assert not from_bits(ours, fmt)[finite].isnan().any() and not from_bits(ours, fmt)[finite].isinf().any()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from ._threads import set_wait_policy, wait_policy
+from ._process import set_process_env, tune_malloc, wait_policy
 from .errors import CheckpointError, ConfigError, DataError, DeployError, Fed8Error, MissingExtraError, ParameterError
 
 __all__ = ["main"]
@@ -446,7 +446,10 @@ def _cmd_certs(args) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    set_wait_policy()  # before any handler imports torch: libgomp reads it once, when torch loads it
+    # Before any handler imports torch (libgomp reads its wait policy once, when torch loads it): this
+    # process's malloc thresholds (unless the user set them), then the environment its children inherit.
+    tune_malloc()
+    set_process_env()
     args = _parser().parse_args(argv)
     handlers = {"run": _cmd_run, "init": _cmd_init, "info": _cmd_info, "report": _cmd_report,
                 "quantize": _cmd_quantize, "predict": _cmd_predict, "certs": _cmd_certs,

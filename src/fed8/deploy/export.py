@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import DeployError
 
-__all__ = ["OPSET", "export_onnx", "read_metadata", "set_metadata", "stamp_metadata"]
+__all__ = ["OPSET", "export_onnx", "graph_key", "read_metadata", "set_metadata", "stamp_metadata"]
 
 # Opset 19 is the first with float8 QuantizeLinear / DequantizeLinear.
 OPSET = 19
@@ -61,6 +61,17 @@ def stamp_metadata(path: str | Path, metadata: Mapping[str, Any]) -> None:
     m = onnx.load(str(path))
     set_metadata(m, metadata)
     onnx.save(m, str(path))
+
+
+def graph_key(path: str | Path) -> str:
+    """A digest of an ONNX file's model without its metadata: equal for files that compute the same thing."""
+    import hashlib
+
+    import onnx
+
+    m = onnx.load(str(path))
+    del m.metadata_props[:]
+    return hashlib.sha256(m.SerializeToString(deterministic=True)).hexdigest()
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

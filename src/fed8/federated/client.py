@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.layout import fast_layout
+
 __all__ = ["ClientData", "ClientUpdate", "LocalTraining", "local_test_split", "train_client", "trainable_keys"]
 
 
@@ -100,6 +102,7 @@ def train_client(
         ``delta[k] = w_local[k] - w_global[k]`` for every float entry; mean loss over
         all minibatches of all local epochs.
     """
+    fast_layout(model)
     model.load_state_dict(global_state)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -123,5 +126,5 @@ def train_client(
             steps += 1
     with torch.no_grad():
         local = model.state_dict()
-        delta = {k: local[k] - global_state[k] for k in trainable_keys(global_state)}
+        delta = {k: (local[k] - global_state[k]).contiguous() for k in trainable_keys(global_state)}
     return ClientUpdate(client=client, delta=delta, num_samples=n, train_loss=float(total) / max(steps, 1))

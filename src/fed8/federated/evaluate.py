@@ -9,12 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.layout import fast_layout
+
 __all__ = ["client_accuracy_from_counts", "client_accuracy_stats", "evaluate", "predict_correct"]
 
 
 @torch.no_grad()
 def predict_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample cross-entropy loss and correctness (bool), in eval mode."""
+    fast_layout(model)
     model.eval()
     losses, correct = [], []
     for i in range(0, x.shape[0], batch_size):

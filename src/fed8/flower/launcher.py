@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import Fed8Error
-from .._threads import set_wait_policy
+from .._process import set_process_env
 
 __all__ = ["app_pyproject", "flower_env", "local_federation", "run_federation", "write_app"]
 
@@ -138,11 +138,11 @@ def _stop(procs: list[subprocess.Popen], home: Path | None = None) -> None:
 def flower_env(home: Path) -> dict[str, str]:
     """The environment of every Flower process: ``FLWR_HOME`` here, telemetry and update checks off.
 
-    The processes also get fed8's OpenMP wait policy (:mod:`fed8._threads`) unless the user set one:
-    a SuperNode's ClientApp trains with torch next to the other nodes on the same machine.
+    The processes also get fed8's OpenMP wait policy and malloc thresholds (:mod:`fed8._process`)
+    unless the user set them: a SuperNode's ClientApp trains with torch next to the other nodes.
     """
     env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
-    set_wait_policy(env)
+    set_process_env(env)
     return env
 
 

@@ -85,7 +85,7 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
     and named in a note.
     """
     from ..deploy.calibrate import merge_histograms, merge_ranges, thresholds
-    from ..deploy.export import read_metadata, stamp_metadata
+    from ..deploy.export import graph_key, read_metadata, stamp_metadata
     from ..deploy.gate import gate, layer_sqnr_from_sums
     from ..federated.evaluate import client_accuracy_from_counts
     from ..deploy.quantize import fp8_activation_scales, quantize_fp8_model, quantize_int8_model
@@ -115,15 +115,32 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
 
     base = score(fp32_logits)
 
+    # A model is evaluated once per graph: the FP8 scale selection, the gate and the measurement often meet
+    # the same one again (its file rewritten, or only its metadata stamped), and ORT's results depend on
+    # the graph alone. Keyed by the graph's bytes without metadata.
+    memo: dict[tuple[str, str], Any] = {}
+
+    def eval_logits(path: Path, sess=None) -> np.ndarray:
+        key = ("eval", graph_key(path))
+        if key not in memo:
+            memo[key] = run_logits(sess or session(path, threads=q.threads), data.eval_x)
+        return memo[key]
+
+    def client_counts(path: Path) -> list[tuple[int, int]] | None:
+        key = ("clients", graph_key(path))
+        if key not in memo:
+            memo[key] = stats.correct(path)
+        return memo[key]
+
     def on_device(path: Path) -> dict | None:
-        counts = stats.correct(path)
+        counts = client_counts(path)
         return client_accuracy_from_counts(counts) if counts is not None else None
 
-    def select(path: Path, sess) -> float:
+    def select(path: Path) -> float:
         """The clients' accuracy on their local test splits (counts summed); else the eval split's score."""
-        counts = stats.correct(path) or []
+        counts = client_counts(path) or []
         n = sum(c for _, c in counts)
-        return sum(h for h, _ in counts) / n if n else score(run_logits(sess, data.eval_x))
+        return sum(h for h, _ in counts) / n if n else score(eval_logits(path))
 
     def timings(sess) -> dict[str, float]:  # the same for every model and runtime
         shape = tuple(data.input_shape)
@@ -172,8 +189,7 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
                 for m in candidates:
                     say(f"{fmt}: trying {m} activation scales")
                     quantize_fp8_model(fp32, path, scales[m], fmt, scale_method=q.fp8_weight_scale)
-                    sess = session(path, threads=q.threads)
-                    tried[m] = select(path, sess)
+                    tried[m] = select(path)
                 choice = max(candidates, key=lambda m: tried[m])  # ties keep the first (amax)
                 info["activation_scale_candidates"] = tried
             info["activation_scale"] = choice
@@ -185,7 +201,7 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
         def build(keep: Sequence[str]) -> float:
             say(f"quantizing {fmt}" + (f" ({len(keep)} layer(s) kept in float)" if keep else ""))
             make(keep)
-            return score(run_logits(session(path, threads=q.threads), data.eval_x))
+            return score(eval_logits(path))
 
         def ranking(_f=fmt, _s=fp8_scales):
             say(f"{_f}: ranking layers by SQNR")
@@ -199,7 +215,7 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
         stamp_metadata(path, {**meta, "format": fmt, **({"int8_graph_rewrites": rewrites} if rewrites else {}),
                               **({"ort_session_config": FP8_CPU_SESSION_CONFIG} if fmt != "int8" else {})})
         sess = session(path, threads=q.threads)
-        logits = run_logits(sess, data.eval_x)
+        logits = eval_logits(path, sess)
         row = measure(fmt, path, sess, logits)
         row.update(info)
         if use_openvino:
