@@ -14,6 +14,7 @@ each setting. The last line is JSON.
 
     python bench/shared_machine.py                       # both parts
     python bench/shared_machine.py --part step --threads 2 --steps 60
+    python bench/shared_machine.py --part step --policies default,PASSIVE,spin=10000
 """
 
 from __future__ import annotations
@@ -61,8 +62,11 @@ RUN_SETS = ["data.subset=800", "data.partition=iid", "data.num_clients=100", "da
 
 
 def _env(policy: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if policy:
+    """``None``: libgomp's default; ``"PASSIVE"`` / ``"ACTIVE"``: OMP_WAIT_POLICY; ``"spin=N"``: GOMP_SPINCOUNT=N."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    if policy and policy.startswith("spin="):
+        env["GOMP_SPINCOUNT"] = policy[5:]
+    elif policy:
         env["OMP_WAIT_POLICY"] = policy
     return env
 
@@ -80,10 +84,10 @@ def _next_to(competitor: str | None, cmd: list[str], env: dict[str, str]) -> str
             spinner.wait()
 
 
-def part_step(threads: int, steps: int) -> dict:
+def part_step(threads: int, steps: int, policies: list[str | None]) -> dict:
     rows = {}
     for competitor in (None, *COMPETITORS):
-        for policy in (None, "PASSIVE"):
+        for policy in policies:
             out = _next_to(competitor, [sys.executable, "-c", STEP, str(threads), str(steps)], _env(policy))
             ms = float(out.strip().splitlines()[-1])
             rows[f"{competitor or 'none'} / {policy or 'default'}"] = round(ms, 2)
@@ -92,12 +96,12 @@ def part_step(threads: int, steps: int) -> dict:
     return rows
 
 
-def part_run() -> dict:
+def part_run(policies: list[str | None]) -> dict:
     rows = {}
     code = "import sys, fed8; fed8.run(fed8.load_config(None, sys.argv[1:]), report=False)"
     with tempfile.TemporaryDirectory() as tmp:
         for competitor in (None, "training loop, PASSIVE", "training loop, default policy"):
-            for policy in ("PASSIVE", None):
+            for policy in policies:
                 t0 = time.perf_counter()
                 _next_to(competitor, [sys.executable, "-c", code, *RUN_SETS, f"run.out={tmp}/{len(rows)}"],
                          _env(policy))
@@ -113,12 +117,15 @@ def main() -> None:
     ap.add_argument("--part", choices=("step", "run", "all"), default="all")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--policies", default="default,PASSIVE",
+                    help="comma-separated: default, PASSIVE, ACTIVE, spin=N (GOMP_SPINCOUNT)")
     a = ap.parse_args()
+    policies = [None if p == "default" else p for p in a.policies.split(",")]
     result = {"threads": a.threads, "steps": a.steps}
     if a.part in ("step", "all"):
-        result["ms_per_step"] = part_step(a.threads, a.steps)
+        result["ms_per_step"] = part_step(a.threads, a.steps, policies)
     if a.part in ("run", "all"):
-        result["run_seconds"] = part_run()
+        result["run_seconds"] = part_run(policies)
     print(json.dumps(result))
 
 

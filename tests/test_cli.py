@@ -54,7 +54,7 @@ def test_run_and_report(tmp_path, small, capsys):
 def test_cli_sets_passive_openmp_wait_policy_before_torch_loads(user):
     """libgomp (torch's OpenMP) prints its settings (OMP_DISPLAY_ENV) when torch loads it: unset, it spins
     300,000 times at a barrier (and shows PASSIVE); PASSIVE spins 0 times; ACTIVE 3e10 times."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env["OMP_DISPLAY_ENV"] = "VERBOSE"
     if user:
         env["OMP_WAIT_POLICY"] = user  # a user's own choice is kept
@@ -69,7 +69,7 @@ def test_cli_sets_passive_openmp_wait_policy_before_torch_loads(user):
 def test_flower_processes_get_the_wait_policy_and_malloc_thresholds(monkeypatch, tmp_path):
     from fed8.flower.launcher import flower_env
 
-    for name in ("OMP_WAIT_POLICY", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
         monkeypatch.delenv(name, raising=False)
     env = flower_env(tmp_path)
     assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["MALLOC_MMAP_THRESHOLD_"] == str(1 << 30)
@@ -77,6 +77,9 @@ def test_flower_processes_get_the_wait_policy_and_malloc_thresholds(monkeypatch,
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")
     env = flower_env(tmp_path)
     assert env["OMP_WAIT_POLICY"] == "ACTIVE" and env["MALLOC_TRIM_THRESHOLD_"] == "0"
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "300000")  # libgomp's default spin count, asked for: no policy on top
+    assert "OMP_WAIT_POLICY" not in flower_env(tmp_path)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")

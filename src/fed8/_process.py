@@ -45,7 +45,8 @@ def set_process_env(environ: MutableMapping[str, str] | None = None) -> None:
     For processes fed8 starts; glibc reads the ``MALLOC_*`` variables when a process starts.
     """
     env = os.environ if environ is None else environ
-    env.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
+    if "GOMP_SPINCOUNT" not in env:  # libgomp's own spin count, if the user set one, wins over any policy
+        env.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
     for name, (_, value) in MALLOC.items():
         env.setdefault(name, str(value))
 
@@ -67,6 +68,8 @@ def tune_malloc() -> dict[str, int]:
 
 def wait_policy() -> str:
     """The wait policy asked of torch's OpenMP in this process, in words (for ``fed8 info``)."""
+    if "GOMP_SPINCOUNT" in os.environ:
+        return f"GOMP_SPINCOUNT={os.environ['GOMP_SPINCOUNT']}"
     value = os.environ.get("OMP_WAIT_POLICY")
     if value is None:
         return "default (threads spin at barriers; on a shared machine set OMP_WAIT_POLICY=PASSIVE before torch loads)"

@@ -176,6 +176,16 @@ def _cmd_run(args) -> int:
     from .stages.train import default_run_dir, run
     from .rundir import RunDir
 
+    from .federated.distributed import init_group, world_from_env
+
+    runner = run
+    if world_from_env()[1] > 1:  # under torchrun: rank 0 is the run, the other ranks train clients
+        from .stages.distributed import run_distributed, serve_worker
+
+        if init_group()[0] != 0:
+            serve_worker()
+            return 0
+        runner = run_distributed
     con = _console()
     if args.resume:
         if args.config:
@@ -188,6 +198,8 @@ def _cmd_run(args) -> int:
         out = Path(args.out) if args.out else default_run_dir(cfg)
     con.print(f"[bold]fed8 run[/] {cfg.model.name} on {cfg.data.source}: {cfg.data.num_clients} clients "
               f"({cfg.data.partition}), {cfg.train.rounds} rounds, run directory {out}")
+    if runner is not run:
+        con.print(f"clients' training sharded over {world_from_env()[1]} ranks (torchrun; this is rank 0)")
     with Progress(TextColumn("round {task.completed:.0f}/{task.total:.0f}"), BarColumn(bar_width=8), TimeElapsedColumn(),
                   TextColumn("{task.description}"), console=con, transient=False) as bar:
         task = bar.add_task("preparing data and model", total=cfg.train.rounds)
@@ -196,8 +208,8 @@ def _cmd_run(args) -> int:
             bar.update(task, completed=row["round"], description=progress_line(row))
 
         try:
-            result = run(cfg, out=None if args.resume else out, resume=args.resume, overrides=args.overrides,
-                         progress=progress, report=not args.no_report)
+            result = runner(cfg, out=None if args.resume else out, resume=args.resume, overrides=args.overrides,
+                            progress=progress, report=not args.no_report)
         except KeyboardInterrupt:
             bar.stop()
             if (out / "config.toml").exists():
@@ -362,7 +374,10 @@ def _cmd_federation(args) -> int:
     from .config import load_config
     from .flower import require_flwr
     from .rundir import RunDir
+    from .stages.distributed import refuse_flower_under_torchrun
     from .stages.train import default_run_dir
+
+    refuse_flower_under_torchrun()
 
     require_flwr()
     con = _console()

@@ -32,6 +32,7 @@ from .round import Reply, RoundLoop
 
 if TYPE_CHECKING:
     from ..compression.wire import Wire
+    from .distributed import Workers
 
 __all__ = ["ClientHook", "InProcessTransport", "Simulation"]
 
@@ -67,6 +68,9 @@ class InProcessTransport:
         0 for an automatic size: chunks of clients trained together
         (:func:`~fed8.federated.batched.train_clients_batched`), falling back to one by one
         (reason logged once) for models it cannot batch.
+    workers
+        :class:`~fed8.federated.distributed.Workers`: the clients' training sharded over the
+        ranks of a ``torch.distributed`` group (this process is rank 0); None: all here.
     """
 
     model: nn.Module
@@ -77,6 +81,7 @@ class InProcessTransport:
     client_hooks: Sequence[ClientHook] = ()
     eval_batch_size: int = 500
     client_batch_size: int = 1  # > 1 or 0 (auto): train chunks of clients together (fed8.federated.batched)
+    workers: "Workers | None" = None  # worker ranks of a torch.distributed group (fed8.federated.distributed)
 
     def __post_init__(self) -> None:
         self.local_x, self.local_y, self.owner = local_test_split(self.clients)
@@ -93,7 +98,16 @@ class InProcessTransport:
         return down
 
     def _updates(self, rnd: int, clients: Sequence[int]) -> Iterator[ClientUpdate]:
-        """The clients' trained updates, in order: one by one, or chunk by chunk when batching applies."""
+        """The clients' trained updates, in order; sharded over the worker ranks when there are some."""
+        if self.workers is not None:
+            yield from self.workers.updates(rnd, self._received, clients,
+                                            lambda ks: self.local_updates(rnd, self._received, ks))
+        else:
+            yield from self.local_updates(rnd, self._received, clients)
+
+    def local_updates(self, rnd: int, received: Mapping[str, torch.Tensor],
+                      clients: Sequence[int]) -> Iterator[ClientUpdate]:
+        """``clients``' updates trained here from ``received``: one by one, or chunk by chunk when batching applies."""
         chunk = self.client_batch_size
         if chunk != 1:
             from .batched import auto_chunk, batching_blocker
@@ -108,7 +122,7 @@ class InProcessTransport:
                 chunk = auto_chunk(self.model, len(clients))
         if chunk == 1:
             for k in clients:
-                yield train_client(self.model, self._received, self.clients[k], self.local,
+                yield train_client(self.model, received, self.clients[k], self.local,
                                    generator=torch_generator(self.seed, TRAIN, rnd, k), client=k)
             return
         from .batched import train_clients_batched
@@ -116,7 +130,7 @@ class InProcessTransport:
         for i in range(0, len(clients), chunk):
             ks = list(clients[i : i + chunk])
             yield from train_clients_batched(
-                self.model, self._received, [self.clients[k] for k in ks], self.local,
+                self.model, received, [self.clients[k] for k in ks], self.local,
                 generators=[torch_generator(self.seed, TRAIN, rnd, k) for k in ks], clients=ks)
 
     def collect(self, rnd: int, clients: Sequence[int]) -> Iterator[Reply]:
