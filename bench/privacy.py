@@ -22,6 +22,10 @@ fraction per round.
     python bench/privacy.py                 # parts dp and secagg
     python bench/privacy.py --part secagg --n 10 50
     python bench/privacy.py --part secagg-accuracy
+    python bench/privacy.py --part scale --settings "mlp64 q=0.1 T=100 E=5 lr0.1 C=1 fedavgm"
+
+Part ``scale``: DP-FedAvg (central, RDP, delta 1e-5) with 1,000 clients of 8 images
+(``SCALE_RUNS``: every setting tried, each at its epsilons and without DP).
 """
 
 from __future__ import annotations
@@ -115,9 +119,54 @@ def bench_secagg_accuracy(threads: int) -> list[dict]:
     return out
 
 
+# Part scale: 1,000 clients of 8 images (MNIST-10k's 8,000 training images, IID; the usual 2,000-image eval split),
+# Poisson sampling, central DP (RDP, delta 1e-5) against the same run without DP. Each entry is one tried setting.
+SCALE_BASE = ["data.num_clients=1000", "data.partition=iid", "data.test_fraction=0.0", "train.sampling=poisson",
+              "train.batch_size=8", "train.momentum=0.0", "quantize.enabled=false", "eval.every=0"]
+SCALE_RUNS = {  # name: (settings, epsilons; None = the same training without DP), in the order they were tried
+    "cnn q=0.1 T=100 E=1 C=1": (["model.name=cnn", "train.fraction=0.1", "train.rounds=100", "train.local_epochs=1",
+                                 "privacy.clip_norm=1.0"], [None, 8]),
+    "mlp64 q=0.1 T=100 E=5 lr0.1 C=1 fedavgm": (
+        ["model.name=mlp", "model.hidden=64", "train.fraction=0.1", "train.rounds=100", "train.local_epochs=5",
+         "train.lr=0.1", "privacy.clip_norm=1.0", "server.strategy=fedavgm", "server.lr=1.0", "server.momentum=0.9"],
+        [None, 8]),
+    "cnn q=0.1 T=100 E=1 adaptive clip": (["model.name=cnn", "train.fraction=0.1", "train.rounds=100",
+                                           "train.local_epochs=1", "privacy.adaptive_clipping=true"], [8, 4, 2]),
+    "cnn q=0.1 T=100 E=1 C=0.1": (["model.name=cnn", "train.fraction=0.1", "train.rounds=100", "train.local_epochs=1",
+                                   "privacy.clip_norm=0.1"], [8]),
+}
+
+
+def bench_scale(threads: int, only: list[str] | None, only_eps: list[float] | None = None) -> list[dict]:
+    out = []
+    for name, (extra, epsilons) in SCALE_RUNS.items():
+        if only and name not in only:
+            continue
+        for eps in epsilons:
+            if only_eps is not None and eps not in only_eps:
+                continue
+            dp = [] if eps is None else ["privacy.dp=central", f"privacy.target_epsilon={eps}", "privacy.delta=1e-5",
+                                         "privacy.accountant=rdp"]
+            sets = SCALE_BASE + extra + dp + [f"run.threads={threads}"]
+            if eps is None:  # the non-private reference trains the same way without clipping or noise
+                sets = [x for x in sets if not x.startswith(("privacy.clip_norm", "privacy.adaptive"))]
+            t0 = time.perf_counter()
+            with tempfile.TemporaryDirectory() as d:
+                r = fed8.run(fed8.load_config(None, sets), out=f"{d}/run", report=False)
+            p = r.summary["privacy"]
+            row = {"setting": name, "epsilon_target": eps, "accuracy": r.final["eval_accuracy"],
+                   "epsilon": p.get("epsilon"), "noise_multiplier": p.get("noise_multiplier"),
+                   "seconds": round(time.perf_counter() - t0, 1)}
+            print(json.dumps(row), flush=True)
+            out.append(row)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=["dp", "secagg", "both", "secagg-accuracy"], default="both")
+    ap.add_argument("--part", choices=["dp", "secagg", "both", "secagg-accuracy", "scale"], default="both")
+    ap.add_argument("--settings", nargs="*", help="part scale: only these SCALE_RUNS names")
+    ap.add_argument("--epsilons", nargs="*", type=float, help="part scale: only these target epsilons")
     ap.add_argument("--n", type=int, nargs="+", default=[10, 50, 100, 200])
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2)
@@ -131,6 +180,8 @@ def main() -> None:
         rows["dp"] = bench_dp(a.threads)
     if a.part == "secagg-accuracy":
         rows["secagg_accuracy"] = bench_secagg_accuracy(a.threads)
+    if a.part == "scale":
+        rows["scale"] = bench_scale(a.threads, a.settings, a.epsilons)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)

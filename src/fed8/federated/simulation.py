@@ -133,6 +133,12 @@ class InProcessTransport:
                 self.model, received, [self.clients[k] for k in ks], self.local,
                 generators=[torch_generator(self.seed, TRAIN, rnd, k) for k in ks], clients=ks)
 
+    def close(self) -> None:
+        """The rounds are over: worker ranks, if any, stop serving."""
+        if self.workers is not None:
+            self.workers.stop()
+            self.workers = None
+
     def collect(self, rnd: int, clients: Sequence[int]) -> Iterator[Reply]:
         for update in self._updates(rnd, clients):
             k = update.client

@@ -4,8 +4,8 @@
     torchrun --nnodes 2 --node-rank R --master-addr HOST --nproc-per-node 2 -m fed8.cli run ...
 
 Rank 0 resolves the config (a fresh run, or ``--resume`` of its run directory), writes the
-run directory, evaluates, checkpoints and runs the quantize stage, exactly as one process
-does; it sends the resolved config to the workers, which build the same federation from it
+run directory, evaluates, checkpoints and runs the quantize stage (after the workers were
+released), exactly as one process does; it sends the resolved config to the workers, which build the same federation from it
 (the data must be readable on every machine) and serve rounds
 (:mod:`fed8.federated.distributed`). Workers write nothing. The run directory is the one a
 single process writes (bit-identical with sequential clients; tested with 2 workers on
@@ -32,20 +32,15 @@ def run_distributed(config=None, **kwargs: Any):
     from ..federated.distributed import Workers, broadcast_text
     from .train import run
 
-    workers: list[Workers] = []
-
     def factory(prep):
         broadcast_text(to_toml(prep.config))
         transport = prep.simulation.transport
-        transport.workers = Workers(prep.state)
-        workers.append(transport.workers)
+        transport.workers = Workers(prep.state)  # stopped by transport.close() when the rounds are over
         return transport
 
-    result = run(config, transport_factory=factory, **kwargs)
-    # Only after success: a failed rank 0 exits non-zero and torchrun stops the workers (a stop broadcast
-    # could wait forever on a worker still sending its update of an abandoned round).
-    workers[0].stop()
-    return result
+    # A failed rank 0 exits non-zero and torchrun stops the workers (a stop broadcast could wait on a
+    # worker still sending its update of an abandoned round).
+    return run(config, transport_factory=factory, **kwargs)
 
 
 def serve_worker() -> int:

@@ -241,6 +241,8 @@ def _train(cfg: Config, rd: RunDir, ck, resumed: bool, progress, on_round, repor
             on_round(rnd, row)
 
     state = sim.run(state, start_round=start, on_round=after_round, before_round=before_round)
+    if hasattr(sim.transport, "close"):  # the rounds are over (e.g. torchrun workers stop serving)
+        sim.transport.close()
     from .._io import save_tensors
     from ..data import PIXEL_MEAN, PIXEL_STD
     save_tensors(rd.model, state, metadata={
