@@ -33,7 +33,7 @@ import torch
 from ..errors import Fed8Error
 from .client import ClientUpdate
 
-__all__ = ["Workers", "world_from_env", "serve"]
+__all__ = ["Workers", "broadcast_text", "init_group", "serve", "world_from_env"]
 
 _TRAIN, _STOP = 1, 0
 
