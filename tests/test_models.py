@@ -44,3 +44,26 @@ def test_unknown_model_and_tiny_input():
         build_model("vit", in_channels=1, height=28, width=28, num_classes=10)
     with pytest.raises(ConfigError, match="at least 4x4"):
         build_model("cnn", in_channels=1, height=2, width=2, num_classes=10)
+
+
+def test_fast_layout_puts_convolutions_in_channels_last_and_updates_stay_contiguous():
+    import torch
+
+    from fed8.federated.client import ClientData, LocalTraining, train_client
+    from fed8.models import build_model, fast_layout
+
+    m = build_model("cnn", in_channels=1, height=28, width=28, num_classes=10, seed=0)
+    keys = list(m.state_dict())
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    assert fast_layout(m) is m and list(m.state_dict()) == keys  # nothing registered on the module
+    assert m.conv2.weight.is_contiguous(memory_format=torch.channels_last) and not m.conv2.weight.is_contiguous()
+    m.load_state_dict(state)  # copies into the parameters: the layout stays
+    assert m.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    data = ClientData(torch.randn(12, 1, 28, 28), torch.randint(0, 10, (12,)), torch.zeros(0, 1, 28, 28),
+                      torch.zeros(0, dtype=torch.long))
+    fresh = build_model("cnn", in_channels=1, height=28, width=28, num_classes=10, seed=0)
+    u = train_client(fresh, state, data, LocalTraining(batch_size=4), generator=torch.Generator().manual_seed(0))
+    assert fresh.conv2.weight.is_contiguous(memory_format=torch.channels_last)  # train_client switched it
+    assert all(v.is_contiguous() for v in u.delta.values())  # what leaves the client is plain contiguous
+    mlp = build_model("mlp", in_channels=1, height=28, width=28, num_classes=10, seed=0)
+    assert all(p.is_contiguous() for p in fast_layout(mlp).parameters())

@@ -12,18 +12,24 @@ layout is deterministic.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
 __all__ = ["fast_layout"]
 
 
+_CONV_WEIGHTS: "weakref.WeakKeyDictionary[nn.Module, list[torch.Tensor]]" = weakref.WeakKeyDictionary()
+
+
 def fast_layout(model: nn.Module) -> nn.Module:
     """Put ``model``'s 4-D weights in ``torch.channels_last`` if it has 2-D convolutions (idempotent, in place)."""
-    flag = getattr(model, "_fed8_layout", None)
-    if flag is None:
-        flag = any(isinstance(m, nn.Conv2d) for m in model.modules())
-        model._fed8_layout = flag
-    if flag:
+    weights = _CONV_WEIGHTS.get(model)
+    if weights is None:
+        weights = _CONV_WEIGHTS[model] = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
+    # Module.to() keeps the Parameter objects (it swaps their data) and load_state_dict copies into them in
+    # place, so the layout stays once set: skip the module walk then (~0.5 ms a call on the cnn, per client).
+    if not all(w.is_contiguous(memory_format=torch.channels_last) for w in weights):
         model.to(memory_format=torch.channels_last)
     return model
