@@ -258,3 +258,19 @@ def test_staged_dir_switches_whole_folders_and_recovers_a_kill_between_renames(t
         assert (final / "a").read_text() == "1"  # the previous folder is back before anything else
         (d / "a").write_text("2")
     assert (final / "a").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["deploy"]
+
+
+def test_graph_key_ignores_metadata_but_not_the_session_config_it_asks_for(tmp_path):
+    import shutil
+
+    from fed8.deploy.export import graph_key, stamp_metadata
+    from fed8.models import build_model
+
+    m = build_model("mlp", in_channels=1, height=8, width=8, num_classes=3, seed=0, hidden=4).eval()
+    a = export_onnx(m, (1, 8, 8), tmp_path / "a.onnx", metadata={"classes": ["x", "y", "z"]})
+    b = tmp_path / "b.onnx"
+    shutil.copy(a, b)
+    stamp_metadata(b, {"classes": ["p", "q", "r"], "format": "float32"})
+    assert graph_key(a) == graph_key(b)  # the same computation
+    stamp_metadata(b, {"ort_session_config": {"session.disable_quant_qdq": "1"}})
+    assert graph_key(a) != graph_key(b)  # other kernels in ONNX Runtime

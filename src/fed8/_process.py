@@ -55,9 +55,10 @@ def tune_malloc() -> dict[str, int]:
     """Set this process's malloc thresholds (glibc ``mallopt``) unless the user set them; the values applied."""
     path = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(path) if path else None
-        mallopt = libc.mallopt if libc is not None else None
+        mallopt = ctypes.CDLL(path).mallopt if path else None
     except (OSError, AttributeError):  # not glibc
+        mallopt = None
+    if mallopt is None:
         return {}
     applied = {}
     for name, (param, value) in MALLOC.items():

@@ -64,14 +64,19 @@ def stamp_metadata(path: str | Path, metadata: Mapping[str, Any]) -> None:
 
 
 def graph_key(path: str | Path) -> str:
-    """A digest of an ONNX file's model without its metadata: equal for files that compute the same thing."""
+    """A digest of what an ONNX file computes: its model without metadata, plus the ORT session config its
+    fed8 metadata asks for (``ort_session_config``: it changes the kernels ONNX Runtime runs)."""
     import hashlib
 
     import onnx
 
     m = onnx.load(str(path))
+    props = {p.key: p.value for p in m.metadata_props}
+    config = json.loads(props.get("fed8", "{}")).get("ort_session_config", {})
     del m.metadata_props[:]
-    return hashlib.sha256(m.SerializeToString(deterministic=True)).hexdigest()
+    h = hashlib.sha256(m.SerializeToString(deterministic=True))
+    h.update(json.dumps(config, sort_keys=True).encode())
+    return h.hexdigest()
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

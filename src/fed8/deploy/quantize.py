@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -26,7 +27,8 @@ import torch
 from ..errors import DeployError
 from ..formats import PerChannel, choose_scale_fp8, fp8_format, from_bits, quantize_fp8
 from .calibrate import Histogram, to_tensors_data
-from .runtime import INTEGER_OPS, kernel_ops
+from .export import set_metadata
+from .runtime import FP8_CPU_SESSION_CONFIG, INTEGER_OPS, kernel_ops
 
 __all__ = ["COMPUTE_OPS", "FORMATS", "FP8_ACTIVATION_SCALES", "fp8_activation_scales", "quantize_fp8_model",
            "quantize_int8_model"]
@@ -234,6 +236,9 @@ def quantize_fp8_model(fp32_path: str | Path, out_path: str | Path, act_scales: 
     del g.node[:]
     g.node.extend(new_nodes)
     onnx.checker.check_model(model)
+    # Every FP8 file asks for the ORT session config it must run with, from the first time it is scored.
+    props = {p.key: p.value for p in model.metadata_props}
+    set_metadata(model, {**json.loads(props.get("fed8", "{}")), "ort_session_config": FP8_CPU_SESSION_CONFIG})
     out_path = Path(out_path)
     onnx.save(model, str(out_path))
     return out_path

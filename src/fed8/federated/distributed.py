@@ -72,7 +72,8 @@ def _broadcast_state(state: dict[str, torch.Tensor] | None, template: Mapping[st
 
     out = {}
     for k, t in template.items():
-        buf = state[k].contiguous().clone() if state is not None else torch.empty_like(t, memory_format=torch.contiguous_format)
+        # rank 0 only sends (broadcast leaves the root's tensor as it is); the others receive into a new one
+        buf = state[k].contiguous() if state is not None else torch.empty_like(t, memory_format=torch.contiguous_format)
         dist.broadcast(buf, 0)
         out[k] = buf
     return out

@@ -5,9 +5,9 @@
 
 Rank 0 resolves the config (a fresh run, or ``--resume`` of its run directory), writes the
 run directory, evaluates, checkpoints and runs the quantize stage (after the workers were
-released), exactly as one process does; it sends the resolved config to the workers, which build the same federation from it
-(the data must be readable on every machine) and serve rounds
-(:mod:`fed8.federated.distributed`). Workers write nothing. The run directory is the one a
+released), exactly as one process does. It sends the resolved config to the workers, which
+build the same federation from it (the data must be readable on every machine) and serve
+rounds (:mod:`fed8.federated.distributed`). Workers write nothing. The run directory is the one a
 single process writes (bit-identical with sequential clients; tested with 2 workers on
 127.0.0.1). Simulation only: ``fed8 federation`` (Flower) is refused under torchrun.
 """

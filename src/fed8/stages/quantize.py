@@ -10,7 +10,6 @@ For a standalone ONNX model the same, calibrated and evaluated on user-supplied 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -117,23 +116,17 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
     base = score(fp32_logits)
 
     # A model is evaluated once: the FP8 scale selection, the gate and the measurement often meet the same
-    # one again (its file rewritten, or its metadata stamped). ORT's results depend on the graph and on the
-    # session config the file asks for (FP8 files carry one, stamped before they are first scored), so the
-    # key is the graph's bytes without metadata plus that config.
-    memo: dict[tuple[str, str, str], Any] = {}
-    FP8_RUN_AS = {"ort_session_config": FP8_CPU_SESSION_CONFIG}
-
-    def key_of(kind: str, path: Path) -> tuple[str, str, str]:
-        return kind, graph_key(path), json.dumps(read_metadata(path).get("ort_session_config", {}), sort_keys=True)
+    # one again (its file rewritten, or its metadata stamped). Keyed by what the file computes (graph_key).
+    memo: dict[tuple[str, str], Any] = {}
 
     def eval_logits(path: Path, sess=None) -> np.ndarray:
-        key = key_of("eval", path)
+        key = ("eval", graph_key(path))
         if key not in memo:
             memo[key] = run_logits(sess or session(path, threads=q.threads), data.eval_x)
         return memo[key]
 
     def client_counts(path: Path) -> list[tuple[int, int]] | None:
-        key = key_of("clients", path)
+        key = ("clients", graph_key(path))
         if key not in memo:
             memo[key] = stats.correct(path)
         return memo[key]
@@ -195,7 +188,6 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
                 for m in candidates:
                     say(f"{fmt}: trying {m} activation scales")
                     quantize_fp8_model(fp32, path, scales[m], fmt, scale_method=q.fp8_weight_scale)
-                    stamp_metadata(path, FP8_RUN_AS)  # scored as the deployed file will run
                     tried[m] = select(path)
                 choice = max(candidates, key=lambda m: tried[m])  # ties keep the first (amax)
                 info["activation_scale_candidates"] = tried
@@ -204,7 +196,6 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
 
             def make(keep: Sequence[str] = (), _f=fmt, _s=fp8_scales) -> None:
                 quantize_fp8_model(fp32, path, _s, _f, scale_method=q.fp8_weight_scale, keep_float=keep)
-                stamp_metadata(path, FP8_RUN_AS)
 
         def build(keep: Sequence[str]) -> float:
             say(f"quantizing {fmt}" + (f" ({len(keep)} layer(s) kept in float)" if keep else ""))
