@@ -125,15 +125,16 @@ SCALE_BASE = ["data.num_clients=1000", "data.partition=iid", "data.test_fraction
               "train.batch_size=8", "train.momentum=0.0", "quantize.enabled=false", "eval.every=0"]
 SCALE_RUNS = {  # name: (settings, epsilons; None = the same training without DP), in the order they were tried
     "cnn q=0.1 T=100 E=1 C=1": (["model.name=cnn", "train.fraction=0.1", "train.rounds=100", "train.local_epochs=1",
-                                 "privacy.clip_norm=1.0"], [None, 8]),
+                                 "privacy.clip_norm=1.0", "privacy.adaptive_clipping=off"], [None, 8]),
     "mlp64 q=0.1 T=100 E=5 lr0.1 C=1 fedavgm": (
         ["model.name=mlp", "model.hidden=64", "train.fraction=0.1", "train.rounds=100", "train.local_epochs=5",
-         "train.lr=0.1", "privacy.clip_norm=1.0", "server.strategy=fedavgm", "server.lr=1.0", "server.momentum=0.9"],
+         "train.lr=0.1", "privacy.clip_norm=1.0", "privacy.adaptive_clipping=off", "server.strategy=fedavgm",
+         "server.lr=1.0", "server.momentum=0.9"],
         [None, 8]),
     "cnn q=0.1 T=100 E=1 adaptive clip": (["model.name=cnn", "train.fraction=0.1", "train.rounds=100",
-                                           "train.local_epochs=1", "privacy.adaptive_clipping=true"], [8, 4, 2]),
+                                           "train.local_epochs=1", "privacy.adaptive_clipping=on"], [8, 4, 2]),
     "cnn q=0.1 T=100 E=1 C=0.1": (["model.name=cnn", "train.fraction=0.1", "train.rounds=100", "train.local_epochs=1",
-                                   "privacy.clip_norm=0.1"], [8]),
+                                   "privacy.clip_norm=0.1", "privacy.adaptive_clipping=off"], [8]),
 }
 
 

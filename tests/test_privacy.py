@@ -114,11 +114,54 @@ def test_plan_budget_refuse_stop_and_calibrate():
     with pytest.raises(ConfigError, match="needs noise"):
         make_plan(_priv(dp="central"), **kw)
     with pytest.raises(ConfigError, match="no effect with privacy.dp = 'none'"):
-        make_plan(_priv(noise_multiplier=1.0), **kw)
+        make_plan(_priv(dp="none", noise_multiplier=1.0), **kw)
     ad = make_plan(_priv(dp="central", noise_multiplier=1.0, adaptive_clipping=True), **kw)
     assert ad.count_stddev == pytest.approx(math.sqrt(10) / 2)  # 10 / 20 would spend too much of the budget
     assert ad.update_noise_multiplier == pytest.approx(1.0 / math.sqrt(0.9))  # the count takes 10% of 1/z^2
     assert "(epsilon, delta) = (" in cal.statement(50) and "client level after 50 rounds" in cal.statement(50)
+
+
+def test_dp_auto_is_central_when_noise_or_a_budget_is_asked_for():
+    assert _priv().dp == "none"
+    assert _priv(target_epsilon=8.0).dp == "central" and _priv(noise_multiplier=1.0).dp == "central"
+    assert _priv(dp="local", target_epsilon=8.0).dp == "local"
+    # a file that asks for nothing, then an override that sets a budget: auto must see the override
+    cfg = fed8.load_config(None, ["privacy.target_epsilon=8"])
+    assert cfg.privacy.dp == "central"
+
+
+@pytest.mark.parametrize("settings, m, on", [
+    ({"target_epsilon": 8.0}, 100.0, True),           # the measured case: 1,000 clients, q = 0.1
+    ({"target_epsilon": 8.0}, 99.0, False),           # below the measured cohort: fixed clip_norm
+    ({}, 500.0, False),                               # no DP
+    ({"dp": "local", "target_epsilon": 8.0}, 500.0, False),
+    ({"target_epsilon": 8.0, "secure_aggregation": True, "noise_placement": "distributed"}, 500.0, False),
+    ({"target_epsilon": 8.0, "secure_aggregation": True}, 500.0, True),
+    ({"target_epsilon": 8.0, "adaptive_clipping": False}, 500.0, False),   # TOML bools still work
+    ({"target_epsilon": 8.0, "adaptive_clipping": True}, 10.0, True),
+    ({"target_epsilon": 8.0, "adaptive_clipping": "off"}, 500.0, False),
+])
+def test_adaptive_clipping_auto(settings, m, on):
+    from fed8.privacy.plan import adaptive_clipping_on
+
+    p = _priv(**settings)
+    assert adaptive_clipping_on(p, clients_per_round=m) is on
+    if p.dp == "central":
+        plan = make_plan(p, num_clients=10_000, clients_per_round=m, sampling="poisson", rounds=10)
+        assert (plan.count_stddev > 0) is on  # the count noise is only drawn (and accounted) when it runs
+
+
+def test_target_epsilon_at_1000_clients_runs_adaptive_clipping_by_default(tmp_path):
+    """`fed8 run --set privacy.target_epsilon=8` on 1,000 clients uses the recipe of bench/privacy.py --part scale."""
+    cfg = fed8.load_config(None, [
+        "data.num_clients=1000", "data.partition=iid", "data.test_fraction=0.0", "data.subset=1000",
+        "train.sampling=poisson", "train.fraction=0.1", "train.rounds=2", "train.batch_size=8",
+        "model.name=mlp", "model.hidden=8", "privacy.target_epsilon=8", "quantize.enabled=false",
+        "eval.every=0", "privacy.insecure_reproducible_noise=true"])
+    res = fed8.run(cfg, out=tmp_path / "run", report=False)
+    assert res.summary["privacy"]["dp"] == "central" and res.summary["privacy"]["adaptive_clipping"] is True
+    clips = [row["clip_norm"] for row in res.metrics]
+    assert clips[0] != clips[1]  # the clip norm moved after round 1 (the fixed default would stay at 1.0)
 
 
 def _updates(n, d=50, scale=0.1, seed=0):

@@ -125,6 +125,8 @@ def _check(section: str, f: dataclasses.Field, value: Any) -> Any:
         msg = f"{name} must be {_allowed(meta, typ)}; got {value!r}{why}."
         return ConfigError(msg + (" " + hint if hint else ""))
 
+    if isinstance(value, bool) and "bool_alias" in meta:  # a key that was a bool and grew an "auto"
+        value = meta["bool_alias"][value]
     if typ == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise fail(f" ({type(value).__name__})")
@@ -249,8 +251,9 @@ def load_config(
             raise ConfigError(f"config file {p} cannot be read: {e.strerror or e}.") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"config file {p} is not valid TOML: {e}.") from None
-    base = _from_dict(raw, source=source).to_dict()
-    return _build(base, overrides, source="--set")
+    _from_dict(raw, source=source)  # the file's own errors name the file
+    # The file's keys as written, not resolved: an "auto" in the file must see the overrides too.
+    return _build(raw, overrides, source="--set")
 
 
 def _toml_value(v: Any) -> str:

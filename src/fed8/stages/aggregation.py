@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 
 from ..config import Config
 from ..errors import ConfigError
+from ..privacy.plan import adaptive_clipping_on
 from ..privacy.randomness import privacy_randomness
 from ..federated.hooks import Attack, LocalDP, malicious_clients
 from ..federated.aggregator import Aggregator, WeightedMean, samples_weight
@@ -63,7 +64,7 @@ def check_combination(cfg: Config) -> None:
             f"server.robust = {robust!r} with privacy.dp = 'central' is not supported: the Gaussian noise is "
             "calibrated to the sensitivity of a clipped sum, not of a median or trimmed mean. Use "
             "server.robust = 'norm_bound' or 'none' (DP clipping already bounds every update).")
-    if p.adaptive_clipping and p.dp != "central":
+    if p.adaptive_clipping == "on" and p.dp != "central":
         raise ConfigError(
             f"privacy.adaptive_clipping needs privacy.dp = 'central' (got {p.dp!r}): the clip norm is learned from "
             "a noised count of clipped clients that is part of the central mechanism.")
@@ -83,7 +84,7 @@ def check_combination(cfg: Config) -> None:
                 f"privacy.secagg_min_clients = {p.secagg_min_clients} is more than the {m:g} clients per round "
                 f"(data.num_clients x train.fraction): every secure-aggregation round would be abandoned. Sample "
                 f"more clients per round, or lower secagg_min_clients (>= 2; a sum of one input reveals it).")
-    if p.noise_placement == "distributed" and p.adaptive_clipping:
+    if p.noise_placement == "distributed" and p.adaptive_clipping == "on":
         raise ConfigError(
             "privacy.adaptive_clipping with noise_placement = 'distributed' is not supported (the clipped count "
             "would need its own distributed noise). Use noise_placement = 'server' or a fixed clip_norm.")
@@ -91,7 +92,7 @@ def check_combination(cfg: Config) -> None:
 
 def _adaptive(cfg: Config, plan) -> AdaptiveClipping | None:
     p = cfg.privacy
-    if p.adaptive_clipping:
+    if adaptive_clipping_on(p, clients_per_round=expected_clients(cfg)):
         return AdaptiveClipping(target_quantile=p.adaptive_quantile, lr=p.adaptive_lr, count_stddev=plan.count_stddev)
     if p.dp == "none" and p.secure_aggregation and p.secagg_adaptive_clip:
         return AdaptiveClipping(target_quantile=SECAGG_CLIP_QUANTILE, lr=SECAGG_CLIP_LR, count_stddev=0.0)
