@@ -115,7 +115,7 @@ def test_plan_budget_refuse_stop_and_calibrate():
         make_plan(_priv(dp="central"), **kw)
     with pytest.raises(ConfigError, match="no effect with privacy.dp = 'none'"):
         make_plan(_priv(dp="none", noise_multiplier=1.0), **kw)
-    ad = make_plan(_priv(dp="central", noise_multiplier=1.0, adaptive_clipping=True), **kw)
+    ad = make_plan(_priv(dp="central", noise_multiplier=1.0), adaptive=True, **kw)
     assert ad.count_stddev == pytest.approx(math.sqrt(10) / 2)  # 10 / 20 would spend too much of the budget
     assert ad.update_noise_multiplier == pytest.approx(1.0 / math.sqrt(0.9))  # the count takes 10% of 1/z^2
     assert "(epsilon, delta) = (" in cal.statement(50) and "client level after 50 rounds" in cal.statement(50)
@@ -142,13 +142,13 @@ def test_dp_auto_is_central_when_noise_or_a_budget_is_asked_for():
     ({"target_epsilon": 8.0, "adaptive_clipping": "off"}, 500.0, False),
 ])
 def test_adaptive_clipping_auto(settings, m, on):
-    from fed8.privacy.plan import adaptive_clipping_on
+    from fed8.stages.aggregation import adaptive_clipping_on, privacy_plan
 
-    p = _priv(**settings)
-    assert adaptive_clipping_on(p, clients_per_round=m) is on
-    if p.dp == "central":
-        plan = make_plan(p, num_clients=10_000, clients_per_round=m, sampling="poisson", rounds=10)
-        assert (plan.count_stddev > 0) is on  # the count noise is only drawn (and accounted) when it runs
+    cfg = fed8.load_config(None, {**{f"privacy.{k}": v for k, v in settings.items()}, "data.num_clients": 10_000,
+                                  "train.sampling": "poisson", "train.fraction": m / 10_000, "train.rounds": 10})
+    assert adaptive_clipping_on(cfg) is on
+    if cfg.privacy.dp == "central":
+        assert (privacy_plan(cfg).count_stddev > 0) is on  # the count noise is drawn (and accounted) only when on
 
 
 def test_target_epsilon_at_1000_clients_runs_adaptive_clipping_by_default(tmp_path):

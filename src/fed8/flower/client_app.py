@@ -156,11 +156,9 @@ def _plan(cfg):
     p = cfg.privacy
     if not (p.dp == "local" or (p.dp == "central" and p.noise_placement == "distributed")):
         return None
-    from ..privacy import make_plan
-    from ..stages.aggregation import expected_clients
+    from ..stages.aggregation import privacy_plan
 
-    return make_plan(cfg.privacy, num_clients=cfg.data.num_clients, clients_per_round=expected_clients(cfg),
-                     sampling=cfg.train.sampling, rounds=cfg.train.rounds)
+    return privacy_plan(cfg)
 
 
 @app.evaluate()

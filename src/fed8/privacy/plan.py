@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from .accounting import PrivacySpec, calibrate_noise_multiplier, epsilon, max_rounds_within
 from .dp import split_noise_multiplier
 
-__all__ = ["PrivacyPlan", "adaptive_clipping_on", "make_plan"]
+__all__ = ["PrivacyPlan", "make_plan"]
 
 # Every round row, the summary and the statement ask for epsilon; compute each (spec, z, rounds) once.
 _epsilon = functools.lru_cache(maxsize=4096)(epsilon)
@@ -120,26 +120,11 @@ class PrivacyPlan:
                 f"({s.accountant.upper()} accountant, {samp}, noise multiplier {self.noise_multiplier:.4g}); {sees}.")
 
 
-def adaptive_clipping_on(privacy, *, clients_per_round: float) -> bool:
-    """Whether adaptive clipping (Andrew et al. 2021) runs for ``privacy.adaptive_clipping``.
-
-    ``on`` / ``off`` as set. ``auto`` turns it on only where it was measured to help and the
-    mechanism supports it: central DP with the noise on the server (distributed noise shares
-    have no noised count) and at least ``ADAPTIVE_AUTO_MIN_CLIENTS`` expected clients per
-    round, where the noised count of unclipped clients (std >= m / 20) is fine enough to
-    steer the clip norm.
-    """
-    from .._config_sections import ADAPTIVE_AUTO_MIN_CLIENTS
-
-    p = privacy
-    if p.adaptive_clipping != "auto":
-        return p.adaptive_clipping == "on"
-    distributed = p.secure_aggregation and p.noise_placement == "distributed"
-    return p.dp == "central" and not distributed and clients_per_round >= ADAPTIVE_AUTO_MIN_CLIENTS
-
-
-def make_plan(privacy, *, num_clients: int, clients_per_round: float, sampling: str, rounds: int) -> PrivacyPlan:
+def make_plan(privacy, *, num_clients: int, clients_per_round: float, sampling: str, rounds: int,
+              adaptive: bool = False) -> PrivacyPlan:
     """Resolve noise and rounds from the ``[privacy]`` section.
+
+    ``adaptive``: adaptive clipping runs (its noised count is then part of the budget).
 
     Raises
     ------
@@ -179,7 +164,7 @@ def make_plan(privacy, *, num_clients: int, clients_per_round: float, sampling: 
                            f"target_epsilon = {p.target_epsilon} (privacy.budget = 'stop')")
             rounds = r_max
     count_std, z_u = 0.0, z
-    if adaptive_clipping_on(p, clients_per_round=clients_per_round):
+    if adaptive:
         # Default: the paper's m / 20, but never more than 10% of the budget (in 1/z^2 terms) for the count.
         count_std = p.adaptive_count_stddev or max(clients_per_round / 20, math.sqrt(10) / 2 * z)
         z_u = split_noise_multiplier(z, count_std)

@@ -14,9 +14,9 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
+from .._config_sections import ADAPTIVE_AUTO_MIN_CLIENTS
 from ..config import Config
 from ..errors import ConfigError
-from ..privacy.plan import adaptive_clipping_on
 from ..privacy.randomness import privacy_randomness
 from ..federated.hooks import Attack, LocalDP, malicious_clients
 from ..federated.aggregator import Aggregator, WeightedMean, samples_weight
@@ -25,8 +25,9 @@ from ..federated.private import AdaptiveClipping, PrivateAggregate, capped_weigh
 from ..federated.robust import CoordinateMedian, NormBound, TrimmedMean, ValidateUpdates
 from ..federated.sampling import num_sampled
 
-__all__ = ["SECAGG_CLIP_LR", "SECAGG_CLIP_QUANTILE", "check_combination", "client_noise_std", "expected_clients",
-           "make_aggregator", "make_client_hooks", "make_server_optimizer", "weight_cap"]
+__all__ = ["SECAGG_CLIP_LR", "SECAGG_CLIP_QUANTILE", "adaptive_clipping_on", "check_combination", "client_noise_std",
+           "expected_clients", "make_aggregator", "make_client_hooks", "make_server_optimizer", "privacy_plan",
+           "weight_cap"]
 
 # Secure aggregation without DP clips only to fix the shared int8 scale; the bound follows
 # the 0.9 quantile of the update norms (noise-free: the clip-bit sum is exact), fast enough
@@ -38,6 +39,30 @@ def expected_clients(cfg: Config) -> float:
     """Clients per round: exactly ``round(qN)`` for fixed sampling, ``qN`` on average for Poisson."""
     n, q = cfg.data.num_clients, cfg.train.fraction
     return q * n if cfg.train.sampling == "poisson" else float(num_sampled(n, q))
+
+
+def adaptive_clipping_on(cfg: Config) -> bool:
+    """Whether adaptive clipping (Andrew et al. 2021) runs for ``privacy.adaptive_clipping``.
+
+    ``on`` / ``off`` as set. ``auto`` turns it on only where it was measured to help and the
+    mechanism supports it: central DP with the noise on the server (distributed noise shares
+    have no noised count) and at least ``ADAPTIVE_AUTO_MIN_CLIENTS`` expected clients per
+    round, where the noised count of unclipped clients (std >= m / 20) is fine enough to
+    steer the clip norm.
+    """
+    p = cfg.privacy
+    if p.adaptive_clipping != "auto":
+        return p.adaptive_clipping == "on"
+    distributed = p.secure_aggregation and p.noise_placement == "distributed"
+    return p.dp == "central" and not distributed and expected_clients(cfg) >= ADAPTIVE_AUTO_MIN_CLIENTS
+
+
+def privacy_plan(cfg: Config):
+    """The run's :class:`~fed8.privacy.PrivacyPlan`: noise, rounds and adaptive clipping resolved from the config."""
+    from ..privacy import make_plan
+
+    return make_plan(cfg.privacy, num_clients=cfg.data.num_clients, clients_per_round=expected_clients(cfg),
+                     sampling=cfg.train.sampling, rounds=cfg.train.rounds, adaptive=adaptive_clipping_on(cfg))
 
 
 def check_combination(cfg: Config) -> None:
@@ -92,7 +117,7 @@ def check_combination(cfg: Config) -> None:
 
 def _adaptive(cfg: Config, plan) -> AdaptiveClipping | None:
     p = cfg.privacy
-    if adaptive_clipping_on(p, clients_per_round=expected_clients(cfg)):
+    if adaptive_clipping_on(cfg):
         return AdaptiveClipping(target_quantile=p.adaptive_quantile, lr=p.adaptive_lr, count_stddev=plan.count_stddev)
     if p.dp == "none" and p.secure_aggregation and p.secagg_adaptive_clip:
         return AdaptiveClipping(target_quantile=SECAGG_CLIP_QUANTILE, lr=SECAGG_CLIP_LR, count_stddev=0.0)

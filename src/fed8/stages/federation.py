@@ -146,13 +146,12 @@ def prepare(cfg: Config, residuals: Path | None = None):
 
     from ..federated import Simulation
     from ..models import count_parameters
-    from ..privacy import check_model_for_dp, make_plan
+    from ..privacy import check_model_for_dp
     from ..privacy.randomness import privacy_randomness
-    from .aggregation import check_combination, expected_clients, make_aggregator, make_server_optimizer
+    from .aggregation import check_combination, make_aggregator, make_server_optimizer, privacy_plan
 
     check_combination(cfg)
-    plan = make_plan(cfg.privacy, num_clients=cfg.data.num_clients, clients_per_round=expected_clients(cfg),
-                     sampling=cfg.train.sampling, rounds=cfg.train.rounds)
+    plan = privacy_plan(cfg)
     fed = load_federation(cfg)
     model, clients = fed.model, fed.clients
     if cfg.privacy.dp != "none":

@@ -97,8 +97,7 @@ def _summary(prep: Prepared, rows: list[dict], wall_s: float) -> dict:
 
 
 def _privacy_summary(prep: Prepared, rows: list[dict]) -> dict:
-    from ..privacy.plan import adaptive_clipping_on
-    from .aggregation import expected_clients
+    from .aggregation import adaptive_clipping_on
 
     cfg, plan = prep.config, prep.plan
     p = cfg.privacy
@@ -118,7 +117,7 @@ def _privacy_summary(prep: Prepared, rows: list[dict]) -> dict:
         "noise_multiplier_calibrated": plan.calibrated,
         "update_noise_multiplier": plan.update_noise_multiplier if spec else None,
         "clip_norm": p.clip_norm if (spec or p.secure_aggregation) else None,
-        "adaptive_clipping": adaptive_clipping_on(p, clients_per_round=expected_clients(cfg)),
+        "adaptive_clipping": adaptive_clipping_on(cfg),
         "noise_placement": p.noise_placement if (p.dp == "central" and p.secure_aggregation) else None,
         "stopped_for_budget": plan.stop_reason,
     }
