@@ -15,18 +15,30 @@ last line of each thread setting is JSON.
 
     python bench/w1_fedavg.py                 # W1, threads 1 and 2, sequential clients
     python bench/w1_fedavg.py --workload S8 --threads 2 --modes sequential,batched
+    python bench/w1_fedavg.py --threads 2 --modes sequential,batched --peers flower,pfl,pfl-2proc
+
+Peers (``--peers``): each runs in its own venv (``bash bench/peers/make_venvs.sh``) and
+process(es), after fed8's columns, on the same shards, initial weights and
+hyperparameters, and interleaves its own plain-loop round after each of its rounds in the
+same process (bench/peers/); its ratio is to that plain loop. Peak RSS: the fed8 rows give
+this process's peak so far (fed8 and the plain loop); a peer row the peak of its process
+tree (Ray's or torchrun's workers included).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import fed8
 from fed8._rng import INIT, derive_seed
@@ -34,27 +46,55 @@ from fed8.config import DataConfig
 from fed8.data import load_splits, to_float
 from fed8.models import build_model
 
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "peers"))
+from _common import plain_round, save_workload  # noqa: E402
 
-def plain_round(model, global_state, xs, ys, gen, *, lr, bs):
-    """One FedAvg round without any framework: sequential clients, weighted average."""
-    total = {k: torch.zeros_like(v) for k, v in global_state.items()}
-    n = 0
-    for x, y in zip(xs, ys):
-        model.load_state_dict(global_state)
-        model.train()
-        opt = torch.optim.SGD(model.parameters(), lr=lr)
-        perm = torch.randperm(x.shape[0], generator=gen)
-        for i in range(0, x.shape[0], bs):
-            idx = perm[i : i + bs]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            for k, v in model.state_dict().items():
-                total[k].add_(v, alpha=x.shape[0])
-        n += x.shape[0]
-    return {k: v / n for k, v in total.items()}
+#: peer column -> (venv, command after the venv's bin/): bench/peers/make_venvs.sh makes the venvs
+PEERS = {
+    "flower": (".venv-flower", ["python", str(HERE / "peers" / "flower_sim.py")]),
+    "pfl": (".venv-pfl", ["python", str(HERE / "peers" / "pfl_sim.py")]),
+    "pfl-2proc": (".venv-pfl", ["torchrun", "--nnodes", "1", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                                "--master-port", "29613", str(HERE / "peers" / "pfl_sim.py")]),
+}
+
+
+def plain_data(clients: int, workload: str):
+    """The plain loop's (and the peers') data: the same train images dealt to the same number of clients."""
+    train = load_splits(DataConfig(subset=800 if workload == "S8" else 0)).train
+    ev = load_splits(DataConfig()).eval
+    x, y = to_float(train.images), train.labels
+    parts = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).chunk(clients)
+    model = build_model("cnn", in_channels=1, height=28, width=28, num_classes=10, seed=derive_seed(0, INIT))
+    return ([x[p].clone() for p in parts], [y[p].clone() for p in parts], to_float(ev.images), ev.labels.clone(),
+            {k: v.clone() for k, v in model.state_dict().items()})
+
+
+def run_peer(name: str, threads: int, rounds: int, clients: int, workload: str) -> dict:
+    """One peer column in its own venv and process(es); it interleaves its own plain loop (bench/peers/_common)."""
+    venv, cmd = PEERS[name]
+    bin_dir = HERE / "peers" / venv / "bin"
+    if not (bin_dir / "python").exists():
+        return {"workload": workload, "column": name, "threads": threads,
+                "skipped": f"no {bin_dir.parent}: run bash bench/peers/make_venvs.sh"}
+    xs, ys, ex, ey, state = plain_data(clients, workload)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/workload.pt"
+        save_workload(path, xs=xs, ys=ys, ex=ex, ey=ey, state=state, lr=0.05, bs=10, rounds=rounds, workload=workload)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        proc = subprocess.run([str(bin_dir / cmd[0]), *cmd[1:], "--workload", path, "--threads", str(threads)],
+                              capture_output=True, text=True, env=env, timeout=3600)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"workload": workload, "column": name, "threads": threads,
+                "failed": f"exit {proc.returncode}: {proc.stderr[-800:]}"}
+    row = {"workload": workload, **json.loads(lines[-1])}
+    for r, (f, p) in enumerate(zip(row["rounds_s"], row["plain_rounds_s"])):
+        print(f"{workload} {name} threads={threads} round {r + 1}: {name} {f:.3f} s, plain {p:.3f} s")
+    print(f"{workload} {name} threads={threads}: {row['s_per_round']:.3f} s/round, plain {row['plain_s_per_round']:.3f} "
+          f"s/round, ratio {row['ratio']:.3f}, peak RSS {row['peak_rss_mb']:.0f} MB "
+          f"(final eval accuracy {row['eval_accuracy']:.4f})", flush=True)
+    return row
 
 
 def bench(threads: int, rounds: int, clients: int, workload: str = "W1", mode: str = "sequential") -> dict:
@@ -66,17 +106,9 @@ def bench(threads: int, rounds: int, clients: int, workload: str = "W1", mode: s
         f"train.rounds={rounds}", "train.fraction=1.0", "train.local_epochs=1", "train.batch_size=10",
         "train.lr=0.05", "train.momentum=0.0", "eval.every=0", f"run.threads={threads}",
     ])
-    # plain loop's data: the same 8000 images dealt to the same number of clients
-    train = load_splits(DataConfig(subset=subset)).train
-    ev = load_splits(DataConfig()).eval
-    x, y = to_float(train.images), train.labels
-    parts = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).chunk(clients)
-    xs, ys = [x[p].clone() for p in parts], [y[p].clone() for p in parts]
-    model = build_model("cnn", in_channels=1, height=28, width=28, num_classes=10,
-                        seed=derive_seed(0, INIT))
-    state = {k: v.clone() for k, v in model.state_dict().items()}
+    xs, ys, ex, _, state = plain_data(clients, workload)
+    model = build_model("cnn", in_channels=1, height=28, width=28, num_classes=10, seed=derive_seed(0, INIT))
     gen = torch.Generator().manual_seed(1)
-    ex = to_float(ev.images)
 
     fed8_s, plain_s = [], []
     mark = [time.perf_counter()]
@@ -104,9 +136,10 @@ def bench(threads: int, rounds: int, clients: int, workload: str = "W1", mode: s
         print(f"{workload} {mode} threads={threads} round {r + 1}: fed8 {fed8_s[r]:.3f} s, plain {plain_s[r]:.3f} s")
     print(f"{workload} {mode} threads={threads}: fed8 {f:.3f} s/round, plain {p:.3f} s/round, ratio {f / p:.3f} "
           f"(final fed8 eval accuracy {res.final['eval_accuracy']:.4f})")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this process so far: fed8 + its plain loop
     return {"workload": workload, "mode": mode, "threads": threads, "fed8_s_per_round": round(f, 4),
             "plain_s_per_round": round(p, 4), "ratio": round(f / p, 4),
-            "eval_accuracy": res.final["eval_accuracy"]}
+            "eval_accuracy": res.final["eval_accuracy"], "peak_rss_mb": round(rss, 1)}
 
 
 def main() -> None:
@@ -116,7 +149,12 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--workload", choices=("W1", "S8"), default="W1")
     ap.add_argument("--modes", default="sequential", help="comma-separated: sequential, batched")
+    ap.add_argument("--peers", default="", help=f"comma-separated peer columns: {', '.join(PEERS)} "
+                    "(their venvs: bash bench/peers/make_venvs.sh)")
     a = ap.parse_args()
+    peers = [p.strip() for p in a.peers.split(",") if p.strip()]
+    if unknown := [p for p in peers if p not in PEERS]:
+        ap.error(f"--peers: unknown {', '.join(unknown)}; choose from {', '.join(PEERS)}")
     if a.rounds < 2:
         ap.error("--rounds must be >= 2 (round 1 is warm-up)")
     modes = [m.strip() for m in a.modes.split(",")]
@@ -124,9 +162,12 @@ def main() -> None:
         results = {m: bench(t, a.rounds, a.clients, a.workload, m) for m in modes}
         for r in results.values():
             print(json.dumps(r), flush=True)
+        peer_rows = {p: run_peer(p, t, a.rounds, a.clients, a.workload) for p in peers}
+        for r in peer_rows.values():
+            print(json.dumps(r), flush=True)
         default = results.get("sequential", next(iter(results.values())))  # the default mode: client_batching off
-        print(json.dumps({**default, "ratio": default["ratio"], "modes": {m: r["ratio"] for m, r in results.items()}}),
-              flush=True)
+        print(json.dumps({**default, "ratio": default["ratio"], "modes": {m: r["ratio"] for m, r in results.items()},
+                          "peers": {p: r.get("ratio") for p, r in peer_rows.items()}}), flush=True)
 
 
 if __name__ == "__main__":
