@@ -54,6 +54,8 @@ from _common import plain_round, save_workload  # noqa: E402
 PEERS = {
     "flower": (".venv-flower", ["python", str(HERE / "peers" / "flower_sim.py")]),
     "pfl": (".venv-pfl", ["python", str(HERE / "peers" / "pfl_sim.py")]),
+    "fed8-2proc": ("../../.venv", ["torchrun", "--nnodes", "1", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                                   "--master-port", "29614", str(HERE / "peers" / "fed8_dist.py")]),
     "pfl-2proc": (".venv-pfl", ["torchrun", "--nnodes", "1", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
                                 "--master-port", "29613", str(HERE / "peers" / "pfl_sim.py")]),
 }

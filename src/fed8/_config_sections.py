@@ -267,7 +267,7 @@ class EvalConfig:
     batch_size: int = _key(500, "batch size for evaluation", ge=1)
 
 
-DEPLOY_FORMATS = ("int8", "float8_e4m3fn", "float8_e5m2")
+DEPLOY_FORMATS = ("int8", "float8_e4m3fn", "float8_e5m2", "litert_int8", "litert_fp32")
 
 
 def _check_formats(name: str, value: str) -> None:
@@ -287,8 +287,10 @@ class QuantizeConfig:
 
     enabled: bool = _key(True, "run the quantize stage at the end of fed8 run")
     formats: str = _key(
-        "int8,float8_e4m3fn,float8_e5m2",
-        "comma-separated formats to build: int8, float8_e4m3fn, float8_e5m2",
+        "int8,float8_e4m3fn,float8_e5m2,litert_int8",
+        "comma-separated formats to build: int8, float8_e4m3fn, float8_e5m2 (ONNX), litert_int8 (full-integer "
+        ".tflite for phones; needs pip install 'fed8[litert]', skipped with a note without it), litert_fp32 "
+        "(float .tflite, for reference)",
         validate=_check_formats,
     )
     calibration: str = _key(

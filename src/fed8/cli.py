@@ -50,9 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("path", nargs="?", default="fed8.toml")
     i.add_argument("--force", action="store_true", help="overwrite an existing file")
 
-    q = sub.add_parser("quantize", help="build INT8 / FP8 ONNX models of a run directory or an ONNX model")
+    q = sub.add_parser("quantize", help="build INT8 / FP8 ONNX (and LiteRT INT8) models of a run directory or an ONNX "
+                       "model")
     q.add_argument("target", metavar="RUN_DIR|MODEL.onnx")
-    q.add_argument("--formats", help="comma-separated: int8,float8_e4m3fn,float8_e5m2")
+    q.add_argument("--formats", help="comma-separated: int8,float8_e4m3fn,float8_e5m2 (ONNX), litert_int8,litert_fp32 "
+                   "(.tflite, a run directory only, needs fed8[litert])")
     q.add_argument("--calibration", help="activation calibration: minmax | percentile | entropy")
     q.add_argument("--calibration-data", nargs="+", default=[], metavar="PATH",
                    help="images to calibrate on (.npz, folder, image files); required for MODEL.onnx, "
@@ -263,7 +265,7 @@ def _deploy_table(rows: list[dict]):
     from rich.console import Group
     from rich.table import Table
 
-    from .report.html import latency_ratio
+    from .report.html import latency_ratio, ms_or_batch1
 
     def num(v, f: str) -> str:
         return "-" if v is None else format(v, f)
@@ -289,10 +291,11 @@ def _deploy_table(rows: list[dict]):
                                                                "client_accuracy_min")) if od else "-"
         acc.add_row(name, num(r["eval_accuracy"], ".4f"), num(r["accuracy_delta_points"], "+.2f"),
                     num(r["top1_agreement_with_float32"], ".4f"), clients, str(len(r.get("layers_kept_float", []))))
-        for runtime, m in [("ort", r)] + ([("openvino", r["openvino"])] if "openvino" in r else []):
+        ort = {"onnxruntime": "ort"}.get(r.get("runtime", "onnxruntime"), r.get("runtime"))
+        for runtime, m in [(ort, r)] + ([("openvino", r["openvino"])] if "openvino" in r else []):
             speed.add_row(name, runtime, f"{m['bytes'] / 1e6:.2f}", f"{m['bytes'] / f32['bytes']:.3f}x",
                           f"{m['latency_ms_batch1']:.3f}", latency_ratio(m["latency_ms_batch1"], f32["latency_ms_batch1"]),
-                          f"{m['latency_ms_batch256']:.1f}",
+                          ms_or_batch1(m["latency_ms_batch256"]),
                           latency_ratio(m["latency_ms_batch256"], f32["latency_ms_batch256"]))
     return Group(acc, speed)
 
@@ -307,6 +310,19 @@ def _print_deploy(con, res: dict, where: Path) -> None:
     for note in res["notes"]:
         con.print(f"note: {note}", soft_wrap=True)
     con.print(f"wrote {where}", soft_wrap=True)
+
+
+def _check_litert_asked(formats: str, is_model: bool) -> None:
+    from .deploy.litert import LITERT_FORMATS, litert_available
+    from .errors import DeployError, MissingExtraError
+
+    asked = [f.strip() for f in formats.split(",") if f.strip() in LITERT_FORMATS]
+    if asked and is_model:
+        raise DeployError(f"--formats {','.join(asked)}: LiteRT files are converted from the PyTorch model, which an "
+                          "ONNX file does not carry (and no converter from ONNX to LiteRT is part of fed8). Quantize "
+                          "the run directory that made the model: fed8 quantize RUN_DIR --formats " + ",".join(asked))
+    if asked and not litert_available():
+        raise MissingExtraError("litert-torch", "litert")
 
 
 def _cmd_quantize(args) -> int:
@@ -328,6 +344,8 @@ def _cmd_quantize(args) -> int:
     if bad:
         raise ConfigError(f"fed8 quantize takes only quantize.* keys; got {bad[0]!r}.")
     q = replace(cfg.replace(extra).quantize, enabled=True)
+    if args.formats:  # asked for by name here, not just listed in a config: an error, not a skipped note
+        _check_litert_asked(args.formats, is_model)
     con = _console()
     say = lambda s: con.print(f"[dim]{s}[/]")  # noqa: E731
     if is_model:

@@ -70,6 +70,8 @@ def graph_key(path: str | Path) -> str:
 
     import onnx
 
+    if Path(path).suffix == ".tflite":  # a LiteRT file: its bytes (metadata included; it is built once)
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
     m = onnx.load(str(path))
     props = {p.key: p.value for p in m.metadata_props}
     config = json.loads(props.get("fed8", "{}")).get("ort_session_config", {})
@@ -80,8 +82,13 @@ def graph_key(path: str | Path) -> str:
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The fed8 metadata of an ONNX file (preprocessing, classes, input shape)."""
+    """The fed8 metadata of an ONNX or LiteRT (``.tflite``) file (preprocessing, classes, input shape)."""
     import onnx
+
+    if Path(path).suffix == ".tflite":
+        from .litert import read_litert_metadata
+
+        return read_litert_metadata(path)
 
     try:
         m = onnx.load(str(path), load_external_data=False)

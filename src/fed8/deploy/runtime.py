@@ -82,8 +82,13 @@ def session(path: str | Path, *, threads: int = 2, optimized_path: str | Path | 
     ``config`` entries; without ``config``, the entries a fed8 model recommends in its
     metadata (``fed8.ort_session_config``) are used. ``runtime = "openvino"``: the model
     compiled by OpenVINO for CPU latency in float32 precision (``config`` and
-    ``optimized_path`` are ORT-only).
+    ``optimized_path`` are ORT-only). A ``.tflite`` file always opens in LiteRT's
+    interpreter (:class:`fed8.deploy.litert.LiteRTSession`).
     """
+    if Path(path).suffix == ".tflite":  # LiteRT's interpreter is the only runtime of a .tflite file
+        from .litert import LiteRTSession
+
+        return LiteRTSession(path, threads=threads)
     if runtime == "openvino":
         return _OpenVINOSession(Path(path), threads)
     if runtime != "onnxruntime":

@@ -47,6 +47,14 @@ def fmt_bytes(n: float | None) -> str:
     return f"{n:.1f} PB"
 
 
+RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "litert": "LiteRT"}
+
+
+def ms_or_batch1(latency_ms: float | None) -> str:
+    """A batch-256 latency, or why there is none (a LiteRT file exported at batch 1)."""
+    return "batch 1 only" if latency_ms is None else f"{latency_ms:.1f}"
+
+
 def latency_ratio(latency_ms: float | None, float32_ms: float | None) -> str:
     """Latency as a fraction of float32's: ``0.41x`` (lower is faster)."""
     if not latency_ms or not float32_ms:
@@ -91,13 +99,14 @@ def _deploy_section(deploy: dict | None) -> str:
                     "clients min": low,
                     "kept in float": ", ".join(f"{k['node']} ({k['sqnr_db']:.1f} dB)" for k in r["layers_kept_float"])
                     or "-"})
-        runs = [("ONNX Runtime", r)] + ([("OpenVINO", r["openvino"])] if "openvino" in r else [])
+        runs = [(RUNTIME_NAMES[r.get("runtime", "onnxruntime")], r)] + ([("OpenVINO", r["openvino"])]
+                                                                         if "openvino" in r else [])
         for runtime, m in runs:
             speed.append({"format": r["format"], "runtime": runtime, "file": m["file"], "size": fmt_bytes(m["bytes"]),
                           "size vs fp32": f"{m['bytes'] / f32['bytes']:.3f}x",
                           "b1 (ms)": f"{m['latency_ms_batch1']:.3f}",
                           "b1 vs fp32": latency_ratio(m["latency_ms_batch1"], f32["latency_ms_batch1"]),
-                          "b256 (ms)": f"{m['latency_ms_batch256']:.1f}",
+                          "b256 (ms)": ms_or_batch1(m["latency_ms_batch256"]),
                           "b256 vs fp32": latency_ratio(m["latency_ms_batch256"], f32["latency_ms_batch256"])})
     cal = deploy.get("calibration", {})
     cal_pairs = [(k.replace("_", " "), v if isinstance(v, (str, int, float)) else json.dumps(v)) for k, v in cal.items()]

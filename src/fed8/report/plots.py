@@ -151,8 +151,11 @@ def _deploy_tradeoff(plt, deploy: dict, out: Path, paths: list[Path]) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for ax, b in zip(axes, ("batch1", "batch256")):
         for i, r in enumerate(fmts):
-            runs = [("ONNX Runtime", r, "o")] + ([("OpenVINO", r["openvino"], "s")] if "openvino" in r else [])
+            runtime0 = {"litert": ("LiteRT", "^")}.get(r.get("runtime", "onnxruntime"), ("ONNX Runtime", "o"))
+            runs = [(runtime0[0], r, runtime0[1])] + ([("OpenVINO", r["openvino"], "s")] if "openvino" in r else [])
             for runtime, m, marker in runs:
+                if m[f"latency_ms_{b}"] is None:  # a LiteRT file at batch 256: not exported
+                    continue
                 ax.scatter(m[f"latency_ms_{b}"], r[metric], s=40 + 400 * m["bytes"] / fmts[0]["bytes"],
                            marker=marker, color=colors[i % len(colors)], alpha=0.75,
                            label=f"{r['format']}, {runtime}, {m['bytes'] / 1e6:.1f} MB")

@@ -29,6 +29,15 @@ NOTE_FP8_CPU = ("ONNX Runtime's CPU has FP8 QuantizeLinear/DequantizeLinear kern
                 "(metadata fed8.ort_session_config) session.disable_quant_qdq=1, which dequantizes the FP8 weights "
                 "once at load; they also run in a default session, slower.")
 
+NOTE_LITERT_SKIPPED = ("LiteRT (.tflite) formats were listed in quantize.formats but skipped: litert-torch is not "
+                       "installed. Install it with: pip install 'fed8[litert]'")
+NOTE_LITERT_NO_MODEL = ("LiteRT (.tflite) formats were skipped: they are converted from the PyTorch model, which a "
+                        "standalone ONNX file does not carry. Quantize the run directory instead (fed8 quantize RUN_DIR).")
+NOTE_LITERT = ("LiteRT rows: full-integer .tflite files run by LiteRT's interpreter (XNNPACK, same thread count), "
+               "calibrated with the same federated activation ranges as the ONNX models; speedups are against ONNX "
+               "Runtime float32 on this x86 CPU (phones, ARM, were not measured). litert-torch exports batch 1 only, "
+               "so there is no batch-256 latency for them.")
+
 NOTE_OPENVINO = ("OpenVINO rows: the same ONNX files run by OpenVINO's CPU runtime (float32 inference precision, "
                  "same thread count); speedups are against ONNX Runtime float32. INT8 there uses the untuned QDQ "
                  "graph (int8_openvino.onnx when int8.onnx carries ONNX Runtime graph rewrites). Its integer "
@@ -68,6 +77,7 @@ class DeployData:
     eval_y: np.ndarray | None  # None: score is top-1 agreement with float32
     input_shape: tuple[int, ...]
     statistics: Any = None  # a fed8.deploy.clients.ClientStatistics; default LocalStatistics(calib_sets)
+    model: Any = None  # the trained torch.nn.Module (LiteRT is converted from it); None for a standalone ONNX file
 
     def __post_init__(self) -> None:
         if self.statistics is None:
@@ -91,7 +101,10 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
     from ..deploy.quantize import fp8_activation_scales, quantize_fp8_model, quantize_int8_model
     from ..deploy.runtime import FP8_CPU_SESSION_CONFIG, INTEGER_OPS, kernel_ops, latency_ms, run_logits, session
 
-    fmts = _formats(q)
+    from ..deploy.litert import LITERT_FORMATS, litert_available
+
+    fmts = [f for f in _formats(q) if f not in LITERT_FORMATS]  # the ONNX formats
+    lite_fmts = [f for f in _formats(q) if f in LITERT_FORMATS]
     use_openvino = _use_openvino(q)
     stats = data.statistics
     say("calibrating" + (" on the clients" if len(data.calib_sets) != 1 else ""))
@@ -99,7 +112,7 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
     if getattr(stats, "samples", None) is not None:  # remote clients say how many images they used
         calibration["samples"] = stats.samples
     hists = None
-    if q.calibration != "minmax" or (q.fp8_activation_scale != "amax" and any(f != "int8" for f in fmts)):
+    if q.calibration != "minmax" or (q.fp8_activation_scale != "amax" and any(f.startswith("float8") for f in fmts)):
         bounds = {k: max(abs(lo), abs(hi)) for k, (lo, hi) in ranges.items()}
         hists = merge_histograms(stats.histograms(fp32, bounds))
     act_ranges = thresholds(q.calibration, ranges, hists or {}, percentile=q.calibration_percentile)
@@ -141,22 +154,24 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
         n = sum(c for _, c in counts)
         return sum(h for h, _ in counts) / n if n else score(eval_logits(path))
 
-    def timings(sess) -> dict[str, float]:  # the same for every model and runtime
+    def timings(sess) -> dict[str, float | None]:  # the same for every model and runtime
         shape = tuple(data.input_shape)
+        fixed = getattr(sess, "batch", None)  # a LiteRT file takes batch 1 only: no batch-256 figure
         return {"latency_ms_batch1": latency_ms(sess, shape, batch=1, repeats=30),
-                "latency_ms_batch256": latency_ms(sess, shape, batch=256, repeats=5)}
+                "latency_ms_batch256": None if fixed == 1 else latency_ms(sess, shape, batch=256, repeats=5)}
 
-    def measure(name: str, path: Path, sess, logits: np.ndarray) -> dict[str, Any]:
+    def measure(name: str, path: Path, sess, logits: np.ndarray, runtime: str = "onnxruntime") -> dict[str, Any]:
         say(f"measuring {name}")
         acc = score(logits)
         return {
-            "format": name, "file": path.name, "bytes": os.path.getsize(path),
+            "format": name, "runtime": runtime, "file": path.name, "bytes": os.path.getsize(path),
             "eval_accuracy": acc if data.eval_y is not None else None,
             "accuracy_delta_points": 100 * (acc - base) if data.eval_y is not None else None,
             "top1_agreement_with_float32": float((logits.argmax(1) == fp32_logits.argmax(1)).mean()),
             "on_device": on_device(path),
             **timings(sess),
-            "integer_kernels": sorted(set(kernel_ops(path)) & INTEGER_OPS),
+            "integer_kernels": (integer_ops(path) if runtime == "litert" else
+                                sorted(set(kernel_ops(path)) & INTEGER_OPS)),
             "status": "ok", "layers_kept_float": [],
         }
 
@@ -237,27 +252,60 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
         row["gate"] = {"max_accuracy_drop": q.max_accuracy_drop, "passed": res.passed,
                        "builds": [{"layers_kept_float": k, "score": a} for k, a in res.tried]}
         rows.append(row)
+    notes = [NOTE_FP8_CPU] if any(f.startswith("float8") for f in fmts) else []
+    if lite_fmts and data.model is None:
+        notes.append(NOTE_LITERT_NO_MODEL)
+    elif lite_fmts and not litert_available():
+        notes.append(NOTE_LITERT_SKIPPED)
+    elif lite_fmts:
+        from ..deploy.litert import build_litert, integer_ops
+
+        notes.append(NOTE_LITERT)
+        for fmt in lite_fmts:
+            path = out / ("int8.tflite" if fmt == "litert_int8" else "fp32.tflite")
+
+            def build_lite(keep: Sequence[str], _f=fmt, _p=path) -> float:
+                say(f"converting {_f} (LiteRT)")
+                build_litert(data.model, data.input_shape, _p, fmt=_f, metadata=meta, ranges=act_ranges,
+                             onnx_fp32=fp32)
+                return score(eval_logits(_p))
+
+            # Full-integer or nothing: no layer can stay float in a model that must run integer kernels only,
+            # so the gate passes or fails the whole model.
+            res = gate(build_lite, lambda: [], float_accuracy=base, max_drop_points=q.max_accuracy_drop) \
+                if fmt == "litert_int8" else None
+            if res is None:
+                build_lite(())
+            sess = session(path, threads=q.threads)
+            row = measure(fmt, path, sess, eval_logits(path, sess), runtime="litert")
+            row["batch_sizes"] = [sess.batch]
+            if res is not None:
+                row["status"] = "ok" if res.passed else "failed"
+                row["gate"] = {"max_accuracy_drop": q.max_accuracy_drop, "passed": res.passed,
+                               "builds": [{"layers_kept_float": k, "score": a} for k, a in res.tried]}
+            rows.append(row)
     first = rows[0]
     for r in rows:
         r["bytes_ratio_to_float32"] = r["bytes"] / first["bytes"]
         for b in ("batch1", "batch256"):
-            r[f"speedup_{b}"] = first[f"latency_ms_{b}"] / r[f"latency_ms_{b}"]
+            r[f"speedup_{b}"] = (first[f"latency_ms_{b}"] / r[f"latency_ms_{b}"]
+                                 if r[f"latency_ms_{b}"] is not None else None)
             if "openvino" in r:  # against ONNX Runtime float32 (the main table's baseline) and OpenVINO float32
                 ov = r["openvino"]
                 ov[f"speedup_{b}"] = first[f"latency_ms_{b}"] / ov[f"latency_ms_{b}"]
                 ov[f"speedup_{b}_vs_openvino_float32"] = first["openvino"][f"latency_ms_{b}"] / ov[f"latency_ms_{b}"]
-    notes = [NOTE_FP8_CPU] if any(f.startswith("float8") for f in fmts) else []
     if use_openvino:
         notes.append(NOTE_OPENVINO)
     written = {r["file"] for r in rows} | {r["openvino"]["file"] for r in rows if "openvino" in r}
     final = final or out
-    stale = [f for f in [*(f"{x}.onnx" for x in DEPLOY_FORMATS), "int8_openvino.onnx"]
+    stale = [f for f in [*(f"{x}.onnx" for x in DEPLOY_FORMATS if not x.startswith("litert")), "int8_openvino.onnx",
+                         "int8.tflite", "fp32.tflite"]
              if f not in written and (final / f).exists() and not (out / f).exists()]
     for f in stale:  # kept (nothing is lost), but this quantization.json does not describe them
         os.link(final / f, out / f) if _same_device(final, out) else shutil.copy2(final / f, out / f)
     if stale:
         notes.append(f"{', '.join(stale)} in {final} {'is' if len(stale) == 1 else 'are'} from an earlier quantize "
-                     "and not described here (this quantization.json covers " + ", ".join(["float32", *fmts]) + ").")
+                     "and not described here (this quantization.json covers " + ", ".join(["float32", *fmts, *lite_fmts]) + ").")
     result = {**(extra or {}), "calibration": calibration, "threads": q.threads, "formats": rows,
               "failed": [r["format"] for r in rows if r["status"] == "failed"], "notes": notes}
     atomic_write_json(out / "quantization.json", result)
@@ -362,7 +410,7 @@ def _quantize_run_into(out: Path, final: Path, fed, q: QuantizeConfig, meta: dic
     else:  # the clients are elsewhere (SuperNodes): they calibrate on their own images
         statistics = devices
         calibration = {"where": devices.where, "clients": len(clients)}
-    data = DeployData(sets, ex, ey, tuple(fed.input_shape), statistics)
+    data = DeployData(sets, ex, ey, tuple(fed.input_shape), statistics, model=model)
     return deploy_formats(fp32, out, q, data, meta, calibration, say, extra={"float32_parity": par}, final=final)
 
 
