@@ -58,14 +58,47 @@ def _require() -> None:
         raise MissingExtraError("litert-torch", "litert")
 
 
+def _annotate_each_max_pool(gm) -> None:
+    """Max pooling shares its input's quantization, one node at a time.
+
+    litert-torch 0.10 annotates max pooling per *source partition*; a pooling module
+    called twice (fed8's ``cnn`` reuses ``self.pool``) is one partition of two nodes, and
+    it then ties the first pool's output to the second pool's input, picked from a set:
+    ``prepare_pt2e`` fails or not depending on object addresses. Here each
+    ``max_pool2d`` node gets input and output ``SharedQuantizationSpec`` of its own input.
+    """
+    import torch
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
+
+    pools = (torch.ops.aten.max_pool2d.default, torch.ops.aten.max_pool2d_with_indices.default)
+    for n in gm.graph.nodes:
+        if n.op != "call_function" or n.target not in pools:
+            continue
+        src = n.args[0]
+        qa = src.meta.get("quantization_annotation")
+        if qa is None or not qa._annotated or qa.output_qspec is None:
+            continue  # the producer stays float: so does the pool
+        shared = SharedQuantizationSpec(src)
+        n.meta["quantization_annotation"] = QuantizationAnnotation(input_qspec_map={src: shared},
+                                                                   output_qspec=shared, _annotated=True)
+
+
 def _quantizer():
     """litert-torch's PT2EQuantizer, per-channel symmetric weights, MinMax activation observers (ranges we set)."""
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from torchao.quantization.pt2e.observer import MinMaxObserver
 
+    class Quantizer(PT2EQuantizer):
+        STATIC_OPS = [op for op in PT2EQuantizer.STATIC_OPS if op != "max_pool2d"]
+
+        def annotate(self, model):
+            model = super().annotate(model)
+            _annotate_each_max_pool(model)
+            return model
+
     cfg = get_symmetric_quantization_config(is_per_channel=True)
     act = dataclasses.replace(cfg.input_activation, observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12))
-    return PT2EQuantizer().set_global(dataclasses.replace(cfg, input_activation=act, output_activation=act))
+    return Quantizer().set_global(dataclasses.replace(cfg, input_activation=act, output_activation=act))
 
 
 def _probe(input_shape) -> "torch.Tensor":  # noqa: F821

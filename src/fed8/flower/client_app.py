@@ -179,7 +179,14 @@ def _onnx(msg: Message, folder: str):
 
     from .messages import from_bytes_array
 
-    path = Path(folder) / "model.onnx"
+    job = msg.content["job"]
+    suffix = str(job["suffix"]) if "suffix" in job else ".onnx"
+    if suffix not in (".onnx", ".tflite"):
+        from ..errors import Fed8Error
+
+        raise Fed8Error(f"the server sent a model of type {suffix!r}; this node runs another fed8 version than the "
+                        "server. Install the same fed8 on every node.")
+    path = Path(folder) / f"model{suffix}"
     path.write_bytes(from_bytes_array(msg.content["model"]["onnx"]))
     return path
 
