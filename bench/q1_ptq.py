@@ -16,7 +16,10 @@ x86 backend, calibrated on the same images and timed in PyTorch with the same th
 (ratio to ORT FP32, as the issue defines it). When OpenVINO is installed (`fed8[openvino]`),
 "float32 (OpenVINO)" and "int8 (fed8, OpenVINO)" are the same FP32 file and fed8's untuned
 INT8 QDQ file run by OpenVINO's CPU runtime with the same threads (`fed8.deploy.runtime`,
-float32 inference precision); their ratios are also to ORT FP32.
+float32 inference precision); their ratios are also to ORT FP32. When litert-torch is
+installed (`fed8[litert]`), "litert_fp32" and "litert_int8" are the stage's .tflite files
+(full-integer INT8 from the same ranges) run by LiteRT's interpreter (XNNPACK) with the same
+threads, timed in the same turns; they take batch 1 only (no batch-256 column).
 
     python bench/q1_ptq.py                # all of the above, ~3 minutes on 2 cores
     python bench/q1_ptq.py --threads 2 --rounds 7
@@ -39,6 +42,7 @@ import torch.nn.functional as F
 from fed8.config import DataConfig, QuantizeConfig
 from fed8.data import load_splits, to_float
 from fed8.deploy.export import export_onnx
+from fed8.deploy.litert import litert_available
 from fed8.deploy.runtime import latency_ms, openvino_available, run_logits, session
 from fed8.stages.quantize import DeployData, deploy_formats
 from fed8.models import build_model
@@ -120,6 +124,7 @@ def main() -> None:
                     help="also time FP32 and fed8 INT8 back to back at batch 256 this many rounds and report "
                          "the distribution of the per-round ratio")
     ap.add_argument("--no-openvino", action="store_true", help="leave out the OpenVINO rows")
+    ap.add_argument("--no-litert", action="store_true", help="leave out the LiteRT rows")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -133,11 +138,15 @@ def main() -> None:
     calib = xtr[:512].numpy()
     default = QuantizeConfig().calibration
     results, models = {}, {}
+    lite = litert_available() and not args.no_litert
+    if not lite and not args.no_litert:
+        print("LiteRT rows skipped (pip install 'fed8[litert]')", flush=True)
     for method in ("minmax", "percentile", "entropy"):
         out = tmp / method
         out.mkdir()
-        q = QuantizeConfig(calibration=method, threads=args.threads, openvino="off")
-        data = DeployData([calib], ex.numpy(), ey.numpy(), (1, 28, 28))
+        formats = "int8,float8_e4m3fn,float8_e5m2" + (",litert_int8,litert_fp32" if lite and method == default else "")
+        q = QuantizeConfig(calibration=method, threads=args.threads, openvino="off", formats=formats)
+        data = DeployData([calib], ex.numpy(), ey.numpy(), (1, 28, 28), model=model)
         res = deploy_formats(fp32, out, q, data, meta, {"where": "512 train images"}, lambda s: None)
         results[method] = {r["format"]: r for r in res["formats"]}
         print(method, {f: round(r["eval_accuracy"], 4) for f, r in results[method].items()}, flush=True)
@@ -166,10 +175,11 @@ def main() -> None:
     for _ in range(args.rounds):
         for k, s in sessions.items():
             lat[k][1].append(latency_ms(s, (1, 28, 28), batch=1, repeats=200))
-            lat[k][256].append(latency_ms(s, (1, 28, 28), batch=256, repeats=10))
+            if getattr(s, "batch", None) != 1:  # LiteRT files take batch 1 only
+                lat[k][256].append(latency_ms(s, (1, 28, 28), batch=256, repeats=10))
         lat[TORCH_PEER][1].append(torch_latency_ms(torch_int8, 1, 200))
         lat[TORCH_PEER][256].append(torch_latency_ms(torch_int8, 256, 10))
-    med = {k: {b: statistics.median(v) for b, v in d.items()} for k, d in lat.items()}
+    med = {k: {b: statistics.median(v) if v else float("nan") for b, v in d.items()} for k, d in lat.items()}
     rows = []
     print(f"\n{'model':28} {'acc':>7} {'delta':>6} {'bytes':>9} {'size':>5} {'b1 ms':>7} {'b1 x':>5} "
           f"{'b256 ms':>8} {'b256 x':>6}")

@@ -19,6 +19,7 @@ from fed8.deploy.export import export_onnx, read_metadata
 from fed8.deploy.runtime import run_logits, session
 from fed8.errors import DeployError
 
+pytestmark = pytest.mark.litert
 needs_litert = pytest.mark.skipif(not litert.litert_available(),
                                   reason="needs the fed8[litert] extra: pip install 'fed8[litert]' (CI: bash .ci/litert)")
 

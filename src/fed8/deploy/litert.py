@@ -40,7 +40,7 @@ import numpy as np
 
 from ..errors import DeployError, MissingExtraError
 
-__all__ = ["LITERT_FORMATS", "METADATA_NAME", "LiteRTSession", "build_litert", "check_full_integer",
+__all__ = ["LITERT_FORMATS", "LiteRTSession", "METADATA_NAME", "build_litert", "check_full_integer", "integer_ops",
            "litert_available", "observer_ranges", "read_litert_metadata", "tensor_quantization"]
 
 LITERT_FORMATS = ("litert_int8", "litert_fp32")
