@@ -184,3 +184,58 @@ def test_sqnr():
     x = torch.tensor([1.0, 2.0])
     assert sqnr_db(x, x) == math.inf
     assert sqnr_db(x, x * 1.1) == pytest.approx(20.0)
+
+
+# -- the one API for every 8-bit format (fed8.formats.api) -------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["int8", "float8_e4m3fn", "float8_e5m2"])
+@pytest.mark.parametrize("granularity", [PerTensor(), PerChannel(0), PerBlock(16)])
+def test_one_api_gives_the_per_format_codes_and_bounds(fmt, granularity):
+    from fed8.formats import FORMATS_8BIT, choose_qparams, dequantize, quantize
+
+    assert fmt in FORMATS_8BIT
+    x = torch.randn(8, 40, generator=torch.Generator().manual_seed(3)) * 3
+    qp = choose_qparams(x, fmt, granularity=granularity)
+    codes = quantize(x, qp, fmt, granularity=granularity)
+    x_hat = dequantize(codes, qp, fmt, granularity=granularity, shape=x.shape)
+    assert codes.element_size() == 1 and x_hat.shape == x.shape
+    if fmt == "int8":  # the same codes as the int8 functions, symmetric, half a step of error at most
+        s, _ = choose_qparams_int8(x, symmetric=True, granularity=granularity)
+        assert torch.equal(codes, quantize_int8(x, s, granularity=granularity, symmetric=True))
+        assert qp.zero_point is None
+        if not isinstance(granularity, PerBlock):  # (blocks: the same codes, checked above)
+            assert ((x_hat - x).abs() <= s / 2 + 1e-6).all()
+    else:  # the same bytes as the FP8 functions, and the format's relative error for normals
+        s = choose_scale_fp8(x, fmt, granularity=granularity)
+        assert torch.equal(codes, quantize_fp8(x, s, fmt, granularity=granularity))
+        rel = 2.0**-4 if fmt == "float8_e4m3fn" else 2.0**-3
+        big = x.abs() > 0.5
+        assert ((x_hat - x).abs()[big] <= rel * x.abs()[big] + 1e-6).all()
+
+
+def test_one_api_affine_int8_is_the_onnxruntime_uint8_grid_shifted():
+    from fed8.formats import dequantize, qparams_for_range, quantize
+
+    lo, hi = -0.7, 3.1
+    x = torch.linspace(-2, 5, 1001)
+    qp = qparams_for_range(lo, hi, "int8")
+    got = dequantize(quantize(x, qp, "int8"), qp, "int8")
+    s = (hi - lo) / 255
+    z = round(-lo / s)
+    want = ((torch.round(x / s) + z).clamp(0, 255) - z) * s  # ORT's uint8 affine activation grid
+    assert torch.allclose(got, want, atol=1e-5)
+    assert qp.zero_point is not None and int(qp.zero_point) == z - 128
+
+
+def test_one_api_errors_name_the_allowed_values():
+    from fed8.errors import ParameterError
+    from fed8.formats import choose_qparams, quantize
+
+    x = torch.randn(10)
+    with pytest.raises(ParameterError, match="name the FP8 format exactly"):
+        choose_qparams(x, "fp8")
+    with pytest.raises(ParameterError, match="int8 scale method must be one of amax, minmax"):
+        choose_qparams(x, "int8", method="mse")
+    qp = choose_qparams(x, "float8_e5m2")
+    with pytest.raises(ParameterError, match="stochastic rounding is implemented for int8 only"):
+        quantize(x, qp, "float8_e5m2", generator=torch.Generator())

@@ -19,8 +19,7 @@ import math
 import torch
 
 from ..errors import ParameterError, PayloadError
-from ..formats import (PerBlock, PerChannel, PerTensor, choose_qparams_int8, choose_scale_fp8, dequantize_fp8,
-                       dequantize_int8, fp8_format, quantize_fp8, quantize_int8)
+from ..formats import FORMATS_8BIT, PerBlock, PerChannel, PerTensor, QParams, choose_qparams, dequantize, quantize
 from .codec import TensorCodec
 
 __all__ = ["GRANULARITIES", "ScaledCodec"]
@@ -34,8 +33,8 @@ class ScaledCodec(TensorCodec):
 
     def __init__(self, name: str = "int8", *, granularity: str = "channel", block_size: int = 256,
                  rounding: str = "nearest") -> None:
-        if name != "int8":
-            fp8_format(name)  # validates the name
+        if name not in FORMATS_8BIT:
+            raise ParameterError(f"codec format must be one of {', '.join(FORMATS_8BIT)}; got {name!r}.")
         if granularity not in GRANULARITIES:
             raise ParameterError(f"granularity must be one of {', '.join(GRANULARITIES)}; got {granularity!r}.")
         if rounding not in ROUNDINGS:
@@ -69,16 +68,11 @@ class ScaledCodec(TensorCodec):
 
     def encode_tensor(self, x: torch.Tensor, generator=None) -> bytes:
         g = self._g(tuple(x.shape))
-        if self.name == "int8":
-            scale, _ = choose_qparams_int8(x, symmetric=True, granularity=g)
-            q = quantize_int8(x, scale, granularity=g, symmetric=True,
-                              generator=generator if self.rounding == "stochastic" else None)
-            codes = q.view(torch.uint8)
-        else:
-            scale = choose_scale_fp8(x, self.name, method="amax", granularity=g)
-            codes = quantize_fp8(x, scale, self.name, granularity=g)
+        qp = choose_qparams(x, self.name, granularity=g, method="amax")  # symmetric int8, amax FP8
+        codes = quantize(x, qp, self.name, granularity=g,
+                         generator=generator if self.rounding == "stochastic" else None).view(torch.uint8)
         n = math.prod(x.shape)
-        return (scale.reshape(-1).to(torch.float32).numpy().tobytes()
+        return (qp.scale.reshape(-1).to(torch.float32).numpy().tobytes()
                 + codes.reshape(-1)[:n].contiguous().numpy().tobytes())
 
     def decode_tensor(self, data: bytes, entry: dict, shape: tuple[int, ...]) -> torch.Tensor:
@@ -101,8 +95,4 @@ class ScaledCodec(TensorCodec):
                 scale = scale.reshape([shape[0]] + [1] * (len(shape) - 1))
             else:
                 scale = scale.reshape([1] * len(shape))
-        if self.name == "int8":
-            out = dequantize_int8(codes.view(torch.int8), scale, granularity=g, shape=torch.Size(shape))
-        else:
-            out = dequantize_fp8(codes, scale, self.name, granularity=g, shape=torch.Size(shape))
-        return out.reshape(shape)
+        return dequantize(codes, QParams(scale), self.name, granularity=g, shape=torch.Size(shape)).reshape(shape)

@@ -25,8 +25,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..formats import (PerChannel, choose_scale_fp8, dequantize_fp8, fake_quantize_int8, fp8_format, quantize_fp8,
-                       sqnr_db)
+from ..formats import PerChannel, QParams, choose_qparams, dequantize, qparams_for_range, quantize, sqnr_db
 from .calibrate import activations, check_input
 
 __all__ = ["GateResult", "LayerSQNR", "client_sqnr_sums", "gate", "layer_sqnr", "layer_sqnr_from_sums"]
@@ -50,23 +49,17 @@ class LayerSQNR:
 
 
 def _fake_act(x: torch.Tensor, fmt: str, lo: float, hi: float, fp8_scale: float | None) -> torch.Tensor:
-    """Input activation as the deployed model sees it: INT8 as ORT's uint8 affine grid, FP8 with its scale."""
-    if fmt == "int8":
-        lo, hi = min(lo, 0.0), max(hi, 0.0)
-        s = (hi - lo) / 255 or 1.0
-        z = round(-lo / s)
-        return ((torch.round(x / s) + z).clamp(0, 255) - z) * s
-    f = fp8_format(fmt)
-    s = torch.tensor(fp8_scale)
-    return dequantize_fp8(quantize_fp8(x, s, f), s, f)
+    """Input activation as the deployed model sees it: INT8 on the affine grid of its range (ORT's uint8 grid,
+    shifted by 128: the same values), FP8 with its chosen scale."""
+    qp = qparams_for_range(lo, hi, fmt) if fp8_scale is None else QParams(torch.tensor(fp8_scale))
+    return dequantize(quantize(x, qp, fmt), qp, fmt)
 
 
 def _fake_weight(w: torch.Tensor, fmt: str, axis: int, weight_scale: str) -> torch.Tensor:
-    if fmt == "int8":
-        return fake_quantize_int8(w, symmetric=True, granularity=PerChannel(axis))
-    f = fp8_format(fmt)
-    s = choose_scale_fp8(w, f, method=weight_scale, granularity=PerChannel(axis))
-    return dequantize_fp8(quantize_fp8(w, s, f), s, f)
+    """A weight as stored: per output channel, symmetric INT8 or FP8 with ``weight_scale``."""
+    g = PerChannel(axis)
+    qp = choose_qparams(w, fmt, granularity=g, method="amax" if fmt == "int8" else weight_scale)
+    return dequantize(quantize(w, qp, fmt, granularity=g), qp, fmt, granularity=g)
 
 
 def _layers(g):
