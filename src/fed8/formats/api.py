@@ -30,7 +30,7 @@ from .fp8 import choose_scale_fp8, dequantize_fp8, quantize_fp8
 from .granularity import Granularity, PerTensor
 from .int8 import choose_qparams_int8, dequantize_int8, quantize_int8
 
-__all__ = ["FORMATS_8BIT", "QParams", "choose_qparams", "dequantize", "quantize", "qparams_for_range"]
+__all__ = ["FORMATS_8BIT", "QParams", "choose_qparams", "dequantize", "qparams_for_range", "quantize"]
 
 FORMATS_8BIT = ("int8", *FP8_FORMATS)
 _INT8_METHODS = ("amax", "minmax")

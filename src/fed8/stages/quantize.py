@@ -99,7 +99,8 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
     from ..deploy.gate import gate, layer_sqnr_from_sums
     from ..federated.evaluate import client_accuracy_from_counts
     from ..deploy.quantize import fp8_activation_scales, quantize_fp8_model, quantize_int8_model
-    from ..deploy.runtime import FP8_CPU_SESSION_CONFIG, INTEGER_OPS, kernel_ops, latency_ms, run_logits, session
+    from ..deploy.measure import Measure, add_ratios
+    from ..deploy.runtime import FP8_CPU_SESSION_CONFIG, run_logits, session
 
     from ..deploy.litert import LITERT_FORMATS, litert_available
 
@@ -154,34 +155,11 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
         n = sum(c for _, c in counts)
         return sum(h for h, _ in counts) / n if n else score(eval_logits(path))
 
-    def timings(sess) -> dict[str, float | None]:  # the same for every model and runtime
-        shape = tuple(data.input_shape)
-        fixed = getattr(sess, "batch", None)  # a LiteRT file takes batch 1 only: no batch-256 figure
-        return {"latency_ms_batch1": latency_ms(sess, shape, batch=1, repeats=30),
-                "latency_ms_batch256": None if fixed == 1 else latency_ms(sess, shape, batch=256, repeats=5)}
-
-    def measure(name: str, path: Path, sess, logits: np.ndarray, runtime: str = "onnxruntime") -> dict[str, Any]:
-        say(f"measuring {name}")
-        acc = score(logits)
-        return {
-            "format": name, "runtime": runtime, "file": path.name, "bytes": os.path.getsize(path),
-            "eval_accuracy": acc if data.eval_y is not None else None,
-            "accuracy_delta_points": 100 * (acc - base) if data.eval_y is not None else None,
-            "top1_agreement_with_float32": float((logits.argmax(1) == fp32_logits.argmax(1)).mean()),
-            "on_device": on_device(path),
-            **timings(sess),
-            "integer_kernels": (integer_ops(path) if runtime == "litert" else
-                                sorted(set(kernel_ops(path)) & INTEGER_OPS)),
-            "status": "ok", "layers_kept_float": [],
-        }
+    measurer = Measure(data.eval_x, data.eval_y, fp32_logits, tuple(data.input_shape), q.threads, on_device, say)
+    measure = measurer.row
 
     def measure_openvino(path: Path, ort_logits: np.ndarray) -> dict[str, Any]:
-        say(f"measuring {path.name} on OpenVINO")
-        sess = session(path, threads=q.threads, runtime="openvino")
-        logits = run_logits(sess, data.eval_x)
-        return {"file": path.name, "bytes": os.path.getsize(path),
-                "top1_agreement_with_onnxruntime": float((logits.argmax(1) == ort_logits.argmax(1)).mean()),
-                **timings(sess)}
+        return measurer.other_runtime(path, "openvino", ort_logits)
 
     rows = [measure("float32", fp32, fp32_sess, fp32_logits)]
     if use_openvino:
@@ -258,7 +236,7 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
     elif lite_fmts and not litert_available():
         notes.append(NOTE_LITERT_SKIPPED)
     elif lite_fmts:
-        from ..deploy.litert import build_litert, integer_ops
+        from ..deploy.litert import build_litert
 
         notes.append(NOTE_LITERT)
         for fmt in lite_fmts:
@@ -284,16 +262,7 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
                 row["gate"] = {"max_accuracy_drop": q.max_accuracy_drop, "passed": res.passed,
                                "builds": [{"layers_kept_float": k, "score": a} for k, a in res.tried]}
             rows.append(row)
-    first = rows[0]
-    for r in rows:
-        r["bytes_ratio_to_float32"] = r["bytes"] / first["bytes"]
-        for b in ("batch1", "batch256"):
-            r[f"speedup_{b}"] = (first[f"latency_ms_{b}"] / r[f"latency_ms_{b}"]
-                                 if r[f"latency_ms_{b}"] is not None else None)
-            if "openvino" in r:  # against ONNX Runtime float32 (the main table's baseline) and OpenVINO float32
-                ov = r["openvino"]
-                ov[f"speedup_{b}"] = first[f"latency_ms_{b}"] / ov[f"latency_ms_{b}"]
-                ov[f"speedup_{b}_vs_openvino_float32"] = first["openvino"][f"latency_ms_{b}"] / ov[f"latency_ms_{b}"]
+    add_ratios(rows)
     if use_openvino:
         notes.append(NOTE_OPENVINO)
     written = {r["file"] for r in rows} | {r["openvino"]["file"] for r in rows if "openvino" in r}
