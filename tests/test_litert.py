@@ -169,6 +169,17 @@ def test_quantize_stage_rows_report_and_predict(tmp_path, small, capsys):
         tops[f] = [json.loads(s)["top"][0][0] for s in capsys.readouterr().out.splitlines()]
     assert len(tops["int8.tflite"]) == 12
     assert np.mean([a == b for a, b in zip(tops["int8.tflite"], tops["int8.onnx"])]) >= 11 / 12
+    # centralized calibration stays available for comparison: other data, other activation scales
+    assert main(["quantize", str(tmp_path / "r"), "--formats", "litert_int8", "--out", str(tmp_path / "central"),
+                 "--set", "quantize.centralized_calibration=true"]) == 0
+    central = json.loads((tmp_path / "central/quantization.json").read_text())
+    assert "centralized" in central["calibration"]["where"]
+
+    def act_scales(path):
+        return sorted(round(t["scales"][0], 9) for t in litert.tensor_quantization(path).values()
+                      if t["dtype"] == "int8" and len(t["scales"]) == 1)
+
+    assert act_scales(tmp_path / "central/int8.tflite") != act_scales(tmp_path / "r/deploy/int8.tflite")
 
 
 def test_without_the_extra_the_stage_notes_it_and_the_cli_names_the_install(tmp_path, small, monkeypatch, capsys):
