@@ -79,8 +79,9 @@ class ModelConfig:
 
     name: str = _key(
         "cnn",
-        "cnn (McMahan et al. 2017 CNN) | resnet20 (CIFAR-style ResNet) | mlp (2 hidden layers)",
-        choices=("cnn", "resnet20", "mlp"),
+        "cnn (McMahan et al. 2017 CNN) | resnet20 (CIFAR-style ResNet) | mlp (2 hidden layers) | vit_tiny (a 4-block "
+        "ViT of width 192, 4x4 patches, for 28x28 and 32x32 images)",
+        choices=("cnn", "resnet20", "mlp", "vit_tiny"),
     )
     norm: str = _key(
         "batch",

@@ -9,7 +9,7 @@ from ..errors import ConfigError
 
 __all__ = ["MODELS", "build_model", "count_parameters"]
 
-MODELS = ("cnn", "resnet20", "mlp")
+MODELS = ("cnn", "resnet20", "mlp", "vit_tiny")
 
 
 def build_model(name: str, *, in_channels: int, height: int, width: int, num_classes: int,
@@ -18,6 +18,7 @@ def build_model(name: str, *, in_channels: int, height: int, width: int, num_cla
     from .cnn import CNN
     from .mlp import MLP
     from .resnet import ResNet20
+    from .vit import ViTTiny
 
     if name == "cnn" and (height < 4 or width < 4):
         raise ConfigError(f"model.name = 'cnn' needs images of at least 4x4; got {height}x{width}.")
@@ -25,6 +26,7 @@ def build_model(name: str, *, in_channels: int, height: int, width: int, num_cla
         "cnn": lambda: CNN(in_channels, height, width, num_classes),
         "resnet20": lambda: ResNet20(in_channels, height, width, num_classes, norm=norm),
         "mlp": lambda: MLP(in_channels, height, width, num_classes, hidden=hidden),
+        "vit_tiny": lambda: ViTTiny(in_channels, height, width, num_classes),
     }
     if name not in makers:
         raise ConfigError(f"model.name must be one of {', '.join(MODELS)}; got {name!r}.")
