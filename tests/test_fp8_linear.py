@@ -67,3 +67,44 @@ def test_fp8_linear_on_the_gpu_matches_the_cpu_numbers():
     cpu = Float8Linear.from_linear(lin)(x)
     gpu = Float8Linear.from_linear(lin.cuda())(x.cuda()).cpu()
     assert (gpu - cpu).abs().max() <= 1e-3 * cpu.abs().max()
+
+
+def test_quantize_stage_builds_torch_fp8_and_says_it_is_not_timed_without_fp8_cores(tmp_path, small, capsys):
+    import json
+
+    import fed8
+    from fed8.cli import main
+    from fed8.deploy.export import read_metadata
+    from fed8.deploy.fp8_linear import load_fp8_model
+    from fed8.deploy.runtime import run_logits, session
+
+    cfg = fed8.load_config(None, small + ["data.subset=400", "train.rounds=1", "quantize.enabled=false"])
+    fed8.run(cfg, out=tmp_path / "r", report=False)
+    assert main(["quantize", str(tmp_path / "r"), "--formats", "int8,torch_float8_e4m3fn"]) == 0
+    q = json.loads((tmp_path / "r/deploy/quantization.json").read_text())
+    rows = {r["format"]: r for r in q["formats"]}
+    row = rows["torch_float8_e4m3fn"]
+    assert row["runtime"] == "torch" and row["file"] == "torch_float8_e4m3fn.safetensors" and row["status"] == "ok"
+    assert row["top1_agreement_with_float32"] > 0.97 and row["on_device"]["client_accuracy_mean"] is not None
+    assert row["bytes_ratio_to_float32"] < 0.5  # the fc layers (most of the cnn's weights) are 1 byte per value
+    path = tmp_path / "r/deploy/torch_float8_e4m3fn.safetensors"
+    meta = read_metadata(path)
+    assert meta["fp8_linears"] == ["fc1", "fc2"] and meta["granularity"] == "tensor" and meta["model"] == "cnn"
+    model = load_fp8_model(path)  # rebuilt from the file alone
+    assert model.fc1.weight_fp8.dtype == torch.float8_e4m3fn
+    x = torch.randn(16, 1, 28, 28)
+    with torch.no_grad():
+        assert np_close(run_logits(session(path), x.numpy()), model(x).numpy())
+    if not fp8_compute_available()[0]:
+        assert row["latency_ms_batch1"] is None and row["speedup_batch1"] is None
+        assert any("latency not measured" in n and "8.9" in n for n in q["notes"])
+        capsys.readouterr()
+        assert main(["quantize", str(tmp_path / "r"), "--formats", "torch_float8_e4m3fn", "--out", str(tmp_path / "o")]) == 0
+        out = capsys.readouterr().out
+        assert "n/a" in out and "latency not measured" in out
+
+
+def np_close(a, b):
+    import numpy as np
+
+    return np.allclose(a, b, atol=1e-5)

@@ -81,7 +81,7 @@ def test_vit_tiny_shapes_width_and_no_batchnorm(shape, classes):
 
 @pytest.mark.slow
 def test_vit_tiny_trains_federatedly(tmp_path):
-    """Two FedAvg rounds of 4 clients (12 SGD steps each): below the chance-level loss ln(10) and above chance.
+    """Two FedAvg rounds of 4 clients (10 SGD steps each): the train loss gets below the chance level ln(10).
 
     (ViTs learn slowly with SGD: centrally, 100 steps of batch 32 reach a loss of ~1.97 here.)
     """

@@ -268,7 +268,7 @@ class EvalConfig:
     batch_size: int = _key(500, "batch size for evaluation", ge=1)
 
 
-DEPLOY_FORMATS = ("int8", "float8_e4m3fn", "float8_e5m2", "litert_int8", "litert_fp32")
+DEPLOY_FORMATS = ("int8", "float8_e4m3fn", "float8_e5m2", "litert_int8", "litert_fp32", "torch_float8_e4m3fn")
 
 
 def _check_formats(name: str, value: str) -> None:
@@ -291,7 +291,8 @@ class QuantizeConfig:
         "int8,float8_e4m3fn,float8_e5m2,litert_int8",
         "comma-separated formats to build: int8, float8_e4m3fn, float8_e5m2 (ONNX), litert_int8 (full-integer "
         ".tflite for phones; needs pip install 'fed8[litert]', skipped with a note without it), litert_fp32 "
-        "(float .tflite, for reference)",
+        "(float .tflite, for reference), torch_float8_e4m3fn (PyTorch module whose Linear layers compute in FP8 "
+        "with torch._scaled_mm: real FP8 on GPUs of compute capability >= 8.9; not in the default list)",
         validate=_check_formats,
     )
     calibration: str = _key(

@@ -265,7 +265,7 @@ def _deploy_table(rows: list[dict]):
     from rich.console import Group
     from rich.table import Table
 
-    from .report.html import latency_ratio, ms_or_batch1
+    from .report.html import latency_ratio, ms_or_batch1, ms_or_untimed
 
     def num(v, f: str) -> str:
         return "-" if v is None else format(v, f)
@@ -294,8 +294,9 @@ def _deploy_table(rows: list[dict]):
         ort = {"onnxruntime": "ort"}.get(r.get("runtime", "onnxruntime"), r.get("runtime"))
         for runtime, m in [(ort, r)] + ([("openvino", r["openvino"])] if "openvino" in r else []):
             speed.add_row(name, runtime, f"{m['bytes'] / 1e6:.2f}", f"{m['bytes'] / f32['bytes']:.3f}x",
-                          f"{m['latency_ms_batch1']:.3f}", latency_ratio(m["latency_ms_batch1"], f32["latency_ms_batch1"]),
-                          ms_or_batch1(m["latency_ms_batch256"]),
+                          ms_or_untimed(m["latency_ms_batch1"]),
+                          latency_ratio(m["latency_ms_batch1"], f32["latency_ms_batch1"]),
+                          ms_or_batch1(m["latency_ms_batch256"], m["latency_ms_batch1"]),
                           latency_ratio(m["latency_ms_batch256"], f32["latency_ms_batch256"]))
     return Group(acc, speed)
 
@@ -316,11 +317,14 @@ def _check_litert_asked(formats: str, is_model: bool) -> None:
     from .deploy.litert import LITERT_FORMATS, litert_available
     from .errors import DeployError, MissingExtraError
 
-    asked = [f.strip() for f in formats.split(",") if f.strip() in LITERT_FORMATS]
-    if asked and is_model:
-        raise DeployError(f"--formats {','.join(asked)}: LiteRT files are converted from the PyTorch model, which an "
-                          "ONNX file does not carry (and no converter from ONNX to LiteRT is part of fed8). Quantize "
-                          "the run directory that made the model: fed8 quantize RUN_DIR --formats " + ",".join(asked))
+    from .deploy.fp8_linear import TORCH_FP8_FORMAT
+
+    torch_built = [f.strip() for f in formats.split(",") if f.strip() in (*LITERT_FORMATS, TORCH_FP8_FORMAT)]
+    if torch_built and is_model:
+        raise DeployError(f"--formats {','.join(torch_built)}: these are built from the PyTorch model, which an ONNX "
+                          "file does not carry (and no converter from ONNX to LiteRT is part of fed8). Quantize the run "
+                          "directory that made the model: fed8 quantize RUN_DIR --formats " + ",".join(torch_built))
+    asked = [f for f in torch_built if f in LITERT_FORMATS]
     if asked and not litert_available():
         raise MissingExtraError("litert-torch", "litert")
 

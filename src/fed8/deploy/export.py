@@ -70,7 +70,7 @@ def graph_key(path: str | Path) -> str:
 
     import onnx
 
-    if Path(path).suffix == ".tflite":  # a LiteRT file: its bytes (metadata included; it is built once)
+    if Path(path).suffix in (".tflite", ".safetensors"):  # LiteRT / torch FP8 files: their bytes (built once)
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
     m = onnx.load(str(path))
     props = {p.key: p.value for p in m.metadata_props}
@@ -89,6 +89,10 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         from .litert import read_litert_metadata
 
         return read_litert_metadata(path)
+    if Path(path).suffix == ".safetensors":
+        from .fp8_linear import read_fp8_metadata
+
+        return read_fp8_metadata(path)
 
     try:
         m = onnx.load(str(path), load_external_data=False)

@@ -24,7 +24,8 @@ from torch import nn
 from ..errors import ParameterError
 from ..formats import PerChannel, PerTensor, QParams, choose_qparams, quantize
 
-__all__ = ["GRANULARITIES", "Float8Linear", "fp8_compute_available", "swap_linears_fp8"]
+__all__ = ["GRANULARITIES", "TORCH_FP8_FORMAT", "Float8Linear", "TorchSession", "fp8_compute_available", "load_fp8_model",
+           "read_fp8_metadata", "save_fp8_model", "swap_linears_fp8"]
 
 GRANULARITIES = ("tensor", "row")
 _FMT = "float8_e4m3fn"
@@ -115,3 +116,79 @@ def swap_linears_fp8(model: nn.Module, granularity: str = "tensor") -> list[str]
                 setattr(mod, child_name, Float8Linear.from_linear(child, granularity))
                 done.append(f"{name}.{child_name}" if name else child_name)
     return done
+
+
+TORCH_FP8_FORMAT = "torch_float8_e4m3fn"
+
+
+def save_fp8_model(model: nn.Module, path, *, granularity: str = "tensor", metadata: dict | None = None) -> nn.Module:
+    """A copy of ``model`` with every Linear in FP8 (:func:`swap_linears_fp8`), saved as safetensors at ``path``.
+
+    The file holds the FP8 weights as ``F8_E4M3`` tensors with their scales, the other
+    parameters as they are, and fed8's metadata (``fp8_linears``, ``granularity``, the
+    model's name, input shape and preprocessing). Returns the FP8 module.
+    """
+    import copy
+
+    from .._io import save_tensors
+
+    fp8 = copy.deepcopy(model).eval()
+    names = swap_linears_fp8(fp8, granularity)
+    if not names:
+        raise ParameterError("torch_float8_e4m3fn: the model has no nn.Linear layer to run in FP8.")
+    save_tensors(path, fp8.state_dict(), {**(metadata or {}), "format": TORCH_FP8_FORMAT, "granularity": granularity,
+                                          "fp8_linears": names})
+    return fp8
+
+
+class TorchSession:
+    """A PyTorch module behind ORT's ``get_inputs()`` / ``run()`` surface (float32 in, logits out)."""
+
+    class _Input:
+        name = "input"
+
+    def __init__(self, module: nn.Module, threads: int = 2) -> None:
+        self.module, self.threads = module.eval(), threads
+
+    def get_inputs(self) -> list:
+        return [self._Input()]
+
+    def run(self, output_names, feeds) -> list:
+        import numpy as np
+
+        x = torch.from_numpy(np.ascontiguousarray(next(iter(feeds.values())), dtype=np.float32))
+        old = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            with torch.no_grad():
+                return [self.module(x).float().numpy()]
+        finally:
+            torch.set_num_threads(old)
+
+
+def read_fp8_metadata(path) -> dict:
+    """fed8's metadata of a ``torch_float8_e4m3fn`` safetensors file."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return json.loads(meta["fed8"]) if "fed8" in meta else {}
+
+
+def load_fp8_model(path) -> nn.Module:
+    """The FP8 module saved by :func:`save_fp8_model` for one of fed8's models (its metadata names it)."""
+    from .._io import load_tensors
+    from ..errors import DeployError
+    from ..models import build_model
+
+    meta = read_fp8_metadata(path)
+    if meta.get("format") != TORCH_FP8_FORMAT or "model" not in meta or "input_shape" not in meta:
+        raise DeployError(f"{path}: not a fed8 {TORCH_FP8_FORMAT} model (its metadata does not name a fed8 model).")
+    c, h, w = meta["input_shape"]
+    model = build_model(meta["model"], in_channels=c, height=h, width=w, num_classes=len(meta["classes"]),
+                        **meta.get("model_options", {}))
+    swap_linears_fp8(model, meta.get("granularity", "tensor"))
+    model.load_state_dict(load_tensors(path))
+    return model.eval()

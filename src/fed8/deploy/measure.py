@@ -83,8 +83,12 @@ class Measure:
     def score(self, logits: np.ndarray) -> float:
         return float((logits.argmax(1) == self.reference).mean())
 
-    def row(self, name: str, path: Path, sess, logits: np.ndarray, runtime: str = "onnxruntime") -> dict[str, Any]:
-        """The row of a model ``name`` stored at ``path``, run in ``sess`` of ``runtime``; ``logits`` on the eval split."""
+    def row(self, name: str, path: Path, sess, logits: np.ndarray, runtime: str = "onnxruntime", *,
+            timed: bool = True) -> dict[str, Any]:
+        """The row of a model ``name`` stored at ``path``, run in ``sess`` of ``runtime``; ``logits`` on the eval split.
+
+        ``timed = False``: no latency (``None``): the machine cannot run the format at its real speed.
+        """
         self.say(f"measuring {name}")
         acc, base = self.score(logits), self.score(self.fp32_logits)
         labelled = self.eval_y is not None
@@ -94,7 +98,7 @@ class Measure:
             "accuracy_delta_points": 100 * (acc - base) if labelled else None,
             "top1_agreement_with_float32": float((logits.argmax(1) == self.fp32_logits.argmax(1)).mean()),
             "on_device": self.on_device(path),
-            **timings(sess, self.input_shape),
+            **(timings(sess, self.input_shape) if timed else {"latency_ms_batch1": None, "latency_ms_batch256": None}),
             "integer_kernels": INTEGER_KERNELS[runtime](path) if runtime in INTEGER_KERNELS else [],
             "status": "ok", "layers_kept_float": [],
         }
@@ -118,7 +122,7 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         r["bytes_ratio_to_float32"] = r["bytes"] / first["bytes"]
         for b in ("batch1", "batch256"):
             key = f"latency_ms_{b}"
-            r[f"speedup_{b}"] = first[key] / r[key] if r[key] is not None else None
+            r[f"speedup_{b}"] = first[key] / r[key] if r[key] is not None and first[key] is not None else None
             if "openvino" in r:
                 ov = r["openvino"]
                 ov[f"speedup_{b}"] = first[key] / ov[key]

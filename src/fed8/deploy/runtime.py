@@ -85,6 +85,10 @@ def session(path: str | Path, *, threads: int = 2, optimized_path: str | Path | 
     ``optimized_path`` are ORT-only). A ``.tflite`` file always opens in LiteRT's
     interpreter (:class:`fed8.deploy.litert.LiteRTSession`).
     """
+    if Path(path).suffix == ".safetensors":  # a torch_float8_e4m3fn module: PyTorch runs it
+        from .fp8_linear import TorchSession, load_fp8_model
+
+        return TorchSession(load_fp8_model(path), threads=threads)
     if Path(path).suffix == ".tflite":  # LiteRT's interpreter is the only runtime of a .tflite file
         from .litert import LiteRTSession
 

@@ -47,12 +47,19 @@ def fmt_bytes(n: float | None) -> str:
     return f"{n:.1f} PB"
 
 
-RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "litert": "LiteRT"}
+RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "litert": "LiteRT", "torch": "PyTorch"}
 
 
-def ms_or_batch1(latency_ms: float | None) -> str:
-    """A batch-256 latency, or why there is none (a LiteRT file exported at batch 1)."""
-    return "batch 1 only" if latency_ms is None else f"{latency_ms:.1f}"
+def ms_or_untimed(latency_ms: float | None) -> str:
+    """A batch-1 latency, or "n/a" (a format this machine cannot run at its real speed: FP8 without FP8 cores)."""
+    return "n/a" if latency_ms is None else f"{latency_ms:.3f}"
+
+
+def ms_or_batch1(latency_ms: float | None, batch1_ms: float | None = 0.0) -> str:
+    """A batch-256 latency, or why there is none (a LiteRT file exported at batch 1; a format not timed here)."""
+    if latency_ms is None:
+        return "n/a" if batch1_ms is None else "batch 1 only"
+    return f"{latency_ms:.1f}"
 
 
 def latency_ratio(latency_ms: float | None, float32_ms: float | None) -> str:
@@ -104,9 +111,9 @@ def _deploy_section(deploy: dict | None) -> str:
         for runtime, m in runs:
             speed.append({"format": r["format"], "runtime": runtime, "file": m["file"], "size": fmt_bytes(m["bytes"]),
                           "size vs fp32": f"{m['bytes'] / f32['bytes']:.3f}x",
-                          "b1 (ms)": f"{m['latency_ms_batch1']:.3f}",
+                          "b1 (ms)": ms_or_untimed(m["latency_ms_batch1"]),
                           "b1 vs fp32": latency_ratio(m["latency_ms_batch1"], f32["latency_ms_batch1"]),
-                          "b256 (ms)": ms_or_batch1(m["latency_ms_batch256"]),
+                          "b256 (ms)": ms_or_batch1(m["latency_ms_batch256"], m["latency_ms_batch1"]),
                           "b256 vs fp32": latency_ratio(m["latency_ms_batch256"], f32["latency_ms_batch256"])})
     cal = deploy.get("calibration", {})
     cal_pairs = [(k.replace("_", " "), v if isinstance(v, (str, int, float)) else json.dumps(v)) for k, v in cal.items()]

@@ -151,7 +151,8 @@ def _deploy_tradeoff(plt, deploy: dict, out: Path, paths: list[Path]) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for ax, b in zip(axes, ("batch1", "batch256")):
         for i, r in enumerate(fmts):
-            runtime0 = {"litert": ("LiteRT", "^")}.get(r.get("runtime", "onnxruntime"), ("ONNX Runtime", "o"))
+            runtime0 = {"litert": ("LiteRT", "^"), "torch": ("PyTorch", "D")}.get(r.get("runtime", "onnxruntime"),
+                                                                              ("ONNX Runtime", "o"))
             runs = [(runtime0[0], r, runtime0[1])] + ([("OpenVINO", r["openvino"], "s")] if "openvino" in r else [])
             for runtime, m, marker in runs:
                 if m[f"latency_ms_{b}"] is None:  # a LiteRT file at batch 256: not exported

@@ -38,6 +38,9 @@ NOTE_LITERT = ("LiteRT rows: full-integer .tflite files run by LiteRT's interpre
                "Runtime float32 on this x86 CPU (phones, ARM, were not measured). litert-torch exports batch 1 only, "
                "so there is no batch-256 latency for them.")
 
+NOTE_TORCH_FP8_NO_MODEL = ("torch_float8_e4m3fn was skipped: it is built from the PyTorch model, which a standalone "
+                           "ONNX file does not carry. Quantize the run directory instead (fed8 quantize RUN_DIR).")
+
 NOTE_OPENVINO = ("OpenVINO rows: the same ONNX files run by OpenVINO's CPU runtime (float32 inference precision, "
                  "same thread count); speedups are against ONNX Runtime float32. INT8 there uses the untuned QDQ "
                  "graph (int8_openvino.onnx when int8.onnx carries ONNX Runtime graph rewrites). Its integer "
@@ -104,8 +107,11 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
 
     from ..deploy.litert import LITERT_FORMATS, litert_available
 
-    fmts = [f for f in _formats(q) if f not in LITERT_FORMATS]  # the ONNX formats
+    from ..deploy.fp8_linear import TORCH_FP8_FORMAT
+
+    fmts = [f for f in _formats(q) if f not in (*LITERT_FORMATS, TORCH_FP8_FORMAT)]  # the ONNX formats
     lite_fmts = [f for f in _formats(q) if f in LITERT_FORMATS]
+    torch_fp8 = TORCH_FP8_FORMAT in _formats(q)
     use_openvino = _use_openvino(q)
     stats = data.statistics
     say("calibrating" + (" on the clients" if len(data.calib_sets) != 1 else ""))
@@ -262,19 +268,45 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
                 row["gate"] = {"max_accuracy_drop": q.max_accuracy_drop, "passed": res.passed,
                                "builds": [{"layers_kept_float": k, "score": a} for k, a in res.tried]}
             rows.append(row)
+    if torch_fp8 and data.model is None:
+        notes.append(NOTE_TORCH_FP8_NO_MODEL)
+    elif torch_fp8:
+        from ..deploy.fp8_linear import TorchSession, fp8_compute_available, save_fp8_model
+
+        path = out / f"{TORCH_FP8_FORMAT}.safetensors"
+        holder: dict[str, Any] = {}
+
+        def build_torch_fp8(keep: Sequence[str]) -> float:
+            say(f"building {TORCH_FP8_FORMAT} (Linear layers in FP8)")
+            holder["model"] = save_fp8_model(data.model, path, metadata=meta)
+            return score(eval_logits(path, TorchSession(holder["model"], q.threads)))
+
+        res = gate(build_torch_fp8, lambda: [], float_accuracy=base, max_drop_points=q.max_accuracy_drop)
+        ok, why = fp8_compute_available()
+        sess = TorchSession(holder["model"], q.threads)
+        row = measure(TORCH_FP8_FORMAT, path, sess, eval_logits(path, sess), runtime="torch", timed=ok)
+        row["status"] = "ok" if res.passed else "failed"
+        row["gate"] = {"max_accuracy_drop": q.max_accuracy_drop, "passed": res.passed,
+                       "builds": [{"layers_kept_float": k, "score": a} for k, a in res.tried]}
+        row["fp8_compute"] = why
+        if not ok:
+            notes.append(f"{TORCH_FP8_FORMAT}: latency not measured: {why}. Its accuracy is exact (torch._scaled_mm "
+                         "computes the same FP8 products on CPU, slowly).")
+        rows.append(row)
     add_ratios(rows)
     if use_openvino:
         notes.append(NOTE_OPENVINO)
     written = {r["file"] for r in rows} | {r["openvino"]["file"] for r in rows if "openvino" in r}
     final = final or out
     stale = [f for f in [*(f"{x}.onnx" for x in DEPLOY_FORMATS if not x.startswith("litert")), "int8_openvino.onnx",
-                         "int8.tflite", "fp32.tflite"]
+                         "int8.tflite", "fp32.tflite", "torch_float8_e4m3fn.safetensors"]
              if f not in written and (final / f).exists() and not (out / f).exists()]
     for f in stale:  # kept (nothing is lost), but this quantization.json does not describe them
         os.link(final / f, out / f) if _same_device(final, out) else shutil.copy2(final / f, out / f)
     if stale:
+        covered = ["float32", *fmts, *lite_fmts, *([TORCH_FP8_FORMAT] if torch_fp8 else [])]
         notes.append(f"{', '.join(stale)} in {final} {'is' if len(stale) == 1 else 'are'} from an earlier quantize "
-                     "and not described here (this quantization.json covers " + ", ".join(["float32", *fmts, *lite_fmts]) + ").")
+                     "and not described here (this quantization.json covers " + ", ".join(covered) + ").")
     result = {**(extra or {}), "calibration": calibration, "threads": q.threads, "formats": rows,
               "failed": [r["format"] for r in rows if r["status"] == "failed"], "notes": notes}
     atomic_write_json(out / "quantization.json", result)
@@ -313,7 +345,8 @@ def quantize_run(run_dir: str | Path, q: QuantizeConfig | None = None, *, calibr
     model.load_state_dict(load_tensors(rd.model))
     model.eval()
     final = Path(out) if out else rd.path / "deploy"
-    meta = {"model": cfg.model.name, "input_shape": list(fed.input_shape), "classes": list(fed.classes),
+    meta = {"model": cfg.model.name, "model_options": {"norm": cfg.model.norm, "hidden": cfg.model.hidden},
+            "input_shape": list(fed.input_shape), "classes": list(fed.classes),
             "preprocess": {"divisor": 255, "mean": PIXEL_MEAN, "std": PIXEL_STD,
                            "formula": "x = (pixel / divisor - mean) / std", "layout": "NCHW",
                            "resize": list(fed.input_shape[1:]), "resample": "bilinear"}}
