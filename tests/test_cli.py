@@ -32,7 +32,8 @@ def test_config_errors_exit_2_with_message(tmp_path, capsys):
 def test_info(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    assert "torch 2." in out and "mnist10k" in out and "resnet20" in out
+    assert "torch 2." in out and "mnist10k" in out and "resnet20" in out and "vit_tiny" in out
+    assert "FP8 compute (torch_float8_e4m3fn): " in out and ("8.9" in out or "yes" in out)
 
 
 def test_run_and_report(tmp_path, small, capsys):

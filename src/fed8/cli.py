@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
                        "model")
     q.add_argument("target", metavar="RUN_DIR|MODEL.onnx")
     q.add_argument("--formats", help="comma-separated: int8,float8_e4m3fn,float8_e5m2 (ONNX), litert_int8,litert_fp32 "
-                   "(.tflite, a run directory only, needs fed8[litert])")
+                   "(.tflite, needs fed8[litert]), torch_float8_e4m3fn (FP8 Linear layers); the last three from a run "
+                   "directory only")
     q.add_argument("--calibration", help="activation calibration: minmax | percentile | entropy")
     q.add_argument("--calibration-data", nargs="+", default=[], metavar="PATH",
                    help="images to calibrate on (.npz, folder, image files); required for MODEL.onnx, "
@@ -126,7 +127,11 @@ def _cmd_info(args) -> int:
     con.print(f"torch {torch.__version__}; threads {torch.get_num_threads()} (cores {os.cpu_count()}); "
               f"cuda {'yes' if torch.cuda.is_available() else 'no'}")
     con.print(f"OpenMP wait policy: {wait_policy()}")
-    for mod in ("onnx", "onnxruntime", "openvino", "flwr", "dp_accounting"):
+    from .deploy.fp8_linear import fp8_compute_available
+
+    ok, why = fp8_compute_available()
+    con.print(f"FP8 compute (torch_float8_e4m3fn): {'yes, ' + why if ok else 'no: ' + why}", soft_wrap=True)
+    for mod in ("onnx", "onnxruntime", "openvino", "litert_torch", "ai_edge_litert", "flwr", "dp_accounting"):
         try:
             from importlib.metadata import version
             con.print(f"{mod} {version(mod.replace('_', '-'))}")
