@@ -104,22 +104,10 @@ def test_a_model_that_stayed_float_is_refused(cnn):
         litert.check_full_integer(path)
 
 
-class OddNet(nn.Module):
-    """7 and 33 channels (odd), a Gemm last."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 7, 3, padding=1)
-        self.fc1 = nn.Linear(7 * 4 * 4, 33)
-        self.fc = nn.Linear(33, 5)
-
-    def forward(self, x):
-        x = nn.functional.max_pool2d(torch.relu(self.conv(x)), 2)
-        return self.fc(torch.relu(self.fc1(torch.flatten(x, 1))))
-
-
 @needs_litert
 def test_odd_channel_counts(tmp_path):
+    from test_deploy import OddNet  # 7 and 33 channels (odd), a Gemm last
+
     torch.manual_seed(0)
     model = OddNet().eval()
     fp32 = export_onnx(model, (3, 8, 8), tmp_path / "odd.onnx", metadata={})

@@ -39,21 +39,26 @@ def build_cnn():
     return build_model("cnn", in_channels=1, height=28, width=28, num_classes=10, seed=0)
 
 
+def local_sgd(model, x, y, *, lr, bs, gen=None) -> None:
+    """One epoch of plain SGD on one client's ``x``, ``y`` in a shuffled order (``gen``), batch ``bs``."""
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    perm = torch.randperm(x.shape[0], generator=gen)
+    for i in range(0, x.shape[0], bs):
+        idx = perm[i : i + bs]
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
 def plain_round(model, global_state, xs, ys, gen, *, lr, bs):
     """One FedAvg round without any framework: sequential clients, weighted average."""
     total = {k: torch.zeros_like(v) for k, v in global_state.items()}
     n = 0
     for x, y in zip(xs, ys):
         model.load_state_dict(global_state)
-        model.train()
-        opt = torch.optim.SGD(model.parameters(), lr=lr)
-        perm = torch.randperm(x.shape[0], generator=gen)
-        for i in range(0, x.shape[0], bs):
-            idx = perm[i : i + bs]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        local_sgd(model, x, y, lr=lr, bs=bs, gen=gen)
         with torch.no_grad():
             for k, v in model.state_dict().items():
                 total[k].add_(v, alpha=x.shape[0])

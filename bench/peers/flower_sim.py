@@ -26,13 +26,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
 
-from _common import PeakTreeRSS, PlainLoop, accuracy, build_cnn, load_workload, result  # noqa: E402
+from _common import PeakTreeRSS, PlainLoop, accuracy, build_cnn, load_workload, local_sgd, result  # noqa: E402
 
 client = ClientApp()
 server = ServerApp()
@@ -55,16 +54,7 @@ def train(msg: Message, context: Context) -> Message:
     k = int(context.node_config["partition-id"])
     x, y = w["xs"][k], w["ys"][k]
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=float(msg.content["config"]["lr"]))
-    perm = torch.randperm(x.shape[0])
-    bs = w["bs"]
-    for i in range(0, x.shape[0], bs):
-        idx = perm[i : i + bs]
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    local_sgd(model, x, y, lr=float(msg.content["config"]["lr"]), bs=w["bs"])  # the plain loop's own epoch
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()),
                           "metrics": MetricRecord({"num-examples": int(x.shape[0])})})
     return Message(content=content, reply_to=msg)
