@@ -151,7 +151,8 @@ def _deploy_rows(path):
 
 
 def test_the_deploy_stage_calibrates_and_evaluates_on_the_nodes_and_builds_the_simulation_models(tmp_path):
-    sets = ["train.rounds=2", "quantize.enabled=true", "quantize.formats=int8,float8_e4m3fn",
+    sets = ["train.rounds=2", "quantize.enabled=true", 'quantize.formats="int8,float8_e4m3fn,torch_float8_e4m3fn"',
+            # (torch_float8_e4m3fn: a .safetensors file the nodes open with PyTorch for their on-device counts)
             "quantize.calibration=percentile", "quantize.fp8_activation_scale=auto", "quantize.openvino=off",
             "quantize.calibration_samples_per_client=16"]
     fed, grid = _federation(tmp_path, sets)
@@ -162,8 +163,9 @@ def test_the_deploy_stage_calibrates_and_evaluates_on_the_nodes_and_builds_the_s
     q_sim, rows_sim = _deploy_rows(sim.run_dir)
     assert rows_fed == rows_sim  # same accuracies, per-client accuracies, gate decisions, bytes
     assert rows_fed[1]["on_device"]["client_accuracy_mean"] is not None
-    for f in ("int8.onnx", "float8_e4m3fn.onnx"):
+    for f in ("int8.onnx", "float8_e4m3fn.onnx", "torch_float8_e4m3fn.safetensors"):
         assert (fed / "deploy" / f).read_bytes() == (sim.run_dir / "deploy" / f).read_bytes()
+    assert rows_fed[-1]["format"] == "torch_float8_e4m3fn" and rows_fed[-1]["on_device"]["client_accuracy_mean"] is not None
     assert "SuperNodes" in q_fed["calibration"]["where"] and q_fed["calibration"]["samples"] == 48
     assert json.loads((fed / "summary.json").read_text())["deploy"][1]["format"] == "int8"
 

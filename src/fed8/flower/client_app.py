@@ -181,7 +181,7 @@ def _onnx(msg: Message, folder: str):
 
     job = msg.content["job"]
     suffix = str(job["suffix"]) if "suffix" in job else ".onnx"
-    if suffix not in (".onnx", ".tflite"):
+    if suffix not in (".onnx", ".tflite", ".safetensors"):
         from ..errors import Fed8Error
 
         raise Fed8Error(f"the server sent a model of type {suffix!r}; this node runs another fed8 version than the "

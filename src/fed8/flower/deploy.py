@@ -72,8 +72,9 @@ class FlowerStatistics:
         return [{t: (float(a), float(b)) for t, (a, b) in s.items()} for s in out]
 
     def correct(self, model: Path) -> list[tuple[int, int]] | None:
-        # a .tflite file says so: the node opens it in LiteRT's interpreter (it needs fed8[litert] installed)
-        suffix = {"suffix": ".tflite"} if Path(model).suffix == ".tflite" else {}
-        replies = self._ask("evaluate.onnx", model, required=False, **suffix)
+        # a .tflite (LiteRT) or .safetensors (torch_float8_e4m3fn) file says so: the node opens it with the runtime
+        # of its kind (LiteRT needs fed8[litert] on the node)
+        suffix = Path(model).suffix
+        replies = self._ask("evaluate.onnx", model, required=False, **({"suffix": suffix} if suffix != ".onnx" else {}))
         return [(int(replies[k]["correct"]), int(replies[k]["count"])) if k in replies else (0, 0)
                 for k in sorted(self.transport.nodes)]

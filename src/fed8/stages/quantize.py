@@ -55,6 +55,12 @@ def _formats(q: QuantizeConfig) -> list[str]:
     return [f.strip() for f in q.formats.split(",") if f.strip()]
 
 
+def _gate_info(q: QuantizeConfig, res) -> dict[str, Any]:
+    """What the accuracy gate did for one format: its threshold, whether it passed, every build it scored."""
+    return {"max_accuracy_drop": q.max_accuracy_drop, "passed": res.passed,
+            "builds": [{"layers_kept_float": k, "score": a} for k, a in res.tried]}
+
+
 def _use_openvino(q: QuantizeConfig) -> bool:
     """Whether to measure on OpenVINO too; ``quantize.openvino = "on"`` without it installed is an error."""
     from ..deploy import runtime
@@ -233,8 +239,7 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
              "why": f"accuracy drop above max_accuracy_drop = {q.max_accuracy_drop} points with this layer "
                     f"quantized; lowest local SQNR ({r.sqnr_db:.1f} dB) among the remaining layers"}
             for r in (res.kept_float if res.passed else ())]
-        row["gate"] = {"max_accuracy_drop": q.max_accuracy_drop, "passed": res.passed,
-                       "builds": [{"layers_kept_float": k, "score": a} for k, a in res.tried]}
+        row["gate"] = _gate_info(q, res)
         rows.append(row)
     notes = [NOTE_FP8_CPU] if any(f.startswith("float8") for f in fmts) else []
     if lite_fmts and data.model is None:
@@ -265,8 +270,7 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
             row["batch_sizes"] = [sess.batch]
             if res is not None:
                 row["status"] = "ok" if res.passed else "failed"
-                row["gate"] = {"max_accuracy_drop": q.max_accuracy_drop, "passed": res.passed,
-                               "builds": [{"layers_kept_float": k, "score": a} for k, a in res.tried]}
+                row["gate"] = _gate_info(q, res)
             rows.append(row)
     if torch_fp8 and data.model is None:
         notes.append(NOTE_TORCH_FP8_NO_MODEL)
@@ -286,8 +290,7 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
         sess = TorchSession(holder["model"], q.threads)
         row = measure(TORCH_FP8_FORMAT, path, sess, eval_logits(path, sess), runtime="torch", timed=ok)
         row["status"] = "ok" if res.passed else "failed"
-        row["gate"] = {"max_accuracy_drop": q.max_accuracy_drop, "passed": res.passed,
-                       "builds": [{"layers_kept_float": k, "score": a} for k, a in res.tried]}
+        row["gate"] = _gate_info(q, res)
         row["fp8_compute"] = why
         if not ok:
             notes.append(f"{TORCH_FP8_FORMAT}: latency not measured: {why}. Its accuracy is exact (torch._scaled_mm "
