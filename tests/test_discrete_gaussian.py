@@ -1,0 +1,76 @@
+"""The exact discrete Gaussian sampler (Canonne, Kamath, Steinke 2020): its distribution against the exact pmf."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from fed8.errors import ParameterError
+from fed8.privacy.discrete_gaussian import (MAX_SIGMA2, bernoulli_exp, discrete_gaussian, discrete_gaussian_pmf,
+                                            discrete_laplace, uniform_below)
+
+
+def seeded_words(seed):
+    g = np.random.default_rng(seed)
+    return lambda n: g.integers(0, 2**64, size=n, dtype=np.uint64, endpoint=False)
+
+
+def _chi2_pvalue(samples, pmf_at):
+    """Chi-square goodness of fit on integer bins, tails merged so every expected count is >= 5."""
+    n = samples.size
+    lo, hi = int(samples.min()), int(samples.max())
+    support = np.arange(lo, hi + 1)
+    p = pmf_at(support)
+    expected = n * p
+    keep = expected >= 5
+    edges = support[keep]
+    obs = np.array([(samples == v).sum() for v in edges], dtype=float)
+    exp = expected[keep]
+    rest_obs, rest_exp = n - obs.sum(), n - exp.sum()  # everything outside the kept bins, as one bin
+    obs, exp = np.append(obs, rest_obs), np.append(exp, rest_exp)
+    stat = ((obs - exp) ** 2 / exp).sum()
+    return stats.chi2.sf(stat, df=len(obs) - 1)
+
+
+@pytest.mark.parametrize("sigma2", [1, 7, 100, 2500])
+def test_discrete_gaussian_matches_the_exact_pmf(sigma2):
+    x = discrete_gaussian(sigma2, 100_000, words=seeded_words(sigma2))
+    assert _chi2_pvalue(x, lambda s: discrete_gaussian_pmf(sigma2, s)) > 1e-4
+    assert abs(x.mean()) < 5 * math.sqrt(sigma2 / x.size)
+    assert abs(x.var() / sigma2 - 1) < 0.03  # N_Z's variance is sigma^2 up to a tiny (< 1e-15 relative) deficit
+
+
+def test_a_wrong_sampler_is_caught_by_the_same_test():
+    # the continuous Gaussian rounded to integers is *not* N_Z(0, sigma^2): the test must see it at small sigma
+    g = np.random.default_rng(0)
+    rounded = np.rint(g.normal(0, 1.0, 100_000)).astype(np.int64)
+    assert _chi2_pvalue(rounded, lambda s: discrete_gaussian_pmf(1, s)) < 1e-6
+
+
+def test_discrete_laplace_and_bernoulli_exp():
+    words = seeded_words(1)
+    t = 3
+    x = discrete_laplace(t, 100_000, words)
+    lap = lambda s: np.exp(-np.abs(s) / t) * (1 - math.exp(-1 / t)) / (1 + math.exp(-1 / t))  # noqa: E731
+    assert _chi2_pvalue(x, lap) > 1e-4
+    for num, den in ((3, 10), (5, 2), (0, 7), (13, 4)):
+        b = bernoulli_exp(np.full(200_000, num), den, words)
+        p = math.exp(-num / den)
+        assert abs(b.mean() - p) < 5 * math.sqrt(p * (1 - p) / b.size) + 1e-12
+
+
+def test_uniform_below_is_exactly_uniform_for_a_modulus_that_does_not_divide_2_64():
+    u = uniform_below(np.full(300_000, 3), seeded_words(2))
+    assert set(np.unique(u)) == {0, 1, 2}
+    assert stats.chisquare(np.bincount(u, minlength=3)).pvalue > 1e-4
+
+
+def test_noise_comes_from_the_os_unless_words_are_given_and_bad_variances_are_refused():
+    a, b = discrete_gaussian(100, 1000), discrete_gaussian(100, 1000)
+    assert not np.array_equal(a, b)  # os.urandom: fresh noise every call
+    w1, w2 = seeded_words(5), seeded_words(5)
+    assert np.array_equal(discrete_gaussian(100, 1000, w1), discrete_gaussian(100, 1000, w2))
+    for bad in (0, 2.5, MAX_SIGMA2 + 1, True):
+        with pytest.raises(ParameterError, match="sigma2 must be an integer"):
+            discrete_gaussian(bad, 10)
