@@ -24,8 +24,8 @@ from torch import nn
 from ..errors import ParameterError
 from ..formats import PerChannel, PerTensor, QParams, choose_qparams, quantize
 
-__all__ = ["GRANULARITIES", "TORCH_FP8_FORMAT", "Float8Linear", "TorchSession", "fp8_compute_available", "load_fp8_model",
-           "read_fp8_metadata", "save_fp8_model", "swap_linears_fp8"]
+__all__ = ["Float8Linear", "GRANULARITIES", "TORCH_FP8_FORMAT", "TorchSession", "fp8_compute_available",
+           "load_fp8_model", "read_fp8_metadata", "save_fp8_model", "swap_linears_fp8"]
 
 GRANULARITIES = ("tensor", "row")
 _FMT = "float8_e4m3fn"
