@@ -135,3 +135,35 @@ def test_encode_sum_decode_gives_the_sum_to_the_granularity():
     got = decode_sum(torch.stack(ints).sum(0), gamma=gamma, signs=s, d=d)
     want = torch.stack(xs).sum(0)
     assert float((got - want).norm()) <= gamma * math.sqrt(5 * s.numel())  # each rounding moves a value < gamma
+
+
+# -- the privacy of the distributed discrete Gaussian (Kairouz, Liu, Steinke 2021) -------------------------------
+
+def _paper_rdp(alpha, l2, l1, sigma, n, d):
+    """Proposition 14 / Eq. 17 and Theorem 1 of arXiv:2102.06387, written out again on its own."""
+    tau = 10 * sum(math.exp(-2 * math.pi ** 2 * sigma ** 2 * k / (k + 1)) for k in range(1, n))
+    s2, s1 = l2 / (math.sqrt(n) * sigma), l1 / (math.sqrt(n) * sigma)
+    return min(alpha * s2 ** 2 / 2 + tau * d, alpha / 2 * (s2 ** 2 + 2 * s1 * tau + tau ** 2 * d),
+               alpha / 2 * (s2 + math.sqrt(d) * tau) ** 2)
+
+
+def test_ddg_epsilon_equals_the_papers_bound_computed_independently():
+    from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
+
+    from fed8.privacy.ddg_accounting import DDG_ORDERS, ddg_epsilon, ddg_rdp
+
+    # small sigma per client, many clients: tau matters; d = 2^21 (the padded cnn)
+    for sigma, n, d, l2 in ((0.6, 100, 2**21, 2000.0), (2.0, 10, 1024, 50.0), (0.3, 50, 4096, 30.0)):
+        l1 = min(math.sqrt(d) * l2, l2 * l2)
+        ours = ddg_rdp(l2_sens=l2, sigma=sigma, n=n, dim=d)
+        theirs = [_paper_rdp(a, l2, l1, sigma, n, d) for a in DDG_ORDERS]
+        assert ours == pytest.approx(theirs, rel=1e-12)
+        eps = ddg_epsilon(l2_sens=l2, sigma=sigma, n=n, dim=d, rounds=100, delta=1e-5)
+        assert eps == pytest.approx(compute_epsilon(list(DDG_ORDERS), [100 * r for r in theirs], 1e-5)[0], rel=1e-12)
+    # one client, large sigma: tau ~ 0 and the mechanism is the Gaussian's: the same epsilon as dp-accounting's
+    import dp_accounting as dpa
+
+    acc = dpa.rdp.RdpAccountant(list(DDG_ORDERS))
+    acc.compose(dpa.GaussianDpEvent(noise_multiplier=100.0 / 10.0), 50)
+    gauss = acc.get_epsilon(1e-5)
+    assert ddg_epsilon(l2_sens=10.0, sigma=100.0, n=1, dim=1000, rounds=50, delta=1e-5) == pytest.approx(gauss, rel=1e-9)
