@@ -14,6 +14,11 @@ def test_init_writes_loadable_commented_config(tmp_path, capsys):
     text = p.read_text()
     assert "# Dirichlet concentration" in text and "[train]" in text
     assert fed8.load_config(p) == fed8.Config()
+    # "auto" values stay "auto" in the template, so a budget set in the file still turns on central DP
+    assert 'dp = "auto"' in text and 'adaptive_clipping = "auto"' in text
+    p.write_text(text.replace("target_epsilon = 0.0", "target_epsilon = 8.0"))
+    assert fed8.load_config(p).privacy.dp == "central"
+    p.write_text(text)
     assert main(["init", str(p)]) == 2  # refuses to overwrite
     assert "exists" in capsys.readouterr().err
 

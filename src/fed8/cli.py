@@ -97,7 +97,7 @@ def _console():
 
 def _cmd_init(args) -> int:
     from ._io import atomic_write_text
-    from .config import Config, to_toml
+    from .config import to_toml
 
     path = Path(args.path)
     if path.is_dir():
@@ -105,7 +105,7 @@ def _cmd_init(args) -> int:
     if path.exists() and not args.force:
         print(f"fed8 init: {path} exists; pass --force to overwrite it.", file=sys.stderr)
         return EXIT_USAGE
-    atomic_write_text(path, to_toml(Config(), comments=True))
+    atomic_write_text(path, to_toml(None, comments=True))  # the declared defaults, "auto" kept
     print(f"wrote {path}; run it with: fed8 run {path}")
     return 0
 

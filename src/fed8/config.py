@@ -266,20 +266,25 @@ def _toml_value(v: Any) -> str:
     return str(v)
 
 
-def to_toml(config: Config, *, comments: bool = False) -> str:
-    """Serialize a config to TOML; with ``comments``, document every key above it."""
+def to_toml(config: Config | None, *, comments: bool = False) -> str:
+    """Serialize a config to TOML; with ``comments``, document every key above it.
+
+    ``config = None`` writes the declared defaults, ``auto`` values as ``auto`` (``fed8 init``):
+    a constructed config holds them resolved (``privacy.dp = "auto"`` is ``"none"`` until a
+    budget is set), and a template must keep them resolvable.
+    """
     lines: list[str] = []
     if comments:
         lines += ["# fed8 configuration. Every key is optional; shown are the defaults.",
                   "# Override any key on the command line: fed8 run --set train.rounds=30", ""]
     for section, cls in _SECTIONS.items():
-        obj = getattr(config, section)
+        obj = getattr(config, section) if config is not None else None
         if comments and cls.__doc__:
             lines.append(f"# {cls.__doc__.strip()}")
         lines.append(f"[{section}]")
         for f in fields(cls):
             if comments:
                 lines.append(f"# {f.metadata['doc']}")
-            lines.append(f"{f.name} = {_toml_value(getattr(obj, f.name))}")
+            lines.append(f"{f.name} = {_toml_value(f.default if obj is None else getattr(obj, f.name))}")
         lines.append("")
     return "\n".join(lines)
