@@ -161,6 +161,8 @@ def _quiet():
         os.dup2(log.fileno(), 2)
         try:
             yield
+        except DeployError:  # fed8's own refusal (e.g. an unmapped observer): already says what and why
+            raise
         except Exception as e:
             sys.stdout.flush()
             sys.stderr.flush()
