@@ -96,6 +96,16 @@ def test_activation_scales_are_the_ones_the_federated_ranges_give(cnn):
 
 
 @needs_litert
+def test_an_observer_without_a_federated_range_is_a_clear_error(cnn):
+    model, fp32, ranges, _, d = cnn
+    missing = {k: v for k, v in ranges.items() if k != "logits"}
+    with pytest.raises(DeployError, match="matches no calibrated tensor") as e:
+        litert.build_litert(model, (1, 28, 28), d / "x.tflite", fmt="litert_int8", metadata={}, ranges=missing,
+                            onnx_fp32=fp32)
+    assert "LiteRT conversion failed" not in str(e.value)  # fed8's own message, not wrapped in the converter's
+
+
+@needs_litert
 def test_a_model_that_stayed_float_is_refused(cnn):
     model, fp32, _, ex, d = cnn
     path = litert.build_litert(model, (1, 28, 28), d / "fp32.tflite", fmt="litert_fp32", metadata={})
