@@ -27,7 +27,7 @@ import json
 import time
 
 import torch
-import torch.nn.functional as F
+from q1_ptq import train_central  # the same plain SGD loop as the Q1 benchmark
 
 from fed8.config import DataConfig
 from fed8.data import load_splits, to_float
@@ -37,18 +37,7 @@ from fed8.models import build_model
 
 def train(name: str, x, y, *, epochs: int, lr: float, device: str):
     m = build_model(name, in_channels=1, height=28, width=28, num_classes=10, seed=0).to(device)
-    opt = torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        m.train()
-        perm = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), 64):
-            idx = perm[i : i + 64]
-            loss = F.cross_entropy(m(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    return m.eval()
+    return train_central(m, x, y, epochs=epochs, lr=lr, batch=64)
 
 
 def run(model, x, *, batch: int, repeats: int, device: str):

@@ -48,23 +48,28 @@ from fed8.stages.quantize import DeployData, deploy_formats
 from fed8.models import build_model
 
 
+def train_central(m, x, y, *, epochs: int, lr: float, batch: int, seed: int = 0):
+    """Plain centralized SGD (momentum 0.9) of ``m`` on ``x``, ``y``; returns it in eval mode."""
+    opt = torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        m.train()
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), batch):
+            idx = perm[i : i + batch]
+            loss = F.cross_entropy(m(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return m.eval()
+
+
 def train(seed: int = 0):
     torch.manual_seed(seed)
     sp = load_splits(DataConfig())
     x, y = to_float(sp.train.images), sp.train.labels
     m = build_model("cnn", in_channels=1, height=28, width=28, num_classes=10, seed=seed)
-    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(3):
-        m.train()
-        perm = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), 32):
-            idx = perm[i : i + 32]
-            loss = F.cross_entropy(m(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    return m.eval(), x, to_float(sp.eval.images), sp.eval.labels
+    return train_central(m, x, y, epochs=3, lr=0.05, batch=32, seed=seed), x, to_float(sp.eval.images), sp.eval.labels
 
 
 def ort_peer(fp32: Path, out: Path, calib: np.ndarray) -> Path:

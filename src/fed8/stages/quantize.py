@@ -110,9 +110,7 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
     from ..deploy.quantize import fp8_activation_scales, quantize_fp8_model, quantize_int8_model
     from ..deploy.measure import Measure, add_ratios
     from ..deploy.runtime import FP8_CPU_SESSION_CONFIG, run_logits, session
-
     from ..deploy.litert import LITERT_FORMATS, litert_available
-
     from ..deploy.fp8_linear import TORCH_FP8_FORMAT
 
     fmts = [f for f in _formats(q) if f not in (*LITERT_FORMATS, TORCH_FP8_FORMAT)]  # the ONNX formats
