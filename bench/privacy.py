@@ -26,6 +26,18 @@ fraction per round.
 
 Part ``scale``: DP-FedAvg (central, RDP, delta 1e-5) with 1,000 clients of 8 images
 (``SCALE_RUNS``: every setting tried, each at its epsilons and without DP).
+
+Part ``ddg``: the ``dp`` part's workload with secure aggregation, at epsilon 8: noise added by
+the server to the unmasked sum (``noise_placement = server``) against the distributed discrete
+Gaussian (``distributed``) at each of ``--bits``, and the distributed mechanism at the server
+run's noise multiplier (its epsilon is then reported, not targeted).
+
+Part ``ddg-upload``: one secure-aggregation round with the distributed discrete Gaussian on
+``cnn``-sized updates for each ``--n`` and ``--bits``: upload per client against float32, and
+the clients' encoding seconds (rotation, conditional rounding, exact noise, masking).
+
+    python bench/privacy.py --part ddg --bits 16 18
+    python bench/privacy.py --part ddg-upload --n 10 100 200 --bits 16 17
 """
 
 from __future__ import annotations
@@ -163,9 +175,76 @@ def bench_scale(threads: int, only: list[str] | None, only_eps: list[float] | No
     return out
 
 
+DDG_BASE = DP_BASE + ["privacy.dp=central", "privacy.target_epsilon=8", "privacy.clip_norm=1.0",
+                      "privacy.secure_aggregation=true", "privacy.adaptive_clipping=off"]
+
+
+def _ddg_row(name: str, sets: list[str]) -> dict:
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as d:
+        r = fed8.run(fed8.load_config(None, sets), out=f"{d}/run", report=False)
+    p = r.summary["privacy"]
+    ups = [m["uplink_bytes"] / max(m.get("secagg_inputs") or m["num_clients"], 1) for m in r.metrics]
+    row = {"run": name, "accuracy": r.final["eval_accuracy"], "epsilon": p["epsilon"],
+           "noise_multiplier": p["noise_multiplier"], "noise_std_on_mean": r.metrics[-1].get("noise_std"),
+           "aborted_rounds": sum(1 for m in r.metrics if m.get("aborted")),
+           "upload_per_client_vs_float32": sum(ups) / len(ups) / (4 * CNN_PARAMS),
+           "seconds": round(time.perf_counter() - t0, 1)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def bench_ddg(threads: int, bits: list[int]) -> list[dict]:
+    base = DDG_BASE + [f"run.threads={threads}"]
+    server = _ddg_row("server placement, eps 8", base + ["privacy.noise_placement=server"])
+    out = [server]
+    for b in bits:
+        out.append(_ddg_row(f"distributed DG, {b} bits, eps 8",
+                            base + ["privacy.noise_placement=distributed", f"privacy.ddg_bits={b}"]))
+    same_z = [x for x in base if not x.startswith("privacy.target_epsilon")]
+    out.append(_ddg_row(f"distributed DG, {bits[0]} bits, z = {server['noise_multiplier']:.4g} (server's)",
+                        same_z + ["privacy.noise_placement=distributed", f"privacy.ddg_bits={bits[0]}",
+                                  f"privacy.noise_multiplier={server['noise_multiplier']}"]))
+    return out
+
+
+def bench_ddg_upload(ns: list[int], bits: list[int]) -> list[dict]:
+    from fed8.privacy.ddg import ddg_for_noise_multiplier
+    from fed8.privacy.dp import clip_by_norm
+    from fed8.privacy.secagg import SecureSum
+
+    g = torch.Generator().manual_seed(0)
+    clipped, _ = clip_by_norm({"w": torch.randn(CNN_PARAMS, generator=g) * 1e-3}, 1.0)
+    out = []
+    for n in ns:
+        for b in bits:
+            m = ddg_for_noise_multiplier(1.0, dim=CNN_PARAMS, bits=b, beta=0.6065306597126334, gamma=0.0,
+                                         shares=max(1, -(-6 * n // 10)), clip_norm=1.0, sampling="fixed",
+                                         num_clients=n, clients_per_round=n)
+            s = SecureSum(seed=0, threshold=0.6)
+            t0 = time.perf_counter()
+            s.begin(1, list(range(n)), clip_norm=1.0, ddg=m)
+            for u in range(n):
+                s.add(u, clipped, weight=1.0, bit=1)
+            r = s.finish()
+            wall = time.perf_counter() - t0
+            # the sum's error should be the clients' noise and rounding only (no wrap-around): ratio ~1
+            err = float((r.total["w"] - n * clipped["w"]).std() / (m.gamma * (n * (m.sigma2 + 0.25)) ** 0.5))
+            ups = list(r.uplink_bytes.values())
+            row = {"n": n, "bits": b, "gamma": m.gamma, "sigma2": m.sigma2,
+                   "upload_bytes_per_client": sum(ups) / n, "ratio_to_float32": sum(ups) / n / (4 * CNN_PARAMS),
+                   "error_std_over_noise_std": err, "client_seconds_mean": sum(r.client_seconds.values()) / n,
+                   "server_seconds": r.server_seconds, "round_wall_seconds": wall}
+            print(json.dumps(row), flush=True)
+            out.append(row)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=["dp", "secagg", "both", "secagg-accuracy", "scale"], default="both")
+    ap.add_argument("--part", choices=["dp", "secagg", "both", "secagg-accuracy", "scale", "ddg", "ddg-upload"],
+                    default="both")
+    ap.add_argument("--bits", type=int, nargs="+", default=[16], help="parts ddg, ddg-upload: privacy.ddg_bits")
     ap.add_argument("--settings", nargs="*", help="part scale: only these SCALE_RUNS names")
     ap.add_argument("--epsilons", nargs="*", type=float, help="part scale: only these target epsilons")
     ap.add_argument("--n", type=int, nargs="+", default=[10, 50, 100, 200])
@@ -183,6 +262,10 @@ def main() -> None:
         rows["secagg_accuracy"] = bench_secagg_accuracy(a.threads)
     if a.part == "scale":
         rows["scale"] = bench_scale(a.threads, a.settings, a.epsilons)
+    if a.part == "ddg":
+        rows["ddg"] = bench_ddg(a.threads, a.bits)
+    if a.part == "ddg-upload":
+        rows["ddg_upload"] = bench_ddg_upload(a.n, a.bits)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -167,3 +167,51 @@ def test_ddg_epsilon_equals_the_papers_bound_computed_independently():
     acc.compose(dpa.GaussianDpEvent(noise_multiplier=100.0 / 10.0), 50)
     gauss = acc.get_epsilon(1e-5)
     assert ddg_epsilon(l2_sens=10.0, sigma=100.0, n=1, dim=1000, rounds=50, delta=1e-5) == pytest.approx(gauss, rel=1e-9)
+
+
+# -- the fast path: tabled Bernoulli draws decided by one word, exact ties -------------------------------------------
+
+def test_the_fast_and_the_integer_only_sampler_both_match_the_pmf():
+    from fed8.privacy.discrete_gaussian import discrete_gaussian_reference
+
+    for sampler in (discrete_gaussian, discrete_gaussian_reference):
+        x = sampler(40, 60_000, seeded_words(9))
+        assert _chi2_pvalue(x, lambda s: discrete_gaussian_pmf(40, s)) > 1e-4
+
+
+def test_a_tie_with_the_table_reads_more_words_and_decides_exactly():
+    from decimal import Decimal, localcontext
+
+    from fed8.privacy.discrete_gaussian import _decide, _Table
+
+    num, den = 3, 10
+    with localcontext() as c:
+        c.prec = 80
+        p128 = int((Decimal(-num) / Decimal(den)).exp() * (Decimal(2) ** 128))
+    first, second = p128 >> 64, p128 & (2**64 - 1)  # the first 128 bits of exp(-0.3)
+    table = _Table([(num, den)])
+    assert int(table.lo[0]) == int(table.hi[0]) == first  # certain entry: L = floor(p 2^64)
+
+    def feed(*ws):
+        it = iter(ws)
+        return lambda n: np.array([next(it) for _ in range(n)], dtype=np.uint64)
+
+    # u = 0.first(second - 1)... < p and u = 0.first(second + 1)... > p: the second word decides
+    assert table.draw(np.array([0]), feed(first, second - 1))[0]
+    assert not table.draw(np.array([0]), feed(first, second + 1))[0]
+    assert table.draw(np.array([0]), feed(first - 1))[0] and not table.draw(np.array([0]), feed(first + 1))[0]
+    assert _decide(num, den, first, feed(second - 1)) and not _decide(num, den, first, feed(second + 1))
+
+
+def test_the_fast_path_reads_about_half_the_words_of_the_integer_only_one():
+    # not a timing test: the fast path must not fall back to the slow one (the number of words it reads says so)
+    count = [0]
+
+    def words(n):
+        count[0] += n
+        return system_words(n)
+
+    from fed8.privacy.discrete_gaussian import system_words
+
+    discrete_gaussian(191_379, 100_000, words)
+    assert count[0] / 100_000 < 10  # ~7.6 words per sample; the integer-only algorithms read ~16

@@ -198,8 +198,18 @@ class PrivacyConfig:
         gt=0.0, le=1.0)
     noise_placement: str = _key(
         "server", "with dp = central and secure aggregation: server (noise added to the unmasked sum) | "
-        "distributed (each client adds its share, so no one sees a noiseless sum)",
+        "distributed (the distributed discrete Gaussian, Kairouz et al. 2021: each client adds exact integer "
+        "noise to its rounded update, so no one sees a noiseless sum; the ddg_* keys)",
         choices=("server", "distributed"))
+    ddg_bits: int = _key(
+        16, "distributed: the modulus 2^b of the secure sum, so the bits each client sends per value (16: 0.5x a "
+        "float32 upload; more bits allow a finer grid, less rounding error)", ge=8, le=30)
+    ddg_gamma: float = _key(
+        0.0, "distributed: the grid step (scaling 1 / gamma before rounding to integers); 0 = the finest that keeps "
+        "a round's sum inside the modulus except with probability 1e-9", ge=0.0)
+    ddg_beta: float = _key(
+        0.6065306597126334, "distributed: the conditional rounding's bias bound beta (the rounded update's norm is "
+        "bounded with probability 1 - beta per draw; the paper's exp(-0.5))", gt=0.0, lt=1.0)
     insecure_reproducible_noise: bool = _key(
         False, "TESTS AND BENCHMARKS ONLY: draw DP noise and DP sampling from run.seed instead of the OS CSPRNG, "
         "so runs repeat bit for bit; anyone who knows the seed can remove the noise: the run has NO privacy")

@@ -57,8 +57,8 @@ class Total:
     """A round's weighted sum, as a sum-capable aggregator hands it to a wrapper (DP)."""
 
     total: Tensors | None  # None: nothing was added
-    weight: float
-    bits: int  # clients whose update norm was within the clip bound (adaptive clipping)
+    weight: float | None  # None: not sent (distributed DP)
+    bits: int | None  # clients whose update norm was within the clip bound (adaptive clipping); None: not sent
     inputs: int  # updates in the sum
     metrics: dict
 

@@ -23,6 +23,8 @@ the OS CSPRNG unless a run opted into ``privacy.insecure_reproducible_noise``.
 
 What runs where: clipping, weighting and (distributed mode) noise happen on the client
 before anything leaves it; the server only sees the sum when secure aggregation is on.
+Distributed mode is the distributed discrete Gaussian (:mod:`fed8.privacy.ddg`): the
+clients' integer noise replaces the server's Gaussian, and the server adds none.
 """
 
 from __future__ import annotations
@@ -65,10 +67,10 @@ class PrivateAggregate(AggregatorWrapper):
         Fixed ``D`` (DP), or None for ``sum_k w_k`` (secure sum without DP).
     noise_multiplier
         ``z_u``: std of the noise on the sum is ``z_u * C``; 0 for none (no DP, local DP).
-        The server adds it, except with ``client_noise_std`` when clients sent updates.
-    client_noise_std
-        Distributed DP: std each client adds (``z_u C / sqrt(t)``, so that any ``t``
-        senders together add at least ``z_u C``); needs a secure sum.
+        The server adds it, except under ``ddg`` when clients sent updates.
+    ddg
+        Distributed DP: the run's :class:`fed8.privacy.ddg.DDG`; each client adds its
+        discrete Gaussian share inside the secure sum (needs a secure sum).
     adaptive
         :class:`AdaptiveClipping` or None.
     expected_clients
@@ -78,12 +80,12 @@ class PrivateAggregate(AggregatorWrapper):
     """
 
     def __init__(self, inner=None, *, clip_norm: float, weight: Callable[[int], float],
-                 denominator: float | None, noise_multiplier: float = 0.0, client_noise_std: float = 0.0,
+                 denominator: float | None, noise_multiplier: float = 0.0, ddg=None,
                  adaptive: AdaptiveClipping | None = None, expected_clients: float = 1.0,
                  randomness: PrivacyRandomness | None = None) -> None:
         super().__init__(inner if inner is not None else WeightedMean(samples_weight))
         self.clip_norm, self.weight, self.denominator = clip_norm, weight, denominator
-        self.noise_multiplier, self.client_noise_std = noise_multiplier, client_noise_std
+        self.noise_multiplier, self.ddg = noise_multiplier, ddg
         self.adaptive, self.expected_clients = adaptive, expected_clients
         self.randomness = randomness if randomness is not None else PrivacyRandomness()
         self._metrics: dict = {}
@@ -92,7 +94,7 @@ class PrivateAggregate(AggregatorWrapper):
         self.rnd, self._metrics = rnd, {}
         configure = getattr(self.inner, "configure", None)
         if configure is not None:
-            configure(clip_norm=self.clip_norm, noise_std=self.client_noise_std)
+            configure(clip_norm=self.clip_norm, ddg=self.ddg)
         self.inner.begin(rnd, clients)
 
     def add(self, update: ClientUpdate) -> None:
@@ -117,14 +119,15 @@ class PrivateAggregate(AggregatorWrapper):
         t = self._total(params)
         draws = self.randomness.draws(DP_NOISE, self.rnd)
         # Distributed noise: the clients added it; with no client in the sum, the server adds it all.
-        z = self.noise_multiplier if (t.inputs == 0 or not self.client_noise_std) else 0.0
-        std = z * self.clip_norm
-        noisy = add_gaussian_noise(t.total, std, draws=draws)
+        distributed = self.ddg is not None and t.inputs > 0
+        z = 0.0 if distributed else self.noise_multiplier
+        std = self.ddg.noise_std if distributed else z * self.clip_norm
+        noisy = t.total if distributed else add_gaussian_noise(t.total, std, draws=draws)
         denom = self.denominator if self.denominator is not None else t.weight
         if not denom > 0:
             raise EmptyRoundError(f"round {self.rnd}: the aggregation weights sum to {denom}; nothing to average.")
         mean = {k: v / denom for k, v in noisy.items()}
-        unclipped = t.bits / t.inputs if t.inputs else None
+        unclipped = t.bits / t.inputs if (t.inputs and t.bits is not None) else None
         self._metrics.update(clip_norm=self.clip_norm, unclipped_fraction=unclipped,
                              clipped_fraction=None if unclipped is None else 1.0 - unclipped,
                              noise_std=std / denom if denom else None)

@@ -44,15 +44,18 @@ class SecureWeightedSum(Aggregator):
 
     def __init__(self, secure) -> None:
         self.secure = secure
-        self.clip_norm, self.noise_std, self.num_updates = 1.0, 0.0, 0
+        self.clip_norm, self.ddg, self.num_updates = 1.0, None, 0
 
-    def configure(self, *, clip_norm: float, noise_std: float) -> None:
-        """The public numbers the round's shared int8 scale is fixed from (before :meth:`begin`)."""
-        self.clip_norm, self.noise_std = clip_norm, noise_std
+    def configure(self, *, clip_norm: float, ddg=None) -> None:
+        """The public numbers the round's encoding is fixed from (before :meth:`begin`).
+
+        ``ddg``: the run's :class:`fed8.privacy.ddg.DDG` under distributed DP, else None.
+        """
+        self.clip_norm, self.ddg = clip_norm, ddg
 
     def begin(self, rnd: int, clients: Sequence[int] = ()) -> None:
         self.rnd, self.num_updates = rnd, 0
-        self.secure.begin(rnd, clients, clip_norm=self.clip_norm, noise_std=self.noise_std)
+        self.secure.begin(rnd, clients, clip_norm=self.clip_norm, ddg=self.ddg)
 
     def add_weighted(self, client: int, tensors: Mapping[str, torch.Tensor], weight: float, bit: int = 0) -> None:
         self.secure.add(client, tensors, weight=weight, bit=bit)

@@ -90,7 +90,8 @@ def train(msg: Message, context: Context) -> Message:
                        reply_to=msg)
     update = train_client(model, state, data, local_training(cfg.train),
                           generator=torch_generator(cfg.run.seed, TRAIN, rnd, k), client=k)
-    for hook in make_client_hooks(cfg, _plan(cfg), cfg.data.num_clients):  # attacks, local DP (this node's CSPRNG)
+    local_plan = _plan(cfg) if cfg.privacy.dp == "local" else None
+    for hook in make_client_hooks(cfg, local_plan, cfg.data.num_clients):  # attacks, local DP (this node's CSPRNG)
         update = hook(rnd, update)
     if "secagg" in msg.content:  # secure aggregation, stage 2: only the masked ring input leaves the node
         payload = _masked_input(cfg, k, rnd, update, msg.content, node)
@@ -131,7 +132,6 @@ def _masked_input(cfg, k: int, rnd: int, update, content, node) -> bytes | None:
     from ..privacy.randomness import privacy_randomness
     from ..privacy.secagg.ring import flatten
     from ..privacy.secagg.summer import RoundEncoding
-    from ..stages.aggregation import client_noise_std
     from .messages import from_bytes_array
 
     if not all(bool(torch.isfinite(v).all()) for v in update.delta.values()):
@@ -141,8 +141,9 @@ def _masked_input(cfg, k: int, rnd: int, update, content, node) -> bytes | None:
     clipped, norm = clip_by_norm(update.delta, clip)
     weight = 1.0 if cap == 0 else min(1.0, update.num_samples / cap)
     vec, _ = flatten(clipped)
+    plan = _plan(cfg, dim=int(vec.shape[0]))
     enc = RoundEncoding.for_round(rnd, seed=cfg.run.seed, participants=int(sa["participants"]), dim=int(vec.shape[0]),
-                                  clip_norm=clip, noise_std=client_noise_std(cfg, _plan(cfg)))
+                                  clip_norm=clip, ddg=None if plan is None else plan.ddg)
     ring = enc.encode(vec, weight=weight, bit=int(norm <= clip), client=k, randomness=privacy_randomness(
         dp=p.dp != "none", insecure_reproducible=p.insecure_reproducible_noise, seed=cfg.run.seed))
     client = node.secagg_client(rnd, k)
@@ -151,14 +152,17 @@ def _masked_input(cfg, k: int, rnd: int, update, content, node) -> bytes | None:
     return payload
 
 
-def _plan(cfg):
-    """The run's privacy plan, computed on the node from the config (its noise is the node's choice)."""
+def _plan(cfg, dim: int | None = None):
+    """The run's privacy plan, computed on the node from the config (its noise is the node's choice).
+
+    ``dim``: the update's length, which the distributed discrete Gaussian's parameters need.
+    """
     p = cfg.privacy
     if not (p.dp == "local" or (p.dp == "central" and p.noise_placement == "distributed")):
         return None
     from ..stages.aggregation import privacy_plan
 
-    return privacy_plan(cfg)
+    return privacy_plan(cfg, dim=dim)
 
 
 @app.evaluate()

@@ -9,7 +9,8 @@ the masked inputs and unmasks the total. Round ``r``, sampled clients ``U``::
     query.secagg_shares  S -> u: the keys of U1        u -> S: encrypted shares for each v     -> U1
     train                S -> u: model, the shares      u -> S: masked ring input of its
                          addressed to u, clip bound,    clipped, weighted, rotated, stochastically
-                         the public encoding            rounded update (+ distributed noise)    -> U2
+                         the public encoding            rounded update (or, under distributed   -> U2
+                                                        DP, its discrete Gaussian encoding)
     query.secagg_unmask  S -> u: U2                    u -> S: shares of b_v (v in U2) or of
                                                         s_v (v in U1 \\ U2)
 
@@ -17,7 +18,7 @@ Each stage waits ``federation.round_timeout_s``; a client that does not answer a
 drops out of the rest of the round. Fewer than ``t`` clients at a stage, or fewer than
 ``privacy.secagg_min_clients`` inputs, and the round is abandoned with the reason
 (:class:`~fed8.errors.SecAggError`); nothing is unmasked. The encoding's randomness
-(stochastic rounding, distributed noise shares) is drawn on the node, from its OS CSPRNG
+(stochastic rounding, the discrete Gaussian noise under distributed DP) is drawn on the node, from its OS CSPRNG
 under DP; without DP it is seeded, so the unmasked sum is the simulation's exactly.
 A client's private keys stay in an owner-only file on its node
 (:meth:`fed8.flower.node.NodeState.save_secagg`) and are deleted after unmasking.
@@ -72,7 +73,7 @@ class FlowerSecureSum:
         return t.send(kind, self.rnd, {u: t.message(kind, self.rnd, u, empty, extra={"secagg": records(u)},
                                                     **self._job) for u in clients})
 
-    def begin(self, rnd: int, participants: Sequence[int], *, clip_norm: float, noise_std: float = 0.0) -> None:
+    def begin(self, rnd: int, participants: Sequence[int], *, clip_norm: float, ddg=None) -> None:
         """Stages 0 and 1 (keys, encrypted shares) with the sampled clients."""
         from flwr.app import ArrayRecord
 
@@ -82,13 +83,19 @@ class FlowerSecureSum:
         self.participants = sorted(participants)
         n = len(self.participants)
         self.t = threshold_for(n, self.threshold_fraction)
+        if ddg is not None:  # no sum of fewer than the mechanism's t noise shares is ever unmasked
+            self.t = max(self.t, ddg.shares)
         self.enc = RoundEncoding.for_round(rnd, seed=self.seed, participants=n, dim=self.dim, clip_norm=clip_norm,
-                                           noise_std=noise_std, bound_sigmas=self.bound_sigmas)
+                                           ddg=ddg, bound_sigmas=self.bound_sigmas)
         self.server = SecAggServer(rnd, self.t, self.enc.k, self.enc.length)
         self.up = {u: 0 for u in self.participants}
         self.down = {u: 0 for u in self.participants}
         self._job = {"t": self.t, "ring-bits": self.enc.k, "length": self.enc.length, "participants": n}
         if not n:
+            return
+        if ddg is not None and n < ddg.shares:
+            self.failed = (f"secure aggregation round {rnd}: {n} participants, fewer than the t = {ddg.shares} noise "
+                           "shares the distributed discrete Gaussian needs in every sum")
             return
         self.transport.refresh(self.participants)
         keys = self._stage("query.secagg_keys", self.participants, lambda u: ArrayRecord({}))

@@ -15,9 +15,26 @@ with ``s_2 = Delta_2 / (sqrt(n) sigma)``, ``s_1 = Delta_1 / (sqrt(n) sigma)`` an
                       alpha / 2 (s_2^2 + 2 s_1 tau + tau^2 d),
                       alpha / 2 (s_2 + sqrt(d) tau)^2 ).
 
-``T`` rounds compose by adding RDP (no amplification by sampling is claimed here: every
-sampled client takes part in every round it is sampled for, and the bound is stated per
-participating round); the conversion to ``(epsilon, delta)`` is ``dp-accounting``'s
+Client sampling amplifies each round. The discrete Gaussian's sum is not a Gaussian, so the
+Gaussian-specific subsampling analyses of ``dp-accounting`` do not apply; the general ones
+for any mechanism with RDP curve ``eps(l)`` at integer orders do, as the paper's own
+accounting code uses them:
+
+* Poisson sampling with rate ``q`` (add/remove adjacency), Zhu and Wang 2019 ("Poisson
+  Subsampled Renyi Differential Privacy", ICML, the general upper bound):
+
+      eps'(a) = 1/(a-1) log( (1-q)^(a-1) (a q - q + 1) + C(a,2) q^2 (1-q)^(a-2) e^eps(2)
+                             + 3 sum_{l=3}^{a} C(a,l) q^l (1-q)^(a-l) e^((l-1) eps(l)) );
+
+* sampling ``m`` of ``N`` without replacement, ``g = m / N`` (replace-one adjacency, where
+  one client moves the sum by twice its norm: sensitivities doubled), Wang, Balle and
+  Kasiviswanathan 2019 (arXiv:1808.00087, Theorem 9 with ``eps(inf) = inf``):
+
+      eps'(a) = 1/(a-1) log( 1 + g^2 C(a,2) min(4 (e^eps(2) - 1), 2 e^eps(2))
+                             + 2 sum_{j=3}^{a} g^j C(a,j) e^((j-1) eps(j)) ),
+
+each capped by the unsampled ``eps(a)``. ``T`` rounds compose by adding RDP; the
+conversion to ``(epsilon, delta)`` is ``dp-accounting``'s
 (:func:`dp_accounting.rdp.compute_epsilon`). The sensitivities after conditional rounding are
 ``Delta_2 = sqrt(norm_bound)`` (:func:`fed8.privacy.ddg_encode.norm_bound`) and ``Delta_1 <=
 min(sqrt(d) Delta_2, Delta_2^2)`` (integer coordinates).
@@ -33,7 +50,8 @@ from typing import Sequence
 
 from ..errors import ParameterError
 
-__all__ = ["DDG_ORDERS", "ddg_epsilon", "ddg_rdp", "ddg_tau"]
+__all__ = ["DDG_ORDERS", "ddg_epsilon", "ddg_rdp", "ddg_tau", "poisson_subsampled_rdp",
+           "wor_subsampled_rdp"]
 
 DDG_ORDERS = tuple(range(2, 129)) + (256,)
 
@@ -64,11 +82,84 @@ def ddg_rdp(*, l2_sens: float, sigma: float, n: int, dim: int, l1_sens: float | 
     return out
 
 
+def _log_binom(a: int) -> list[float]:
+    return [math.lgamma(a + 1) - math.lgamma(j + 1) - math.lgamma(a - j + 1) for j in range(a + 1)]
+
+
+def _logsumexp(xs: Sequence[float]) -> float:
+    m = max(xs)
+    return m if m == -math.inf else m + math.log(sum(math.exp(x - m) for x in xs))
+
+
+def _check_curve(rdp: Sequence[float], orders: Sequence[int]) -> None:
+    if len(rdp) < max(orders) - 1:
+        raise ParameterError(f"the base RDP curve must give orders 2..{max(orders)}; got {len(rdp)} values.")
+
+
+def poisson_subsampled_rdp(q: float, rdp: Sequence[float], orders: Sequence[int]) -> list[float]:
+    """RDP at ``orders`` of a mechanism with RDP ``rdp[l - 2]`` at order ``l`` under Poisson sampling ``q`` (Zhu-Wang)."""
+    _check_curve(rdp, orders)
+    if not 0 < q <= 1:
+        raise ParameterError(f"the sampling rate must be in (0, 1]; got {q}.")
+    eps = lambda order: rdp[order - 2]  # noqa: E731
+    if q == 1:
+        return [eps(a) for a in orders]
+    lq, l1q = math.log(q), math.log1p(-q)
+    out = []
+    for a in orders:
+        lb = _log_binom(a)
+        terms = [(a - 1) * l1q + math.log(a * q - q + 1), lb[2] + 2 * lq + (a - 2) * l1q + eps(2)]
+        terms += [math.log(3) + lb[j] + j * lq + (a - j) * l1q + (j - 1) * eps(j) for j in range(3, a + 1)]
+        out.append(min(_logsumexp(terms) / (a - 1), eps(a)))
+    return out
+
+
+def wor_subsampled_rdp(g: float, rdp: Sequence[float], orders: Sequence[int]) -> list[float]:
+    """RDP at ``orders`` under sampling a fraction ``g`` without replacement (Wang-Balle-Kasiviswanathan Thm 9).
+
+    ``rdp`` is the base mechanism's curve under replace-one adjacency.
+    """
+    _check_curve(rdp, orders)
+    if not 0 < g <= 1:
+        raise ParameterError(f"the sampling fraction must be in (0, 1]; got {g}.")
+    eps = lambda order: rdp[order - 2]  # noqa: E731
+    if g == 1:
+        return [eps(a) for a in orders]
+    lg = math.log(g)
+    e2 = eps(2)
+    # log min(4 (e^e2 - 1), 2 e^e2), computed without overflow
+    second = min(math.log(4) + e2 + math.log1p(-math.exp(-e2)) if e2 > 0 else -math.inf, math.log(2) + e2)
+    out = []
+    for a in orders:
+        lb = _log_binom(a)
+        terms = [0.0, 2 * lg + lb[2] + second]
+        terms += [math.log(2) + j * lg + lb[j] + (j - 1) * eps(j) for j in range(3, a + 1)]
+        out.append(min(_logsumexp(terms) / (a - 1), eps(a)))
+    return out
+
+
 def ddg_epsilon(*, l2_sens: float, sigma: float, n: int, dim: int, rounds: int, delta: float,
-                l1_sens: float | None = None, orders: Sequence[int] = DDG_ORDERS) -> float:
-    """``epsilon`` at ``delta`` after ``rounds`` rounds (RDP composition, dp-accounting's conversion)."""
+                l1_sens: float | None = None, orders: Sequence[int] = DDG_ORDERS,
+                poisson_rate: float | None = None, wor_fraction: float | None = None) -> float:
+    """``epsilon`` at ``delta`` after ``rounds`` rounds (RDP composition, dp-accounting's conversion).
+
+    ``poisson_rate`` / ``wor_fraction``: the round's client sampling (at most one), amplified
+    with :func:`poisson_subsampled_rdp` / :func:`wor_subsampled_rdp`; the sensitivities are
+    then those of the matching adjacency (the caller doubles them for replace-one).
+    """
     from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
 
-    rdp = [rounds * r for r in ddg_rdp(l2_sens=l2_sens, sigma=sigma, n=n, dim=dim, l1_sens=l1_sens, orders=orders)]
-    eps, _ = compute_epsilon(list(orders), rdp, delta)
+    if rounds <= 0:
+        return 0.0
+    if poisson_rate is not None and wor_fraction is not None:
+        raise ParameterError("ddg_epsilon takes poisson_rate or wor_fraction, not both.")
+    orders = list(orders)
+    if poisson_rate is None and wor_fraction is None:
+        per = ddg_rdp(l2_sens=l2_sens, sigma=sigma, n=n, dim=dim, l1_sens=l1_sens, orders=orders)
+    else:
+        base = ddg_rdp(l2_sens=l2_sens, sigma=sigma, n=n, dim=dim, l1_sens=l1_sens,
+                       orders=range(2, max(orders) + 1))
+        per = (poisson_subsampled_rdp(poisson_rate, base, orders) if poisson_rate is not None
+               else wor_subsampled_rdp(wor_fraction, base, orders))
+    eps, _ = compute_epsilon(orders, [rounds * r for r in per], delta)
     return float(eps)

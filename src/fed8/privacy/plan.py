@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from .accounting import PrivacySpec, calibrate_noise_multiplier, epsilon, max_rounds_within
+from .accounting import PrivacySpec, calibrate_noise_multiplier, epsilon
+from .ddg import DDG, calibrate_ddg, ddg_for_noise_multiplier
 from .dp import split_noise_multiplier
 
 __all__ = ["PrivacyPlan", "make_plan"]
@@ -42,6 +43,9 @@ class PrivacyPlan:
         Why ``rounds`` is below the configured number, else None.
     distributed
         Central DP whose noise the clients add under secure aggregation.
+    ddg
+        The distributed discrete Gaussian of a distributed run (its parameters and its
+        accounting, :mod:`fed8.privacy.ddg`), else None.
     extra_releases
         Attempts of rounds that were interrupted after their clients' messages reached
         the server (local and distributed DP, where the server is the adversary): each is
@@ -58,6 +62,7 @@ class PrivacyPlan:
     calibrated: bool = False
     extra_releases: int = 0
     distributed: bool = False
+    ddg: DDG | None = None
 
     @property
     def server_sees_releases(self) -> bool:
@@ -68,7 +73,12 @@ class PrivacyPlan:
         """Epsilon at ``spec.delta`` after ``rnd`` rounds (plus :attr:`extra_releases`); None without DP."""
         if self.spec is None:
             return None
-        return _epsilon(self.spec, self.noise_multiplier, rnd + self.extra_releases)
+        return self._eps(rnd + self.extra_releases)
+
+    def _eps(self, rounds: int) -> float:
+        if self.ddg is not None:
+            return self.ddg.epsilon(rounds, self.spec.delta)
+        return _epsilon(self.spec, self.noise_multiplier, rounds)
 
     def after_interruptions(self, extra_releases: int, *, target_epsilon: float) -> "PrivacyPlan":
         """The plan once ``extra_releases`` interrupted attempts are counted.
@@ -80,8 +90,7 @@ class PrivacyPlan:
             return self
         rounds, reason = self.rounds, self.stop_reason
         if target_epsilon > 0:
-            r_max = max_rounds_within(self.spec, self.noise_multiplier, target_epsilon,
-                                      self.rounds + extra_releases) - extra_releases
+            r_max = _rounds_within(self._eps, target_epsilon, self.rounds + extra_releases) - extra_releases
             if r_max < rounds:
                 rounds = max(r_max, 0)
                 reason = (f"stopped after round {rounds}: {extra_releases} interrupted round attempt(s) already "
@@ -112,6 +121,16 @@ class PrivacyPlan:
         s = self.spec
         samp = (f"Poisson sampling q = {s.sampling_rate:.3g}" if s.sampling == "poisson"
                 else f"{int(round(s.clients_per_round))} of {s.num_clients} clients per round")
+        if self.ddg is not None:
+            m = self.ddg
+            return (f"(epsilon, delta) = ({eps:.3g}, {s.delta:g}) at client level after {rounds} rounds, against the "
+                    f"server and any clients colluding with it, as long as every unmasked sum holds at least "
+                    f"t = {m.shares} honest clients' inputs (secure aggregation unmasks no sum of fewer). Mechanism: "
+                    f"the distributed discrete Gaussian (Kairouz, Liu, Steinke 2021): each client rounds its "
+                    f"rotated, clipped update to a grid of step {m.gamma:.3g} and adds exact integer noise "
+                    f"N_Z(0, {m.sigma2}) from its OS CSPRNG, and only the sum modulo 2^{m.bits} is unmasked "
+                    f"({m.bits} bits per value sent); RDP analysis of that paper with {samp} (subsampled-RDP "
+                    f"bound), noise multiplier {self.noise_multiplier:.4g}.")
         if self.mode == "local":
             return (f"Local DP: each update a client sends is ({self.epsilon(1):.3g}, {s.delta:g})-DP for that "
                     f"client's data; a client that took part in all {rounds} rounds has ({eps:.3g}, {s.delta:g}) "
@@ -120,11 +139,64 @@ class PrivacyPlan:
                 f"({s.accountant.upper()} accountant, {samp}, noise multiplier {self.noise_multiplier:.4g}); {sees}.")
 
 
+def _rounds_within(eps, target: float, upper: int) -> int:
+    """The largest ``r <= upper`` with ``eps(r) <= target`` (0 if none); ``eps`` non-decreasing."""
+    lo, hi = 0, upper
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if eps(mid) <= target:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _ddg_plan(p, spec: PrivacySpec, rounds: int, dim: int | None) -> PrivacyPlan:
+    """The plan of ``noise_placement = distributed``: the distributed discrete Gaussian's parameters and budget."""
+    if dim is None:  # pragma: no cover - callers pass the model's size
+        raise ConfigError("privacy.noise_placement = 'distributed' needs the update's dimension to plan its noise.")
+    shares = max(1, math.ceil(p.secagg_threshold * spec.clients_per_round - 1e-9))
+    kw = dict(dim=dim, bits=p.ddg_bits, beta=p.ddg_beta, gamma=p.ddg_gamma, shares=shares, clip_norm=p.clip_norm,
+              sampling=spec.sampling, num_clients=spec.num_clients, clients_per_round=spec.clients_per_round)
+    calibrated, stop_reason = p.noise_multiplier <= 0, None
+    if calibrated:
+        if p.target_epsilon <= 0:
+            raise ConfigError(
+                "privacy.dp = 'central' needs noise: set privacy.noise_multiplier (e.g. 1.0) or "
+                "privacy.target_epsilon (e.g. 4.0, and the noise is computed for train.rounds).")
+        m = _calibrate_ddg(p.target_epsilon, rounds, p.delta, tuple(sorted(kw.items())))
+    else:
+        m = ddg_for_noise_multiplier(p.noise_multiplier, **kw)
+        eps = m.epsilon(rounds, p.delta)
+        if p.target_epsilon > 0 and eps > p.target_epsilon:
+            r_max = _rounds_within(lambda r: m.epsilon(r, p.delta), p.target_epsilon, rounds)
+            if p.budget == "refuse" or r_max == 0:
+                within = (f"at most {r_max} rounds (set privacy.budget = 'stop' to train those)" if r_max
+                          else "not even one round")
+                raise ConfigError(
+                    f"privacy budget exceeded before starting: {rounds} rounds of the distributed discrete Gaussian "
+                    f"at noise_multiplier = {p.noise_multiplier} reach epsilon = {eps:.3g} > target_epsilon = "
+                    f"{p.target_epsilon} (delta = {p.delta:g}). Within budget: {within}; or leave noise_multiplier "
+                    "at 0 so the noise is computed from the budget.")
+            stop_reason = (f"stopped after round {r_max} of {rounds}: round {r_max + 1} would raise epsilon above "
+                           f"target_epsilon = {p.target_epsilon} (privacy.budget = 'stop')")
+            rounds = r_max
+    z = m.noise_multiplier
+    return PrivacyPlan(p.dp, spec, z, z, 0.0, rounds, stop_reason, calibrated, distributed=True, ddg=m)
+
+
+@functools.lru_cache(maxsize=64)
+def _calibrate_ddg(target: float, rounds: int, delta: float, kw: tuple) -> DDG:
+    return calibrate_ddg(target, rounds, delta, **dict(kw))
+
+
 def make_plan(privacy, *, num_clients: int, clients_per_round: float, sampling: str, rounds: int,
-              adaptive: bool = False) -> PrivacyPlan:
+              adaptive: bool = False, dim: int | None = None) -> PrivacyPlan:
     """Resolve noise and rounds from the ``[privacy]`` section.
 
     ``adaptive``: adaptive clipping runs (its noised count is then part of the budget).
+    ``dim``: values per update; needed for ``noise_placement = distributed`` (its
+    discrete Gaussian's parameters depend on it).
 
     Raises
     ------
@@ -140,6 +212,8 @@ def make_plan(privacy, *, num_clients: int, clients_per_round: float, sampling: 
                 "effect with privacy.dp = 'none'. Set privacy.dp = 'central' or 'local', or remove them.")
         return PrivacyPlan("none", None, 0.0, 0.0, 0.0, rounds)
     spec = PrivacySpec(p.dp, sampling, num_clients, clients_per_round, p.delta, p.accountant)
+    if p.dp == "central" and p.secure_aggregation and p.noise_placement == "distributed":
+        return _ddg_plan(p, spec, rounds, dim)
     z, calibrated = p.noise_multiplier, False
     if z <= 0:
         if p.target_epsilon <= 0:
@@ -151,7 +225,7 @@ def make_plan(privacy, *, num_clients: int, clients_per_round: float, sampling: 
     if p.target_epsilon > 0 and not calibrated:
         eps = epsilon(spec, z, rounds)
         if eps > p.target_epsilon:
-            r_max = max_rounds_within(spec, z, p.target_epsilon, rounds)
+            r_max = _rounds_within(lambda r: epsilon(spec, z, r), p.target_epsilon, rounds)
             z_needed = calibrate_noise_multiplier(spec, p.target_epsilon, rounds)
             if p.budget == "refuse" or r_max == 0:
                 within = (f"at most {r_max} rounds (set privacy.budget = 'stop' to train those)" if r_max
@@ -170,5 +244,4 @@ def make_plan(privacy, *, num_clients: int, clients_per_round: float, sampling: 
         z_u = split_noise_multiplier(z, count_std)
     if not math.isfinite(z_u):  # pragma: no cover
         raise ConfigError(f"noise multiplier {z_u} is not finite.")
-    distributed = p.dp == "central" and p.secure_aggregation and p.noise_placement == "distributed"
-    return PrivacyPlan(p.dp, spec, z, z_u, count_std, rounds, stop_reason, calibrated, distributed=distributed)
+    return PrivacyPlan(p.dp, spec, z, z_u, count_std, rounds, stop_reason, calibrated)

@@ -47,6 +47,9 @@ class Draws(Protocol):
     def randperm(self, n: int) -> torch.Tensor:
         """A uniform permutation of ``0..n-1`` (int64)."""
 
+    def words(self, n: int) -> np.ndarray:
+        """``n`` uniform 64-bit words (uint64): the input of the exact discrete Gaussian sampler."""
+
 
 class SeededDraws:
     """:class:`Draws` over a seeded ``torch.Generator`` (reproducible, so not private)."""
@@ -62,6 +65,11 @@ class SeededDraws:
 
     def randperm(self, n):
         return torch.randperm(n, generator=self.generator)
+
+    def words(self, n):
+        if not hasattr(self, "_np"):
+            self._np = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=self.generator)))
+        return self._np.integers(0, 2**64, size=n, dtype=np.uint64, endpoint=False)
 
 
 def _words(n: int) -> np.ndarray:
@@ -88,6 +96,9 @@ class SystemDraws:
 
     def randperm(self, n):
         return torch.from_numpy(np.argsort(_words(n), kind="stable").astype(np.int64))
+
+    def words(self, n):
+        return _words(n).copy()
 
 
 class PrivacyRandomness:

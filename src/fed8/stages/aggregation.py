@@ -11,7 +11,6 @@ break a guarantee is refused with the reason.
 
 from __future__ import annotations
 
-import math
 from typing import Mapping, Sequence
 
 from .._config_sections import ADAPTIVE_AUTO_MIN_CLIENTS
@@ -25,8 +24,8 @@ from ..federated.private import AdaptiveClipping, PrivateAggregate, capped_weigh
 from ..federated.robust import CoordinateMedian, NormBound, TrimmedMean, ValidateUpdates
 from ..federated.sampling import num_sampled
 
-__all__ = ["SECAGG_CLIP_LR", "SECAGG_CLIP_QUANTILE", "adaptive_clipping_on", "check_combination", "client_noise_std",
-           "expected_clients", "make_aggregator", "make_client_hooks", "make_server_optimizer", "privacy_plan",
+__all__ = ["SECAGG_CLIP_LR", "SECAGG_CLIP_QUANTILE", "adaptive_clipping_on", "check_combination", "expected_clients",
+           "make_aggregator", "make_client_hooks", "make_server_optimizer", "privacy_plan",
            "weight_cap"]
 
 # Secure aggregation without DP clips only to fix the shared int8 scale; the bound follows
@@ -57,12 +56,18 @@ def adaptive_clipping_on(cfg: Config) -> bool:
     return p.dp == "central" and not distributed and expected_clients(cfg) >= ADAPTIVE_AUTO_MIN_CLIENTS
 
 
-def privacy_plan(cfg: Config):
-    """The run's :class:`~fed8.privacy.PrivacyPlan`: noise, rounds and adaptive clipping resolved from the config."""
+def privacy_plan(cfg: Config, *, dim: int | None = None):
+    """The run's :class:`~fed8.privacy.PrivacyPlan`: noise, rounds and adaptive clipping resolved from the config.
+
+    ``dim``: the number of values in an update (the model's float tensors), which the
+    distributed discrete Gaussian's parameters depend on; needed for ``noise_placement =
+    distributed``.
+    """
     from ..privacy import make_plan
 
     return make_plan(cfg.privacy, num_clients=cfg.data.num_clients, clients_per_round=expected_clients(cfg),
-                     sampling=cfg.train.sampling, rounds=cfg.train.rounds, adaptive=adaptive_clipping_on(cfg))
+                     sampling=cfg.train.sampling, rounds=cfg.train.rounds, adaptive=adaptive_clipping_on(cfg),
+                     dim=dim)
 
 
 def check_combination(cfg: Config) -> None:
@@ -97,6 +102,10 @@ def check_combination(cfg: Config) -> None:
         raise ConfigError(
             "privacy.noise_placement = 'distributed' needs privacy.dp = 'central' and secure_aggregation = true: "
             "without secure aggregation the server would see each client's small share of the noise.")
+    if p.noise_placement == "distributed" and p.accountant != "rdp":
+        raise ConfigError(
+            f"privacy.accountant = {p.accountant!r} cannot analyse noise_placement = 'distributed': the distributed "
+            "discrete Gaussian's privacy is the RDP bound of Kairouz et al. 2021. Set privacy.accountant = 'rdp'.")
     if weighting == "capped" and p.weight_cap <= 0:
         raise ConfigError(
             "privacy.weighting = 'capped' needs privacy.weight_cap > 0: the cap sets each client's weight "
@@ -168,15 +177,6 @@ def weight_cap(cfg: Config, client_sizes: Sequence[int]) -> float:
     return float(max(client_sizes, default=1))
 
 
-def client_noise_std(cfg: Config, plan) -> float:
-    """Distributed DP: the std each client adds, ``z_u C / sqrt(t)``, so that any ``t`` senders add ``z_u C``."""
-    p = cfg.privacy
-    if not (p.dp == "central" and p.noise_placement == "distributed"):
-        return 0.0
-    t_min = max(1, math.ceil(p.secagg_threshold * expected_clients(cfg) - 1e-9))
-    return plan.update_noise_multiplier * p.clip_norm / math.sqrt(t_min)
-
-
 def make_aggregator(cfg: Config, plan, *, client_sizes: Sequence[int],
                     expected: Mapping[str, Sequence[int]]) -> tuple[Aggregator, list]:
     """The aggregator chain and the client hooks for ``cfg`` and its privacy ``plan``."""
@@ -205,7 +205,7 @@ def make_aggregator(cfg: Config, plan, *, client_sizes: Sequence[int],
         z_u = plan.update_noise_multiplier if central else 0.0
         agg: Aggregator = PrivateAggregate(
             inner, clip_norm=p.clip_norm, weight=weight, denominator=denominator, noise_multiplier=z_u,
-            client_noise_std=client_noise_std(cfg, plan),
+            ddg=plan.ddg,
             adaptive=_adaptive(cfg, plan), expected_clients=m, randomness=randomness)
     elif cfg.server.robust == "median":
         agg = CoordinateMedian()

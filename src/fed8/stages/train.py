@@ -119,6 +119,10 @@ def _privacy_summary(prep: Prepared, rows: list[dict]) -> dict:
         "clip_norm": p.clip_norm if (spec or p.secure_aggregation) else None,
         "adaptive_clipping": adaptive_clipping_on(cfg),
         "noise_placement": p.noise_placement if (p.dp == "central" and p.secure_aggregation) else None,
+        "mechanism": None if plan.ddg is None else {
+            "name": "distributed discrete Gaussian (Kairouz, Liu, Steinke 2021)", "bits_per_value": plan.ddg.bits,
+            "gamma": plan.ddg.gamma, "beta": plan.ddg.beta, "sigma2": plan.ddg.sigma2,
+            "noise_shares_t": plan.ddg.shares, "noise_std": plan.ddg.noise_std},
         "stopped_for_budget": plan.stop_reason,
     }
 

@@ -107,6 +107,10 @@ class SecAggClient:
             out[v] = aead_encrypt(key, struct.pack("<II", self.id, v) + sh_s[v] + sh_b[v], _label(b"share", self.rnd))
         return out
 
+    def receive(self, ciphertexts: dict[int, bytes]) -> None:
+        """Round 2's download: the encrypted shares addressed to this client (needed to unmask)."""
+        self.inbox = dict(ciphertexts)
+
     def masked_input(self, x: np.ndarray, ciphertexts: dict[int, bytes]) -> bytes:
         """Round 2: ``x`` (uint32 ring elements) plus self and pairwise masks, packed at ``k`` bits.
 
@@ -114,7 +118,7 @@ class SecAggClient:
         """
         if x.shape != (self.length,):
             raise SecAggError(f"client {self.id}: input has {x.shape} elements, the round expects {self.length}.")
-        self.inbox = dict(ciphertexts)
+        self.receive(ciphertexts)
         u1 = set(ciphertexts) | {self.id}
         y = x.astype(np.uint32).copy()
         _mask_add(y, prg_words(self.b, self.length), +1)

@@ -71,22 +71,20 @@ def unrotate(y: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
     return (x * signs).to(torch.float32)
 
 
-def shared_scale(*, clip_norm: float, dim: int, noise_std: float = 0.0, bound_sigmas: float = 4.0) -> float:
+def shared_scale(*, clip_norm: float, dim: int, bound_sigmas: float = 4.0) -> float:
     """The int8 scale all clients use: ``bound_sigmas`` standard deviations map to code 127.
 
     After rotation a coordinate of a vector of norm at most ``C`` has standard deviation
-    at most ``C / sqrt(d)``; with per-coordinate Gaussian noise of std ``sigma`` added
-    (distributed DP) it is ``sqrt(C^2 / d + sigma^2)``. Beyond ``bound_sigmas`` (4:
-    ~6e-5 of coordinates) codes saturate at +-127.
+    at most ``C / sqrt(d)``. Beyond ``bound_sigmas`` (4: ~6e-5 of coordinates) codes
+    saturate at +-127. (Distributed DP does not use int8 codes: see :mod:`fed8.privacy.ddg`.)
     """
-    return bound_sigmas * math.sqrt(clip_norm**2 / dim + noise_std**2) / 127.0
+    return bound_sigmas * math.sqrt(clip_norm**2 / dim) / 127.0
 
 
 def to_ring(y: torch.Tensor, scale: float, k: int, *, draws) -> np.ndarray:
     """int8 codes ``clamp(floor(y / scale + u), -127, 127)``, ``u ~ U[0, 1)`` from ``draws``, as uint32 mod 2^k.
 
-    ``draws``: a :class:`fed8.privacy.randomness.Draws` (stochastic rounding is part of the
-    client's private randomness under distributed DP).
+    ``draws``: a :class:`fed8.privacy.randomness.Draws`.
     """
     u = draws.rand(tuple(y.shape))
     q = torch.floor(y.to(torch.float32) / torch.tensor(scale, dtype=torch.float32) + u).clamp(-127, 127)

@@ -6,6 +6,11 @@ Each participant's input is ``[codes of R(w x) (d values), weight code, clip bit
 ``x`` its clipped update, ``w`` in [0, 1] its aggregation weight (quantized to
 ``round(127 w) / 127`` and applied before encoding, so the weight code sum is exactly
 the sum of the weights applied), and the bit ``1[||x_raw|| <= C]`` for adaptive clipping.
+
+Under distributed DP (a :class:`fed8.privacy.ddg.DDG` mechanism) the input is only the
+``d`` values of the distributed discrete Gaussian, ``(round(R(w x) / gamma) + N_Z(0,
+sigma^2)) mod 2^b``: the weight code and the clip bit would reach the server without noise,
+so they are not sent, and no sum of fewer than the mechanism's ``t`` inputs is unmasked.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import torch
 from ..._rng import SECAGG, torch_generator
 from ...errors import ParameterError, SecAggError
 from ..randomness import PrivacyRandomness
+from ..ddg import DDG
 from .protocol import SecAggClient, SecAggServer, threshold_for
 from .ring import flatten, from_ring, ring_bits, rotate, shared_scale, to_ring, unflatten, unrotate
 
@@ -34,8 +40,8 @@ class SumResult:
     """The unmasked, dequantized sum and what came with it."""
 
     total: dict[str, torch.Tensor]
-    weight_sum: float
-    bit_sum: int
+    weight_sum: float | None  # None under distributed DP (not sent)
+    bit_sum: int | None
     num_inputs: int
     ring_bits: int
     uplink_bytes: dict[int, int] = field(default_factory=dict)
@@ -48,9 +54,10 @@ class SumResult:
 class RoundEncoding:
     """One round's public encoding, the same on every client: rotation signs, shared scale, ring bits.
 
-    Each client's ring input is ``[to_ring(R(w x) + noise share), weight code, clip bit]``
-    (``length = padded + 2`` elements); :meth:`encode` is the client's half, run in this
-    process by :class:`SecureSum` and on the SuperNode over Flower, :meth:`decode` the
+    Each client's ring input is ``[to_ring(R(w x)), weight code, clip bit]`` (``length =
+    padded + 2`` elements), or under distributed DP (``ddg``) the ``padded`` values of the
+    distributed discrete Gaussian in Z_(2^b). :meth:`encode` is the client's half, run in
+    this process by :class:`SecureSum` and on the SuperNode over Flower, :meth:`decode` the
     server's after unmasking.
     """
 
@@ -59,15 +66,19 @@ class RoundEncoding:
     k: int
     dim: int
     scale: float
-    noise_std: float = 0.0
+    ddg: DDG | None = None
 
     @classmethod
     def for_round(cls, rnd: int, *, seed: int, participants: int, dim: int, clip_norm: float,
-                  noise_std: float = 0.0, bound_sigmas: float = 4.0) -> "RoundEncoding":
+                  ddg: DDG | None = None, bound_sigmas: float = 4.0) -> "RoundEncoding":
         padded = dim + dim % 2
+        if ddg is not None:
+            if ddg.dim != padded:
+                raise SecAggError(f"the update has {dim} values (padded {padded}); the run's distributed discrete "
+                                  f"Gaussian was planned for {ddg.dim}. Every node must run the same model.")
+            return cls(rnd, seed, ddg.bits, dim, ddg.gamma, ddg)
         return cls(rnd, seed, ring_bits(participants), dim,
-                   shared_scale(clip_norm=clip_norm, dim=padded, noise_std=noise_std, bound_sigmas=bound_sigmas),
-                   noise_std)
+                   shared_scale(clip_norm=clip_norm, dim=padded, bound_sigmas=bound_sigmas))
 
     @property
     def padded(self) -> int:
@@ -75,7 +86,7 @@ class RoundEncoding:
 
     @property
     def length(self) -> int:
-        return self.padded + 2
+        return self.padded if self.ddg is not None else self.padded + 2
 
     def signs(self) -> torch.Tensor:
         g = torch_generator(self.seed, SECAGG, _ROTATION, self.rnd)
@@ -84,22 +95,32 @@ class RoundEncoding:
     def encode(self, vec: torch.Tensor, *, weight: float, bit: int, client: int, randomness: PrivacyRandomness,
                signs: torch.Tensor | None = None) -> np.ndarray:
         """The client's ring input for its flattened, clipped update ``vec``."""
-        code = int(round(127 * min(max(weight, 0.0), 1.0)))
+        signs = signs if signs is not None else self.signs()
+        w = min(max(weight, 0.0), 1.0)
         x = torch.zeros(self.padded)
+        rounding = randomness.draws(SECAGG, _ROUNDING, self.rnd, client)
+        if self.ddg is not None:  # distributed DP: rounded to the grid, this client's discrete Gaussian added
+            x[: self.dim] = vec * w
+            noise = randomness.draws(SECAGG, _NOISE, self.rnd, client)
+            return self.ddg.encode(rotate(x, signs), draws=rounding, words=noise.words)
+        code = int(round(127 * w))
         x[: self.dim] = vec * (code / 127)
-        y = rotate(x, signs if signs is not None else self.signs())
-        if self.noise_std > 0:  # distributed DP: this client's share of the noise
-            y = y + self.noise_std * randomness.draws(SECAGG, _NOISE, self.rnd, client).randn(tuple(y.shape))
         ring = np.empty(self.length, dtype=np.uint32)
-        ring[: self.padded] = to_ring(y, self.scale, self.k, draws=randomness.draws(SECAGG, _ROUNDING, self.rnd, client))
+        ring[: self.padded] = to_ring(rotate(x, signs), self.scale, self.k, draws=rounding)
         ring[self.padded :] = [code, int(bit)]
         return ring
 
-    def decode(self, unmasked: np.ndarray, signs: torch.Tensor | None = None) -> tuple[torch.Tensor, float, int]:
-        """The summed update (flat), the sum of the weights applied and the clip-bit sum."""
+    def decode(self, unmasked: np.ndarray, signs: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, float | None, int | None]:
+        """The summed update (flat), the sum of the weights applied and the clip-bit sum (None under DDG)."""
+        signs = signs if signs is not None else self.signs()
+        if self.ddg is not None:
+            total = self.ddg.lift(unmasked[: self.padded])
+            y = torch.from_numpy(total.astype(np.float64) * self.ddg.gamma).to(torch.float32)
+            return unrotate(y, signs)[: self.dim], None, None
         total = from_ring(unmasked, self.k)
         y = torch.from_numpy(total[: self.padded].astype(np.float64)).to(torch.float32) * self.scale
-        vec = unrotate(y, signs if signs is not None else self.signs())[: self.dim]
+        vec = unrotate(y, signs)[: self.dim]
         return vec, float(total[self.padded]) / 127, int(total[self.padded + 1])
 
 
@@ -134,13 +155,23 @@ class SecureSum:
         self.dropout, self.dropout_phase, self.bound_sigmas = dropout, dropout_phase, bound_sigmas
         self.randomness = randomness if randomness is not None else PrivacyRandomness()
 
-    def begin(self, rnd: int, participants: Sequence[int], *, clip_norm: float, noise_std: float = 0.0) -> None:
-        """Rounds 0-1 of the protocol for ``participants``; fixes the shared scale inputs."""
-        self.rnd, self.clip_norm, self.noise_std = rnd, clip_norm, noise_std
+    def begin(self, rnd: int, participants: Sequence[int], *, clip_norm: float, ddg: DDG | None = None) -> None:
+        """Rounds 0-1 of the protocol for ``participants``; fixes the shared scale inputs.
+
+        ``ddg``: distributed DP; the threshold is then at least the mechanism's ``t`` (no sum
+        of fewer noise shares is ever unmasked), and a round with fewer participants fails.
+        """
+        self.rnd, self.clip_norm, self.ddg = rnd, clip_norm, ddg
         self.participants = sorted(participants)
         n = len(self.participants)
         self.t = threshold_for(n, self.threshold_fraction)
-        self.k = ring_bits(n)
+        self.failed = None
+        if ddg is not None:
+            self.t = max(self.t, ddg.shares)
+            if n < ddg.shares:
+                self.failed = (f"secure aggregation round {rnd}: {n} participants, fewer than the t = {ddg.shares} "
+                               "noise shares the distributed discrete Gaussian needs in every sum")
+        self.k = ring_bits(n) if ddg is None else ddg.bits
         self.up = {u: 0 for u in self.participants}
         self.cpu = {u: 0.0 for u in self.participants}  # protocol seconds per client (key phases, masking)
         self.server_cpu = 0.0
@@ -179,11 +210,13 @@ class SecureSum:
         """
         if client not in self.up:
             raise SecAggError(f"client {client} is not a participant of round {self.rnd}.")
+        if self.failed:
+            return
         vec, layout = flatten(update)
         if self.layout is None:
             self.layout, self.dim = layout, vec.shape[0]
             self.enc = RoundEncoding.for_round(self.rnd, seed=self.seed, participants=len(self.participants),
-                                               dim=self.dim, clip_norm=self.clip_norm, noise_std=self.noise_std,
+                                               dim=self.dim, clip_norm=self.clip_norm, ddg=self.ddg,
                                                bound_sigmas=self.bound_sigmas)
             self.padded, self.scale = self.enc.padded, self.enc.scale
             self._start(self.enc.length)
@@ -207,6 +240,8 @@ class SecureSum:
 
     def finish(self) -> SumResult:
         """Round 3 (unmasking by the survivors) and the dequantized, un-rotated sum."""
+        if self.failed:
+            raise SecAggError(self.failed + "; the round is abandoned and nothing is unmasked.")
         if self.server is None or not self.server.senders:
             raise SecAggError(f"secure aggregation round {self.rnd}: no client sent masked input.")
         senders = list(self.server.senders)
@@ -220,6 +255,10 @@ class SecureSum:
         for u in survivors:
             self.down[u] += 4 * len(senders)
             t0 = time.perf_counter()
+            if not hasattr(self.clients[u], "inbox"):  # sent no input (its update was not finite); still unmasks
+                inbox = self.server.inboxes.get(u, {})
+                self.down[u] += sum(len(m) + 4 for m in inbox.values())
+                self.clients[u].receive(inbox)
             r = self.clients[u].unmask(senders)
             self.cpu[u] += time.perf_counter() - t0
             self.up[u] += sum(5 + len(s) for _, s in r.values())

@@ -1,0 +1,220 @@
+"""The distributed discrete Gaussian mechanism of a run: parameters, privacy, and one client's encoding.
+
+Kairouz, Liu, Steinke 2021 (arXiv:2102.06387), Algorithm 1, over fed8's secure sum. Round
+``r``, every participating client ``k`` with clipped, weighted update ``v_k`` (``||v_k|| <= C``):
+
+    y_k   = R(v_k) / gamma                       R: the public rotation of :mod:`.secagg.ring`
+    x_k   = conditional_round(y_k, bound)        ||x_k||^2 <= bound  (:mod:`.ddg_encode`)
+    z_k   = x_k + N_Z(0, sigma^2)^d              exact, from the OS CSPRNG (:mod:`.discrete_gaussian`)
+    send    z_k mod 2^b                          masked by secure aggregation (:mod:`.secagg`)
+
+and the server, from the unmasked sum only: ``sum = gamma R^T(lift(sum_k z_k mod 2^b))``.
+The noise is in the integers, so the ring sum is exact; the privacy analysis is the
+paper's (:mod:`.ddg_accounting`) for the sum of ``t`` clients' noise, ``t`` the smallest
+number of inputs the protocol ever unmasks. Nothing here uses floating-point noise.
+
+Parameters chosen here, before round 1, from public numbers only:
+
+* ``bits`` ``b``: the modulus ``2^b``, the bits each client sends per value.
+* ``gamma`` (the granularity): as small as the modulus allows. With ``n`` clients the
+  sum's coordinate is sub-Gaussian with variance proxy ``V = rho n^2 c^2 / d + n / 4 + n sigma^2``
+  in integer units (``c = C / gamma``; ``rho = 2`` for the rotation's flatness, the signal
+  of ``n`` aligned updates; ``1/4`` the rounding error; ``sigma^2`` the noise). ``gamma``
+  is the smallest with ``k sqrt(V) <= 2^(b-1)``, ``k = sqrt(2 log(2 d / p))``, so that
+  every coordinate of a round's sum stays inside the ring (no wrap-around) except with
+  probability at most ``p = WRAP_PROBABILITY``. Wrap-around would cost accuracy, never
+  privacy (the modular sum is a post-processing of the noised values).
+* ``beta``: the conditional rounding's bias bound (:func:`.ddg_encode.norm_bound`).
+* ``sigma^2`` (an integer): for a budget, the smallest with ``epsilon <= target`` (bisection
+  over ``z = sqrt(t) sigma / Delta_2``); otherwise ``z`` as configured.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, ParameterError
+from .ddg_accounting import ddg_epsilon
+from .ddg_encode import conditional_round, norm_bound
+from .discrete_gaussian import MAX_SIGMA2, discrete_gaussian
+
+__all__ = ["DDG", "WRAP_PROBABILITY", "calibrate_ddg", "ddg_for_noise_multiplier"]
+
+WRAP_PROBABILITY = 1e-9  # per round, any coordinate: the tail bound that fixes gamma
+_RHO = 2.0  # a coordinate of the real-FFT rotation of v has variance proxy <= 2 ||v||^2 / d
+
+
+@dataclass(frozen=True)
+class DDG:
+    """The public parameters of the distributed discrete Gaussian for a run.
+
+    Attributes
+    ----------
+    dim
+        ``d``: the rotated length (the update's length, padded to even).
+    bits
+        ``b``: values are summed in Z_(2^b).
+    gamma
+        Granularity: the integer grid step in update units.
+    beta
+        The conditional rounding's bias bound.
+    sigma2
+        Each client's noise variance, an integer, in grid units.
+    shares
+        ``t``: the fewest noise shares in any unmasked sum (the analysis's ``n``).
+    clip_norm
+        ``C`` in update units.
+    sampling, num_clients, clients_per_round
+        The client sampling the accountant amplifies with (``poisson`` or ``fixed``).
+    """
+
+    dim: int
+    bits: int
+    gamma: float
+    beta: float
+    sigma2: int
+    shares: int
+    clip_norm: float
+    sampling: str
+    num_clients: int
+    clients_per_round: float
+
+    @property
+    def bound(self) -> float:
+        """The squared-norm bound of a client's rounded vector (its L2 sensitivity squared)."""
+        return norm_bound(self.clip_norm / self.gamma, self.dim, self.beta)
+
+    @property
+    def l2_sensitivity(self) -> float:
+        return math.sqrt(self.bound)
+
+    @property
+    def noise_multiplier(self) -> float:
+        """``sqrt(t sigma^2) / Delta_2``: the summed noise's std over the rounded sensitivity."""
+        return math.sqrt(self.shares * self.sigma2) / self.l2_sensitivity
+
+    @property
+    def noise_std(self) -> float:
+        """Std of the summed noise (at least ``t`` shares) in update units."""
+        return math.sqrt(self.shares * self.sigma2) * self.gamma
+
+    def epsilon(self, rounds: int, delta: float) -> float:
+        return _epsilon(self, rounds, delta)
+
+    # -- one client's half, and the server's ---------------------------------------------------------------------
+
+    def encode(self, y: torch.Tensor, *, draws, words) -> np.ndarray:
+        """``(conditional_round(y / gamma) + noise) mod 2^b`` for a rotated ``y`` (float), as uint32.
+
+        ``draws`` (the rounding) and ``words`` (64-bit words for the noise) are the client's
+        private randomness: the OS CSPRNG under DP.
+        """
+        if y.numel() != self.dim:
+            raise ParameterError(f"the rotated update has {y.numel()} values; this run's mechanism has {self.dim}.")
+        x = conditional_round(y.to(torch.float64) / self.gamma, self.bound, draws).numpy()
+        z = x + discrete_gaussian(self.sigma2, self.dim, words)
+        return (z & ((1 << self.bits) - 1)).astype(np.uint32)
+
+    def lift(self, total: np.ndarray) -> np.ndarray:
+        """The unmasked ring sum as signed integers (the centered lift of Z_(2^b))."""
+        k = self.bits
+        v = total.astype(np.int64) & ((1 << k) - 1)
+        return np.where(v >= 1 << (k - 1), v - (1 << k), v)
+
+    def describe(self) -> str:
+        return (f"distributed discrete Gaussian (Kairouz et al. 2021): {self.bits} bits per value, granularity "
+                f"{self.gamma:.4g}, beta {self.beta:.3g}, sigma^2 = {self.sigma2} per client, t = {self.shares} shares")
+
+
+@functools.lru_cache(maxsize=4096)
+def _epsilon(m: DDG, rounds: int, delta: float) -> float:
+    if rounds <= 0:
+        return 0.0
+    q = m.clients_per_round / m.num_clients
+    l2 = m.l2_sensitivity
+    l1 = min(math.sqrt(m.dim) * l2, m.bound)
+    kw: dict = {}
+    if q < 1:
+        if m.sampling == "poisson":
+            kw["poisson_rate"] = q
+        else:  # replace-one adjacency: one client's change moves the sum by up to twice its norm
+            l2, l1, kw["wor_fraction"] = 2 * l2, 2 * l1, q
+    return ddg_epsilon(l2_sens=l2, l1_sens=l1, sigma=math.sqrt(m.sigma2), n=m.shares, dim=m.dim, rounds=rounds,
+                       delta=delta, **kw)
+
+
+def _fit(*, z: float, dim: int, bits: int, beta: float, shares: int, clip_norm: float, participants_hi: float,
+         gamma: float) -> tuple[float, int]:
+    """``(gamma, sigma2)`` for the noise multiplier ``z``: ``gamma`` as given (> 0) or the smallest that fits."""
+    half = 2.0 ** (bits - 1)
+    k = math.sqrt(2 * math.log(2 * dim / WRAP_PROBABILITY))
+    n = participants_hi
+
+    def sigma2_at(g: float) -> int:
+        delta2 = math.sqrt(norm_bound(clip_norm / g, dim, beta))
+        return max(1, math.ceil((z * delta2) ** 2 / shares))
+
+    def spread(g: float) -> float:  # k sqrt(V) in grid units
+        c = clip_norm / g
+        return k * math.sqrt(_RHO * n * n * c * c / dim + n / 4 + n * sigma2_at(g))
+
+    if gamma > 0:
+        return gamma, sigma2_at(gamma)
+    # spread(g) * g grows with g (the d / 4 and n / 4 terms), so spread is decreasing in g: bisect on log g.
+    lo, hi = 1e-12, 1.0
+    while spread(hi) > half or sigma2_at(hi) > MAX_SIGMA2:
+        hi *= 4
+        if hi > 1e12:
+            raise ConfigError(f"privacy.ddg_bits = {bits} is too few for {n:.0f} clients at noise multiplier {z:.3g}: "
+                              "no granularity fits the sum in the ring. Raise privacy.ddg_bits.")
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)
+        if spread(mid) <= half and sigma2_at(mid) <= MAX_SIGMA2:
+            hi = mid
+        else:
+            lo = mid
+        if hi / lo < 1 + 1e-6:
+            break
+    return hi, sigma2_at(hi)
+
+
+def ddg_for_noise_multiplier(z: float, *, dim: int, bits: int, beta: float, gamma: float, shares: int,
+                             clip_norm: float, sampling: str, num_clients: int, clients_per_round: float) -> DDG:
+    """The mechanism whose summed noise is ``z`` times the rounded sensitivity (``sigma^2`` rounded up)."""
+    if not z > 0:
+        raise ConfigError(f"the distributed discrete Gaussian needs a noise multiplier > 0; got {z}.")
+    d = dim + dim % 2
+    m = clients_per_round
+    hi = min(num_clients, m + 4 * math.sqrt(m)) if sampling == "poisson" else m  # participants a round may have
+    g, s2 = _fit(z=z, dim=d, bits=bits, beta=beta, shares=shares, clip_norm=clip_norm, participants_hi=hi,
+                 gamma=gamma)
+    if s2 > MAX_SIGMA2:
+        raise ConfigError(f"privacy.ddg_gamma = {gamma} makes each client's noise variance {s2} grid units, above the "
+                          f"sampler's {MAX_SIGMA2}. Raise ddg_gamma, or set it to 0 (chosen from ddg_bits).")
+    return DDG(d, bits, g, beta, s2, shares, clip_norm, sampling, num_clients, clients_per_round)
+
+
+def calibrate_ddg(target_epsilon: float, rounds: int, delta: float, **kw) -> DDG:
+    """The mechanism with the least noise whose epsilon after ``rounds`` rounds is at most ``target_epsilon``."""
+    lo, hi = 0.05, 1.0
+    while ddg_for_noise_multiplier(hi, **kw).epsilon(rounds, delta) > target_epsilon:
+        lo, hi = hi, hi * 2
+        if hi > 1e4:
+            raise ConfigError(f"privacy.target_epsilon = {target_epsilon} is out of reach for the distributed "
+                              f"discrete Gaussian over {rounds} rounds; raise it or train fewer rounds.")
+    if ddg_for_noise_multiplier(lo, **kw).epsilon(rounds, delta) <= target_epsilon:
+        raise ConfigError(
+            f"privacy.target_epsilon = {target_epsilon} is so large that noise multiplier {lo} stays within it over "
+            f"{rounds} rounds; such a guarantee means little. Set a smaller target_epsilon.")
+    while hi / lo > 1.0005:
+        mid = math.sqrt(lo * hi)
+        if ddg_for_noise_multiplier(mid, **kw).epsilon(rounds, delta) <= target_epsilon:
+            hi = mid
+        else:
+            lo = mid
+    return ddg_for_noise_multiplier(hi, **kw)

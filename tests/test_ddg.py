@@ -1,0 +1,236 @@
+"""The distributed discrete Gaussian wired into secure aggregation (privacy.noise_placement = distributed)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import fed8
+from fed8.errors import ConfigError, SecAggError
+from fed8.privacy.ddg import DDG, calibrate_ddg, ddg_for_noise_multiplier
+from fed8.privacy.randomness import PrivacyRandomness
+
+BETA = math.exp(-0.5)
+
+
+def _mech(n=8, dim=2000, bits=16, z=1.0, shares=None, sampling="fixed", num_clients=None, m=None):
+    return ddg_for_noise_multiplier(z, dim=dim, bits=bits, beta=BETA, gamma=0.0, shares=shares or n, clip_norm=1.0,
+                                    sampling=sampling, num_clients=num_clients or n, clients_per_round=m or n)
+
+
+def _updates(n, dim, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        v = torch.randn(dim, generator=g)
+        out.append({"w": v / v.norm() * 0.9})  # inside the clip bound
+    return out
+
+
+# -- the sum is exact in the ring ---------------------------------------------------------------------------------
+
+def test_the_secure_sum_of_ddg_inputs_is_the_exact_integer_sum_of_the_clients_encodings():
+    from fed8.privacy.secagg import SecureSum
+    from fed8.privacy.secagg.summer import RoundEncoding
+
+    n, dim = 6, 2000
+    m = _mech(n, dim)
+    ups = _updates(n, dim)
+    s = SecureSum(seed=3, threshold=0.6, randomness=PrivacyRandomness(seed=11))
+    s.begin(1, list(range(n)), clip_norm=1.0, ddg=m)
+    for u in range(n):
+        s.add(u, ups[u], weight=1.0, bit=1)
+    res = s.finish()
+    # the same encodings, computed again from the same (seeded) randomness, summed as signed integers
+    enc = RoundEncoding.for_round(1, seed=3, participants=n, dim=dim, clip_norm=1.0, ddg=m)
+    ints = [m.lift(enc.encode(ups[u]["w"], weight=1.0, bit=1, client=u, randomness=PrivacyRandomness(seed=11)))
+            for u in range(n)]
+    total = np.sum(ints, axis=0)
+    assert np.abs(total).max() < 2 ** (m.bits - 1)  # no wrap-around: the centered lift is the integer sum
+    want, _, _ = enc.decode((total & (2**m.bits - 1)).astype(np.uint32))
+    assert torch.equal(res.total["w"], want)  # masks cancel exactly; the server got the integer sum, nothing else
+    assert res.weight_sum is None and res.bit_sum is None and res.ring_bits == m.bits
+    assert enc.length == m.dim  # no weight code, no clip bit: those would reach the server without noise
+    # and the decoded sum is the true sum up to the noise and rounding, whose size the mechanism states
+    err = (res.total["w"] - sum(x["w"] for x in ups)).std()
+    assert float(err) == pytest.approx(m.gamma * math.sqrt(n * (m.sigma2 + 1 / 6)), rel=0.1)
+
+
+def test_the_noise_is_drawn_fresh_from_the_os_and_is_integer():
+    from fed8.privacy.secagg.summer import RoundEncoding
+
+    m = _mech(4, 500)
+    enc = RoundEncoding.for_round(1, seed=0, participants=4, dim=500, clip_norm=1.0, ddg=m)
+    x = torch.zeros(500)
+    a = enc.encode(x, weight=1.0, bit=1, client=0, randomness=PrivacyRandomness())
+    b = enc.encode(x, weight=1.0, bit=1, client=0, randomness=PrivacyRandomness())
+    assert not np.array_equal(a, b)
+    la = m.lift(a)
+    assert abs(la.var() / m.sigma2 - 1) < 0.25  # a zero update: what is sent is the noise share itself
+
+
+def test_the_granularity_fits_the_sum_in_the_ring_and_more_bits_give_a_finer_grid():
+    m16, m18 = _mech(100, 100_000, 16), _mech(100, 100_000, 18)
+    assert m18.gamma < m16.gamma / 3
+    for m in (m16, m18):  # 8.5 standard deviations of 100 clients' sum fit in half the ring
+        spread = math.sqrt(2 * 100**2 * (1 / m.gamma) ** 2 / m.dim + 100 / 4 + 100 * m.sigma2)
+        assert 7 * spread < 2 ** (m.bits - 1)
+    with pytest.raises(ConfigError, match="ddg_bits"):
+        _mech(100, 100_000, 8, z=3.0)
+
+
+def test_too_few_participants_for_the_noise_shares_abandon_the_round():
+    from fed8.privacy.secagg import SecureSum
+
+    m = _mech(n=8, dim=100, shares=5)
+    s = SecureSum(seed=0, threshold=0.1, min_clients=2)
+    s.begin(1, [0, 1, 2, 3], clip_norm=1.0, ddg=m)
+    for u in range(4):
+        s.add(u, {"w": torch.zeros(100)}, weight=1.0, bit=1)
+    with pytest.raises(SecAggError, match="fewer than the t = 5 noise shares"):
+        s.finish()
+    s.begin(2, list(range(8)), clip_norm=1.0, ddg=m)
+    s.add(0, {"w": torch.zeros(100)}, weight=1.0, bit=1)
+    assert s.t >= 5  # the Shamir threshold is at least the mechanism's t: no sum of fewer inputs is unmasked
+
+
+# -- privacy ------------------------------------------------------------------------------------------------------
+
+def _paper_epsilon(m: DDG, rounds, delta):
+    """The paper's accounting (Kairouz et al. 2021) written again from its equations, in update units."""
+    from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
+    from scipy.special import comb, logsumexp
+
+    c, g, d, beta, n = m.clip_norm, m.gamma, m.dim, m.beta, m.shares
+    sens2 = min((c + g * math.sqrt(d)) ** 2,
+                c**2 + g**2 * d / 4 + math.sqrt(2 * math.log(1 / beta)) * g * (c + g * math.sqrt(d) / 2))
+    var = m.sigma2 * g**2  # per client, update units
+    tau = 10 * sum(math.exp(-2 * var / g**2 * math.pi**2 * k / (k + 1)) for k in range(1, n))
+    s = math.sqrt(sens2 / (n * var))
+
+    def base(a):  # Eq. 17 without the L1 term (the min can only be lower with it)
+        return min(a * s * s / 2 + tau * d, a / 2 * (s + math.sqrt(d) * tau) ** 2)
+
+    q = m.clients_per_round / m.num_clients
+    orders = list(range(2, 129)) + [256]
+
+    def sub(a):  # Zhu & Wang 2019, the general upper bound for Poisson sampling
+        terms = [(a - 1) * math.log(1 - q) + math.log(a * q - q + 1),
+                 math.log(comb(a, 2)) + 2 * math.log(q) + (a - 2) * math.log(1 - q) + base(2)]
+        terms += [math.log(3 * comb(a, j)) + j * math.log(q) + (a - j) * math.log(1 - q) + (j - 1) * base(j)
+                  for j in range(3, a + 1)]
+        return min(logsumexp(terms) / (a - 1), base(a))
+
+    rdp = [rounds * sub(a) for a in orders]
+    return compute_epsilon(orders, rdp, delta)[0]
+
+
+def test_the_runs_epsilon_equals_the_papers_accounting_computed_independently():
+    m = _mech(n=50, dim=100_000, z=1.2, shares=30, sampling="poisson", num_clients=100, m=50)
+    assert m.epsilon(15, 1e-5) == pytest.approx(_paper_epsilon(m, 15, 1e-5), rel=1e-9)
+    # the rounding costs privacy: the rounded sensitivity is above the clip norm, so epsilon is above the
+    # continuous Gaussian's at the same noise std (dp-accounting's sampled Gaussian, a tighter analysis besides)
+    from fed8.privacy.accounting import PrivacySpec, epsilon
+
+    z_cont = m.noise_std / m.clip_norm
+    assert m.epsilon(15, 1e-5) > epsilon(PrivacySpec("central", "poisson", 100, 50.0, 1e-5), z_cont, 15)
+
+
+def test_subsampled_rdp_bounds_hold_against_the_gaussians_exact_curves():
+    from dp_accounting.rdp import rdp_privacy_accountant as r
+
+    from fed8.privacy.ddg_accounting import DDG_ORDERS, poisson_subsampled_rdp, wor_subsampled_rdp
+
+    orders = list(DDG_ORDERS)
+    for q, z in ((0.5, 1.5), (0.1, 1.0), (0.01, 0.8)):
+        base = [a / (2 * z * z) for a in range(2, 257)]
+        ours = poisson_subsampled_rdp(q, base, orders)
+        exact = r._compute_rdp_poisson_subsampled_gaussian(q, z, orders)
+        assert all(o >= e - 1e-9 for o, e in zip(ours, exact))  # an upper bound on the truth
+        assert all(o <= b + 1e-12 for o, b in zip(ours, [a / (2 * z * z) for a in orders]))  # never worse than none
+        assert ours[0] < 0.5 * orders[0] / (2 * z * z)  # and it does amplify
+        wor = wor_subsampled_rdp(q, base, orders)
+        exact_wor = r._compute_rdp_sample_wor_gaussian(q, z, orders)
+        assert all(o >= e - 1e-9 for o, e in zip(wor, exact_wor) if np.isfinite(e))
+
+
+def test_calibration_meets_the_budget_and_more_noise_means_less_epsilon():
+    kw = dict(dim=50_000, bits=16, beta=BETA, gamma=0.0, shares=20, clip_norm=1.0, sampling="poisson",
+              num_clients=100, clients_per_round=30.0)
+    m = calibrate_ddg(6.0, 10, 1e-5, **kw)
+    assert 0.995 * 6.0 < m.epsilon(10, 1e-5) <= 6.0
+    more = ddg_for_noise_multiplier(m.noise_multiplier * 1.2, **kw)
+    assert more.epsilon(10, 1e-5) < m.epsilon(10, 1e-5)
+
+
+# -- configuration and runs ---------------------------------------------------------------------------------------
+
+DIST = ["privacy.dp=central", "privacy.secure_aggregation=true", "privacy.noise_placement=distributed",
+        "privacy.weighting=uniform", "privacy.secagg_min_clients=2"]
+
+
+def test_a_distributed_run_states_its_exact_guarantee_trust_model_and_bits(tmp_path, small):
+    cfg = fed8.load_config(None, small + DIST + ["privacy.target_epsilon=30", "train.rounds=2",
+                                                 "privacy.ddg_bits=17"])
+    r = fed8.run(cfg, out=tmp_path / "r", report=True)
+    p = r.summary["privacy"]
+    plan = _plan(cfg)
+    assert p["epsilon"] == pytest.approx(plan.ddg.epsilon(2, 1e-5)) and p["epsilon"] <= 30
+    st = p["statement"]
+    assert f"({p['epsilon']:.3g}, 1e-05)" in st and f"t = {plan.ddg.shares} honest clients" in st
+    assert "17 bits per value" in st and "discrete Gaussian" in st and "approx" not in st.lower()
+    assert p["mechanism"]["bits_per_value"] == 17 and p["mechanism"]["sigma2"] == plan.ddg.sigma2
+    assert "honest clients" in (r.run_dir / "report.html").read_text()
+    m = r.metrics[-1]
+    assert m["secagg_ring_bits"] == 17 and m["clipped_fraction"] is None  # the clip bits are not sent
+    assert m["noise_std"] == pytest.approx(plan.ddg.noise_std / _expected(cfg))  # on the mean, D = m
+
+
+def _plan(cfg):
+    from fed8.stages.aggregation import privacy_plan
+    from fed8.stages.federation import load_federation
+
+    state = load_federation(cfg).model.state_dict()
+    return privacy_plan(cfg, dim=sum(v.numel() for v in state.values() if v.is_floating_point()))
+
+
+def _expected(cfg):
+    from fed8.stages.aggregation import expected_clients
+
+    return expected_clients(cfg)
+
+
+def test_distributed_dp_refuses_what_it_cannot_analyse(tmp_path, small):
+    for extra, msg in ((["privacy.accountant=pld"], "accountant"),
+                       (["privacy.noise_multiplier=0.5", "privacy.target_epsilon=1.0"], "budget exceeded")):
+        with pytest.raises(ConfigError, match=msg):
+            fed8.run(fed8.load_config(None, small + DIST + ["privacy.noise_multiplier=1.0"] + extra),
+                     out=tmp_path / msg.replace(" ", "_"), report=False)
+
+
+def test_distributed_dp_with_dropouts_sums_the_senders_and_resumes(tmp_path, small):
+    from conftest import interrupted_run
+
+    from fed8.rundir import RunDir
+
+    cfg = fed8.load_config(None, small + DIST + [
+        "train.rounds=3", "privacy.noise_multiplier=0.5", "privacy.clip_norm=0.05", "privacy.secagg_threshold=0.5",
+        "privacy.secagg_dropout=0.25", "privacy.secagg_dropout_phase=before_input",
+        "privacy.insecure_reproducible_noise=true"])
+    full = fed8.run(cfg, out=tmp_path / "full", report=False)
+    n = full.metrics[0]["num_clients"]
+    assert all(row.get("aborted") is None and row["secagg_inputs"] == n - round(0.25 * n) for row in full.metrics)
+    interrupted_run(cfg, tmp_path / "cut", 1)
+    assert RunDir(tmp_path / "cut").load_checkpoint()["round"] == 1
+    fed8.run(resume=tmp_path / "cut", report=False)
+    assert (tmp_path / "cut/model.safetensors").read_bytes() == (tmp_path / "full/model.safetensors").read_bytes()
+
+
+def test_fed8_init_documents_the_mechanisms_parameters(tmp_path):
+    from fed8.config import to_toml
+
+    text = to_toml(None, comments=True)
+    for key in ("ddg_bits", "ddg_gamma", "ddg_beta"):
+        assert key in text
+    assert "modulus" in text and "grid step" in text and "bias bound" in text
