@@ -234,3 +234,11 @@ def test_fed8_init_documents_the_mechanisms_parameters(tmp_path):
     for key in ("ddg_bits", "ddg_gamma", "ddg_beta"):
         assert key in text
     assert "modulus" in text and "grid step" in text and "bias bound" in text
+
+
+def test_a_budget_that_needs_more_noise_than_the_ring_holds_is_refused_with_the_fix():
+    kw = dict(dim=200_000, bits=12, beta=BETA, gamma=0.0, shares=30, clip_norm=1.0, sampling="poisson",
+              num_clients=100, clients_per_round=50.0)
+    with pytest.raises(ConfigError, match="needs more noise than privacy.ddg_bits = 12 can hold"):
+        calibrate_ddg(1.0, 15, 1e-5, **kw)
+    assert calibrate_ddg(1.0, 15, 1e-5, **{**kw, "bits": 20}).epsilon(15, 1e-5) <= 1.0

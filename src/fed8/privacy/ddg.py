@@ -201,19 +201,38 @@ def ddg_for_noise_multiplier(z: float, *, dim: int, bits: int, beta: float, gamm
 
 def calibrate_ddg(target_epsilon: float, rounds: int, delta: float, **kw) -> DDG:
     """The mechanism with the least noise whose epsilon after ``rounds`` rounds is at most ``target_epsilon``."""
+
+    def eps(z: float) -> float | None:  # None: this much noise does not fit the ring at these bits
+        try:
+            return ddg_for_noise_multiplier(z, **kw).epsilon(rounds, delta)
+        except ConfigError:
+            return None
+
     lo, hi = 0.05, 1.0
-    while ddg_for_noise_multiplier(hi, **kw).epsilon(rounds, delta) > target_epsilon:
-        lo, hi = hi, hi * 2
-        if hi > 1e4:
-            raise ConfigError(f"privacy.target_epsilon = {target_epsilon} is out of reach for the distributed "
-                              f"discrete Gaussian over {rounds} rounds; raise it or train fewer rounds.")
-    if ddg_for_noise_multiplier(lo, **kw).epsilon(rounds, delta) <= target_epsilon:
+    while True:
+        e = eps(hi)
+        if e is None:  # the most noise the ring holds lies between lo (fits) and hi (does not)
+            a, b = lo, hi
+            while b / a > 1.001:
+                mid = math.sqrt(a * b)
+                a, b = (mid, b) if eps(mid) is not None else (a, mid)
+            if eps(a) > target_epsilon:
+                raise ConfigError(
+                    f"privacy.target_epsilon = {target_epsilon} over {rounds} rounds needs more noise than "
+                    f"privacy.ddg_bits = {kw['bits']} can hold (at most noise multiplier {a:.3g}, epsilon "
+                    f"{eps(a):.3g}). Raise privacy.ddg_bits, raise the budget, or train fewer rounds.")
+            hi = a
+            break
+        if e <= target_epsilon:
+            break
+        lo, hi = hi, hi * 1.5
+    if eps(lo) <= target_epsilon:
         raise ConfigError(
             f"privacy.target_epsilon = {target_epsilon} is so large that noise multiplier {lo} stays within it over "
             f"{rounds} rounds; such a guarantee means little. Set a smaller target_epsilon.")
     while hi / lo > 1.0005:
         mid = math.sqrt(lo * hi)
-        if ddg_for_noise_multiplier(mid, **kw).epsilon(rounds, delta) <= target_epsilon:
+        if eps(mid) <= target_epsilon:
             hi = mid
         else:
             lo = mid

@@ -91,17 +91,18 @@ def _logsumexp(xs: Sequence[float]) -> float:
     return m if m == -math.inf else m + math.log(sum(math.exp(x - m) for x in xs))
 
 
-def _check_curve(rdp: Sequence[float], orders: Sequence[int]) -> None:
+def _base_curve(rdp: Sequence[float], orders: Sequence[int], rate: float, what: str):
+    """``eps(order)`` of the base curve ``rdp`` (orders 2, 3, ...), after checking it and the sampling ``rate``."""
     if len(rdp) < max(orders) - 1:
         raise ParameterError(f"the base RDP curve must give orders 2..{max(orders)}; got {len(rdp)} values.")
+    if not 0 < rate <= 1:
+        raise ParameterError(f"the sampling {what} must be in (0, 1]; got {rate}.")
+    return lambda order: rdp[order - 2]
 
 
 def poisson_subsampled_rdp(q: float, rdp: Sequence[float], orders: Sequence[int]) -> list[float]:
     """RDP at ``orders`` of a mechanism with RDP ``rdp[l - 2]`` at order ``l`` under Poisson sampling ``q`` (Zhu-Wang)."""
-    _check_curve(rdp, orders)
-    if not 0 < q <= 1:
-        raise ParameterError(f"the sampling rate must be in (0, 1]; got {q}.")
-    eps = lambda order: rdp[order - 2]  # noqa: E731
+    eps = _base_curve(rdp, orders, q, "rate")
     if q == 1:
         return [eps(a) for a in orders]
     lq, l1q = math.log(q), math.log1p(-q)
@@ -119,10 +120,7 @@ def wor_subsampled_rdp(g: float, rdp: Sequence[float], orders: Sequence[int]) ->
 
     ``rdp`` is the base mechanism's curve under replace-one adjacency.
     """
-    _check_curve(rdp, orders)
-    if not 0 < g <= 1:
-        raise ParameterError(f"the sampling fraction must be in (0, 1]; got {g}.")
-    eps = lambda order: rdp[order - 2]  # noqa: E731
+    eps = _base_curve(rdp, orders, g, "fraction")
     if g == 1:
         return [eps(a) for a in orders]
     lg = math.log(g)

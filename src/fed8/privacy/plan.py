@@ -151,6 +151,26 @@ def _rounds_within(eps, target: float, upper: int) -> int:
     return lo
 
 
+def _within_budget(eps_of, p, rounds: int, noise: str, fix) -> tuple[int, str | None]:
+    """The rounds a fixed noise level fits in ``target_epsilon`` (``privacy.budget``: refuse, or stop early).
+
+    ``eps_of(r)``: epsilon after ``r`` rounds; ``noise`` names the noise in the error, ``fix()`` the remedy.
+    """
+    if p.target_epsilon <= 0:
+        return rounds, None
+    eps = eps_of(rounds)
+    if eps <= p.target_epsilon:
+        return rounds, None
+    r_max = _rounds_within(eps_of, p.target_epsilon, rounds)
+    if p.budget == "refuse" or r_max == 0:
+        within = f"at most {r_max} rounds (set privacy.budget = 'stop' to train those)" if r_max else "not even one round"
+        raise ConfigError(
+            f"privacy budget exceeded before starting: {rounds} rounds {noise} reach epsilon = {eps:.3g} > "
+            f"target_epsilon = {p.target_epsilon} (delta = {p.delta:g}). Within budget: {within}; or {fix()}.")
+    return r_max, (f"stopped after round {r_max} of {rounds}: round {r_max + 1} would raise epsilon above "
+                   f"target_epsilon = {p.target_epsilon} (privacy.budget = 'stop')")
+
+
 def _ddg_plan(p, spec: PrivacySpec, rounds: int, dim: int | None) -> PrivacyPlan:
     """The plan of ``noise_placement = distributed``: the distributed discrete Gaussian's parameters and budget."""
     if dim is None:  # pragma: no cover - callers pass the model's size
@@ -160,27 +180,12 @@ def _ddg_plan(p, spec: PrivacySpec, rounds: int, dim: int | None) -> PrivacyPlan
               sampling=spec.sampling, num_clients=spec.num_clients, clients_per_round=spec.clients_per_round)
     calibrated, stop_reason = p.noise_multiplier <= 0, None
     if calibrated:
-        if p.target_epsilon <= 0:
-            raise ConfigError(
-                "privacy.dp = 'central' needs noise: set privacy.noise_multiplier (e.g. 1.0) or "
-                "privacy.target_epsilon (e.g. 4.0, and the noise is computed for train.rounds).")
         m = _calibrate_ddg(p.target_epsilon, rounds, p.delta, tuple(sorted(kw.items())))
     else:
         m = ddg_for_noise_multiplier(p.noise_multiplier, **kw)
-        eps = m.epsilon(rounds, p.delta)
-        if p.target_epsilon > 0 and eps > p.target_epsilon:
-            r_max = _rounds_within(lambda r: m.epsilon(r, p.delta), p.target_epsilon, rounds)
-            if p.budget == "refuse" or r_max == 0:
-                within = (f"at most {r_max} rounds (set privacy.budget = 'stop' to train those)" if r_max
-                          else "not even one round")
-                raise ConfigError(
-                    f"privacy budget exceeded before starting: {rounds} rounds of the distributed discrete Gaussian "
-                    f"at noise_multiplier = {p.noise_multiplier} reach epsilon = {eps:.3g} > target_epsilon = "
-                    f"{p.target_epsilon} (delta = {p.delta:g}). Within budget: {within}; or leave noise_multiplier "
-                    "at 0 so the noise is computed from the budget.")
-            stop_reason = (f"stopped after round {r_max} of {rounds}: round {r_max + 1} would raise epsilon above "
-                           f"target_epsilon = {p.target_epsilon} (privacy.budget = 'stop')")
-            rounds = r_max
+        rounds, stop_reason = _within_budget(
+            lambda r: m.epsilon(r, p.delta), p, rounds, f"of the distributed discrete Gaussian at noise_multiplier = "
+            f"{p.noise_multiplier}", lambda: "leave noise_multiplier at 0 so the noise is computed from the budget")
     z = m.noise_multiplier
     return PrivacyPlan(p.dp, spec, z, z, 0.0, rounds, stop_reason, calibrated, distributed=True, ddg=m)
 
@@ -212,31 +217,21 @@ def make_plan(privacy, *, num_clients: int, clients_per_round: float, sampling: 
                 "effect with privacy.dp = 'none'. Set privacy.dp = 'central' or 'local', or remove them.")
         return PrivacyPlan("none", None, 0.0, 0.0, 0.0, rounds)
     spec = PrivacySpec(p.dp, sampling, num_clients, clients_per_round, p.delta, p.accountant)
+    if p.noise_multiplier <= 0 and p.target_epsilon <= 0:
+        raise ConfigError(
+            f"privacy.dp = {p.dp!r} needs noise: set privacy.noise_multiplier (e.g. 1.0) or "
+            "privacy.target_epsilon (e.g. 4.0, and the noise is computed for train.rounds).")
     if p.dp == "central" and p.secure_aggregation and p.noise_placement == "distributed":
         return _ddg_plan(p, spec, rounds, dim)
     z, calibrated = p.noise_multiplier, False
     if z <= 0:
-        if p.target_epsilon <= 0:
-            raise ConfigError(
-                f"privacy.dp = {p.dp!r} needs noise: set privacy.noise_multiplier (e.g. 1.0) or "
-                "privacy.target_epsilon (e.g. 4.0, and the noise is computed for train.rounds).")
         z, calibrated = calibrate_noise_multiplier(spec, p.target_epsilon, rounds), True
     stop_reason = None
-    if p.target_epsilon > 0 and not calibrated:
-        eps = epsilon(spec, z, rounds)
-        if eps > p.target_epsilon:
-            r_max = _rounds_within(lambda r: epsilon(spec, z, r), p.target_epsilon, rounds)
-            z_needed = calibrate_noise_multiplier(spec, p.target_epsilon, rounds)
-            if p.budget == "refuse" or r_max == 0:
-                within = (f"at most {r_max} rounds (set privacy.budget = 'stop' to train those)" if r_max
-                          else "not even one round")
-                raise ConfigError(
-                    f"privacy budget exceeded before starting: {rounds} rounds at noise_multiplier = {z} reach "
-                    f"epsilon = {eps:.3g} > target_epsilon = {p.target_epsilon} (delta = {p.delta:g}). "
-                    f"Within budget: {within}; or set noise_multiplier >= {z_needed:.4g} for all {rounds} rounds.")
-            stop_reason = (f"stopped after round {r_max} of {rounds}: round {r_max + 1} would raise epsilon above "
-                           f"target_epsilon = {p.target_epsilon} (privacy.budget = 'stop')")
-            rounds = r_max
+    if not calibrated:
+        rounds, stop_reason = _within_budget(
+            lambda r: epsilon(spec, z, r), p, rounds, f"at noise_multiplier = {z}",
+            lambda: f"set noise_multiplier >= {calibrate_noise_multiplier(spec, p.target_epsilon, rounds):.4g} "
+                    f"for all {rounds} rounds")
     count_std, z_u = 0.0, z
     if adaptive:
         # Default: the paper's m / 20, but never more than 10% of the budget (in 1/z^2 terms) for the count.
