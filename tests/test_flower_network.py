@@ -141,12 +141,16 @@ def test_tls_with_supernode_authentication_trains_and_an_unregistered_node_is_re
     assert _processes_of(other) == []
 
 
-def test_secure_aggregation_over_real_flower_gives_the_simulation_model(tmp_path):
-    """fed8's secure-aggregation stages through Flower's real serialization and processes."""
+@pytest.mark.parametrize("dp", [[], [
+    "privacy.dp=central", "privacy.noise_placement=distributed", "privacy.noise_multiplier=0.5",
+    "privacy.clip_norm=0.05", "privacy.weighting=uniform", "privacy.insecure_reproducible_noise=true"]],
+    ids=["plain", "distributed-discrete-gaussian"])
+def test_secure_aggregation_over_real_flower_gives_the_simulation_model(tmp_path, dp):
+    """fed8's secure-aggregation stages through Flower's real serialization and processes (with and without DDG)."""
     from fed8.flower.launcher import run_federation
 
     sets = SMALL + ["data.num_clients=3", "compression.uplink=float32", "privacy.secure_aggregation=true",
-                    "privacy.secagg_min_clients=2", "privacy.secagg_threshold=0.6"]
+                    "privacy.secagg_min_clients=2", "privacy.secagg_threshold=0.6"] + dp
     rd = RunDir.create(tmp_path / "fed", fed8.load_config(None, sets))
     run_federation(rd.path, 3, timeout_s=600)
     sim = fed8.run(fed8.load_config(None, sets), out=tmp_path / "sim", report=False)
