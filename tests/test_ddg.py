@@ -235,3 +235,14 @@ def test_a_budget_that_needs_more_noise_than_the_ring_holds_is_refused_with_the_
     with pytest.raises(ConfigError, match="needs more noise than privacy.ddg_bits = 12 can hold"):
         calibrate_ddg(1.0, 15, 1e-5, **kw)
     assert calibrate_ddg(1.0, 15, 1e-5, **{**kw, "bits": 20}).epsilon(15, 1e-5) <= 1.0
+
+
+def test_an_interrupted_attempt_is_one_more_release_and_the_budget_cuts_a_round(small):
+    from fed8.stages.aggregation import privacy_plan
+
+    cfg = fed8.load_config(None, small + DIST + ["privacy.target_epsilon=6", "train.rounds=5"])
+    plan = privacy_plan(cfg, dim=10_000)
+    assert plan.server_sees_releases and plan.rounds == 5 and plan.epsilon(5) <= 6
+    cut = plan.after_interruptions(1, target_epsilon=6.0)
+    assert cut.rounds == 4 and "interrupted" in cut.stop_reason
+    assert cut.epsilon(4) == pytest.approx(plan.ddg.epsilon(5, 1e-5))  # 4 rounds + the attempt = 5 releases
