@@ -124,8 +124,9 @@ class PrivacyPlan:
         if self.ddg is not None:
             m = self.ddg
             return (f"(epsilon, delta) = ({eps:.3g}, {s.delta:g}) at client level after {rounds} rounds, against the "
-                    f"server and any clients colluding with it, as long as every unmasked sum holds at least "
-                    f"t = {m.shares} honest clients' inputs (secure aggregation unmasks no sum of fewer). Mechanism: "
+                    f"server (honest but curious: it follows the protocol) and any clients colluding with it, as long as "
+                    f"every unmasked sum holds at least t = {m.shares} honest clients' inputs (secure aggregation "
+                    f"unmasks no sum of fewer). Mechanism: "
                     f"the distributed discrete Gaussian (Kairouz, Liu, Steinke 2021): each client rounds its "
                     f"rotated, clipped update to a grid of step {m.gamma:.3g} and adds exact integer noise "
                     f"N_Z(0, {m.sigma2}) from its OS CSPRNG, and only the sum modulo 2^{m.bits} is unmasked "
