@@ -38,6 +38,7 @@ the clients' encoding seconds (rotation, conditional rounding, exact noise, mask
 
     python bench/privacy.py --part ddg --bits 16 18
     python bench/privacy.py --part ddg-upload --n 10 100 200 --bits 16 17
+    python bench/privacy.py --part ddg-params --bits 16 17     # accounting only: noise per bits and beta
 """
 
 from __future__ import annotations
@@ -240,9 +241,47 @@ def bench_ddg_upload(ns: list[int], bits: list[int]) -> list[dict]:
     return out
 
 
+class _CountingDraws:
+    def __init__(self, draws) -> None:
+        self.draws, self.calls = draws, 0
+
+    def rand(self, shape):
+        self.calls += 1
+        return self.draws.rand(shape)
+
+
+def bench_ddg_params(bits: list[int]) -> list[dict]:
+    """Accounting only: the noise the DP benchmark's eps 8 needs per bits and beta, and the rounding's retries."""
+    import math
+
+    from fed8.privacy.ddg import calibrate_ddg
+    from fed8.privacy.ddg_encode import conditional_round
+    from fed8.privacy.randomness import SystemDraws
+    from fed8.privacy.secagg.ring import rotate
+
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(CNN_PARAMS, generator=g)
+    y = rotate(v / v.norm(), torch.randint(0, 2, (CNN_PARAMS,), generator=g).float() * 2 - 1).double()
+    out = []
+    for b in bits:
+        for beta in (0.01, 0.1, math.exp(-0.5), 0.9):
+            m = calibrate_ddg(8.0, 15, 1e-5, dim=CNN_PARAMS, bits=b, beta=beta, gamma=0.0, shares=30, clip_norm=1.0,
+                              sampling="poisson", num_clients=100, clients_per_round=50.0)
+            counting = _CountingDraws(SystemDraws())
+            for _ in range(5):
+                conditional_round(y / m.gamma, m.bound, counting)
+            row = {"bits": b, "beta": beta, "gamma": m.gamma, "noise_multiplier": m.noise_multiplier,
+                   "sensitivity_over_clip": m.l2_sensitivity * m.gamma, "noise_std_over_clip": m.noise_std,
+                   "rounding_draws_per_encode": counting.calls / 5}
+            print(json.dumps(row), flush=True)
+            out.append(row)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=["dp", "secagg", "both", "secagg-accuracy", "scale", "ddg", "ddg-upload"],
+    ap.add_argument("--part", choices=["dp", "secagg", "both", "secagg-accuracy", "scale", "ddg", "ddg-upload",
+                                       "ddg-params"],
                     default="both")
     ap.add_argument("--bits", type=int, nargs="+", default=[16], help="parts ddg, ddg-upload: privacy.ddg_bits")
     ap.add_argument("--settings", nargs="*", help="part scale: only these SCALE_RUNS names")
@@ -264,6 +303,8 @@ def main() -> None:
         rows["scale"] = bench_scale(a.threads, a.settings, a.epsilons)
     if a.part == "ddg":
         rows["ddg"] = bench_ddg(a.threads, a.bits)
+    if a.part == "ddg-params":
+        rows["ddg_params"] = bench_ddg_params(a.bits)
     if a.part == "ddg-upload":
         rows["ddg_upload"] = bench_ddg_upload(a.n, a.bits)
     if a.json:
