@@ -16,6 +16,7 @@ last line of each thread setting is JSON.
     python bench/w1_fedavg.py                 # W1, threads 1 and 2, sequential clients
     python bench/w1_fedavg.py --workload S8 --threads 2 --modes sequential,batched
     python bench/w1_fedavg.py --threads 2 --modes sequential,batched --peers flower,pfl,pfl-2proc
+    python bench/w1_fedavg.py --threads 16 --modes sequential,batched --devices cpu,cuda   # on a GPU machine
 
 Peers (``--peers``): each runs in its own venv (``bash bench/peers/make_venvs.sh``) and
 process(es), after fed8's columns, on the same shards, initial weights and
@@ -99,10 +100,11 @@ def run_peer(name: str, threads: int, rounds: int, clients: int, workload: str) 
     return row
 
 
-def bench(threads: int, rounds: int, clients: int, workload: str = "W1", mode: str = "sequential") -> dict:
+def bench(threads: int, rounds: int, clients: int, workload: str = "W1", mode: str = "sequential",
+          device: str = "cpu") -> dict:
     torch.set_num_threads(threads)
     subset = 800 if workload == "S8" else 0
-    cfg = fed8.load_config(None, [f"data.subset={subset}",
+    cfg = fed8.load_config(None, [f"data.subset={subset}", f"run.device={device}",
         "run.client_batching=" + ("auto" if mode == "batched" else "off"),
         "data.partition=iid", f"data.num_clients={clients}", "data.test_fraction=0.0",
         f"train.rounds={rounds}", "train.fraction=1.0", "train.local_epochs=1", "train.batch_size=10",
@@ -135,11 +137,12 @@ def bench(threads: int, rounds: int, clients: int, workload: str = "W1", mode: s
         res = fed8.run(cfg, out=f"{tmp}/run", on_round=after_fed8_round, report=False)
     f, p = statistics.median(fed8_s[1:]), statistics.median(plain_s[1:])
     for r in range(rounds):
-        print(f"{workload} {mode} threads={threads} round {r + 1}: fed8 {fed8_s[r]:.3f} s, plain {plain_s[r]:.3f} s")
-    print(f"{workload} {mode} threads={threads}: fed8 {f:.3f} s/round, plain {p:.3f} s/round, ratio {f / p:.3f} "
+        print(f"{workload} {mode} {device} threads={threads} round {r + 1}: fed8 {fed8_s[r]:.3f} s, "
+              f"plain (cpu) {plain_s[r]:.3f} s")
+    print(f"{workload} {mode} {device} threads={threads}: fed8 {f:.3f} s/round, plain {p:.3f} s/round, ratio {f / p:.3f} "
           f"(final fed8 eval accuracy {res.final['eval_accuracy']:.4f})")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this process so far: fed8 + its plain loop
-    return {"workload": workload, "mode": mode, "threads": threads, "fed8_s_per_round": round(f, 4),
+    return {"workload": workload, "mode": mode, "device": device, "threads": threads, "fed8_s_per_round": round(f, 4),
             "plain_s_per_round": round(p, 4), "ratio": round(f / p, 4),
             "eval_accuracy": res.final["eval_accuracy"], "peak_rss_mb": round(rss, 1)}
 
@@ -151,6 +154,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--workload", choices=("W1", "S8"), default="W1")
     ap.add_argument("--modes", default="sequential", help="comma-separated: sequential, batched")
+    ap.add_argument("--devices", default="cpu", help="comma-separated run.device values for fed8 (cpu, cuda); the "
+                    "plain loop stays on the cpu. With cpu and cuda: fed8's cuda / cpu seconds per round")
     ap.add_argument("--peers", default="", help=f"comma-separated peer columns: {', '.join(PEERS)} "
                     "(their venvs: bash bench/peers/make_venvs.sh)")
     a = ap.parse_args()
@@ -160,6 +165,17 @@ def main() -> None:
     if a.rounds < 2:
         ap.error("--rounds must be >= 2 (round 1 is warm-up)")
     modes = [m.strip() for m in a.modes.split(",")]
+    devices = [d.strip() for d in a.devices.split(",")]
+    if devices != ["cpu"]:  # the device comparison: fed8 on each device, each mode; no peers
+        for t in (int(s) for s in a.threads.split(",")):
+            rows = {(m, d): bench(t, a.rounds, a.clients, a.workload, m, d) for m in modes for d in devices}
+            for r in rows.values():
+                print(json.dumps(r), flush=True)
+            if "cpu" in devices:
+                print(json.dumps({"threads": t, "s_per_round_vs_cpu": {
+                    f"{m} {d}": round(r["fed8_s_per_round"] / rows[(m, "cpu")]["fed8_s_per_round"], 4)
+                    for (m, d), r in rows.items()}}), flush=True)
+        return
     for t in (int(s) for s in a.threads.split(",")):
         results = {m: bench(t, a.rounds, a.clients, a.workload, m) for m in modes}
         for r in results.values():

@@ -371,6 +371,10 @@ class RunConfig:
 
     seed: int = _key(0, "seed of every random choice (sampling, init, shuffling)", ge=0)
     threads: int = _key(0, "torch CPU threads; 0 = number of cores", ge=0)
+    device: str = _key(
+        "auto", "where clients train and models are evaluated: auto (cuda when available) | cpu | cuda; the "
+        "server side (aggregation, DP, secure aggregation, codecs) runs on the CPU. Bit-identical repeats are a "
+        "CPU promise", choices=("auto", "cpu", "cuda"))
     client_batching: str = _key(
         "off", "train a round's sampled clients together with torch.func (vmap over clients, masked ragged "
         "clients): auto (batched where the model allows: no BatchNorm; else sequential, reason logged once) | off "

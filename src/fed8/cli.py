@@ -126,6 +126,10 @@ def _cmd_info(args) -> int:
     con.print(f"python {platform.python_version()} ({platform.platform()})")
     con.print(f"torch {torch.__version__}; threads {torch.get_num_threads()} (cores {os.cpu_count()}); "
               f"cuda {'yes' if torch.cuda.is_available() else 'no'}")
+    for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        p = torch.cuda.get_device_properties(i)
+        con.print(f"gpu {i}: {p.name}, compute capability {p.major}.{p.minor}, {p.total_memory / 2**30:.0f} GiB")
+    con.print("run.device = auto trains on " + ("cuda" if torch.cuda.is_available() else "the cpu"))
     con.print(f"OpenMP wait policy: {wait_policy()}")
     from .deploy.fp8_linear import fp8_compute_available
 

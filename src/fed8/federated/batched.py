@@ -74,29 +74,29 @@ def train_clients_batched(model: nn.Module, global_state: dict[str, torch.Tensor
         steps = []
         for _ in range(cfg.epochs):
             perm = torch.randperm(d.num_train, generator=g)
-            steps += [perm[i : i + bs] for i in range(0, d.num_train, bs)]
+            steps += [perm[i : i + bs].to(d.x_train.device) for i in range(0, d.num_train, bs)]
         schedule.append(steps)
     n_steps = [len(s) for s in schedule]
-    shape, dtype = data[0].x_train.shape[1:], data[0].x_train.dtype
+    shape, dtype, dev = data[0].x_train.shape[1:], data[0].x_train.dtype, data[0].x_train.device
 
     def loss(params, x, y, m):
         out = functional_call(model, {**params, **fixed}, (x,))
         return (F.cross_entropy(out, y, reduction="none") * m).sum() / m.sum().clamp(min=1.0)
 
     step = vmap(grad_and_value(loss))
-    totals = torch.zeros(c_n)
+    totals = torch.zeros(c_n, device=dev)
     model.train()
     for t in range(max(n_steps, default=0)):
-        x = torch.zeros((c_n, bs, *shape), dtype=dtype)
-        y = torch.zeros((c_n, bs), dtype=torch.long)
-        m = torch.zeros((c_n, bs), dtype=dtype)
-        active = torch.tensor([t < n for n in n_steps])
+        x = torch.zeros((c_n, bs, *shape), dtype=dtype, device=dev)
+        y = torch.zeros((c_n, bs), dtype=torch.long, device=dev)
+        m = torch.zeros((c_n, bs), dtype=dtype, device=dev)
+        active = torch.tensor([t < n for n in n_steps], device=dev)
         for c, s in enumerate(schedule):
             if t < len(s):
                 idx = s[t]
                 x[c, : len(idx)], y[c, : len(idx)], m[c, : len(idx)] = data[c].x_train[idx], data[c].y_train[idx], 1
         grads, values = step(w, x, y, m)
-        totals += torch.where(active, values.detach(), torch.zeros(()))
+        totals += torch.where(active, values.detach(), torch.zeros((), device=dev))
         with torch.no_grad():
             new_buf = {}
             for n in names:

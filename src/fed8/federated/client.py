@@ -16,7 +16,8 @@ from torch import nn
 
 from ..models.layout import fast_layout
 
-__all__ = ["ClientData", "ClientUpdate", "LocalTraining", "local_test_split", "train_client", "trainable_keys"]
+__all__ = ["ClientData", "ClientUpdate", "LocalTraining", "local_test_split", "to_device", "train_client",
+           "trainable_keys"]
 
 
 @dataclass(frozen=True)
@@ -109,9 +110,10 @@ def train_client(
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     anchors = [p.detach().clone() for p in params] if cfg.prox_mu > 0 else None
     x, y, n, bs = data.x_train, data.y_train, data.num_train, cfg.batch_size
-    total, steps = torch.zeros(()), 0
+    device = x.device
+    total, steps = torch.zeros((), device=device), 0
     for _ in range(cfg.epochs):
-        perm = torch.randperm(n, generator=generator)
+        perm = torch.randperm(n, generator=generator).to(device)  # the shuffle is drawn on the CPU: any device
         for i in range(0, n, bs):
             idx = perm[i : i + bs]
             loss = F.cross_entropy(model(x[idx]), y[idx])
@@ -128,3 +130,10 @@ def train_client(
         local = model.state_dict()
         delta = {k: (local[k] - global_state[k]).contiguous() for k in trainable_keys(global_state)}
     return ClientUpdate(client=client, delta=delta, num_samples=n, train_loss=float(total) / max(steps, 1))
+
+
+def to_device(data: ClientData, device: torch.device) -> ClientData:
+    """``data`` with its tensors on ``device`` (itself when already there)."""
+    if data.x_train.device == device:
+        return data
+    return ClientData(data.x_train.to(device), data.y_train.to(device), data.x_test.to(device), data.y_test.to(device))

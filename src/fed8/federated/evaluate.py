@@ -16,18 +16,19 @@ __all__ = ["client_accuracy_from_counts", "client_accuracy_stats", "evaluate", "
 
 @torch.no_grad()
 def predict_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample cross-entropy loss and correctness (bool), in eval mode."""
+    """Per-sample cross-entropy loss and correctness (bool), in eval mode, on the CPU (computed on the model's device)."""
     fast_layout(model)
     model.eval()
+    dev = next(model.parameters()).device
     losses, correct = [], []
     for i in range(0, x.shape[0], batch_size):
-        logits = model(x[i : i + batch_size])
-        yb = y[i : i + batch_size]
+        logits = model(x[i : i + batch_size].to(dev))
+        yb = y[i : i + batch_size].to(dev)
         losses.append(F.cross_entropy(logits, yb, reduction="none"))
         correct.append(logits.argmax(1) == yb)
     if not losses:
         return torch.zeros(0), torch.zeros(0, dtype=torch.bool)
-    return torch.cat(losses), torch.cat(correct)
+    return torch.cat(losses).cpu(), torch.cat(correct).cpu()
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 500) -> tuple[float, float]:

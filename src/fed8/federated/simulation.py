@@ -25,7 +25,7 @@ from torch import nn
 from .._rng import TRAIN, torch_generator
 from ..privacy.randomness import PrivacyRandomness
 from .aggregator import Aggregator
-from .client import ClientData, ClientUpdate, LocalTraining, local_test_split, train_client
+from .client import ClientData, ClientUpdate, LocalTraining, local_test_split, to_device, train_client
 from .evaluate import client_accuracy_stats, evaluate, predict_correct
 from .optimizer import ServerOptimizer
 from .round import Reply, RoundLoop
@@ -71,6 +71,10 @@ class InProcessTransport:
     workers
         :class:`~fed8.federated.distributed.Workers`: the clients' training sharded over the
         ranks of a ``torch.distributed`` group (this process is rank 0); None: all here.
+    device
+        Where the clients train and the model is evaluated (``fed8._device``): the model
+        and every client's images move there once; each update comes back to the CPU before
+        its client hooks and the uplink codec, so the server side is the CPU's.
     """
 
     model: nn.Module
@@ -82,9 +86,14 @@ class InProcessTransport:
     eval_batch_size: int = 500
     client_batch_size: int = 1  # > 1 or 0 (auto): train chunks of clients together (fed8.federated.batched)
     workers: "Workers | None" = None  # worker ranks of a torch.distributed group (fed8.federated.distributed)
+    device: torch.device = torch.device("cpu")
 
     def __post_init__(self) -> None:
+        if self.device.type != "cpu":  # once: the model and every client's images
+            self.model.to(self.device)
+            self.clients = [to_device(c, self.device) for c in self.clients]
         self.local_x, self.local_y, self.owner = local_test_split(self.clients)
+        self.owner = self.owner.cpu()
         if self.wire is None:
             from ..compression import make_codec
             from ..compression.wire import Wire
@@ -108,6 +117,8 @@ class InProcessTransport:
     def local_updates(self, rnd: int, received: Mapping[str, torch.Tensor],
                       clients: Sequence[int]) -> Iterator[ClientUpdate]:
         """``clients``' updates trained here from ``received``: one by one, or chunk by chunk when batching applies."""
+        if self.device.type != "cpu":  # the round's model moves once, not per client
+            received = {k: v.to(self.device) for k, v in received.items()}
         chunk = self.client_batch_size
         if chunk != 1:
             from .batched import auto_chunk, batching_blocker
@@ -142,6 +153,9 @@ class InProcessTransport:
     def collect(self, rnd: int, clients: Sequence[int]) -> Iterator[Reply]:
         for update in self._updates(rnd, clients):
             k = update.client
+            if self.device.type != "cpu":  # what leaves the client, and the whole server side, is on the CPU
+                update = ClientUpdate(k, {n: v.cpu() for n, v in update.delta.items()}, update.num_samples,
+                                      update.train_loss)
             for hook in self.client_hooks:
                 update = hook(rnd, update)
             delta, nbytes = self.wire.upload(rnd, k, update.delta)
@@ -176,6 +190,8 @@ class Simulation(RoundLoop):
         As for :class:`RoundLoop`.
     eval_batch_size
         Batch size of every evaluation.
+    device
+        As for :class:`InProcessTransport`; the eval split moves there too.
     """
 
     def __init__(self, *, model: nn.Module, clients: Sequence[ClientData], eval_x: torch.Tensor,
@@ -183,9 +199,12 @@ class Simulation(RoundLoop):
                  rounds: int, fraction: float, sampling: str = "fixed", eval_every: int = 1,
                  eval_batch_size: int = 500, seed: int = 0, wire: "Wire | None" = None,
                  client_hooks: Sequence[ClientHook] = (),
-                 sampling_randomness: PrivacyRandomness | None = None, client_batch_size: int = 1) -> None:
+                 sampling_randomness: PrivacyRandomness | None = None, client_batch_size: int = 1,
+                 device: torch.device | None = None) -> None:
+        device = device if device is not None else torch.device("cpu")
         transport = InProcessTransport(model, clients, local, seed, wire, client_hooks, eval_batch_size,
-                                       client_batch_size)
+                                       client_batch_size, device=device)
+        eval_x, eval_y = eval_x.to(device), eval_y.to(device)
         self.model, self.clients, self.eval_x, self.eval_y = model, clients, eval_x, eval_y
         self.eval_batch_size = eval_batch_size
         super().__init__(aggregator=aggregator, optimizer=optimizer, transport=transport,

@@ -148,6 +148,7 @@ def prepare(cfg: Config, residuals: Path | None = None):
     from ..models import count_parameters
     from ..privacy import check_model_for_dp
     from ..privacy.randomness import privacy_randomness
+    from .._device import resolve_device
     from .aggregation import check_combination, make_aggregator, make_server_optimizer, privacy_plan
 
     check_combination(cfg)
@@ -175,5 +176,6 @@ def prepare(cfg: Config, residuals: Path | None = None):
                      sampling_randomness=privacy_randomness(
                          dp=cfg.privacy.dp != "none", insecure_reproducible=cfg.privacy.insecure_reproducible_noise,
                          seed=cfg.run.seed),
-                     client_batch_size=1 if cfg.run.client_batching == "off" else cfg.run.client_batch_size)
+                     client_batch_size=1 if cfg.run.client_batching == "off" else cfg.run.client_batch_size,
+                     device=resolve_device(cfg.run.device))
     return Prepared(cfg, sim, state, fed.partition, fed.classes, fed.input_shape, count_parameters(model), plan)
