@@ -36,7 +36,8 @@ Part ``ddg-upload``: one secure-aggregation round with the distributed discrete 
 ``cnn``-sized updates for each ``--n`` and ``--bits``: upload per client against float32, and
 the clients' encoding seconds (rotation, conditional rounding, exact noise, masking).
 
-    python bench/privacy.py --part ddg --bits 16 18
+    python bench/privacy.py --part ddg --bits 17 16
+    python bench/privacy.py --part ddg --server-z 1.489 --same-noise-only      # only the same-noise run
     python bench/privacy.py --part ddg-upload --n 10 100 200 --bits 16 17
     python bench/privacy.py --part ddg-params --bits 16 17     # accounting only: noise per bits and beta
 """
@@ -195,17 +196,20 @@ def _ddg_row(name: str, sets: list[str]) -> dict:
     return row
 
 
-def bench_ddg(threads: int, bits: list[int]) -> list[dict]:
+def bench_ddg(threads: int, bits: list[int], server_z: float | None = None, same_noise_only: bool = False) -> list[dict]:
+    """``server_z``: skip the server-placement run and use this noise multiplier for the same-noise run."""
     base = DDG_BASE + [f"run.threads={threads}"]
-    server = _ddg_row("server placement, eps 8", base + ["privacy.noise_placement=server"])
-    out = [server]
-    for b in bits:
+    out = []
+    if server_z is None:
+        out.append(_ddg_row("server placement, eps 8", base + ["privacy.noise_placement=server"]))
+        server_z = out[0]["noise_multiplier"]
+    for b in bits if not same_noise_only else []:
         out.append(_ddg_row(f"distributed DG, {b} bits, eps 8",
                             base + ["privacy.noise_placement=distributed", f"privacy.ddg_bits={b}"]))
     same_z = [x for x in base if not x.startswith("privacy.target_epsilon")]
-    out.append(_ddg_row(f"distributed DG, {bits[0]} bits, z = {server['noise_multiplier']:.4g} (server's)",
+    out.append(_ddg_row(f"distributed DG, {bits[0]} bits, z = {server_z:.4g} (server's)",
                         same_z + ["privacy.noise_placement=distributed", f"privacy.ddg_bits={bits[0]}",
-                                  f"privacy.noise_multiplier={server['noise_multiplier']}"]))
+                                  f"privacy.noise_multiplier={server_z}"]))
     return out
 
 
@@ -283,7 +287,9 @@ def main() -> None:
     ap.add_argument("--part", choices=["dp", "secagg", "both", "secagg-accuracy", "scale", "ddg", "ddg-upload",
                                        "ddg-params"],
                     default="both")
-    ap.add_argument("--bits", type=int, nargs="+", default=[16], help="parts ddg, ddg-upload: privacy.ddg_bits")
+    ap.add_argument("--bits", type=int, nargs="+", default=[17], help="parts ddg, ddg-upload: privacy.ddg_bits")
+    ap.add_argument("--server-z", type=float, help="part ddg: skip the server run, use this noise multiplier")
+    ap.add_argument("--same-noise-only", action="store_true", help="part ddg: only the run at the server's noise")
     ap.add_argument("--settings", nargs="*", help="part scale: only these SCALE_RUNS names")
     ap.add_argument("--epsilons", nargs="*", type=float, help="part scale: only these target epsilons")
     ap.add_argument("--n", type=int, nargs="+", default=[10, 50, 100, 200])
@@ -302,7 +308,7 @@ def main() -> None:
     if a.part == "scale":
         rows["scale"] = bench_scale(a.threads, a.settings, a.epsilons)
     if a.part == "ddg":
-        rows["ddg"] = bench_ddg(a.threads, a.bits)
+        rows["ddg"] = bench_ddg(a.threads, a.bits, a.server_z, a.same_noise_only)
     if a.part == "ddg-params":
         rows["ddg_params"] = bench_ddg_params(a.bits)
     if a.part == "ddg-upload":

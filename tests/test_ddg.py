@@ -173,15 +173,15 @@ DIST = ["privacy.dp=central", "privacy.secure_aggregation=true", "privacy.noise_
 
 def test_a_distributed_run_states_its_exact_guarantee_trust_model_and_bits(tmp_path, small):
     cfg = fed8.load_config(None, small + DIST + MLP + ["privacy.target_epsilon=30", "train.rounds=2",
-                                                 "privacy.ddg_bits=17"])
+                                                 "privacy.ddg_bits=18"])
     r = fed8.run(cfg, out=tmp_path / "r", report=True)
     p = r.summary["privacy"]
     plan = _plan(cfg)
     assert p["epsilon"] == pytest.approx(plan.ddg.epsilon(2, 1e-5)) and p["epsilon"] <= 30
     st = p["statement"]
     assert f"({p['epsilon']:.3g}, 1e-05)" in st and f"t = {plan.ddg.shares} honest clients" in st
-    assert "17 bits per value" in st and "discrete Gaussian" in st and "approx" not in st.lower()
-    assert p["mechanism"]["bits_per_value"] == 17 and p["mechanism"]["sigma2"] == plan.ddg.sigma2
+    assert "18 bits per value" in st and "discrete Gaussian" in st and "approx" not in st.lower()
+    assert p["mechanism"]["bits_per_value"] == 18 and p["mechanism"]["sigma2"] == plan.ddg.sigma2
     assert "honest clients" in (r.run_dir / "report.html").read_text()
     m = r.metrics[-1]
     assert m["secagg_ring_bits"] == 17 and m["clipped_fraction"] is None  # the clip bits are not sent

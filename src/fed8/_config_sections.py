@@ -202,8 +202,9 @@ class PrivacyConfig:
         "noise to its rounded update, so no one sees a noiseless sum; the ddg_* keys)",
         choices=("server", "distributed"))
     ddg_bits: int = _key(
-        16, "distributed: the modulus 2^b of the secure sum, so the bits each client sends per value (16: 0.5x a "
-        "float32 upload; more bits allow a finer grid, less rounding error)", ge=8, le=30)
+        17, "distributed: the modulus 2^b of the secure sum, so the bits each client sends per value (17: 0.53x a "
+        "float32 upload, the most within 0.55x; fewer bits force a coarser grid, whose rounding costs noise: "
+        "measured in docs/BENCHMARKS.md)", ge=8, le=30)
     ddg_gamma: float = _key(
         0.0, "distributed: the grid step (scaling 1 / gamma before rounding to integers); 0 = the finest that keeps "
         "a round's sum inside the modulus except with probability 1e-9", ge=0.0)
