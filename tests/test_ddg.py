@@ -184,7 +184,7 @@ def test_a_distributed_run_states_its_exact_guarantee_trust_model_and_bits(tmp_p
     assert p["mechanism"]["bits_per_value"] == 18 and p["mechanism"]["sigma2"] == plan.ddg.sigma2
     assert "honest clients" in (r.run_dir / "report.html").read_text()
     m = r.metrics[-1]
-    assert m["secagg_ring_bits"] == 17 and m["clipped_fraction"] is None  # the clip bits are not sent
+    assert m["secagg_ring_bits"] == 18 and m["clipped_fraction"] is None  # the clip bits are not sent
     assert m["noise_std"] == pytest.approx(plan.ddg.noise_std / _expected(cfg))  # on the mean, D = m
 
 
