@@ -78,25 +78,6 @@ def test_noise_comes_from_the_os_unless_words_are_given_and_bad_variances_are_re
 
 # -- the client-side encoding of the distributed discrete Gaussian (Kairouz, Liu, Steinke 2021) ------------------
 
-def test_rotation_is_orthonormal_and_inverts_and_spreads_a_spike():
-    import torch
-
-    from fed8.privacy.ddg_encode import fwht, rotate, rotation_signs, unrotate
-
-    d = 1000
-    x = torch.zeros(d, dtype=torch.float64)
-    x[7] = 3.0
-    s = rotation_signs(d, seed=11)
-    assert s.numel() == 1024 and set(s.unique().tolist()) == {-1.0, 1.0}
-    y = rotate(x, s)
-    assert abs(float(y.norm()) - 3.0) < 1e-12  # norms kept
-    assert float(y.abs().max()) <= 3.0 / 32 + 1e-12  # a spike is spread evenly: 3 / sqrt(1024) per coordinate
-    assert torch.allclose(unrotate(y, s, d), x, atol=1e-12)
-    h = fwht(torch.eye(4, dtype=torch.float64))
-    assert torch.equal(h @ h, 4 * torch.eye(4, dtype=torch.float64))  # H H = n I
-    assert torch.equal(rotation_signs(d, 11), s) and not torch.equal(rotation_signs(d, 12), s)  # public, per seed
-
-
 def test_conditional_rounding_is_unbiased_and_keeps_the_norm_bound():
     import torch
 
@@ -115,26 +96,6 @@ def test_conditional_rounding_is_unbiased_and_keeps_the_norm_bound():
     assert norm_bound(c, 256, 1e-9) <= (c + 16) ** 2
     with pytest.raises(ParameterError, match="did not meet the norm bound"):
         conditional_round(x, bound=0.0, draws=draws, max_tries=3)
-
-
-def test_encode_sum_decode_gives_the_sum_to_the_granularity():
-    import torch
-
-    from fed8.privacy.ddg_encode import conditional_round, decode_sum, norm_bound, rotate, rotation_signs
-    from fed8.privacy.randomness import SeededDraws
-
-    d, gamma = 300, 1e-3
-    g = torch.Generator().manual_seed(3)
-    xs = [torch.randn(d, generator=g, dtype=torch.float64) * 0.1 for _ in range(5)]
-    s = rotation_signs(d, seed=4)
-    draws = SeededDraws(torch.Generator().manual_seed(5))
-    ints = []
-    for x in xs:
-        y = rotate(x, s) / gamma
-        ints.append(conditional_round(y, norm_bound(float(y.norm()), s.numel(), 1e-3), draws))
-    got = decode_sum(torch.stack(ints).sum(0), gamma=gamma, signs=s, d=d)
-    want = torch.stack(xs).sum(0)
-    assert float((got - want).norm()) <= gamma * math.sqrt(5 * s.numel())  # each rounding moves a value < gamma
 
 
 # -- the privacy of the distributed discrete Gaussian (Kairouz, Liu, Steinke 2021) -------------------------------
