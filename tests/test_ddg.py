@@ -185,7 +185,9 @@ def test_a_distributed_run_states_its_exact_guarantee_trust_model_and_bits(tmp_p
     assert "honest clients" in (r.run_dir / "report.html").read_text()
     m = r.metrics[-1]
     assert m["secagg_ring_bits"] == 18 and m["clipped_fraction"] is None  # the clip bits are not sent
-    assert m["noise_std"] == pytest.approx(plan.ddg.noise_std / _expected(cfg))  # on the mean, D = m
+    # on the mean (D = m): the noise of every input's share, at least the t shares the guarantee counts
+    assert m["noise_std"] == pytest.approx(plan.ddg.noise_std * math.sqrt(m["secagg_inputs"] / plan.ddg.shares)
+                                           / _expected(cfg))
 
 
 def _plan(cfg):

@@ -121,7 +121,8 @@ class PrivateAggregate(AggregatorWrapper):
         # Distributed noise: the clients added it; with no client in the sum, the server adds it all.
         distributed = self.ddg is not None and t.inputs > 0
         z = 0.0 if distributed else self.noise_multiplier
-        std = self.ddg.noise_std if distributed else z * self.clip_norm
+        # distributed: every input carries its client's share, so the sum's noise is that of all of them
+        std = self.ddg.gamma * (t.inputs * self.ddg.sigma2) ** 0.5 if distributed else z * self.clip_norm
         noisy = t.total if distributed else add_gaussian_noise(t.total, std, draws=draws)
         denom = self.denominator if self.denominator is not None else t.weight
         if not denom > 0:
