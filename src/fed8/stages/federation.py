@@ -152,14 +152,15 @@ def prepare(cfg: Config, residuals: Path | None = None):
     from .aggregation import check_combination, make_aggregator, make_server_optimizer, privacy_plan
 
     check_combination(cfg)
-    if cfg.privacy.noise_placement != "distributed":
-        privacy_plan(cfg)  # refuse a bad budget before loading any data
+    # a bad budget is refused before any data loads; the distributed discrete Gaussian needs the model's size
+    plan = privacy_plan(cfg) if cfg.privacy.noise_placement != "distributed" else None
     fed = load_federation(cfg)
     model, clients = fed.model, fed.clients
     if cfg.privacy.dp != "none":
         check_model_for_dp(model, model_name=cfg.model.name)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    plan = privacy_plan(cfg, dim=sum(v.numel() for v in state.values() if v.is_floating_point()))
+    if plan is None:
+        plan = privacy_plan(cfg, dim=sum(v.numel() for v in state.values() if v.is_floating_point()))
     param_names = {k for k, _ in model.named_parameters()}
     buffers = [k for k, v in state.items() if v.is_floating_point() and k not in param_names]
     aggregator, hooks = make_aggregator(
