@@ -205,6 +205,21 @@ def test_secure_aggregation_with_distributed_dp_draws_noise_on_the_nodes(tmp_pat
     assert _rows(fed)[-1]["epsilon"] == sim.metrics[-1]["epsilon"]
 
 
+def test_distributed_dp_over_flower_sums_the_survivors_of_a_dropout(tmp_path):
+    grid = FakeGrid(4, tmp_path / "nodes")
+    # round 2: node 3 shares keys, then never sends its input: 3 inputs remain, the t = 3 noise shares needed;
+    # round 3: two drop, and a sum of 2 inputs (too little noise) is never unmasked
+    grid.drop_in_round = {2: {3}, 3: {2, 3}}
+    sets = SECAGG + ["privacy.dp=central", "privacy.noise_placement=distributed", "privacy.noise_multiplier=0.5",
+                     "privacy.clip_norm=0.05", "privacy.weighting=uniform", "train.rounds=3",
+                     "federation.round_retries=0"]
+    fed, _ = _federation(tmp_path, sets, grid)
+    rows = _rows(fed)
+    assert rows[1].get("aborted") is None and rows[1]["secagg_inputs"] == 3 and rows[1]["secagg_ring_bits"] == 17
+    assert rows[0]["secagg_inputs"] == 4 and rows[1]["epsilon"] > rows[0]["epsilon"]
+    assert "only 2 client(s) sent masked input" in rows[2]["aborted"]
+
+
 def test_a_dropout_after_the_key_stages_is_unmasked_around(tmp_path):
     grid = FakeGrid(4, tmp_path / "nodes")
     grid.drop_in_round = {2: {3}}  # node 3 shares keys, then never sends its input
