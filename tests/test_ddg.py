@@ -10,6 +10,7 @@ import fed8
 from fed8.errors import ConfigError, SecAggError
 from fed8.privacy.ddg import DDG, calibrate_ddg, ddg_for_noise_multiplier
 from fed8.privacy.randomness import PrivacyRandomness
+from fed8.privacy.secagg.ring import from_ring
 
 BETA = math.exp(-0.5)
 
@@ -44,7 +45,7 @@ def test_the_secure_sum_of_ddg_inputs_is_the_exact_integer_sum_of_the_clients_en
     res = s.finish()
     # the same encodings, computed again from the same (seeded) randomness, summed as signed integers
     enc = RoundEncoding.for_round(1, seed=3, participants=n, dim=dim, clip_norm=1.0, ddg=m)
-    ints = [m.lift(enc.encode(ups[u]["w"], weight=1.0, bit=1, client=u, randomness=PrivacyRandomness(seed=11)))
+    ints = [from_ring(enc.encode(ups[u]["w"], weight=1.0, bit=1, client=u, randomness=PrivacyRandomness(seed=11)), m.bits)
             for u in range(n)]
     total = np.sum(ints, axis=0)
     assert np.abs(total).max() < 2 ** (m.bits - 1)  # no wrap-around: the centered lift is the integer sum
@@ -66,7 +67,7 @@ def test_the_noise_is_drawn_fresh_from_the_os_and_is_integer():
     a = enc.encode(x, weight=1.0, bit=1, client=0, randomness=PrivacyRandomness())
     b = enc.encode(x, weight=1.0, bit=1, client=0, randomness=PrivacyRandomness())
     assert not np.array_equal(a, b)
-    la = m.lift(a)
+    la = from_ring(a, m.bits)
     assert abs(la.var() / m.sigma2 - 1) < 0.25  # a zero update: what is sent is the noise share itself
 
 

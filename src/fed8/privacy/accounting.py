@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 
 __all__ = ["ACCOUNTANTS", "Accountant", "PrivacySpec", "calibrate_noise_multiplier", "epsilon",
-           "max_rounds_within"]
+           "max_rounds_within", "rounds_within"]
 
 ACCOUNTANTS = ("rdp", "pld")
 
@@ -170,10 +170,15 @@ def calibrate_noise_multiplier(spec: PrivacySpec, target_epsilon: float, rounds:
 
 def max_rounds_within(spec: PrivacySpec, noise_multiplier: float, target_epsilon: float, upper: int) -> int:
     """The largest ``r <= upper`` with ``epsilon(spec, z, r) <= target_epsilon`` (0 if none)."""
+    return rounds_within(lambda r: epsilon(spec, noise_multiplier, r), target_epsilon, upper)
+
+
+def rounds_within(eps_of, target_epsilon: float, upper: int) -> int:
+    """The largest ``r <= upper`` with ``eps_of(r) <= target_epsilon`` (0 if none); ``eps_of`` non-decreasing."""
     lo, hi = 0, upper
-    while lo < hi:  # epsilon is non-decreasing in the number of rounds
+    while lo < hi:
         mid = (lo + hi + 1) // 2
-        if epsilon(spec, noise_multiplier, mid) <= target_epsilon:
+        if eps_of(mid) <= target_epsilon:
             lo = mid
         else:
             hi = mid - 1

@@ -8,7 +8,8 @@ Kairouz, Liu, Steinke 2021 (arXiv:2102.06387), Algorithm 1, over fed8's secure s
     z_k   = x_k + N_Z(0, sigma^2)^d              exact, from the OS CSPRNG (:mod:`.discrete_gaussian`)
     send    z_k mod 2^b                          masked by secure aggregation (:mod:`.secagg`)
 
-and the server, from the unmasked sum only: ``sum = gamma R^T(lift(sum_k z_k mod 2^b))``.
+and the server, from the unmasked sum only: ``sum = gamma R^T(lift(sum_k z_k mod 2^b))``, ``lift``
+the centered lift of Z_(2^b) (:func:`.secagg.ring.from_ring`).
 The noise is in the integers, so the ring sum is exact; the privacy analysis is the
 paper's (:mod:`.ddg_accounting`) for the sum of ``t`` clients' noise, ``t`` the smallest
 number of inputs the protocol ever unmasks. Nothing here uses floating-point noise.
@@ -119,16 +120,6 @@ class DDG:
         x = conditional_round(y.to(torch.float64) / self.gamma, self.bound, draws).numpy()
         z = x + discrete_gaussian(self.sigma2, self.dim, words)
         return (z & ((1 << self.bits) - 1)).astype(np.uint32)
-
-    def lift(self, total: np.ndarray) -> np.ndarray:
-        """The unmasked ring sum as signed integers (the centered lift of Z_(2^b))."""
-        k = self.bits
-        v = total.astype(np.int64) & ((1 << k) - 1)
-        return np.where(v >= 1 << (k - 1), v - (1 << k), v)
-
-    def describe(self) -> str:
-        return (f"distributed discrete Gaussian (Kairouz et al. 2021): {self.bits} bits per value, granularity "
-                f"{self.gamma:.4g}, beta {self.beta:.3g}, sigma^2 = {self.sigma2} per client, t = {self.shares} shares")
 
 
 @functools.lru_cache(maxsize=4096)

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from .accounting import PrivacySpec, calibrate_noise_multiplier, epsilon
+from .accounting import PrivacySpec, calibrate_noise_multiplier, epsilon, rounds_within
 from .ddg import DDG, calibrate_ddg, ddg_for_noise_multiplier
 from .dp import split_noise_multiplier
 
@@ -90,7 +90,7 @@ class PrivacyPlan:
             return self
         rounds, reason = self.rounds, self.stop_reason
         if target_epsilon > 0:
-            r_max = _rounds_within(self._eps, target_epsilon, self.rounds + extra_releases) - extra_releases
+            r_max = rounds_within(self._eps, target_epsilon, self.rounds + extra_releases) - extra_releases
             if r_max < rounds:
                 rounds = max(r_max, 0)
                 reason = (f"stopped after round {rounds}: {extra_releases} interrupted round attempt(s) already "
@@ -140,18 +140,6 @@ class PrivacyPlan:
                 f"({s.accountant.upper()} accountant, {samp}, noise multiplier {self.noise_multiplier:.4g}); {sees}.")
 
 
-def _rounds_within(eps, target: float, upper: int) -> int:
-    """The largest ``r <= upper`` with ``eps(r) <= target`` (0 if none); ``eps`` non-decreasing."""
-    lo, hi = 0, upper
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if eps(mid) <= target:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
 def _within_budget(eps_of, p, rounds: int, noise: str, fix) -> tuple[int, str | None]:
     """The rounds a fixed noise level fits in ``target_epsilon`` (``privacy.budget``: refuse, or stop early).
 
@@ -162,7 +150,7 @@ def _within_budget(eps_of, p, rounds: int, noise: str, fix) -> tuple[int, str | 
     eps = eps_of(rounds)
     if eps <= p.target_epsilon:
         return rounds, None
-    r_max = _rounds_within(eps_of, p.target_epsilon, rounds)
+    r_max = rounds_within(eps_of, p.target_epsilon, rounds)
     if p.budget == "refuse" or r_max == 0:
         within = f"at most {r_max} rounds (set privacy.budget = 'stop' to train those)" if r_max else "not even one round"
         raise ConfigError(

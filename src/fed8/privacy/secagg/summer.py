@@ -115,7 +115,7 @@ class RoundEncoding:
         """The summed update (flat), the sum of the weights applied and the clip-bit sum (None under DDG)."""
         signs = signs if signs is not None else self.signs()
         if self.ddg is not None:
-            total = self.ddg.lift(unmasked[: self.padded])
+            total = from_ring(unmasked[: self.padded], self.k)
             y = torch.from_numpy(total.astype(np.float64) * self.ddg.gamma).to(torch.float32)
             return unrotate(y, signs)[: self.dim], None, None
         total = from_ring(unmasked, self.k)
