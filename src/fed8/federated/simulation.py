@@ -92,8 +92,7 @@ class InProcessTransport:
         if self.device.type != "cpu":  # once: the model and every client's images
             self.model.to(self.device)
             self.clients = [to_device(c, self.device) for c in self.clients]
-        self.local_x, self.local_y, self.owner = local_test_split(self.clients)
-        self.owner = self.owner.cpu()
+        self.local_x, self.local_y, self.owner = local_test_split(self.clients)  # owner: on the CPU
         if self.wire is None:
             from ..compression import make_codec
             from ..compression.wire import Wire

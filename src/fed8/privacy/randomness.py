@@ -67,7 +67,7 @@ class SeededDraws:
         return torch.randperm(n, generator=self.generator)
 
     def words(self, n):
-        if not hasattr(self, "_np"):
+        if not hasattr(self, "_np"):  # drawn on first use only: runs without words keep their other draws
             self._np = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=self.generator)))
         return self._np.integers(0, 2**64, size=n, dtype=np.uint64, endpoint=False)
 
