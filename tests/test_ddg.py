@@ -99,13 +99,20 @@ def test_too_few_participants_for_the_noise_shares_abandon_the_round():
 # -- privacy ------------------------------------------------------------------------------------------------------
 
 def _paper_epsilon(m: DDG, rounds, delta):
-    """The paper's accounting (Kairouz et al. 2021) written again from its equations, in update units."""
+    """The paper's accounting (Kairouz et al. 2021) written again from its equations, in update units.
+
+    Replace-one adjacency (the rounded sum moves by up to twice the rounded norm). Returns
+    ``(against the server, against model observers)``: the server knows who joined, so its bound
+    composes the unsampled mechanism over ``k*`` rounds (``P[Binomial(R, q) > k*] <= delta / 2``,
+    converted at ``delta / 2``); observers get sampling without replacement (Wang et al. 2019, Thm 9).
+    """
     from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
     from scipy.special import comb, logsumexp
+    from scipy.stats import binom
 
     c, g, d, beta, n = m.clip_norm, m.gamma, m.dim, m.beta, m.shares
-    sens2 = min((c + g * math.sqrt(d)) ** 2,
-                c**2 + g**2 * d / 4 + math.sqrt(2 * math.log(1 / beta)) * g * (c + g * math.sqrt(d) / 2))
+    sens2 = 4 * min((c + g * math.sqrt(d)) ** 2,
+                    c**2 + g**2 * d / 4 + math.sqrt(2 * math.log(1 / beta)) * g * (c + g * math.sqrt(d) / 2))
     var = m.sigma2 * g**2  # per client, update units
     tau = 10 * sum(math.exp(-2 * var / g**2 * math.pi**2 * k / (k + 1)) for k in range(1, n))
     s = math.sqrt(sens2 / (n * var))
@@ -116,26 +123,65 @@ def _paper_epsilon(m: DDG, rounds, delta):
     q = m.clients_per_round / m.num_clients
     orders = list(range(2, 129)) + [256]
 
-    def sub(a):  # Zhu & Wang 2019, the general upper bound for Poisson sampling
-        terms = [(a - 1) * math.log(1 - q) + math.log(a * q - q + 1),
-                 math.log(comb(a, 2)) + 2 * math.log(q) + (a - 2) * math.log(1 - q) + base(2)]
-        terms += [math.log(3 * comb(a, j)) + j * math.log(q) + (a - j) * math.log(1 - q) + (j - 1) * base(j)
-                  for j in range(3, a + 1)]
+    def sub(a):  # Wang, Balle, Kasiviswanathan 2019, Theorem 9 (eps(inf) = inf)
+        second = math.log(min(4 * (math.exp(base(2)) - 1), 2 * math.exp(base(2))))
+        terms = [0.0, 2 * math.log(q) + math.log(comb(a, 2)) + second]
+        terms += [math.log(2 * comb(a, j)) + j * math.log(q) + (j - 1) * base(j) for j in range(3, a + 1)]
         return min(logsumexp(terms) / (a - 1), base(a))
 
-    rdp = [rounds * sub(a) for a in orders]
-    return compute_epsilon(orders, rdp, delta)[0]
+    k = next(k for k in range(rounds + 1) if binom.sf(k, rounds, q) <= delta / 2)
+    server = compute_epsilon(orders, [k * base(a) for a in orders], delta / 2)[0]
+    observers = compute_epsilon(orders, [rounds * sub(a) for a in orders], delta)[0]
+    return server, observers
 
 
 def test_the_runs_epsilon_equals_the_papers_accounting_computed_independently():
-    m = _mech(n=50, dim=100_000, z=1.2, shares=30, sampling="poisson", num_clients=100, m=50)
-    assert m.epsilon(15, 1e-5) == pytest.approx(_paper_epsilon(m, 15, 1e-5), rel=1e-9)
+    for clients, rounds in ((100, 15), (1000, 60)):
+        m = _mech(n=50, dim=100_000, z=1.2, shares=30, num_clients=clients, m=50)
+        server, observers = _paper_epsilon(m, rounds, 1e-5)
+        assert m.epsilon_server(rounds, 1e-5) == pytest.approx(server, rel=1e-9)
+        assert m.epsilon_observers(rounds, 1e-5) == pytest.approx(observers, rel=1e-9)
+        assert m.epsilon(rounds, 1e-5) == max(m.epsilon_server(rounds, 1e-5), m.epsilon_observers(rounds, 1e-5))
+    # at q = 0.05 the server, who sees who joined, gets no amplification: its bound is far above the observers'
+    assert m.epsilon_server(60, 1e-5) > 2 * m.epsilon_observers(60, 1e-5)
+    assert m.rounds_joined_bound(60, 1e-5) < 60  # but it counts only the rounds a client can plausibly join
+    # every client in every round: sampling amplifies for no one, and the two bounds agree
+    full = _mech(n=50, dim=100_000, z=1.2, shares=30, num_clients=50, m=50)
+    assert full.epsilon_observers(15, 1e-5) == pytest.approx(full.epsilon_server(15, 1e-5), rel=1e-12)
     # the rounding costs privacy: the rounded sensitivity is above the clip norm, so epsilon is above the
-    # continuous Gaussian's at the same noise std (dp-accounting's sampled Gaussian, a tighter analysis besides)
+    # continuous Gaussian's at the same noise std (dp-accounting's sampled Gaussian without replacement)
     from fed8.privacy.accounting import PrivacySpec, epsilon
 
+    m = _mech(n=50, dim=100_000, z=1.2, shares=30, num_clients=100, m=50)
     z_cont = m.noise_std / m.clip_norm
-    assert m.epsilon(15, 1e-5) > epsilon(PrivacySpec("central", "poisson", 100, 50.0, 1e-5), z_cont, 15)
+    assert m.epsilon_observers(15, 1e-5) > epsilon(PrivacySpec("central", "fixed", 100, 50.0, 1e-5), z_cont, 15)
+
+
+def test_the_participation_bound_is_the_binomial_tail():
+    from scipy.stats import binom
+
+    from fed8.privacy.ddg_accounting import participation_bound
+
+    for rounds, q, tail in ((15, 0.5, 5e-6), (100, 0.1, 5e-6), (1000, 0.01, 1e-3), (7, 1.0, 1e-6)):
+        k, p = participation_bound(rounds, q, tail)
+        assert p == pytest.approx(binom.sf(k, rounds, q), rel=1e-6, abs=1e-300) and p <= tail
+        assert k == 0 or binom.sf(k - 1, rounds, q) > tail  # the fewest such k
+
+
+def test_poisson_sampling_is_refused_because_the_noise_reveals_the_count(tmp_path, small):
+    with pytest.raises(ConfigError, match="train.sampling = 'fixed'"):
+        _mech(n=50, dim=1000, sampling="poisson", num_clients=100, m=50)
+    with pytest.raises(ConfigError, match="reveals how many clients took part"):
+        fed8.run(fed8.load_config(None, small + DIST + ["privacy.noise_multiplier=1.0", "train.sampling=poisson"]),
+                 out=tmp_path / "r", report=False)
+    # the leak it guards against: the sum's noise variance over d values tells 30 shares from 31
+    from fed8.privacy.discrete_gaussian import discrete_gaussian
+
+    bits = np.random.default_rng(0).bit_generator
+    shares = [discrete_gaussian(400, 100_000, lambda n: bits.random_raw(n)) for _ in range(31)]
+    thirty = sum(shares[:30])
+    est = [thirty.var() / 400, (thirty + shares[30]).var() / 400]  # relative std sqrt(2 / d) = 0.45%
+    assert abs(est[0] - 30) < 0.5 and abs(est[1] - 31) < 0.5
 
 
 def test_subsampled_rdp_bounds_hold_against_the_gaussians_exact_curves():
@@ -157,7 +203,7 @@ def test_subsampled_rdp_bounds_hold_against_the_gaussians_exact_curves():
 
 
 def test_calibration_meets_the_budget_and_more_noise_means_less_epsilon():
-    kw = dict(dim=50_000, bits=16, beta=BETA, gamma=0.0, shares=20, clip_norm=1.0, sampling="poisson",
+    kw = dict(dim=50_000, bits=16, beta=BETA, gamma=0.0, shares=20, clip_norm=1.0, sampling="fixed",
               num_clients=100, clients_per_round=30.0)
     m = calibrate_ddg(6.0, 10, 1e-5, **kw)
     assert 0.995 * 6.0 < m.epsilon(10, 1e-5) <= 6.0
@@ -183,6 +229,12 @@ def test_a_distributed_run_states_its_exact_guarantee_trust_model_and_bits(tmp_p
     assert f"({p['epsilon']:.3g}, 1e-05)" in st and f"t = {plan.ddg.shares} honest clients" in st
     assert "18 bits per value" in st and "discrete Gaussian" in st and "approx" not in st.lower()
     assert p["mechanism"]["bits_per_value"] == 18 and p["mechanism"]["sigma2"] == plan.ddg.sigma2
+    # two parties, two bounds: the server knows who joined (no amplification), observers of the models do not
+    server, observers = plan.ddg.epsilon_server(2, 1e-5), plan.ddg.epsilon_observers(2, 1e-5)
+    assert p["mechanism"]["epsilon_against_server"] == pytest.approx(server)
+    assert p["mechanism"]["epsilon_against_model_observers"] == pytest.approx(observers)
+    assert p["epsilon"] == pytest.approx(max(server, observers))
+    assert f"does not amplify against it: epsilon {server:.3g}" in st and f"amplifies: epsilon {observers:.3g}" in st
     assert "honest clients" in (r.run_dir / "report.html").read_text()
     m = r.metrics[-1]
     assert m["secagg_ring_bits"] == 18 and m["clipped_fraction"] is None  # the clip bits are not sent
@@ -233,7 +285,7 @@ def test_fed8_init_documents_the_mechanisms_parameters(tmp_path):
 
 
 def test_a_budget_that_needs_more_noise_than_the_ring_holds_is_refused_with_the_fix():
-    kw = dict(dim=200_000, bits=12, beta=BETA, gamma=0.0, shares=30, clip_norm=1.0, sampling="poisson",
+    kw = dict(dim=200_000, bits=12, beta=BETA, gamma=0.0, shares=30, clip_norm=1.0, sampling="fixed",
               num_clients=100, clients_per_round=50.0)
     with pytest.raises(ConfigError, match="needs more noise than privacy.ddg_bits = 12 can hold"):
         calibrate_ddg(1.0, 15, 1e-5, **kw)

@@ -199,7 +199,8 @@ class PrivacyConfig:
     noise_placement: str = _key(
         "server", "with dp = central and secure aggregation: server (noise added to the unmasked sum) | "
         "distributed (the distributed discrete Gaussian, Kairouz et al. 2021: each client adds exact integer "
-        "noise to its rounded update, so no one sees a noiseless sum; the ddg_* keys)",
+        "noise to its rounded update, so no one sees a noiseless sum; the ddg_* keys; needs train.sampling = "
+        "fixed)",
         choices=("server", "distributed"))
     ddg_bits: int = _key(
         17, "distributed: the modulus 2^b of the secure sum, so the bits each client sends per value (17: 0.53x a "

@@ -14,6 +14,24 @@ The noise is in the integers, so the ring sum is exact; the privacy analysis is 
 paper's (:mod:`.ddg_accounting`) for the sum of ``t`` clients' noise, ``t`` the smallest
 number of inputs the protocol ever unmasks. Nothing here uses floating-point noise.
 
+Whom the guarantee holds against, and why sampling is fixed-size (replace-one adjacency: one
+client's data replaced by any other, so the rounded sum moves by up to ``2 Delta_2``):
+
+* **The server** (and clients colluding with it) runs the client sampling and sees who
+  sends a masked input, so sampling does not amplify against it: a client that joined ``k``
+  rounds has the ``k``-fold composition of the unsampled mechanism. ``K ~ Binomial(R, m/N)``
+  is data-independent, so ``(eps(k*, delta / 2), delta)`` holds, with ``k*`` the fewest rounds
+  with ``P[K > k*] <= delta / 2`` (:func:`.ddg_accounting.participation_bound`); epsilon is
+  then non-decreasing in ``R``.
+* **Anyone who sees only the models** (the sample hidden from them): sampling ``m`` of ``N``
+  without replacement amplifies (Wang, Balle, Kasiviswanathan 2019, Thm 9).
+
+The run's epsilon is the larger of the two. Poisson sampling is refused: every participant
+adds a noise share, so the unmasked sum's noise variance, measured over ``d`` values to a
+relative ``sqrt(2 / d)``, reveals how many clients took part, which the Poisson (add/remove)
+analysis assumes hidden. With a fixed size the count is public anyway (``m`` minus dropouts,
+which do not depend on the data; noise beyond ``t`` shares is post-processing).
+
 Parameters chosen here, before round 1, from public numbers only:
 
 * ``bits`` ``b``: the modulus ``2^b``, the bits each client sends per value.
@@ -40,7 +58,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, ParameterError
-from .ddg_accounting import ddg_epsilon
+from .ddg_accounting import ddg_epsilon, participation_bound
 from .ddg_encode import conditional_round, norm_bound
 from .discrete_gaussian import MAX_SIGMA2, discrete_gaussian
 
@@ -71,7 +89,8 @@ class DDG:
     clip_norm
         ``C`` in update units.
     sampling, num_clients, clients_per_round
-        The client sampling the accountant amplifies with (``poisson`` or ``fixed``).
+        The client sampling: ``fixed`` (``m`` of ``N`` without replacement, the only one
+        analysed; see the module docstring for why not ``poisson``).
     """
 
     dim: int
@@ -104,8 +123,28 @@ class DDG:
         """Std of the summed noise (at least ``t`` shares) in update units."""
         return math.sqrt(self.shares * self.sigma2) * self.gamma
 
+    def __post_init__(self) -> None:
+        _check_sampling(self.sampling, self.num_clients, self.clients_per_round)
+
+    @property
+    def sampling_rate(self) -> float:
+        return self.clients_per_round / self.num_clients
+
     def epsilon(self, rounds: int, delta: float) -> float:
-        return _epsilon(self, rounds, delta)
+        """The run's epsilon after ``rounds`` rounds: the larger of :meth:`epsilon_server` and :meth:`epsilon_observers`."""
+        return max(self.epsilon_server(rounds, delta), self.epsilon_observers(rounds, delta))
+
+    def epsilon_server(self, rounds: int, delta: float) -> float:
+        """Against the server, which knows each round's participants: no amplification by sampling."""
+        return _epsilon_server(self, rounds, delta)
+
+    def epsilon_observers(self, rounds: int, delta: float) -> float:
+        """Against anyone who sees only the models: amplified by sampling ``m`` of ``N``."""
+        return _epsilon_observers(self, rounds, delta)
+
+    def rounds_joined_bound(self, rounds: int, delta: float) -> int:
+        """``k*``: a client joins at most this many of ``rounds`` rounds except with probability ``<= delta / 2``."""
+        return participation_bound(rounds, self.sampling_rate, delta / 2)[0]
 
     # -- one client's half, and the server's ---------------------------------------------------------------------
 
@@ -122,21 +161,41 @@ class DDG:
         return (z & ((1 << self.bits) - 1)).astype(np.uint32)
 
 
-@functools.lru_cache(maxsize=4096)
-def _epsilon(m: DDG, rounds: int, delta: float) -> float:
-    if rounds <= 0:
-        return 0.0
-    q = m.clients_per_round / m.num_clients
-    l2 = m.l2_sensitivity
-    l1 = min(math.sqrt(m.dim) * l2, m.bound)
-    kw: dict = {}
-    if q < 1:
-        if m.sampling == "poisson":
-            kw["poisson_rate"] = q
-        else:  # replace-one adjacency: one client's change moves the sum by up to twice its norm
-            l2, l1, kw["wor_fraction"] = 2 * l2, 2 * l1, q
+def _check_sampling(sampling: str, num_clients: int, clients_per_round: float) -> None:
+    if sampling != "fixed":
+        raise ConfigError(
+            f"train.sampling = {sampling!r} cannot run with privacy.noise_placement = 'distributed': every "
+            "participant adds a share of the noise, so the unmasked sum's noise reveals how many clients took "
+            "part, and the Poisson analysis needs that number hidden. Set train.sampling = 'fixed'.")
+    if not 0 < clients_per_round <= num_clients:
+        raise ParameterError(f"clients_per_round must be in (0, num_clients = {num_clients}]; got "
+                             f"{clients_per_round}.")
+
+
+def _replace_one(m: DDG, rounds: int, delta: float, **kw) -> float:
+    """Epsilon of ``rounds`` rounds under replace-one adjacency: the rounded sum moves by up to ``2 Delta_2``."""
+    l2 = 2 * m.l2_sensitivity
+    l1 = 2 * min(math.sqrt(m.dim) * m.l2_sensitivity, m.bound)
     return ddg_epsilon(l2_sens=l2, l1_sens=l1, sigma=math.sqrt(m.sigma2), n=m.shares, dim=m.dim, rounds=rounds,
                        delta=delta, **kw)
+
+
+@functools.lru_cache(maxsize=4096)
+def _epsilon_server(m: DDG, rounds: int, delta: float) -> float:
+    if rounds <= 0:
+        return 0.0
+    if m.sampling_rate >= 1:  # every client joins every round: nothing to bound
+        return _replace_one(m, rounds, delta)
+    k, _ = participation_bound(rounds, m.sampling_rate, delta / 2)
+    return _replace_one(m, k, delta / 2)  # delta / 2 for the rounds a client joins, at most delta / 2 for K > k*
+
+
+@functools.lru_cache(maxsize=4096)
+def _epsilon_observers(m: DDG, rounds: int, delta: float) -> float:
+    if rounds <= 0:
+        return 0.0
+    q = m.sampling_rate
+    return _replace_one(m, rounds, delta, **({"wor_fraction": q} if q < 1 else {}))
 
 
 def _fit(*, z: float, dim: int, bits: int, beta: float, shares: int, clip_norm: float, participants_hi: float,
@@ -180,10 +239,9 @@ def ddg_for_noise_multiplier(z: float, *, dim: int, bits: int, beta: float, gamm
     if not z > 0:
         raise ConfigError(f"the distributed discrete Gaussian needs a noise multiplier > 0; got {z}.")
     d = dim + dim % 2
-    m = clients_per_round
-    hi = min(num_clients, m + 4 * math.sqrt(m)) if sampling == "poisson" else m  # participants a round may have
-    g, s2 = _fit(z=z, dim=d, bits=bits, beta=beta, shares=shares, clip_norm=clip_norm, participants_hi=hi,
-                 gamma=gamma)
+    _check_sampling(sampling, num_clients, clients_per_round)
+    g, s2 = _fit(z=z, dim=d, bits=bits, beta=beta, shares=shares, clip_norm=clip_norm,
+                 participants_hi=clients_per_round, gamma=gamma)
     if s2 > MAX_SIGMA2:
         raise ConfigError(f"privacy.ddg_gamma = {gamma} makes each client's noise variance {s2} grid units, above the "
                           f"sampler's {MAX_SIGMA2}. Raise ddg_gamma, or set it to 0 (chosen from ddg_bits).")
@@ -192,6 +250,8 @@ def ddg_for_noise_multiplier(z: float, *, dim: int, bits: int, beta: float, gamm
 
 def calibrate_ddg(target_epsilon: float, rounds: int, delta: float, **kw) -> DDG:
     """The mechanism with the least noise whose epsilon after ``rounds`` rounds is at most ``target_epsilon``."""
+
+    _check_sampling(kw["sampling"], kw["num_clients"], kw["clients_per_round"])
 
     def eps(z: float) -> float | None:  # None: this much noise does not fit the ring at these bits
         try:

@@ -50,7 +50,7 @@ from typing import Sequence
 
 from ..errors import ParameterError
 
-__all__ = ["DDG_ORDERS", "ddg_epsilon", "ddg_rdp", "ddg_tau", "poisson_subsampled_rdp",
+__all__ = ["DDG_ORDERS", "ddg_epsilon", "ddg_rdp", "ddg_tau", "participation_bound", "poisson_subsampled_rdp",
            "wor_subsampled_rdp"]
 
 DDG_ORDERS = tuple(range(2, 129)) + (256,)
@@ -134,6 +134,31 @@ def wor_subsampled_rdp(g: float, rdp: Sequence[float], orders: Sequence[int]) ->
         terms += [math.log(2) + j * lg + lb[j] + (j - 1) * eps(j) for j in range(3, a + 1)]
         out.append(min(_logsumexp(terms) / (a - 1), eps(a)))
     return out
+
+
+def participation_bound(rounds: int, rate: float, tail: float) -> tuple[int, float]:
+    """``(k, P[K > k])`` for the fewest ``k`` with ``P[K > k] <= tail``, ``K ~ Binomial(rounds, rate)``.
+
+    ``K`` is how many of ``rounds`` independent rounds, each sampling a client with
+    probability ``rate``, include a given client. A party that sees who takes part in each
+    round (the server) gets no amplification by sampling; its view of a client is the
+    composition of the rounds that client joined, at most ``k`` of them except with
+    probability ``P[K > k]``, which the caller adds to ``delta``.
+    """
+    if rounds < 0 or not 0 < rate <= 1 or not 0 <= tail < 1:
+        raise ParameterError(f"participation_bound needs rounds >= 0, rate in (0, 1] and tail in [0, 1); got "
+                             f"{rounds}, {rate}, {tail}.")
+    if rate == 1 or rounds == 0:
+        return rounds, 0.0
+    lq, l1q = math.log(rate), math.log1p(-rate)
+    above = 0.0  # P[K > k], from k = rounds downwards
+    for k in range(rounds, -1, -1):
+        pk = math.exp(math.lgamma(rounds + 1) - math.lgamma(k + 1) - math.lgamma(rounds - k + 1) + k * lq
+                      + (rounds - k) * l1q)  # P[K = k]
+        if above + pk > tail:
+            return k, above
+        above += pk
+    return 0, above  # pragma: no cover - the loop returns at k = 0 at the latest (P[K >= 0] = 1 > tail)
 
 
 def ddg_epsilon(*, l2_sens: float, sigma: float, n: int, dim: int, rounds: int, delta: float,

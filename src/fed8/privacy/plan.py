@@ -97,6 +97,20 @@ class PrivacyPlan:
                           f"reached the server and spent privacy budget (target_epsilon = {target_epsilon})")
         return dataclasses.replace(self, extra_releases=extra_releases, rounds=rounds, stop_reason=reason)
 
+    def ddg_guarantees(self, rnd: int) -> dict | None:
+        """Distributed DP: epsilon after ``rnd`` rounds against each party, and ``k*``; else None.
+
+        The server knows each round's participants, so sampling does not amplify against it
+        (:meth:`fed8.privacy.ddg.DDG.epsilon_server`); anyone who sees only the models gets
+        the amplified bound. :meth:`epsilon` is the larger.
+        """
+        if self.ddg is None:
+            return None
+        r, delta = rnd + self.extra_releases, self.spec.delta
+        return {"epsilon_against_server": self.ddg.epsilon_server(r, delta),
+                "epsilon_against_model_observers": self.ddg.epsilon_observers(r, delta),
+                "rounds_joined_bound": self.ddg.rounds_joined_bound(r, delta)}
+
     def epsilon_per_round(self) -> float | None:
         """Local DP: the guarantee of one round's release of one client."""
         return self.epsilon(1) if self.mode == "local" else None
@@ -122,16 +136,20 @@ class PrivacyPlan:
         samp = (f"Poisson sampling q = {s.sampling_rate:.3g}" if s.sampling == "poisson"
                 else f"{int(round(s.clients_per_round))} of {s.num_clients} clients per round")
         if self.ddg is not None:
-            m = self.ddg
+            m, g = self.ddg, self.ddg_guarantees(rounds)
             return (f"(epsilon, delta) = ({eps:.3g}, {s.delta:g}) at client level after {rounds} rounds, against the "
                     f"server (honest but curious: it follows the protocol) and any clients colluding with it, as long as "
                     f"every unmasked sum holds at least t = {m.shares} honest clients' inputs (secure aggregation "
-                    f"unmasks no sum of fewer). Mechanism: "
+                    f"unmasks no sum of fewer). The server knows who takes part in each round, so client sampling "
+                    f"does not amplify against it: epsilon {g['epsilon_against_server']:.3g} for a client that joins "
+                    f"up to {g['rounds_joined_bound']} of the rounds (more only with probability below delta / 2, "
+                    f"counted in delta); against anyone who sees only the models, sampling {samp} amplifies: "
+                    f"epsilon {g['epsilon_against_model_observers']:.3g}. Mechanism: "
                     f"the distributed discrete Gaussian (Kairouz, Liu, Steinke 2021): each client rounds its "
                     f"rotated, clipped update to a grid of step {m.gamma:.3g} and adds exact integer noise "
                     f"N_Z(0, {m.sigma2}) from its OS CSPRNG, and only the sum modulo 2^{m.bits} is unmasked "
-                    f"({m.bits} bits per value sent); RDP analysis of that paper with {samp} (subsampled-RDP "
-                    f"bound), noise multiplier {self.noise_multiplier:.4g}.")
+                    f"({m.bits} bits per value sent); RDP analysis of that paper under replace-one adjacency, "
+                    f"noise multiplier {self.noise_multiplier:.4g}.")
         if self.mode == "local":
             return (f"Local DP: each update a client sends is ({self.epsilon(1):.3g}, {s.delta:g})-DP for that "
                     f"client's data; a client that took part in all {rounds} rounds has ({eps:.3g}, {s.delta:g}) "

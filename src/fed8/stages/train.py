@@ -122,7 +122,7 @@ def _privacy_summary(prep: Prepared, rows: list[dict]) -> dict:
         "mechanism": None if plan.ddg is None else {
             "name": "distributed discrete Gaussian (Kairouz, Liu, Steinke 2021)", "bits_per_value": plan.ddg.bits,
             "gamma": plan.ddg.gamma, "beta": plan.ddg.beta, "sigma2": plan.ddg.sigma2,
-            "noise_shares_t": plan.ddg.shares, "noise_std": plan.ddg.noise_std},
+            "noise_shares_t": plan.ddg.shares, "noise_std": plan.ddg.noise_std, **plan.ddg_guarantees(done)},
         "stopped_for_budget": plan.stop_reason,
     }
 
