@@ -41,6 +41,7 @@ the clients' encoding seconds (rotation, conditional rounding, exact noise, mask
     python bench/privacy.py --part ddg --server-z 1.489 --same-noise-only      # only the same-noise run
     python bench/privacy.py --part ddg-upload --n 10 100 200 --bits 16 17
     python bench/privacy.py --part ddg-params --bits 16 17     # accounting only: noise per bits and beta
+    python bench/privacy.py --part ddg-accounting              # accounting only: noise per party and sampling
 """
 
 from __future__ import annotations
@@ -285,10 +286,42 @@ def bench_ddg_params(bits: list[int]) -> list[dict]:
     return out
 
 
+DDG_ACCOUNTING = ((100, 50, 15), (100, 100, 15), (1000, 100, 100), (1000, 10, 500))
+
+
+def bench_ddg_accounting(bits: list[int]) -> list[dict]:
+    """Accounting only, ``cnn``-sized updates, epsilon 8, delta 1e-5, fixed sampling, t = 60%.
+
+    For each (clients N, per round m, rounds R): the server placement's noise multiplier, the
+    distributed mechanism's, its epsilon against the server and against model observers, and
+    the noise std on the summed update over C with all m present.
+    """
+    import math
+
+    from fed8.privacy.accounting import PrivacySpec, calibrate_noise_multiplier
+    from fed8.privacy.ddg import calibrate_ddg
+
+    out = []
+    for n, m, rounds in DDG_ACCOUNTING:
+        z_server = calibrate_noise_multiplier(PrivacySpec("central", "fixed", n, float(m), 1e-5), 8.0, rounds)
+        d = calibrate_ddg(8.0, rounds, 1e-5, dim=CNN_PARAMS, bits=bits[0], beta=math.exp(-0.5), gamma=0.0,
+                          shares=math.ceil(0.6 * m), clip_norm=1.0, sampling="fixed", num_clients=n,
+                          clients_per_round=float(m))
+        row = {"clients": n, "per_round": m, "rounds": rounds, "server_placement_z": z_server,
+               "distributed_z": d.noise_multiplier, "eps_against_server": d.epsilon_server(rounds, 1e-5),
+               "eps_against_model_observers": d.epsilon_observers(rounds, 1e-5),
+               "rounds_joined_bound": d.rounds_joined_bound(rounds, 1e-5),
+               "distributed_noise_over_clip_all_present": math.sqrt(m * d.sigma2) * d.gamma,
+               "rounded_sensitivity_over_clip": d.l2_sensitivity * d.gamma}
+        print(json.dumps(row), flush=True)
+        out.append(row)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--part", choices=["dp", "secagg", "both", "secagg-accuracy", "scale", "ddg", "ddg-upload",
-                                       "ddg-params"],
+                                       "ddg-params", "ddg-accounting"],
                     default="both")
     ap.add_argument("--bits", type=int, nargs="+", default=[17], help="parts ddg, ddg-upload: privacy.ddg_bits")
     ap.add_argument("--server-z", type=float, help="part ddg: skip the server run, use this noise multiplier")
@@ -314,6 +347,8 @@ def main() -> None:
         rows["ddg"] = bench_ddg(a.threads, a.bits, a.server_z, a.same_noise_only)
     if a.part == "ddg-params":
         rows["ddg_params"] = bench_ddg_params(a.bits)
+    if a.part == "ddg-accounting":
+        rows["ddg_accounting"] = bench_ddg_accounting(a.bits)
     if a.part == "ddg-upload":
         rows["ddg_upload"] = bench_ddg_upload(a.n, a.bits)
     if a.json:

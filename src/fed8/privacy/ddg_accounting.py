@@ -21,7 +21,9 @@ for any mechanism with RDP curve ``eps(l)`` at integer orders do, as the paper's
 accounting code uses them:
 
 * Poisson sampling with rate ``q`` (add/remove adjacency), Zhu and Wang 2019 ("Poisson
-  Subsampled Renyi Differential Privacy", ICML, the general upper bound):
+  Subsampled Renyi Differential Privacy", ICML, the general upper bound). A run's mechanism
+  does not use it: under Poisson sampling the number of noise shares, which the sum reveals,
+  depends on who was sampled (:mod:`.ddg` refuses it):
 
       eps'(a) = 1/(a-1) log( (1-q)^(a-1) (a q - q + 1) + C(a,2) q^2 (1-q)^(a-2) e^eps(2)
                              + 3 sum_{l=3}^{a} C(a,l) q^l (1-q)^(a-l) e^((l-1) eps(l)) );
@@ -33,7 +35,9 @@ accounting code uses them:
       eps'(a) = 1/(a-1) log( 1 + g^2 C(a,2) min(4 (e^eps(2) - 1), 2 e^eps(2))
                              + 2 sum_{j=3}^{a} g^j C(a,j) e^((j-1) eps(j)) ),
 
-each capped by the unsampled ``eps(a)``. ``T`` rounds compose by adding RDP; the
+each capped by the unsampled ``eps(a)``. Against a party that sees who took part in each round
+there is no amplification: :func:`participation_bound` bounds how many rounds a client joins.
+``T`` rounds compose by adding RDP; the
 conversion to ``(epsilon, delta)`` is ``dp-accounting``'s
 (:func:`dp_accounting.rdp.compute_epsilon`). The sensitivities after conditional rounding are
 ``Delta_2 = sqrt(norm_bound)`` (:func:`fed8.privacy.ddg_encode.norm_bound`) and ``Delta_1 <=
