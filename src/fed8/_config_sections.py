@@ -379,7 +379,8 @@ class RunConfig:
         "CPU promise", choices=("auto", "cpu", "cuda"))
     client_batching: str = _key(
         "off", "train a round's sampled clients together with torch.func (vmap over clients, masked ragged "
-        "clients): auto (batched where the model allows: no BatchNorm; else sequential, reason logged once) | off "
+        "clients; a round whose clients each take one local step, under a plain weighted mean, as one pass): auto "
+        "(batched where the model allows: no BatchNorm; else sequential, reason logged once) | off "
         "(one client after another, bit-identical to fed8 federation)", choices=("auto", "off"))
     client_batch_size: int = _key(
         0, "clients per batched chunk; 0 = auto (per-client state of the chunk within 192 MiB)", ge=0)

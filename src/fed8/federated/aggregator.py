@@ -16,12 +16,15 @@ never branches on them, and no wrapper fakes a round for the one it wraps.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import torch
 
 from ..errors import EmptyRoundError, ParameterError
 from .client import ClientUpdate
+
+if TYPE_CHECKING:
+    from .cohort import CohortUpdate
 
 __all__ = ["Aggregator", "AggregatorWrapper", "Total", "WeightedMean", "WeightedSum", "samples_weight"]
 
@@ -80,6 +83,14 @@ class Aggregator:
     def add(self, update: ClientUpdate) -> None:
         raise NotImplementedError
 
+    def cohort_weight(self) -> Callable[[int], float] | None:
+        """``w_k`` of a client with ``n_k`` samples if this aggregator takes clients already averaged
+        (:meth:`add_cohort`, :mod:`fed8.federated.cohort`), else None: it needs every update."""
+        return None
+
+    def add_cohort(self, cohort: "CohortUpdate") -> None:
+        raise NotImplementedError(f"{type(self).__name__} needs every client's update; it takes no cohort.")
+
     def result(self, params: Mapping[str, torch.Tensor]) -> Tensors:
         """The round's mean update; :class:`EmptyRoundError` if there is nothing to aggregate."""
         raise NotImplementedError
@@ -112,6 +123,14 @@ class WeightedMean(Aggregator):
 
     def add(self, update: ClientUpdate) -> None:
         self.add_weighted(update.client, update.delta, self.weight(update.num_samples))
+
+    def cohort_weight(self) -> Callable[[int], float]:
+        return self.weight
+
+    def add_cohort(self, cohort: "CohortUpdate") -> None:
+        """Clients already averaged with :meth:`cohort_weight`: their mean enters with their total weight."""
+        self._sum.add(cohort.mean, cohort.weight)
+        self.num_updates += len(cohort.clients)
 
     def add_weighted(self, client: int, tensors: Mapping[str, torch.Tensor], weight: float, bit: int = 0) -> None:
         self._sum.add(tensors, weight)

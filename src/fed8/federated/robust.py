@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ..errors import EmptyRoundError
+from ..errors import EmptyRoundError, ParameterError
 from ..privacy.dp import clip_by_norm
 from .aggregator import Aggregator, AggregatorWrapper, Tensors
 from .client import ClientUpdate
@@ -67,6 +67,17 @@ class ValidateUpdates(AggregatorWrapper):
         if update.num_samples < 0:
             return f"negative sample count {update.num_samples}"
         return None
+
+    def cohort_weight(self):
+        return self.inner.cohort_weight()
+
+    def add_cohort(self, cohort) -> None:
+        """Clients already averaged (:mod:`fed8.federated.cohort`); the transport sends one only when it is finite."""
+        why = self.problem(ClientUpdate(-1, cohort.mean, sum(cohort.num_samples), 0.0))
+        if why is not None:
+            raise ParameterError(f"round {self.rnd}: a cohort of {len(cohort.clients)} clients reached validation "
+                                 f"with a bad mean ({why}); a transport must send such a round client by client.")
+        self.inner.add_cohort(cohort)
 
     def add(self, update: ClientUpdate) -> None:
         if isinstance(update, MaskedInput):  # only its client can see it; the client validated it

@@ -30,6 +30,7 @@ from ..errors import EmptyRoundError, SecAggError
 from ..privacy.randomness import PrivacyRandomness
 from .aggregator import Aggregator
 from .client import ClientUpdate
+from .cohort import CohortUpdate
 from .optimizer import ServerOptimizer
 from .record import RoundRecord
 from .sampling import sample_clients
@@ -43,13 +44,14 @@ Tensors = dict[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class Reply:
-    """One client's decoded update, the bytes its upload took, and any downlink bytes sent late.
+    """One client's decoded update (or a round's clients already averaged, :class:`CohortUpdate`), the bytes
+    its upload took, and any downlink bytes sent late.
 
     ``downlink_bytes``: bytes the transport had to send this client after the broadcast
     (e.g. a catch-up copy of the reference model a SuperNode lost); counted in the round.
     """
 
-    update: ClientUpdate
+    update: ClientUpdate | CohortUpdate
     uplink_bytes: int
     downlink_bytes: int = 0
 
@@ -130,13 +132,18 @@ class RoundLoop:
         self.aggregator.begin(rnd, sampled)
         down = self.transport.broadcast(rnd, state, sampled)
         loss_sum, n_sum, up = 0.0, 0, 0
-        for reply in self.transport.collect(rnd, sampled):
+        for reply in self._replies(rnd, sampled):
             u = reply.update
             up += reply.uplink_bytes
             down += reply.downlink_bytes
-            loss_sum += u.train_loss * u.num_samples
-            n_sum += u.num_samples
-            self.aggregator.add(u)
+            if isinstance(u, CohortUpdate):  # clients already averaged (fed8.federated.cohort)
+                loss_sum += sum(loss * n for loss, n in zip(u.train_losses, u.num_samples))
+                n_sum += sum(u.num_samples)
+                self.aggregator.add_cohort(u)
+            else:
+                loss_sum += u.train_loss * u.num_samples
+                n_sum += u.num_samples
+                self.aggregator.add(u)
             del reply, u  # streaming: at most one update alive at a time
         aborted = None
         try:
@@ -157,6 +164,18 @@ class RoundLoop:
             rec = rec.with_eval(self.evaluate(new_state))
         rec.seconds = time.perf_counter() - t0
         return new_state, rec
+
+    def _replies(self, rnd: int, sampled: Sequence[int]) -> Iterator[Reply]:
+        """The round's replies: one cohort where the aggregator takes one and the transport can make it
+        (an optional ``collect_cohort(rnd, clients, weight) -> Reply | None``), else one per client."""
+        weight = self.aggregator.cohort_weight()
+        make = getattr(self.transport, "collect_cohort", None)
+        if weight is not None and make is not None and sampled:
+            reply = make(rnd, sampled, weight)
+            if reply is not None:
+                yield reply
+                return
+        yield from self.transport.collect(rnd, sampled)
 
     def server_state(self) -> Tensors:
         """Everything the server checkpoints besides the model: aggregator, optimizer and transport state."""

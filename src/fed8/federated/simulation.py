@@ -15,6 +15,7 @@ committed rounds and redraws the rest.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
@@ -160,6 +161,36 @@ class InProcessTransport:
             delta, nbytes = self.wire.upload(rnd, k, update.delta)
             yield Reply(ClientUpdate(k, delta, update.num_samples, update.train_loss), nbytes)
             del update, delta
+
+    def collect_cohort(self, rnd: int, clients: Sequence[int], weight: Callable[[int], float]) -> Reply | None:
+        """The round's clients in one pass (:mod:`fed8.federated.cohort`), or None where that does not apply.
+
+        Only with client batching on, no worker ranks, no client hooks and float32 uploads without
+        error feedback; None too when the pass is not finite (then each client's update is
+        trained and validated on its own, so a bad client is rejected, not the round).
+        """
+        from .cohort import cohort_blocker, train_cohort
+
+        if (self.client_batch_size == 1 or self.workers is not None or self.client_hooks
+                or self.wire.uplink.name != "float32" or self.wire.feedback is not None):
+            return None
+        data = [self.clients[k] for k in clients]
+        why = cohort_blocker(self.model, data, self.local)
+        if why is not None or sum(weight(d.num_train) for d in data) <= 0:
+            return None
+        received = self._received
+        if self.device.type != "cpu":
+            received = {k: v.to(self.device) for k, v in received.items()}
+        c = train_cohort(self.model, received, data, self.local, weight=weight, clients=clients)
+        if not all(bool(torch.isfinite(v.sum())) for v in c.mean.values()):
+            log.info("round %d: the one-pass mean is not finite; training the clients one by one", rnd)
+            return None
+        if self.device.type != "cpu":
+            c = dataclasses.replace(c, mean={k: v.cpu() for k, v in c.mean.items()})
+        if not getattr(self, "_told_cohort", False):
+            log.info("every client takes one local step: each round's clients train as one pass (FedSGD's identity)")
+            self._told_cohort = True
+        return Reply(c, self.wire.uplink.size(c.mean) * len(clients))
 
     def evaluate_clients(self, state: Mapping[str, torch.Tensor]) -> dict:
         self.model.load_state_dict(state)
