@@ -15,7 +15,7 @@ Prints per setting: seconds per round (median of rounds 2..R), seconds per clien
 RSS; the last line is JSON.
 
     python bench/scale.py                    # all settings, 4 rounds, client_batching off
-    python bench/scale.py --rounds 3 --settings 100,300 --batching auto
+    python bench/scale.py --rounds 3 --settings 100,300 --batching off,auto   # both modes, interleaved
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def run(name: str, rounds: int, batching: str, tmp: Path) -> dict:
         sets += ["data.source=npz", f"data.path={npz}"]
     else:
         sets += [f"data.subset={clients * per}"]
-    p = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(sets), str(tmp / name)], stdout=subprocess.PIPE,
+    p = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(sets), str(tmp / f"{name}-{batching}")], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     _, status, ru = os.wait4(p.pid, 0)
     out, err = p.stdout.read(), p.stderr.read()
@@ -90,16 +90,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--settings", default=",".join(SETTINGS))
-    ap.add_argument("--batching", choices=("off", "auto"), default="off")
+    ap.add_argument("--batching", default="off",
+                    help="comma-separated run.client_batching values (off, auto), run one after the other per setting")
     a = ap.parse_args()
     if a.rounds < 2:
         ap.error("--rounds must be >= 2 (round 1 is warm-up)")
+    modes = [m.strip() for m in a.batching.split(",")]
+    if not set(modes) <= {"off", "auto"}:
+        ap.error(f"--batching takes off and/or auto; got {a.batching!r}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in a.settings.split(","):
-            rows.append(run(name.strip(), a.rounds, a.batching, Path(tmp)))
-            print(json.dumps(rows[-1]), flush=True)
-    print(json.dumps({"rounds": a.rounds, "batching": a.batching, "rows": rows}))
+            for mode in modes:  # interleaved: the modes of a setting run back to back, under the same load
+                rows.append({**run(name.strip(), a.rounds, mode, Path(tmp)), "batching": mode})
+                print(json.dumps(rows[-1]), flush=True)
+    print(json.dumps({"rounds": a.rounds, "batching": modes, "rows": rows}))
 
 
 if __name__ == "__main__":

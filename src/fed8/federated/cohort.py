@@ -37,7 +37,7 @@ from .client import ClientData, LocalTraining, trainable_keys
 
 __all__ = ["CohortUpdate", "cohort_blocker", "train_cohort"]
 
-CHUNK_SAMPLES = 512  # samples per forward/backward: bounds the activations' memory
+CHUNK_SAMPLES = 256  # samples per forward/backward: bounds the activations' memory (128-800 ran alike here)
 
 
 @dataclass(frozen=True)
