@@ -9,6 +9,10 @@ Round r (1-based)::
     w, s    = optimizer.apply(s, w, Delta)   FedAvg, FedAvgM, FedAdam over the explicit state s
     metrics = evaluate(w) every eval_every rounds (server eval split + every client's own data)
 
+Where the aggregator is a plain weighted mean and the transport can average the round's
+clients itself (one-step clients in one pass, :mod:`fed8.federated.cohort`), a single
+:class:`~fed8.federated.cohort.CohortUpdate` reply stands for all of them.
+
 A round with nothing to aggregate (no client sampled, every update rejected, a secure
 round that lost too many clients) is abandoned and the model kept, except under DP,
 where the aggregator releases the noised zero sum instead. Transports
@@ -57,7 +61,12 @@ class Reply:
 
 
 class Transport(Protocol):
-    """How the server reaches the clients: broadcast, local training, upload, evaluation."""
+    """How the server reaches the clients: broadcast, local training, upload, evaluation.
+
+    Optional: ``collect_cohort(rnd, clients, weight) -> Reply | None``, the round's clients
+    already averaged with the aggregator's ``weight`` (a :class:`CohortUpdate` reply), or None
+    to fall back to :meth:`collect` (:class:`RoundLoop` asks only where the aggregator takes one).
+    """
 
     def broadcast(self, rnd: int, state: Mapping[str, torch.Tensor], clients: Sequence[int]) -> int:
         """Send the global model to ``clients``; returns the downlink bytes."""
