@@ -107,7 +107,8 @@ class TrainConfig:
     )
     sampling: str = _key(
         "fixed", "client sampling: fixed (round(fraction * clients) per round, without replacement) | "
-        "poisson (each client joins with probability fraction; the DP accountant matches it)",
+        "poisson (each client joins with probability fraction; the DP accountant matches it; not with "
+        "privacy.noise_placement = distributed)",
         choices=("fixed", "poisson"))
 
 
