@@ -8,7 +8,9 @@ each against its own interleaved plain loop. Both implementations run
 in this one process, alternating round by round (fed8 round r, then plain round r),
 so machine noise hits both alike. fed8's time per round is everything `fed8.run`
 does between rounds: sampling, client training, aggregation, metrics and checkpoint
-writes (and evaluation on the last round, which the plain loop also does).
+writes (and evaluation on the last round, which the plain loop also does). The quantize stage
+that ends a `fed8 run` is off: the plain loop and the peers have none (it is measured in Q1
+and DEFAULT RUN), and it would put ONNX Runtime's and LiteRT's memory in fed8's peak RSS.
 
 Prints seconds per round (median of rounds 2..R) and the ratio fed8 / plain; the
 last line of each thread setting is JSON.
@@ -108,7 +110,7 @@ def bench(threads: int, rounds: int, clients: int, workload: str = "W1", mode: s
         "run.client_batching=" + ("auto" if mode == "batched" else "off"),
         "data.partition=iid", f"data.num_clients={clients}", "data.test_fraction=0.0",
         f"train.rounds={rounds}", "train.fraction=1.0", "train.local_epochs=1", "train.batch_size=10",
-        "train.lr=0.05", "train.momentum=0.0", "eval.every=0", f"run.threads={threads}",
+        "train.lr=0.05", "train.momentum=0.0", "eval.every=0", f"run.threads={threads}", "quantize.enabled=false",
     ])
     xs, ys, ex, _, state = plain_data(clients, workload)
     model = build_model("cnn", in_channels=1, height=28, width=28, num_classes=10, seed=derive_seed(0, INIT))
