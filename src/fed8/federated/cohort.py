@@ -114,5 +114,4 @@ def train_cohort(model: nn.Module, global_state: Mapping[str, torch.Tensor], dat
     for p in params:
         p.grad = None
     counts = torch.tensor(sizes, dtype=dtype, device=dev).clamp(min=1)
-    mean_losses = (losses / counts).tolist()
-    return CohortUpdate(tuple(clients), mean, total_w, tuple(sizes), tuple(float(v) for v in mean_losses))
+    return CohortUpdate(tuple(clients), mean, total_w, tuple(sizes), tuple((losses / counts).tolist()))

@@ -117,8 +117,7 @@ class InProcessTransport:
     def local_updates(self, rnd: int, received: Mapping[str, torch.Tensor],
                       clients: Sequence[int]) -> Iterator[ClientUpdate]:
         """``clients``' updates trained here from ``received``: one by one, or chunk by chunk when batching applies."""
-        if self.device.type != "cpu":  # the round's model moves once, not per client
-            received = {k: v.to(self.device) for k, v in received.items()}
+        received = self._on_device(received)  # the round's model moves once, not per client
         chunk = self.client_batch_size
         if chunk != 1:
             from .batched import auto_chunk, batching_blocker
@@ -162,6 +161,10 @@ class InProcessTransport:
             yield Reply(ClientUpdate(k, delta, update.num_samples, update.train_loss), nbytes)
             del update, delta
 
+    def _on_device(self, state: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+        """``state`` on the training device (itself on the CPU)."""
+        return state if self.device.type == "cpu" else {k: v.to(self.device) for k, v in state.items()}
+
     def collect_cohort(self, rnd: int, clients: Sequence[int], weight: Callable[[int], float]) -> Reply | None:
         """The round's clients in one pass (:mod:`fed8.federated.cohort`), or None where that does not apply.
 
@@ -178,10 +181,7 @@ class InProcessTransport:
         why = cohort_blocker(self.model, data, self.local)
         if why is not None or sum(weight(d.num_train) for d in data) <= 0:
             return None
-        received = self._received
-        if self.device.type != "cpu":
-            received = {k: v.to(self.device) for k, v in received.items()}
-        c = train_cohort(self.model, received, data, self.local, weight=weight, clients=clients)
+        c = train_cohort(self.model, self._on_device(self._received), data, self.local, weight=weight, clients=clients)
         if not all(bool(torch.isfinite(v.sum())) for v in c.mean.values()):
             log.info("round %d: the one-pass mean is not finite; training the clients one by one", rnd)
             return None
