@@ -4,6 +4,16 @@ import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+
+def pytest_collection_modifyitems(config, items):
+    """Run the tests marked ``slow`` first (stable order otherwise).
+
+    Under ``pytest -n auto`` (pytest-xdist, the README's test command) the long end-to-end runs
+    then start at once on the workers and the short tests fill in around them, instead of one
+    long test starting last and running alone.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
 # Small, fast settings for end-to-end runs: 600 MNIST images, 4 clients, 2 rounds.
 SMALL = [
     "data.subset=600", "data.num_clients=4", "train.rounds=2", "train.local_epochs=1",

@@ -165,6 +165,7 @@ def _strip(rows):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
+@pytest.mark.slow
 def test_compressed_run_counts_real_bytes_and_resumes_bit_identical(tmp_path, small, monkeypatch):
     from fed8.compression.wire import Wire
 

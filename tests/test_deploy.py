@@ -149,6 +149,7 @@ def test_errors(tmp_path, small):
         quantize_run(tmp_path / "unfinished")
 
 
+@pytest.mark.slow
 def test_run_with_quantize_stage(tmp_path, small):
     cfg = fed8.load_config(None, small + ["quantize.enabled=true", "data.subset=1000", "train.rounds=3"])
     res = fed8.run(cfg, out=tmp_path / "r")

@@ -45,6 +45,7 @@ def _metrics(run_dir):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
+@pytest.mark.slow
 def test_two_workers_give_the_single_process_run_bit_for_bit_and_resume(tmp_path):
     sets = [a for s in SETS for a in ("--set", s)]
     assert main(["run", "--out", str(tmp_path / "one"), "--no-report", *sets]) == 0

@@ -36,6 +36,7 @@ def _processes_of(home: Path) -> list[int]:
     return out
 
 
+@pytest.mark.slow
 def test_federation_gives_the_simulation_model_and_leaves_no_process(tmp_path, capsys):
     sets = [a for s in RICH + DEPLOY for a in ("--set", s)]
     assert main(["federation", "--out", str(tmp_path / "fed")] + sets) == 0
@@ -134,6 +135,7 @@ def test_ctrl_c_stops_every_process_and_resume_finishes_the_same_model(tmp_path)
     assert len(sim.metrics) == 3
 
 
+@pytest.mark.slow
 def test_a_server_error_stops_every_process_and_says_where_the_logs_are(tmp_path, capsys):
     sets = [a for s in SMALL + ["data.source=npz", f"data.path={tmp_path / 'missing.npz'}"] for a in ("--set", s)]
     assert main(["federation", "--out", str(tmp_path / "bad")] + sets) == 1  # the ServerApp fails on the data

@@ -69,6 +69,7 @@ def test_fp8_linear_on_the_gpu_matches_the_cpu_numbers():
     assert (gpu - cpu).abs().max() <= 1e-3 * cpu.abs().max()
 
 
+@pytest.mark.slow
 def test_quantize_stage_builds_torch_fp8_and_says_it_is_not_timed_without_fp8_cores(tmp_path, small, capsys):
     import json
 

@@ -131,6 +131,7 @@ def test_odd_channel_counts(tmp_path):
 
 
 @needs_litert
+@pytest.mark.slow
 def test_quantize_stage_rows_report_and_predict(tmp_path, small, capsys):
     from PIL import Image
 

@@ -77,6 +77,7 @@ def test_predict_on_openvino(models, tmp_path, capsys):
         assert [p for _, p in a["top"]] == pytest.approx([p for _, p in b["top"]], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_quantize_stage_measures_openvino(tmp_path, small, monkeypatch):
     pytest.importorskip("openvino")
     cfg = fed8.load_config(None, small + ["quantize.enabled=false", "data.subset=600", "train.rounds=1"])

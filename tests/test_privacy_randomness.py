@@ -60,6 +60,7 @@ def test_knowing_the_seed_does_not_remove_the_noise():
     assert err > 0.5 * 5.0 * math.sqrt(2 * 20_000)  # ~ sqrt(2) x the noise norm: nothing recovered
 
 
+@pytest.mark.slow
 def test_dp_runs_draw_fresh_noise_unless_the_insecure_opt_in(tmp_path, small):
     runs = {}
     for name, extra in [("a", []), ("b", []), ("c", ["privacy.insecure_reproducible_noise=true"]),
@@ -212,6 +213,7 @@ def test_resume_without_a_committed_checkpoint_is_refused_and_changes_nothing(tm
     assert after == before
 
 
+@pytest.mark.slow
 def test_secure_aggregation_alone_adapts_its_clip_bound_and_reports_the_clipped_fraction(tmp_path, small):
     sec = ["privacy.secure_aggregation=true", "train.rounds=4", "privacy.clip_norm=0.05"]
     r = fed8.run(fed8.load_config(None, small + sec), out=tmp_path / "a", report=False)

@@ -191,6 +191,7 @@ def test_secagg_round_with_too_few_survivors_is_abandoned(tmp_path, small):
     assert all("fewer than the threshold" in row["aborted"] for row in r.metrics)
 
 
+@pytest.mark.slow
 def test_dp_with_secure_aggregation_resumes_bit_identical(tmp_path, small):
     from fed8.rundir import RunDir
 
