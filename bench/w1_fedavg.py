@@ -3,7 +3,8 @@
 W1: MNIST-10k train split (8000 images), 100 IID clients of 80 images, every client every
 round, E=1, B=10, plain SGD lr 0.05, model `cnn`, 5 rounds. S8: the same with 800 train
 images (8 per client), where per-client overhead dominates. fed8 runs in each client
-mode asked for (``--modes sequential,batched``: ``run.client_batching = off`` / ``auto``),
+mode asked for (``--modes sequential,batched,vmap``: ``run.client_batching = off`` / ``auto`` /
+``on``),
 each against its own interleaved plain loop. Both implementations run
 in this one process, alternating round by round (fed8 round r, then plain round r),
 so machine noise hits both alike. fed8's time per round is everything `fed8.run`
@@ -102,12 +103,15 @@ def run_peer(name: str, threads: int, rounds: int, clients: int, workload: str) 
     return row
 
 
+MODES = {"sequential": "off", "batched": "auto", "vmap": "on"}  # --modes: run.client_batching
+
+
 def bench(threads: int, rounds: int, clients: int, workload: str = "W1", mode: str = "sequential",
           device: str = "cpu") -> dict:
     torch.set_num_threads(threads)
     subset = 800 if workload == "S8" else 0
     cfg = fed8.load_config(None, [f"data.subset={subset}", f"run.device={device}",
-        "run.client_batching=" + ("auto" if mode == "batched" else "off"),
+        "run.client_batching=" + MODES[mode],
         "data.partition=iid", f"data.num_clients={clients}", "data.test_fraction=0.0",
         f"train.rounds={rounds}", "train.fraction=1.0", "train.local_epochs=1", "train.batch_size=10",
         "train.lr=0.05", "train.momentum=0.0", "eval.every=0", f"run.threads={threads}", "quantize.enabled=false",
@@ -155,7 +159,7 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--workload", choices=("W1", "S8"), default="W1")
-    ap.add_argument("--modes", default="sequential", help="comma-separated: sequential, batched")
+    ap.add_argument("--modes", default="sequential", help="comma-separated: sequential, batched, vmap")
     ap.add_argument("--devices", default="cpu", help="comma-separated run.device values for fed8 (cpu, cuda); the "
                     "plain loop stays on the cpu. With cpu and cuda: fed8's cuda / cpu seconds per round")
     ap.add_argument("--peers", default="", help=f"comma-separated peer columns: {', '.join(PEERS)} "
@@ -167,6 +171,8 @@ def main() -> None:
     if a.rounds < 2:
         ap.error("--rounds must be >= 2 (round 1 is warm-up)")
     modes = [m.strip() for m in a.modes.split(",")]
+    if unknown := [m for m in modes if m not in MODES]:
+        ap.error(f"--modes: unknown {', '.join(unknown)}; choose from {', '.join(MODES)}")
     devices = [d.strip() for d in a.devices.split(",")]
     if devices != ["cpu"]:  # the device comparison: fed8 on each device, each mode; no peers
         for t in (int(s) for s in a.threads.split(",")):

@@ -66,15 +66,15 @@ def _model(result):
     return load_tensors(result.run_dir / "model.safetensors")
 
 
-def _w0():
+def _w0(sets=BASE):
     from fed8.stages.federation import load_federation
 
-    return load_federation(fed8.load_config(None, BASE)).model.state_dict()
+    return load_federation(fed8.load_config(None, sets)).model.state_dict()
 
 
-def _close(a, b, rel):
+def _close(a, b, rel, sets=BASE):
     """``||a - b|| <= rel * ||b - w0||``: the two runs' models differ by at most ``rel`` of what training moved."""
-    w0 = _w0()
+    w0 = _w0(sets)
     num = sum(float((a[k] - b[k]).norm() ** 2) for k in a) ** 0.5
     den = sum(float((b[k] - w0[k]).norm() ** 2) for k in b) ** 0.5
     return num <= rel * den
@@ -117,3 +117,35 @@ def test_features_work_unchanged_on_batched_training(tmp_path, sets, rel):
     seq = fed8.run(fed8.load_config(None, BASE + sets), out=tmp_path / "s", report=False)
     assert _close(_model(bat), _model(seq), rel)
     assert [r["uplink_bytes"] for r in bat.metrics] == [r["uplink_bytes"] for r in seq.metrics]
+
+
+def test_batching_slower_flags_overlapping_convolutions_on_the_cpu_only():
+    from fed8.federated.batched import batching_slower
+    from fed8.models import build_model
+
+    def model(name):
+        return build_model(name, in_channels=1, height=28, width=28, num_classes=10, seed=0)
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert "grouped convolution" in batching_slower(model("cnn"), cpu)
+    assert batching_slower(model("cnn"), cuda) is None  # nothing measured on a GPU: not ruled out
+    assert batching_slower(model("mlp"), cpu) is None
+    assert batching_slower(model("vit_tiny"), cpu) is None  # its patch embedding does not overlap (kernel = stride)
+
+
+def test_auto_trains_a_cnn_one_by_one_on_the_cpu_and_on_batches_it(tmp_path, caplog, monkeypatch):
+    import fed8.federated.batched as batched
+
+    sets = BASE + ["model.name=cnn", "data.subset=60", "data.num_clients=4", "train.rounds=1", "run.client_batch_size=2"]
+    calls = []
+    real = batched.train_clients_batched
+    monkeypatch.setattr(batched, "train_clients_batched", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with caplog.at_level(logging.INFO, logger="fed8"):
+        auto = fed8.run(fed8.load_config(None, sets + ["run.client_batching=auto"]), out=tmp_path / "a", report=False)
+    assert calls == [] and sum("client batching is off for this model: on the CPU" in r.message
+                               for r in caplog.records) == 1
+    off = fed8.run(fed8.load_config(None, sets + ["run.client_batching=off"]), out=tmp_path / "o", report=False)
+    assert (auto.run_dir / "model.safetensors").read_bytes() == (off.run_dir / "model.safetensors").read_bytes()
+    on = fed8.run(fed8.load_config(None, sets + ["run.client_batching=on"]), out=tmp_path / "b", report=False)
+    assert len(calls) == 2  # 4 clients in chunks of 2
+    assert _close(_model(on), _model(off), 1e-4, sets)

@@ -379,10 +379,11 @@ class RunConfig:
         "server side (aggregation, DP, secure aggregation, codecs) runs on the CPU. Bit-identical repeats are a "
         "CPU promise", choices=("auto", "cpu", "cuda"))
     client_batching: str = _key(
-        "off", "train a round's sampled clients together with torch.func (vmap over clients, masked ragged "
-        "clients; a round whose clients each take one local step, under a plain weighted mean, as one pass): auto "
-        "(batched where the model allows: no BatchNorm; else sequential, reason logged once) | off "
-        "(one client after another, bit-identical to fed8 federation)", choices=("auto", "off"))
+        "off", "train a round's sampled clients together: a round whose clients each take one local step, under a "
+        "plain weighted mean, as one pass; otherwise torch.func (vmap over clients, masked ragged clients). auto "
+        "(both where the model allows, no BatchNorm, and vmap only where it is faster: not for convolutional "
+        "models on the CPU; else sequential, reason logged once) | on (vmap wherever the model allows) | off "
+        "(one client after another, bit-identical to fed8 federation)", choices=("auto", "on", "off"))
     client_batch_size: int = _key(
         0, "clients per batched chunk; 0 = auto (per-client state of the chunk within 192 MiB)", ge=0)
     out: str = _key(

@@ -68,7 +68,11 @@ class InProcessTransport:
         1: clients one after another (:func:`~fed8.federated.client.train_client`); > 1, or
         0 for an automatic size: chunks of clients trained together
         (:func:`~fed8.federated.batched.train_clients_batched`), falling back to one by one
-        (reason logged once) for models it cannot batch.
+        (reason logged once) for models it cannot batch, and for models that train slower
+        batched on ``device`` (:func:`~fed8.federated.batched.batching_slower`) unless
+        ``batch_when_slower``.
+    batch_when_slower
+        Batch those too (``run.client_batching = "on"``).
     workers
         :class:`~fed8.federated.distributed.Workers`: the clients' training sharded over the
         ranks of a ``torch.distributed`` group (this process is rank 0); None: all here.
@@ -86,6 +90,7 @@ class InProcessTransport:
     client_hooks: Sequence[ClientHook] = ()
     eval_batch_size: int = 500
     client_batch_size: int = 1  # > 1 or 0 (auto): train chunks of clients together (fed8.federated.batched)
+    batch_when_slower: bool = False  # batch models that batching_blocker allows but batching_slower flags
     workers: "Workers | None" = None  # worker ranks of a torch.distributed group (fed8.federated.distributed)
     device: torch.device = torch.device("cpu")
 
@@ -120,9 +125,11 @@ class InProcessTransport:
         received = self._on_device(received)  # the round's model moves once, not per client
         chunk = self.client_batch_size
         if chunk != 1:
-            from .batched import auto_chunk, batching_blocker
+            from .batched import auto_chunk, batching_blocker, batching_slower
 
             why = batching_blocker(self.model)
+            if why is None and not self.batch_when_slower:
+                why = batching_slower(self.model, self.device)
             if why is not None:
                 if not getattr(self, "_told", False):
                     log.info("client batching is off for this model: %s; clients train one after another", why)
@@ -212,7 +219,7 @@ class Simulation(RoundLoop):
 
     Parameters
     ----------
-    model, clients, local, wire, client_hooks, client_batch_size
+    model, clients, local, wire, client_hooks, client_batch_size, batch_when_slower
         As for :class:`InProcessTransport`.
     eval_x, eval_y
         The server's eval split.
@@ -230,10 +237,10 @@ class Simulation(RoundLoop):
                  eval_batch_size: int = 500, seed: int = 0, wire: "Wire | None" = None,
                  client_hooks: Sequence[ClientHook] = (),
                  sampling_randomness: PrivacyRandomness | None = None, client_batch_size: int = 1,
-                 device: torch.device | None = None) -> None:
+                 batch_when_slower: bool = False, device: torch.device | None = None) -> None:
         device = device if device is not None else torch.device("cpu")
         transport = InProcessTransport(model, clients, local, seed, wire, client_hooks, eval_batch_size,
-                                       client_batch_size, device=device)
+                                       client_batch_size, batch_when_slower, device=device)
         eval_x, eval_y = eval_x.to(device), eval_y.to(device)
         self.model, self.clients, self.eval_x, self.eval_y = model, clients, eval_x, eval_y
         self.eval_batch_size = eval_batch_size

@@ -178,5 +178,6 @@ def prepare(cfg: Config, residuals: Path | None = None):
                          dp=cfg.privacy.dp != "none", insecure_reproducible=cfg.privacy.insecure_reproducible_noise,
                          seed=cfg.run.seed),
                      client_batch_size=1 if cfg.run.client_batching == "off" else cfg.run.client_batch_size,
+                     batch_when_slower=cfg.run.client_batching == "on",
                      device=resolve_device(cfg.run.device))
     return Prepared(cfg, sim, state, fed.partition, fed.classes, fed.input_shape, count_parameters(model), plan)
