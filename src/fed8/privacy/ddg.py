@@ -62,7 +62,7 @@ from .ddg_accounting import ddg_epsilon, participation_bound
 from .ddg_encode import conditional_round, norm_bound
 from .discrete_gaussian import MAX_SIGMA2, discrete_gaussian
 
-__all__ = ["DDG", "WRAP_PROBABILITY", "calibrate_ddg", "ddg_for_noise_multiplier"]
+__all__ = ["DDG", "WRAP_PROBABILITY", "calibrate_ddg", "ddg_for_noise_multiplier", "sampling_refusal"]
 
 WRAP_PROBABILITY = 1e-9  # per round, any coordinate: the tail bound that fixes gamma
 _RHO = 2.0  # a coordinate of the real-FFT rotation of v has variance proxy <= 2 ||v||^2 / d
@@ -161,12 +161,19 @@ class DDG:
         return (z & ((1 << self.bits) - 1)).astype(np.uint32)
 
 
+def sampling_refusal(sampling: str) -> str | None:
+    """Why the distributed discrete Gaussian cannot run under ``train.sampling = sampling``, or None."""
+    if sampling == "fixed":
+        return None
+    return (f"train.sampling = {sampling!r} cannot run with privacy.noise_placement = 'distributed': every "
+            "participant adds a share of the noise, so the unmasked sum's noise reveals how many clients took part "
+            "in a round, and the Poisson analysis needs that number hidden. Set train.sampling = 'fixed' (m of N "
+            "clients per round, analysed under replace-one adjacency), or use noise_placement = 'server'.")
+
+
 def _check_sampling(sampling: str, num_clients: int, clients_per_round: float) -> None:
-    if sampling != "fixed":
-        raise ConfigError(
-            f"train.sampling = {sampling!r} cannot run with privacy.noise_placement = 'distributed': every "
-            "participant adds a share of the noise, so the unmasked sum's noise reveals how many clients took "
-            "part, and the Poisson analysis needs that number hidden. Set train.sampling = 'fixed'.")
+    if (why := sampling_refusal(sampling)) is not None:
+        raise ConfigError(why)
     if not 0 < clients_per_round <= num_clients:
         raise ParameterError(f"clients_per_round must be in (0, num_clients = {num_clients}]; got "
                              f"{clients_per_round}.")

@@ -102,12 +102,11 @@ def check_combination(cfg: Config) -> None:
         raise ConfigError(
             "privacy.noise_placement = 'distributed' needs privacy.dp = 'central' and secure_aggregation = true: "
             "without secure aggregation the server would see each client's small share of the noise.")
-    if p.noise_placement == "distributed" and p.dp == "central" and cfg.train.sampling != "fixed":
-        raise ConfigError(
-            f"train.sampling = {cfg.train.sampling!r} cannot run with privacy.noise_placement = 'distributed': every "
-            "participant adds a share of the noise, so the unmasked sum's noise reveals how many clients took part "
-            "in a round, and the Poisson analysis needs that number hidden. Set train.sampling = 'fixed' (m of N "
-            "clients per round, analysed under replace-one adjacency), or use noise_placement = 'server'.")
+    if p.noise_placement == "distributed" and p.dp == "central":
+        from ..privacy.ddg import sampling_refusal
+
+        if (why := sampling_refusal(cfg.train.sampling)) is not None:
+            raise ConfigError(why)
     if p.noise_placement == "distributed" and p.accountant != "rdp":
         raise ConfigError(
             f"privacy.accountant = {p.accountant!r} cannot analyse noise_placement = 'distributed': the distributed "
