@@ -8,13 +8,15 @@ none; a pure-Python spin loop (one core busy); a 2-thread torch matmul loop (alw
 another 2-thread training loop with the default policy; the same with ``PASSIVE`` (e.g.
 another ``fed8`` run). Part ``run``: a short ``fed8.run`` (S8-sized: 100 clients of 8
 images, 3 rounds, no quantize stage; the same launcher for both policies, ``PASSIVE`` being
-what the ``fed8`` command sets and the default what fed8 ran with before) next to nothing
+what the ``fed8`` command sets and the default what fed8 ran with before; ``--parallel``: the
+``run.parallel_clients`` values to run, default 1, one client after another) next to nothing
 and next to each training loop. Competitors are started by this script and stopped after
 each setting. The last line is JSON.
 
     python bench/shared_machine.py                       # both parts
     python bench/shared_machine.py --part step --threads 2 --steps 60
     python bench/shared_machine.py --part step --policies default,PASSIVE,spin=10000
+    python bench/shared_machine.py --part run --parallel 0,1   # parallel clients against one by one
 """
 
 from __future__ import annotations
@@ -96,19 +98,20 @@ def part_step(threads: int, steps: int, policies: list[str | None]) -> dict:
     return rows
 
 
-def part_run(policies: list[str | None]) -> dict:
+def part_run(policies: list[str | None], parallel: list[int]) -> dict:
     rows = {}
     code = "import sys, fed8; fed8.run(fed8.load_config(None, sys.argv[1:]), report=False)"
     with tempfile.TemporaryDirectory() as tmp:
         for competitor in (None, "training loop, PASSIVE", "training loop, default policy"):
             for policy in policies:
-                t0 = time.perf_counter()
-                _next_to(competitor, [sys.executable, "-c", code, *RUN_SETS, f"run.out={tmp}/{len(rows)}"],
-                         _env(policy))
-                s = time.perf_counter() - t0
-                rows[f"{competitor or 'none'} / {policy or 'default'}"] = round(s, 1)
-                print(f"fed8 run next to {competitor or 'nothing':30} our policy {policy or 'default':8} {s:7.1f} s",
-                      flush=True)
+                for p in parallel:
+                    t0 = time.perf_counter()
+                    _next_to(competitor, [sys.executable, "-c", code, *RUN_SETS, f"run.parallel_clients={p}",
+                                          f"run.out={tmp}/{len(rows)}"], _env(policy))
+                    s = time.perf_counter() - t0
+                    rows[f"{competitor or 'none'} / {policy or 'default'} / parallel_clients={p}"] = round(s, 1)
+                    print(f"fed8 run next to {competitor or 'nothing':30} our policy {policy or 'default':8} "
+                          f"parallel_clients={p} {s:7.1f} s", flush=True)
     return rows
 
 
@@ -119,13 +122,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--policies", default="default,PASSIVE",
                     help="comma-separated: default, PASSIVE, ACTIVE, spin=N (GOMP_SPINCOUNT)")
+    ap.add_argument("--parallel", default="1",
+                    help="part run: comma-separated run.parallel_clients values (0 = auto: 2 clients at a time of 1 "
+                         "torch thread each; 1 = one by one)")
     a = ap.parse_args()
     policies = [None if p == "default" else p for p in a.policies.split(",")]
     result = {"threads": a.threads, "steps": a.steps}
     if a.part in ("step", "all"):
         result["ms_per_step"] = part_step(a.threads, a.steps, policies)
     if a.part in ("run", "all"):
-        result["run_seconds"] = part_run(policies)
+        result["run_seconds"] = part_run(policies, [int(p) for p in a.parallel.split(",")])
     print(json.dumps(result))
 
 

@@ -3,9 +3,11 @@
 W1: MNIST-10k train split (8000 images), 100 IID clients of 80 images, every client every
 round, E=1, B=10, plain SGD lr 0.05, model `cnn`, 5 rounds. S8: the same with 800 train
 images (8 per client), where per-client overhead dominates. fed8 runs in each client
-mode asked for (``--modes sequential,batched,vmap``: ``run.client_batching = off`` / ``auto`` /
-``on``),
-each against its own interleaved plain loop. Both implementations run
+mode asked for (``--modes default,one-by-one,batched,vmap``: ``default`` is fed8's defaults,
+``run.client_batching = off`` with ``run.parallel_clients`` automatic (clients trained several at
+a time on threads, one torch thread each, where there are several threads); ``one-by-one`` the
+same with ``run.parallel_clients = 1``; ``batched`` / ``vmap``: ``run.client_batching = auto`` /
+``on``), each against its own interleaved plain loop. Both implementations run
 in this one process, alternating round by round (fed8 round r, then plain round r),
 so machine noise hits both alike. fed8's time per round is everything `fed8.run`
 does between rounds: sampling, client training, aggregation, metrics and checkpoint
@@ -16,10 +18,10 @@ and DEFAULT RUN), and it would put ONNX Runtime's and LiteRT's memory in fed8's 
 Prints seconds per round (median of rounds 2..R) and the ratio fed8 / plain; the
 last line of each thread setting is JSON.
 
-    python bench/w1_fedavg.py                 # W1, threads 1 and 2, sequential clients
-    python bench/w1_fedavg.py --workload S8 --threads 2 --modes sequential,batched
-    python bench/w1_fedavg.py --threads 2 --modes sequential,batched --peers flower,pfl,pfl-2proc
-    python bench/w1_fedavg.py --threads 16 --modes sequential,batched --devices cpu,cuda   # on a GPU machine
+    python bench/w1_fedavg.py                 # W1, threads 1 and 2, fed8's defaults
+    python bench/w1_fedavg.py --workload S8 --threads 2 --modes default,one-by-one,batched
+    python bench/w1_fedavg.py --threads 2 --modes default,one-by-one --peers flower,pfl,pfl-2proc
+    python bench/w1_fedavg.py --threads 16 --modes default,batched --devices cpu,cuda   # on a GPU machine
 
 Peers (``--peers``): each runs in its own venv (``bash bench/peers/make_venvs.sh``) and
 process(es), after fed8's columns, on the same shards, initial weights and
@@ -103,15 +105,16 @@ def run_peer(name: str, threads: int, rounds: int, clients: int, workload: str) 
     return row
 
 
-MODES = {"sequential": "off", "batched": "auto", "vmap": "on"}  # --modes: run.client_batching
+# --modes: the config of each fed8 column
+MODES = {"default": ["run.client_batching=off"], "one-by-one": ["run.client_batching=off", "run.parallel_clients=1"],
+         "batched": ["run.client_batching=auto"], "vmap": ["run.client_batching=on"]}
 
 
-def bench(threads: int, rounds: int, clients: int, workload: str = "W1", mode: str = "sequential",
+def bench(threads: int, rounds: int, clients: int, workload: str = "W1", mode: str = "default",
           device: str = "cpu") -> dict:
     torch.set_num_threads(threads)
     subset = 800 if workload == "S8" else 0
-    cfg = fed8.load_config(None, [f"data.subset={subset}", f"run.device={device}",
-        "run.client_batching=" + MODES[mode],
+    cfg = fed8.load_config(None, [f"data.subset={subset}", f"run.device={device}", *MODES[mode],
         "data.partition=iid", f"data.num_clients={clients}", "data.test_fraction=0.0",
         f"train.rounds={rounds}", "train.fraction=1.0", "train.local_epochs=1", "train.batch_size=10",
         "train.lr=0.05", "train.momentum=0.0", "eval.every=0", f"run.threads={threads}", "quantize.enabled=false",
@@ -159,7 +162,7 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--workload", choices=("W1", "S8"), default="W1")
-    ap.add_argument("--modes", default="sequential", help="comma-separated: sequential, batched, vmap")
+    ap.add_argument("--modes", default="default", help=f"comma-separated: {', '.join(MODES)}")
     ap.add_argument("--devices", default="cpu", help="comma-separated run.device values for fed8 (cpu, cuda); the "
                     "plain loop stays on the cpu. With cpu and cuda: fed8's cuda / cpu seconds per round")
     ap.add_argument("--peers", default="", help=f"comma-separated peer columns: {', '.join(PEERS)} "
@@ -191,7 +194,7 @@ def main() -> None:
         peer_rows = {p: run_peer(p, t, a.rounds, a.clients, a.workload) for p in peers}
         for r in peer_rows.values():
             print(json.dumps(r), flush=True)
-        default = results.get("sequential", next(iter(results.values())))  # the default mode: client_batching off
+        default = results.get("default", next(iter(results.values())))  # fed8's defaults
         print(json.dumps({**default, "ratio": default["ratio"], "modes": {m: r["ratio"] for m, r in results.items()},
                           "peers": {p: r.get("ratio") for p, r in peer_rows.items()}}), flush=True)
 

@@ -264,3 +264,12 @@ def test_a_real_node_trains_and_evaluates_on_its_own_data_path(tmp_path):
     trained = {int(r.content["job"]["client"]): int(r.content["job"]["num_samples"])
                for r in grid.replies if r.metadata.message_type == "train"}
     assert trained == {k: n - n // 4 for k, n in enumerate(sizes)}
+
+
+def test_nodes_train_with_the_simulations_threads_per_client(tmp_path):
+    """Two threads and three clients: the simulation trains two at a time on one torch thread each
+    (fed8.federated.parallel); a local-trial node trains its client on one thread too, so the models are the same."""
+    sets = ["run.threads=2", "model.name=cnn", "train.batch_size=10", "data.subset=150"]
+    fed, _ = _federation(tmp_path, sets)
+    sim = fed8.run(fed8.load_config(None, BASE + sets), out=tmp_path / "sim", report=False)
+    assert (fed / "model.safetensors").read_bytes() == (sim.run_dir / "model.safetensors").read_bytes()

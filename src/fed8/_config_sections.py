@@ -386,6 +386,12 @@ class RunConfig:
         "(one client after another, bit-identical to fed8 federation)", choices=("auto", "on", "off"))
     client_batch_size: int = _key(
         0, "clients per batched chunk; 0 = auto (per-client state of the chunk within 192 MiB)", ge=0)
+    parallel_clients: int = _key(
+        0, "clients trained at the same time on threads of this process, each on threads / parallel_clients torch "
+        "threads (a small client's steps do not fill several cores; one torch thread each avoids OpenMP's barriers). "
+        "0 = auto: min(threads, clients per round) on the CPU (per-client state within 1 GiB), 1 on a GPU; 1 = one "
+        "client after another on every thread. A client's update depends on its thread count, not on what runs beside "
+        "it: runs stay deterministic, and fed8 federation's nodes in local trials train with the same count", ge=0)
     out: str = _key(
         "runs", "parent folder of run directories (each run gets runs/<time>-<model>-<data>)"
     )

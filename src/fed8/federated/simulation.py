@@ -34,6 +34,7 @@ from .round import Reply, RoundLoop
 if TYPE_CHECKING:
     from ..compression.wire import Wire
     from .distributed import Workers
+    from .parallel import ClientThreads
 
 __all__ = ["ClientHook", "InProcessTransport", "Simulation"]
 
@@ -46,7 +47,7 @@ ClientHook = Callable[[int, ClientUpdate], ClientUpdate]
 
 @dataclass
 class InProcessTransport:
-    """All clients in this process, trained one after another.
+    """All clients in this process: trained one after another, several at a time on threads, or batched.
 
     Parameters
     ----------
@@ -80,6 +81,11 @@ class InProcessTransport:
         Where the clients train and the model is evaluated (``fed8._device``): the model
         and every client's images move there once; each update comes back to the CPU before
         its client hooks and the uplink codec, so the server side is the CPU's.
+    parallel_clients, client_threads
+        Clients trained one by one are trained ``parallel_clients`` at a time, each on
+        ``client_threads`` torch threads (:mod:`fed8.federated.parallel`; from
+        :func:`~fed8.federated.parallel.client_parallelism`); 1: one after another on this
+        thread's torch threads.
     """
 
     model: nn.Module
@@ -93,6 +99,8 @@ class InProcessTransport:
     batch_when_slower: bool = False  # batch models that batching_blocker allows but batching_slower flags
     workers: "Workers | None" = None  # worker ranks of a torch.distributed group (fed8.federated.distributed)
     device: torch.device = torch.device("cpu")
+    parallel_clients: int = 1
+    client_threads: int = 1
 
     def __post_init__(self) -> None:
         if self.device.type != "cpu":  # once: the model and every client's images
@@ -138,9 +146,14 @@ class InProcessTransport:
             elif chunk == 0:
                 chunk = auto_chunk(self.model, len(clients))
         if chunk == 1:
-            for k in clients:
-                yield train_client(self.model, received, self.clients[k], self.local,
-                                   generator=torch_generator(self.seed, TRAIN, rnd, k), client=k)
+            def one(model: nn.Module, k: int) -> ClientUpdate:
+                return train_client(model, received, self.clients[k], self.local,
+                                    generator=torch_generator(self.seed, TRAIN, rnd, k), client=k)
+
+            if self.parallel_clients > 1 and len(clients) > 1:
+                yield from self._threads().map(one, clients)
+            else:
+                yield from (one(self.model, k) for k in clients)
             return
         from .batched import train_clients_batched
 
@@ -150,11 +163,23 @@ class InProcessTransport:
                 self.model, received, [self.clients[k] for k in ks], self.local,
                 generators=[torch_generator(self.seed, TRAIN, rnd, k) for k in ks], clients=ks)
 
+    def _threads(self) -> "ClientThreads":
+        """The worker threads of parallel clients, started on first use."""
+        if getattr(self, "_pool", None) is None:
+            from .parallel import ClientThreads
+
+            self._pool = ClientThreads(self.model, workers=self.parallel_clients, threads_per_client=self.client_threads)
+            log.info("clients train %d at a time, %d torch thread(s) each", self.parallel_clients, self.client_threads)
+        return self._pool
+
     def close(self) -> None:
-        """The rounds are over: worker ranks, if any, stop serving."""
+        """The rounds are over: worker ranks, if any, stop serving; client threads, if any, stop."""
         if self.workers is not None:
             self.workers.stop()
             self.workers = None
+        if getattr(self, "_pool", None) is not None:
+            self._pool.close()
+            self._pool = None
 
     def collect(self, rnd: int, clients: Sequence[int]) -> Iterator[Reply]:
         for update in self._updates(rnd, clients):
@@ -219,7 +244,7 @@ class Simulation(RoundLoop):
 
     Parameters
     ----------
-    model, clients, local, wire, client_hooks, client_batch_size, batch_when_slower
+    model, clients, local, wire, client_hooks, client_batch_size, batch_when_slower, parallel_clients, client_threads
         As for :class:`InProcessTransport`.
     eval_x, eval_y
         The server's eval split.
@@ -237,10 +262,12 @@ class Simulation(RoundLoop):
                  eval_batch_size: int = 500, seed: int = 0, wire: "Wire | None" = None,
                  client_hooks: Sequence[ClientHook] = (),
                  sampling_randomness: PrivacyRandomness | None = None, client_batch_size: int = 1,
-                 batch_when_slower: bool = False, device: torch.device | None = None) -> None:
+                 batch_when_slower: bool = False, device: torch.device | None = None, parallel_clients: int = 1,
+                 client_threads: int = 1) -> None:
         device = device if device is not None else torch.device("cpu")
         transport = InProcessTransport(model, clients, local, seed, wire, client_hooks, eval_batch_size,
-                                       client_batch_size, batch_when_slower, device=device)
+                                       client_batch_size, batch_when_slower, device=device,
+                                       parallel_clients=parallel_clients, client_threads=client_threads)
         eval_x, eval_y = eval_x.to(device), eval_y.to(device)
         self.model, self.clients, self.eval_x, self.eval_y = model, clients, eval_x, eval_y
         self.eval_batch_size = eval_batch_size

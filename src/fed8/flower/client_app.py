@@ -58,11 +58,13 @@ def _setup(msg: Message, context: Context):
 
         model, data = load_node_data(cfg, str(context.node_config["data-path"]), client=client,
                                      source=context.node_config.get("data-source") or None)
-    else:
-        from ..stages.federation import load_federation
+    else:  # a local trial: train with the simulation's threads per client, so that the models are the same bytes
+        from .._device import resolve_device
+        from ..stages.federation import client_parallelism_of, load_federation
 
         fed = load_federation(cfg)
         model, data = fed.model, fed.clients[client]
+        torch.set_num_threads(client_parallelism_of(cfg, model.state_dict(), resolve_device(cfg.run.device).type)[1])
     return cfg, model, data, client, int(job["round"])
 
 

@@ -21,7 +21,8 @@ from ..config import Config
 if TYPE_CHECKING:
     from ..federated.client import LocalTraining
 
-__all__ = ["Federation", "Prepared", "load_federation", "load_node_data", "local_training", "make_wire", "prepare"]
+__all__ = ["Federation", "Prepared", "client_parallelism_of", "load_federation", "load_node_data", "local_training",
+           "make_wire", "prepare"]
 
 
 @dataclass
@@ -50,6 +51,24 @@ def local_training(train) -> "LocalTraining":
 
     return LocalTraining(epochs=train.local_epochs, batch_size=train.batch_size, lr=train.lr,
                          momentum=train.momentum, weight_decay=train.weight_decay, prox_mu=train.prox_mu)
+
+
+def client_parallelism_of(cfg: Config, state: dict[str, torch.Tensor], device_type: str) -> tuple[int, int]:
+    """``(clients trained at once, torch threads per client)`` of a run on this machine
+    (:func:`fed8.federated.parallel.client_parallelism` over ``run.threads``, ``run.parallel_clients``, the clients
+    a round samples and the model's size)."""
+    import math
+    import os
+
+    from ..federated.parallel import client_parallelism
+    from ..federated.sampling import num_sampled
+
+    n, q = cfg.data.num_clients, cfg.train.fraction
+    per_round = num_sampled(n, q) if cfg.train.sampling == "fixed" else math.ceil(q * n)
+    return client_parallelism(threads=cfg.run.threads or os.cpu_count() or 1, parallel_clients=cfg.run.parallel_clients,
+                              clients_per_round=per_round, device_type=device_type,
+                              state_bytes=sum(v.numel() * v.element_size() for v in state.values()
+                                              if v.is_floating_point()))
 
 
 def load_federation(cfg: Config) -> Federation:
@@ -167,6 +186,8 @@ def prepare(cfg: Config, residuals: Path | None = None):
         cfg, plan, client_sizes=[c.num_train for c in clients],
         expected={k: tuple(v.shape) for k, v in state.items() if v.is_floating_point()})
     t = cfg.train
+    device = resolve_device(cfg.run.device)
+    parallel, client_threads = client_parallelism_of(cfg, state, device.type)
     # A privacy budget may cut the rounds (privacy.budget = "stop"); the saved config keeps the plan's input.
     sim = Simulation(model=model, clients=clients, eval_x=fed.eval_x, eval_y=fed.eval_y,
                      aggregator=aggregator, optimizer=make_server_optimizer(cfg, buffers=buffers),
@@ -179,5 +200,5 @@ def prepare(cfg: Config, residuals: Path | None = None):
                          seed=cfg.run.seed),
                      client_batch_size=1 if cfg.run.client_batching == "off" else cfg.run.client_batch_size,
                      batch_when_slower=cfg.run.client_batching == "on",
-                     device=resolve_device(cfg.run.device))
+                     device=device, parallel_clients=parallel, client_threads=client_threads)
     return Prepared(cfg, sim, state, fed.partition, fed.classes, fed.input_shape, count_parameters(model), plan)

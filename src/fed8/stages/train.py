@@ -20,8 +20,8 @@ from .federation import Prepared, prepare
 __all__ = ["RESUMABLE_KEYS", "RunResult", "default_run_dir", "run"]
 
 # Keys that may change when a run is resumed; anything else would make it another run.
-RESUMABLE_KEYS = ("train.rounds", "eval.every", "eval.batch_size", "run.threads", "quantize.enabled",
-                  "quantize.formats", "quantize.calibration", "quantize.calibration_percentile",
+RESUMABLE_KEYS = ("train.rounds", "eval.every", "eval.batch_size", "run.threads", "run.parallel_clients",
+                  "quantize.enabled", "quantize.formats", "quantize.calibration", "quantize.calibration_percentile",
                   "quantize.calibration_samples_per_client", "quantize.centralized_calibration",
                   "quantize.fp8_weight_scale", "quantize.fp8_activation_scale", "quantize.max_accuracy_drop",
                   "quantize.threads")

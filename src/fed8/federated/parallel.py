@@ -1,0 +1,164 @@
+"""Clients trained at the same time on threads of this process, each client on its own torch threads.
+
+A small client's training step does not keep two torch threads busy: OpenMP forks and joins
+around every operator, and under ``OMP_WAIT_POLICY=PASSIVE`` (which the ``fed8`` command sets,
+so that a shared machine does not collapse: :mod:`fed8._process`) the threads sleep and wake
+at each of those barriers. Two clients trained at the same time, one torch thread each, have
+no barriers at all and keep both cores busy. On the project's 2-core VM (docs/BENCHMARKS.md,
+"Parallel clients"), under ``PASSIVE``: W1 (100 clients x 80 images, B=10) 3.75 s per round
+against 6.85 s one by one, S8 (one 8-image step per client) 0.71 s against 1.11 s, the default
+run's training 15.5-16.2 s against 19.0-19.5 s for 5 rounds. With OpenMP's spinning default
+the one-by-one steps are fast again (W1 4.27 s) and parallel clients gain nothing there (W1
+4.45 s, the default run 15.5 s either way); S8 got slower (1.10 s against 0.69 s), since the
+caller's idle OpenMP thread spins on a core the clients need (:func:`spinning_openmp`; a
+warning says so). Clients are independent until the server sums them, so this is the data
+parallelism of federated learning itself.
+
+How: ``P`` Python threads (torch operators release the GIL), each with its own copy of the
+model and ``threads_per_client`` intra-op threads (OpenMP's thread count is per thread; a
+new thread takes torch's global count on its first operator, so each worker sets its own
+count after that first initialisation, and the caller's count is put back). The updates are
+yielded in the order of the clients, so the server adds them in the same order as one by
+one, and at most ``2 P`` updates are alive at a time (streaming aggregation stays bounded).
+
+Same answers: a client's update depends on its inputs and on the number of threads it was
+computed with (it changes the summation order inside convolutions), not on what else runs.
+So a run is deterministic and resumes bit for bit for a given ``threads_per_client``, and
+``fed8 federation``'s nodes in local trials train with the same count as the simulation
+(:func:`client_parallelism`), so the two still give identical models.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import logging
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, TypeVar
+
+import torch
+from torch import nn
+
+__all__ = ["ClientThreads", "MEMORY_BUDGET_BYTES", "client_parallelism", "spinning_openmp"]
+
+log = logging.getLogger("fed8")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# Per-client training state the automatic choice allows in all (model copy, gradients, momentum, update: ~4x weights).
+MEMORY_BUDGET_BYTES = 1 << 30
+
+
+def client_parallelism(*, threads: int, parallel_clients: int, clients_per_round: int, device_type: str,
+                       state_bytes: int) -> tuple[int, int]:
+    """``(clients trained at once, torch threads per client)`` for a run.
+
+    Parameters
+    ----------
+    threads
+        The process's torch threads (``run.threads``, 0 already resolved to the cores).
+    parallel_clients
+        ``run.parallel_clients``: 0 = automatic; ``P >= 1``: ``P`` clients at once.
+    clients_per_round
+        Clients a round samples (the expected number under Poisson sampling).
+    device_type
+        ``"cpu"`` or an accelerator's type: on an accelerator the automatic choice is 1 (one
+        client at a time keeps the device busy; nothing else has been measured).
+    state_bytes
+        Bytes of the model's floating-point state.
+
+    Returns
+    -------
+    (P, T)
+        Automatic: ``P = min(threads, clients_per_round, MEMORY_BUDGET_BYTES // (4 state_bytes))``
+        on the CPU, at least 1. ``T = max(1, threads // P)``. With ``P = 1`` a client trains
+        on every thread, one after another (fed8's behaviour before this module).
+    """
+    if parallel_clients > 0:
+        p = parallel_clients
+    elif device_type != "cpu":
+        p = 1
+    else:
+        p = min(threads, max(1, clients_per_round), MEMORY_BUDGET_BYTES // max(4 * state_bytes, 1))
+    p = max(1, p)
+    return p, max(1, threads // p)
+
+
+def spinning_openmp() -> bool:
+    """True where torch's idle OpenMP threads spin (libgomp's default): neither ``OMP_WAIT_POLICY=PASSIVE`` nor
+    ``GOMP_SPINCOUNT=0`` in the environment."""
+    return (os.environ.get("OMP_WAIT_POLICY", "").strip().upper() != "PASSIVE"
+            and os.environ.get("GOMP_SPINCOUNT", "").strip() != "0")
+
+
+class ClientThreads:
+    """``workers`` threads, each with its own copy of ``model`` and ``threads_per_client`` torch threads.
+
+    Parameters
+    ----------
+    model
+        The architecture; each worker trains on a deep copy (its weights are overwritten by
+        every client anyway).
+    workers
+        Clients trained at the same time (>= 2; one is simply a loop).
+    threads_per_client
+        Torch intra-op threads of each worker.
+    """
+
+    def __init__(self, model: nn.Module, *, workers: int, threads_per_client: int) -> None:
+        self.workers, self.threads_per_client = workers, threads_per_client
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fed8-client")
+        caller = torch.get_num_threads()
+        ready = threading.Barrier(workers)
+
+        def start() -> None:
+            torch.get_num_threads()  # torch's lazy per-thread set-up, which would undo the count set next
+            torch.set_num_threads(threads_per_client)  # per thread under OpenMP; also torch's global default
+            self._local.model = copy.deepcopy(model)
+            ready.wait()  # every worker is started here, before the caller's count is restored
+
+        for f in [self._pool.submit(start) for _ in range(workers)]:
+            f.result()
+        torch.set_num_threads(caller)
+        if spinning_openmp():
+            log.warning("OMP_WAIT_POLICY is not PASSIVE: this thread's idle OpenMP threads spin on the cores the "
+                        "parallel clients train on (S8's one-step clients took 1.6x the one-by-one time). Set "
+                        "OMP_WAIT_POLICY=PASSIVE before torch is imported (the fed8 command does), or "
+                        "run.parallel_clients = 1.")
+
+    def map(self, fn: Callable[[nn.Module, T], R], items: Iterable[T]) -> Iterator[R]:
+        """``fn(model, item)`` for every item, computed on the workers, yielded in the order of ``items``.
+
+        At most ``2 workers`` results are pending at a time; a worker's exception is raised
+        here when its turn comes. Closing the iterator early cancels what has not started.
+        """
+        it = iter(items)
+        pending: collections.deque[Future] = collections.deque()
+
+        def submit() -> bool:
+            for item in it:
+                pending.append(self._pool.submit(lambda i=item: fn(self._local.model, i)))
+                return True
+            return False
+
+        try:
+            while len(pending) < 2 * self.workers and submit():
+                pass
+            while pending:
+                result = pending.popleft().result()
+                submit()
+                yield result
+        finally:
+            for f in pending:
+                f.cancel()
+            for f in pending:  # a started client finishes before its worker is reused or the pool closes
+                if not f.cancelled():
+                    f.exception()
+
+    def close(self) -> None:
+        """Stop the worker threads."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
