@@ -26,7 +26,10 @@ last line of each thread setting is JSON.
 Peers (``--peers``): each runs in its own venv (``bash bench/peers/make_venvs.sh``) and
 process(es), after fed8's columns, on the same shards, initial weights and
 hyperparameters, and interleaves its own plain-loop round after each of its rounds in the
-same process (bench/peers/); its ratio is to that plain loop. Peak RSS: the fed8 rows give
+same process (bench/peers/); its ratio is to that plain loop. Peers run with libgomp's default
+wait policy (as their users run them) even when this process has ``OMP_WAIT_POLICY`` set, e.g.
+``OMP_WAIT_POLICY=PASSIVE python bench/w1_fedavg.py ...`` for fed8 as the ``fed8`` command runs
+it; compare seconds per round across columns then. Peak RSS: the fed8 rows give
 this process's peak so far (fed8 and the plain loop); a peer row the peak of its process
 tree (Ray's or torchrun's workers included).
 """
@@ -89,7 +92,9 @@ def run_peer(name: str, threads: int, rounds: int, clients: int, workload: str) 
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/workload.pt"
         save_workload(path, xs=xs, ys=ys, ex=ex, ey=ey, state=state, lr=0.05, bs=10, rounds=rounds, workload=workload)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        # a peer runs as its users run it: libgomp's default wait policy, whatever this process was given
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+        env["OMP_NUM_THREADS"] = str(threads)
         proc = subprocess.run([str(bin_dir / cmd[0]), *cmd[1:], "--workload", path, "--threads", str(threads)],
                               capture_output=True, text=True, env=env, timeout=3600)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]

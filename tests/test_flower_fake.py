@@ -273,3 +273,4 @@ def test_nodes_train_with_the_simulations_threads_per_client(tmp_path):
     fed, _ = _federation(tmp_path, sets)
     sim = fed8.run(fed8.load_config(None, BASE + sets), out=tmp_path / "sim", report=False)
     assert (fed / "model.safetensors").read_bytes() == (sim.run_dir / "model.safetensors").read_bytes()
+    assert _rows(fed) == [{k: v for k, v in r.items() if k != "seconds"} for r in sim.metrics]

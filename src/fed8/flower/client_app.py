@@ -58,14 +58,25 @@ def _setup(msg: Message, context: Context):
 
         model, data = load_node_data(cfg, str(context.node_config["data-path"]), client=client,
                                      source=context.node_config.get("data-source") or None)
-    else:  # a local trial: train with the simulation's threads per client, so that the models are the same bytes
-        from .._device import resolve_device
-        from ..stages.federation import client_parallelism_of, load_federation
+    else:
+        from ..stages.federation import load_federation
 
         fed = load_federation(cfg)
         model, data = fed.model, fed.clients[client]
-        torch.set_num_threads(client_parallelism_of(cfg, model.state_dict(), resolve_device(cfg.run.device).type)[1])
     return cfg, model, data, client, int(job["round"])
+
+
+def _train_threads(cfg, model, context: Context) -> None:
+    """A local trial's node trains with the simulation's torch threads per client (fed8.federated.parallel), so that
+    the two runtimes give the same bytes; a real node (its own ``data-path``) keeps all of its threads."""
+    if context.node_config.get("data-path"):
+        return
+    import torch
+
+    from .._device import resolve_device
+    from ..stages.federation import client_parallelism_of
+
+    torch.set_num_threads(client_parallelism_of(cfg, model.state_dict(), resolve_device(cfg.run.device).type)[1])
 
 
 @app.query()
@@ -83,6 +94,7 @@ def train(msg: Message, context: Context) -> Message:
     from .node import NodeState
 
     cfg, model, data, k, rnd = _setup(msg, context)
+    _train_threads(cfg, model, context)
     job = msg.content["job"]
     node = NodeState.of(context.node_config, str(job["run-key"]), k)
     state = received_state(msg.content["model"], rnd=rnd, is_delta=bool(job["is-delta"]),
