@@ -7,7 +7,8 @@ mode asked for (``--modes default,one-by-one,batched,vmap``: ``default`` is fed8
 ``run.client_batching = off`` with ``run.parallel_clients`` automatic (clients trained several at
 a time on threads, one torch thread each, where there are several threads); ``one-by-one`` the
 same with ``run.parallel_clients = 1``; ``batched`` / ``vmap``: ``run.client_batching = auto`` /
-``on``), each against its own interleaved plain loop. Both implementations run
+``on``; ``bfloat16``: the default with ``train.precision = bfloat16``), each against its own
+interleaved plain loop (float32). Both implementations run
 in this one process, alternating round by round (fed8 round r, then plain round r),
 so machine noise hits both alike. fed8's time per round is everything `fed8.run`
 does between rounds: sampling, client training, aggregation, metrics and checkpoint
@@ -112,7 +113,8 @@ def run_peer(name: str, threads: int, rounds: int, clients: int, workload: str) 
 
 # --modes: the config of each fed8 column
 MODES = {"default": ["run.client_batching=off"], "one-by-one": ["run.client_batching=off", "run.parallel_clients=1"],
-         "batched": ["run.client_batching=auto"], "vmap": ["run.client_batching=on"]}
+         "batched": ["run.client_batching=auto"], "vmap": ["run.client_batching=on"],
+         "bfloat16": ["run.client_batching=off", "train.precision=bfloat16"]}
 
 
 def bench(threads: int, rounds: int, clients: int, workload: str = "W1", mode: str = "default",

@@ -30,6 +30,7 @@ def _rows(path):
 
 @pytest.mark.parametrize("sets", [
     pytest.param(["compression.uplink=int8", "compression.downlink=int8"], id="int8-both-ways"),
+    pytest.param(["train.precision=bfloat16"], id="bfloat16-clients"),
     pytest.param(["compression.uplink=float8_e4m3fn", "compression.downlink=int8", "compression.downlink_mode=delta",
                   "train.fraction=0.67"], id="delta-downlink-partial-participation"),
     pytest.param(["compression.uplink=topk", "compression.error_feedback=true"], id="error-feedback-on-the-node"),

@@ -105,6 +105,11 @@ class TrainConfig:
     prox_mu: float = _key(
         0.0, "FedProx proximal term mu (Li et al. 2020); 0 = off (plain FedAvg client)", ge=0.0
     )
+    precision: str = _key(
+        "float32", "precision of the clients' forward and backward passes: float32 | bfloat16 (mixed precision under "
+        "torch.autocast: convolutions and matrix products in bfloat16, weights, gradients, optimizer state and updates "
+        "in float32; fast on CPUs with AMX or AVX512-BF16 and on GPUs, slow on CPUs without them; evaluation stays "
+        "float32)", choices=("float32", "bfloat16"))
     sampling: str = _key(
         "fixed", "client sampling: fixed (round(fraction * clients) per round, without replacement) | "
         "poisson (each client joins with probability fraction; the DP accountant matches it; not with "

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .client import ClientData, ClientUpdate, LocalTraining
+from .client import ClientData, ClientUpdate, LocalTraining, forward_precision
 
 __all__ = ["auto_chunk", "batching_blocker", "batching_slower", "train_clients_batched"]
 
@@ -100,8 +100,9 @@ def train_clients_batched(model: nn.Module, global_state: dict[str, torch.Tensor
     shape, dtype, dev = data[0].x_train.shape[1:], data[0].x_train.dtype, data[0].x_train.device
 
     def loss(params, x, y, m):
-        out = functional_call(model, {**params, **fixed}, (x,))
-        return (F.cross_entropy(out, y, reduction="none") * m).sum() / m.sum().clamp(min=1.0)
+        with forward_precision(dev, cfg.precision):
+            out = functional_call(model, {**params, **fixed}, (x,))
+        return (F.cross_entropy(out.float(), y, reduction="none") * m).sum() / m.sum().clamp(min=1.0)
 
     step = vmap(grad_and_value(loss))
     totals = torch.zeros(c_n, device=dev)

@@ -14,10 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ParameterError
 from ..models.layout import fast_layout
 
-__all__ = ["ClientData", "ClientUpdate", "LocalTraining", "local_test_split", "to_device", "train_client",
-           "trainable_keys"]
+__all__ = ["ClientData", "ClientUpdate", "LocalTraining", "PRECISIONS", "forward_precision", "local_test_split",
+           "to_device", "train_client", "trainable_keys"]
+
+PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,12 @@ class LocalTraining:
     momentum: float = 0.0
     weight_decay: float = 0.0
     prox_mu: float = 0.0
+    precision: str = "float32"  # of the forward and backward passes (forward_precision); weights stay float32
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ParameterError(f"LocalTraining.precision must be one of {PRECISIONS}; got {self.precision!r}. Use "
+                                 "'bfloat16' for mixed precision, 'float32' otherwise.")
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,18 @@ def local_test_split(clients) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     return x, y, owner
 
 
+def forward_precision(device: torch.device, precision: str):
+    """The context a client's forward pass runs in: ``torch.autocast`` to bfloat16, or nothing for float32.
+
+    bfloat16 is mixed precision (Micikevicius et al. 2018, arXiv:1710.03740; bfloat16 needs no
+    loss scaling, Kalamkar et al. 2019, arXiv:1905.12322): under autocast, convolutions and
+    matrix products run in bfloat16 (AMX or AVX512-BF16 on x86 CPUs, tensor cores on GPUs) while
+    the weights, their gradients, the optimizer state and the update stay float32. Callers take
+    the loss of ``logits.float()``, so the softmax and the loss are float32 too.
+    """
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
+
 def trainable_keys(state: Mapping[str, torch.Tensor]) -> list[str]:
     """State entries that are averaged: every floating-point tensor (weights and BN statistics)."""
     return [k for k, v in state.items() if v.is_floating_point()]
@@ -93,7 +114,7 @@ def train_client(
         :class:`LocalTraining`: ``lr``, ``momentum``, ``weight_decay``, ``batch_size``,
         ``epochs`` and ``prox_mu``. With ``prox_mu > 0`` the FedProx term (Li et al. 2020,
         arXiv:1812.06127) ``mu/2 * ||w - w_global||^2`` is added to the loss, i.e.
-        ``mu * (w - w_global)`` to each gradient.
+        ``mu * (w - w_global)`` to each gradient. ``precision``: :func:`forward_precision`.
     generator
         Source of the minibatch shuffling; derive it from (seed, round, client).
 
@@ -116,7 +137,9 @@ def train_client(
         perm = torch.randperm(n, generator=generator).to(device)  # the shuffle is drawn on the CPU: any device
         for i in range(0, n, bs):
             idx = perm[i : i + bs]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            with forward_precision(device, cfg.precision):
+                out = model(x[idx])
+            loss = F.cross_entropy(out.float(), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if anchors is not None:

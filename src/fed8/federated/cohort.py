@@ -33,7 +33,7 @@ from torch import nn
 
 from ..models.layout import fast_layout
 from .batched import batching_blocker
-from .client import ClientData, LocalTraining, trainable_keys
+from .client import ClientData, LocalTraining, forward_precision, trainable_keys
 
 __all__ = ["CohortUpdate", "cohort_blocker", "train_cohort"]
 
@@ -96,7 +96,9 @@ def train_cohort(model: nn.Module, global_state: Mapping[str, torch.Tensor], dat
     losses = torch.zeros(len(data), dtype=dtype, device=dev)
     for i in range(0, x.shape[0], CHUNK_SAMPLES):
         sl = slice(i, i + CHUNK_SAMPLES)
-        li = F.cross_entropy(model(x[sl]), y[sl], reduction="none")
+        with forward_precision(dev, cfg.precision):
+            out = model(x[sl])
+        li = F.cross_entropy(out.float(), y[sl], reduction="none")
         (li * a[sl]).sum().backward()
         losses.index_add_(0, owner[sl], li.detach())
     named = dict(model.named_parameters())

@@ -50,7 +50,8 @@ def local_training(train) -> "LocalTraining":
     from ..federated.client import LocalTraining
 
     return LocalTraining(epochs=train.local_epochs, batch_size=train.batch_size, lr=train.lr,
-                         momentum=train.momentum, weight_decay=train.weight_decay, prox_mu=train.prox_mu)
+                         momentum=train.momentum, weight_decay=train.weight_decay, prox_mu=train.prox_mu,
+                         precision=train.precision)
 
 
 def client_parallelism_of(cfg: Config, state: dict[str, torch.Tensor], device_type: str) -> tuple[int, int]:
@@ -167,7 +168,7 @@ def prepare(cfg: Config, residuals: Path | None = None):
     from ..models import count_parameters
     from ..privacy import check_model_for_dp
     from ..privacy.randomness import privacy_randomness
-    from .._device import resolve_device
+    from .._device import native_bfloat16, resolve_device
     from .aggregation import check_combination, make_aggregator, make_server_optimizer, privacy_plan
 
     check_combination(cfg)
@@ -187,6 +188,12 @@ def prepare(cfg: Config, residuals: Path | None = None):
         expected={k: tuple(v.shape) for k, v in state.items() if v.is_floating_point()})
     t = cfg.train
     device = resolve_device(cfg.run.device)
+    if t.precision == "bfloat16" and not native_bfloat16(device):
+        import logging
+
+        logging.getLogger("fed8").warning(
+            "train.precision = 'bfloat16' on %s, which has no native bfloat16 kernels: it is emulated and slower than "
+            "float32 there; set train.precision = 'float32'", device)
     parallel, client_threads = client_parallelism_of(cfg, state, device.type)
     # A privacy budget may cut the rounds (privacy.budget = "stop"); the saved config keeps the plan's input.
     sim = Simulation(model=model, clients=clients, eval_x=fed.eval_x, eval_y=fed.eval_y,
