@@ -39,6 +39,10 @@ def test_info(capsys):
     out = capsys.readouterr().out
     assert "torch 2." in out and "mnist10k" in out and "resnet20" in out and "vit_tiny" in out
     assert "FP8 compute (torch_float8_e4m3fn): " in out and ("8.9" in out or "yes" in out)
+    from fed8._device import native_bfloat16, resolve_device
+
+    line = next(x for x in out.splitlines() if x.startswith("bfloat16 compute (train.precision = bfloat16) on the "))
+    assert line.endswith(": native" if native_bfloat16(resolve_device("auto")) else ": emulated, slower than float32")
 
 
 def test_run_and_report(tmp_path, small, capsys):

@@ -135,6 +135,11 @@ def _cmd_info(args) -> int:
 
     ok, why = fp8_compute_available()
     con.print(f"FP8 compute (torch_float8_e4m3fn): {'yes, ' + why if ok else 'no: ' + why}", soft_wrap=True)
+    from ._device import native_bfloat16, resolve_device
+
+    dev = resolve_device("auto")
+    con.print(f"bfloat16 compute (train.precision = bfloat16) on the {dev.type}: "
+              + ("native" if native_bfloat16(dev) else "emulated, slower than float32"))
     for mod in ("onnx", "onnxruntime", "openvino", "litert_torch", "ai_edge_litert", "flwr", "dp_accounting"):
         try:
             from importlib.metadata import version
