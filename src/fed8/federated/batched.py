@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .client import ClientData, ClientUpdate, LocalTraining, forward_precision
+from .client import ClientData, ClientUpdate, LocalTraining, forward_precision, loss_logits
 
 __all__ = ["auto_chunk", "batching_blocker", "batching_slower", "train_clients_batched"]
 
@@ -102,7 +102,7 @@ def train_clients_batched(model: nn.Module, global_state: dict[str, torch.Tensor
     def loss(params, x, y, m):
         with forward_precision(dev, cfg.precision):
             out = functional_call(model, {**params, **fixed}, (x,))
-        return (F.cross_entropy(out.float(), y, reduction="none") * m).sum() / m.sum().clamp(min=1.0)
+        return (F.cross_entropy(loss_logits(out), y, reduction="none") * m).sum() / m.sum().clamp(min=1.0)
 
     step = vmap(grad_and_value(loss))
     totals = torch.zeros(c_n, device=dev)

@@ -18,7 +18,7 @@ from ..errors import ParameterError
 from ..models.layout import fast_layout
 
 __all__ = ["ClientData", "ClientUpdate", "LocalTraining", "PRECISIONS", "forward_precision", "local_test_split",
-           "to_device", "train_client", "trainable_keys"]
+           "loss_logits", "to_device", "train_client", "trainable_keys"]
 
 PRECISIONS = ("float32", "bfloat16")
 
@@ -81,9 +81,14 @@ def forward_precision(device: torch.device, precision: str):
     loss scaling, Kalamkar et al. 2019, arXiv:1905.12322): under autocast, convolutions and
     matrix products run in bfloat16 (AMX or AVX512-BF16 on x86 CPUs, tensor cores on GPUs) while
     the weights, their gradients, the optimizer state and the update stay float32. Callers take
-    the loss of ``logits.float()``, so the softmax and the loss are float32 too.
+    the loss of :func:`loss_logits`, so the softmax and the loss are float32 too.
     """
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
+
+def loss_logits(out: torch.Tensor) -> torch.Tensor:
+    """``out`` for the loss: float32 where autocast left it in bfloat16, else as it is (float32, float64)."""
+    return out.float() if out.dtype == torch.bfloat16 else out
 
 
 def trainable_keys(state: Mapping[str, torch.Tensor]) -> list[str]:
@@ -139,7 +144,7 @@ def train_client(
             idx = perm[i : i + bs]
             with forward_precision(device, cfg.precision):
                 out = model(x[idx])
-            loss = F.cross_entropy(out.float(), y[idx])
+            loss = F.cross_entropy(loss_logits(out), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if anchors is not None:

@@ -33,7 +33,7 @@ from torch import nn
 
 from ..models.layout import fast_layout
 from .batched import batching_blocker
-from .client import ClientData, LocalTraining, forward_precision, trainable_keys
+from .client import ClientData, LocalTraining, forward_precision, loss_logits, trainable_keys
 
 __all__ = ["CohortUpdate", "cohort_blocker", "train_cohort"]
 
@@ -98,7 +98,7 @@ def train_cohort(model: nn.Module, global_state: Mapping[str, torch.Tensor], dat
         sl = slice(i, i + CHUNK_SAMPLES)
         with forward_precision(dev, cfg.precision):
             out = model(x[sl])
-        li = F.cross_entropy(out.float(), y[sl], reduction="none")
+        li = F.cross_entropy(loss_logits(out), y[sl], reduction="none")
         (li * a[sl]).sum().backward()
         losses.index_add_(0, owner[sl], li.detach())
     named = dict(model.named_parameters())
