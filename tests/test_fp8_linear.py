@@ -109,3 +109,23 @@ def np_close(a, b):
     import numpy as np
 
     return np.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "row"])
+def test_the_float32_product_off_the_gpu_is_pytorchs_scaled_mm_up_to_summation_order(granularity):
+    """fp8_matmul's CPU path against torch._scaled_mm's own CPU kernel (a slow reference: small shapes only)."""
+    from fed8.deploy.fp8_linear import fp8_matmul
+
+    g = torch.Generator().manual_seed(1)
+    a = (torch.randn(32, 64, generator=g) * 50).to(torch.float8_e4m3fn)
+    b = (torch.randn(48, 64, generator=g) * 50).to(torch.float8_e4m3fn).t()
+    sa = torch.rand(32, 1, generator=g) + 0.5 if granularity == "row" else torch.tensor(0.7)
+    sb = torch.rand(1, 48, generator=g) + 0.5 if granularity == "row" else torch.tensor(1.3)
+    out = torch.bfloat16 if granularity == "row" else torch.float32
+    ref = torch._scaled_mm(a, b, scale_a=sa, scale_b=sb, out_dtype=out).float()
+    got = fp8_matmul(a, b, scale_a=sa, scale_b=sb, out_dtype=out).float()
+    exact = (a.double() @ b.double()) * sa.double() * sb.double()  # the products are exact; the sums in float64
+    assert got.dtype == torch.float32 and got.shape == (32, 48)
+    tol = 8e-3 if granularity == "row" else 1e-5  # bfloat16 output keeps 8 bits
+    assert (got - ref).abs().max() <= tol * ref.abs().max()
+    assert (got.double() - exact).abs().max() <= tol * exact.abs().max()

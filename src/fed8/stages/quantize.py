@@ -291,8 +291,8 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
         row["gate"] = _gate_info(q, res)
         row["fp8_compute"] = why
         if not ok:
-            notes.append(f"{TORCH_FP8_FORMAT}: latency not measured: {why}. Its accuracy is exact (torch._scaled_mm "
-                         "computes the same FP8 products on CPU, slowly).")
+            notes.append(f"{TORCH_FP8_FORMAT}: latency not measured: {why}. Its accuracy is exact (the same FP8 "
+                         "products, computed in float32 here).")
         rows.append(row)
     add_ratios(rows)
     if use_openvino:
