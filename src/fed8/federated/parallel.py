@@ -5,13 +5,12 @@ around every operator, and under ``OMP_WAIT_POLICY=PASSIVE`` (which the ``fed8``
 so that a shared machine does not collapse: :mod:`fed8._process`) the threads sleep and wake
 at each of those barriers. Two clients trained at the same time, one torch thread each, have
 no barriers at all and keep both cores busy. On the project's 2-core VM (docs/BENCHMARKS.md,
-"Parallel clients"), under ``PASSIVE``: W1 (100 clients x 80 images, B=10) 3.75 s per round
-against 6.85 s one by one, S8 (one 8-image step per client) 0.71 s against 1.11 s, the default
-run's training 15.5-16.2 s against 19.0-19.5 s for 5 rounds. With OpenMP's spinning default
-the one-by-one steps are fast again (W1 4.27 s) and parallel clients gain nothing there (W1
-4.45 s, the default run 15.5 s either way); S8 got slower (1.10 s against 0.69 s), since the
-caller's idle OpenMP thread spins on a core the clients need (:func:`spinning_openmp`; a
-warning says so). Clients are independent until the server sums them, so this is the data
+"Parallel clients"), under ``PASSIVE``: W1 (100 clients x 80 images, B=10) 3.86 s per round
+against 6.94 s one by one, S8 (one 8-image step per client) 0.68 s against 1.09 s, the whole
+default ``fed8 run`` 78-80 s against 112 s. With OpenMP's spinning default the one-by-one
+steps are fast again (W1 4.31 s) and parallel clients gain nothing there (W1 4.53 s); S8 got
+slower (1.06 s against 0.68 s), since the caller's idle OpenMP thread spins on a core the
+clients need (:func:`spinning_openmp`; a warning says so). Clients are independent until the server sums them, so this is the data
 parallelism of federated learning itself.
 
 How: ``P`` Python threads (torch operators release the GIL), each with its own copy of the
