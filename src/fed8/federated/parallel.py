@@ -125,7 +125,7 @@ class ClientThreads:
         torch.set_num_threads(caller)
         if spinning_openmp():
             log.warning("OMP_WAIT_POLICY is not PASSIVE: this thread's idle OpenMP threads spin on the cores the "
-                        "parallel clients train on (S8's one-step clients took 1.6x the one-by-one time). Set "
+                        "parallel clients train on (S8's one-step clients took 1.5-1.6x the one-by-one time). Set "
                         "OMP_WAIT_POLICY=PASSIVE before torch is imported (the fed8 command does), or "
                         "run.parallel_clients = 1.")
 
