@@ -151,6 +151,17 @@ SCALE_RUNS = {  # name: (settings, epsilons; None = the same training without DP
                                            "train.local_epochs=1", "privacy.adaptive_clipping=on"], [8, 4, 2]),
     "cnn q=0.1 T=100 E=1 C=0.1": (["model.name=cnn", "train.fraction=0.1", "train.rounds=100", "train.local_epochs=1",
                                    "privacy.clip_norm=0.1", "privacy.adaptive_clipping=off"], [8]),
+    # 2026-12-06: a smaller model (the noise's norm on the mean grows as sqrt(parameters): 1.66 M -> 55 k is 5.5x
+    # less), plain FedAvg (no server momentum), adaptive clipping
+    "mlp64 q=0.1 T=100 E=5 lr0.1 adaptive clip": (
+        ["model.name=mlp", "model.hidden=64", "train.fraction=0.1", "train.rounds=100", "train.local_epochs=5",
+         "train.lr=0.1", "privacy.adaptive_clipping=on"], [None, 8, 4, 2]),
+    "mlp64 q=0.1 T=100 E=1 adaptive clip": (
+        ["model.name=mlp", "model.hidden=64", "train.fraction=0.1", "train.rounds=100", "train.local_epochs=1",
+         "privacy.adaptive_clipping=on"], [None, 8, 4, 2]),
+    "mlp200 q=0.1 T=100 E=5 lr0.1 adaptive clip": (
+        ["model.name=mlp", "model.hidden=200", "train.fraction=0.1", "train.rounds=100", "train.local_epochs=5",
+         "train.lr=0.1", "privacy.adaptive_clipping=on"], [None, 8, 4, 2]),
 }
 
 
