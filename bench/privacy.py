@@ -67,10 +67,10 @@ DP_RUNS = {
 CNN_PARAMS = 1_663_370
 
 
-def bench_dp(threads: int) -> list[dict]:
+def bench_dp(threads: int, more: list[str] = ()) -> list[dict]:
     out = []
     for name, extra in DP_RUNS.items():
-        cfg = fed8.load_config(None, DP_BASE + extra + [f"run.threads={threads}"])
+        cfg = fed8.load_config(None, DP_BASE + extra + [f"run.threads={threads}", *more])
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as d:
             r = fed8.run(cfg, out=f"{d}/run", report=False)
@@ -205,15 +205,17 @@ def _ddg_row(name: str, sets: list[str]) -> dict:
     row = {"run": name, "accuracy": r.final["eval_accuracy"], "epsilon": p["epsilon"],
            "noise_multiplier": p["noise_multiplier"], "noise_std_on_mean": r.metrics[-1].get("noise_std"),
            "aborted_rounds": sum(1 for m in r.metrics if m.get("aborted")),
-           "upload_per_client_vs_float32": sum(ups) / len(ups) / (4 * CNN_PARAMS),
+           "upload_per_client_vs_float32": sum(ups) / len(ups) / (4 * r.summary["parameters"]),
            "seconds": round(time.perf_counter() - t0, 1)}
     print(json.dumps(row), flush=True)
     return row
 
 
-def bench_ddg(threads: int, bits: list[int], server_z: float | None = None, same_noise_only: bool = False) -> list[dict]:
-    """``server_z``: skip the server-placement run and use this noise multiplier for the same-noise run."""
-    base = DDG_BASE + [f"run.threads={threads}"]
+def bench_ddg(threads: int, bits: list[int], server_z: float | None = None, same_noise_only: bool = False,
+              extra: list[str] = ()) -> list[dict]:
+    """``server_z``: skip the server-placement run and use this noise multiplier for the same-noise run;
+    ``extra``: more settings for every run (``--extra``)."""
+    base = DDG_BASE + [f"run.threads={threads}", *extra]
     out = []
     if server_z is None:
         out.append(_ddg_row("server placement, eps 8", base + ["privacy.noise_placement=server"]))
@@ -339,6 +341,8 @@ def main() -> None:
     ap.add_argument("--same-noise-only", action="store_true", help="part ddg: only the run at the server's noise")
     ap.add_argument("--settings", nargs="*", help="part scale: only these SCALE_RUNS names")
     ap.add_argument("--epsilons", nargs="*", type=float, help="part scale: only these target epsilons")
+    ap.add_argument("--extra", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="parts dp, ddg: more settings for every run (e.g. model.name=mlp model.hidden=64)")
     ap.add_argument("--n", type=int, nargs="+", default=[10, 50, 100, 200])
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2)
@@ -349,13 +353,13 @@ def main() -> None:
     if a.part in ("secagg", "both"):
         rows["secagg"] = bench_secagg(a.n, a.dropout)
     if a.part in ("dp", "both"):
-        rows["dp"] = bench_dp(a.threads)
+        rows["dp"] = bench_dp(a.threads, a.extra)
     if a.part == "secagg-accuracy":
         rows["secagg_accuracy"] = bench_secagg_accuracy(a.threads)
     if a.part == "scale":
         rows["scale"] = bench_scale(a.threads, a.settings, a.epsilons)
     if a.part == "ddg":
-        rows["ddg"] = bench_ddg(a.threads, a.bits, a.server_z, a.same_noise_only)
+        rows["ddg"] = bench_ddg(a.threads, a.bits, a.server_z, a.same_noise_only, a.extra)
     if a.part == "ddg-params":
         rows["ddg_params"] = bench_ddg_params(a.bits)
     if a.part == "ddg-accounting":
