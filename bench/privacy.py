@@ -162,6 +162,8 @@ SCALE_RUNS = {  # name: (settings, epsilons; None = the same training without DP
     "mlp200 q=0.1 T=100 E=5 lr0.1 adaptive clip": (
         ["model.name=mlp", "model.hidden=200", "train.fraction=0.1", "train.rounds=100", "train.local_epochs=5",
          "train.lr=0.1", "privacy.adaptive_clipping=on"], [None, 8, 4, 2]),
+    "cnn q=0.1 T=100 E=5 adaptive clip": (["model.name=cnn", "train.fraction=0.1", "train.rounds=100",
+                                           "train.local_epochs=5", "privacy.adaptive_clipping=on"], [None, 8, 4, 2]),
 }
 
 
