@@ -33,8 +33,8 @@ wait policy (as their users run them) even when this process has ``OMP_WAIT_POLI
 it; compare seconds per round across columns then. ``--command-malloc`` also applies the other
 process setting the ``fed8`` command makes before it runs (``fed8._process.tune_malloc``: glibc's
 mmap and trim thresholds at 1 GiB, so freed buffers are reused instead of re-faulted) to this
-process, i.e. to fed8 and the plain loop alike; the peers' processes never get it. Peak RSS: the fed8 rows give
-this process's peak so far (fed8 and the plain loop); a peer row the peak of its process
+process, i.e. to fed8 and the plain loop alike; the peers' processes never get it. Peak RSS: the
+fed8 rows give this process's peak so far (fed8 and the plain loop); a peer row the peak of its process
 tree (Ray's or torchrun's workers included).
 """
 
@@ -54,6 +54,7 @@ from pathlib import Path
 import torch
 
 import fed8
+from fed8._process import MALLOC, tune_malloc
 from fed8._rng import INIT, derive_seed
 from fed8.config import DataConfig
 from fed8.data import load_splits, to_float
@@ -97,8 +98,7 @@ def run_peer(name: str, threads: int, rounds: int, clients: int, workload: str) 
         path = f"{tmp}/workload.pt"
         save_workload(path, xs=xs, ys=ys, ex=ex, ey=ey, state=state, lr=0.05, bs=10, rounds=rounds, workload=workload)
         # a peer runs as its users run it: libgomp's default wait policy, whatever this process was given
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", *MALLOC)}
         env["OMP_NUM_THREADS"] = str(threads)
         proc = subprocess.run([str(bin_dir / cmd[0]), *cmd[1:], "--workload", path, "--threads", str(threads)],
                               capture_output=True, text=True, env=env, timeout=3600)
@@ -182,8 +182,6 @@ def main() -> None:
                     "malloc thresholds the fed8 command sets (fed8._process.tune_malloc); peers do not")
     a = ap.parse_args()
     if a.command_malloc:
-        from fed8._process import tune_malloc
-
         print(f"malloc thresholds set in this process: {tune_malloc() or 'none (not glibc, or set by the user)'}")
     peers = [p.strip() for p in a.peers.split(",") if p.strip()]
     if unknown := [p for p in peers if p not in PEERS]:

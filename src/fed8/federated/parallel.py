@@ -10,8 +10,8 @@ against 6.94 s one by one, S8 (one 8-image step per client) 0.68 s against 1.09 
 default ``fed8 run`` 78-80 s against 112 s. With OpenMP's spinning default the one-by-one
 steps are fast again (W1 4.31 s) and parallel clients gain nothing there (W1 4.53 s); S8 got
 slower (1.06 s against 0.68 s), since the caller's idle OpenMP thread spins on a core the
-clients need (:func:`spinning_openmp`; a warning says so). Clients are independent until the server sums them, so this is the data
-parallelism of federated learning itself.
+clients need (:func:`spinning_openmp`; a warning says so). Clients are independent until the
+server sums them, so this is the data parallelism of federated learning itself.
 
 How: ``P`` Python threads (torch operators release the GIL), each with its own copy of the
 model and ``threads_per_client`` intra-op threads (OpenMP's thread count is per thread; a
