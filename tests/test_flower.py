@@ -135,6 +135,84 @@ def test_ctrl_c_stops_every_process_and_resume_finishes_the_same_model(tmp_path)
     assert len(sim.metrics) == 3
 
 
+@pytest.mark.network  # a minute: a real federation, stopped as timeout, a scheduler or docker stop would stop it
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_sigterm_or_sighup_stops_every_process_like_ctrl_c(tmp_path, sig):
+    import contextlib
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    signum = getattr(signal, sig)
+    sets = [a for s in SMALL + ["train.rounds=6"] for a in ("--set", s)]
+    run = tmp_path / "fed"
+
+    def default_dispositions():  # a test runner's own handlers are not the user's
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+    p = subprocess.Popen([sys.executable, "-m", "fed8.cli", "federation", "--out", str(run)] + sets,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, preexec_fn=default_dispositions)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and p.poll() is None:
+        if (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().strip():
+            break
+        time.sleep(0.5)
+    home = (run / "flwr").resolve()
+    try:
+        assert p.poll() is None, p.communicate()[0]
+        assert len(_processes_of(home)) >= 5  # SuperLink, 3 SuperNodes, flwr run, the apps
+        p.send_signal(signum)
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 128 + signum, out
+        assert f"stopped by {sig}" in out and "fed8 federation --resume" in out and "Traceback" not in out, out
+        assert _processes_of(home) == []  # without the handler Python ends at once and every Flower process lives on
+        assert 1 <= len((run / "metrics.jsonl").read_text().splitlines()) < 6
+    finally:  # whatever failed, this test stops what it started
+        for pid in _processes_of(home) + ([p.pid] if p.poll() is None else []):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.network  # two minutes
+def test_after_fed8_is_killed_the_next_federation_stops_its_orphans_first(tmp_path, caplog):
+    import contextlib
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sets = [a for s in SMALL + ["train.rounds=4"] for a in ("--set", s)]
+    run = tmp_path / "fed"
+    home = (run / "flwr").resolve()
+    p = subprocess.Popen([sys.executable, "-m", "fed8.cli", "federation", "--out", str(run)] + sets,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and p.poll() is None:
+            if (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().strip():
+                break
+            time.sleep(0.5)
+        assert p.poll() is None
+        p.kill()  # SIGKILL, as the OOM killer does: no handler runs
+        p.wait()
+        orphans = _processes_of(home)
+        assert len(orphans) >= 5  # SuperLink, SuperNodes, flwr run, the apps: all still running
+        caplog.set_level("WARNING", logger="fed8")
+        assert main(["federation", "--resume", str(run)]) == 0
+        assert "left running" in caplog.text and "killed" in caplog.text
+        assert not any(pid in _processes_of(home) for pid in orphans) and _processes_of(home) == []
+        fed8.run(fed8.load_config(None, SMALL + ["train.rounds=4"]), out=tmp_path / "sim", report=False)
+        assert (run / "model.safetensors").read_bytes() == (tmp_path / "sim/model.safetensors").read_bytes()
+        assert [json.loads(x)["round"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    finally:  # whatever failed, this test stops what it started
+        for pid in _processes_of(home):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.slow
 def test_a_server_error_stops_every_process_and_says_where_the_logs_are(tmp_path, capsys):
     sets = [a for s in SMALL + ["data.source=npz", f"data.path={tmp_path / 'missing.npz'}"] for a in ("--set", s)]

@@ -22,16 +22,29 @@ time from 27.4 s to 21.6 s (docs/BENCHMARKS.md "DEFAULT RUN").
 Memory freed stays with the process until it exits (its peak stays its footprint). A user's
 own ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` are kept; other C libraries
 (musl, macOS) are left alone.
+
+**Termination.** Python ends on ``SIGTERM`` and ``SIGHUP`` without running ``finally``
+blocks, so ``timeout``, a batch scheduler, ``docker stop`` or a closed SSH session would leave
+``fed8 federation``'s SuperLink, SuperNodes and app processes running (they sit in sessions of
+their own, out of reach of the terminal's signals) and a run without its resume hint. The
+``fed8`` command turns both signals into :class:`Terminated`, a ``KeyboardInterrupt``, so they
+stop a run the way Ctrl-C does: the Flower processes are stopped, the last committed round is
+kept, and the exit status is ``128 + signal`` (143, 129). A signal the user set to be ignored
+(``nohup``) stays ignored; a second one ends the process at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
-from typing import MutableMapping
+import signal
+import threading
+from typing import Iterator, MutableMapping
 
-__all__ = ["MALLOC", "WAIT_POLICY", "set_process_env", "tune_malloc", "wait_policy"]
+__all__ = ["MALLOC", "Terminated", "WAIT_POLICY", "exit_status", "set_process_env", "stop_on_signals", "tune_malloc",
+           "wait_policy"]
 
 WAIT_POLICY = "PASSIVE"
 # glibc mallopt parameters (malloc.h) and the values fed8 sets; the env names are glibc's tunables.
@@ -75,3 +88,42 @@ def wait_policy() -> str:
     if value is None:
         return "default (threads spin at barriers; on a shared machine set OMP_WAIT_POLICY=PASSIVE before torch loads)"
     return value
+
+
+class Terminated(KeyboardInterrupt):
+    """``SIGTERM`` or ``SIGHUP`` received: an interrupt, so cleanup runs as for Ctrl-C (module docstring)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.signame = signal.Signals(signum).name
+
+
+def _terminate(signum: int, frame) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second one ends the process at once, cleanup or not
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[list[str]]:
+    """Within the block, ``SIGTERM`` and ``SIGHUP`` raise :class:`Terminated`; yields the signals so handled.
+
+    Only in the main thread (the only one Python delivers signals to); a signal whose handler is
+    not the default (ignored under ``nohup``, or set by the caller) is left alone. The previous
+    handlers come back at the end, so a caller of ``fed8.cli.main`` keeps its own.
+    """
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
+                previous[sig] = signal.signal(sig, _terminate)
+    try:
+        yield [signal.Signals(sig).name for sig in previous]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def exit_status(interrupt: KeyboardInterrupt) -> int:
+    """The shell's status for a run stopped by ``interrupt``: ``128 + signal`` (Ctrl-C: 130, SIGTERM: 143)."""
+    return 128 + getattr(interrupt, "signum", signal.SIGINT)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from ._process import set_process_env, tune_malloc, wait_policy
+from ._process import exit_status, set_process_env, stop_on_signals, tune_malloc, wait_policy
 from .errors import CheckpointError, ConfigError, DataError, DeployError, Fed8Error, MissingExtraError, ParameterError
 
 __all__ = ["main"]
@@ -226,15 +226,21 @@ def _cmd_run(args) -> int:
         try:
             result = runner(cfg, out=None if args.resume else out, resume=args.resume, overrides=args.overrides,
                             progress=progress, report=not args.no_report)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             bar.stop()
             if (out / "config.toml").exists():
-                con.print(f"\ninterrupted; the last completed round is saved. Continue with: fed8 run --resume {out}")
+                con.print(f"\n{_stopped(e)}; the last completed round is saved. Continue with: fed8 run --resume {out}")
             else:
-                con.print("\ninterrupted before the first round completed; nothing was kept.")
-            return 130
+                con.print(f"\n{_stopped(e)} before the first round completed; nothing was kept.")
+            return exit_status(e)
     _print_summary(con, result.run_dir, result.summary, "fed8 run summary", report=not args.no_report)
     return 0
+
+
+def _stopped(interrupt: KeyboardInterrupt) -> str:
+    """How the command was stopped, in words: Ctrl-C, or the signal (:class:`fed8._process.Terminated`)."""
+    name = getattr(interrupt, "signame", None)
+    return f"stopped by {name}" if name else "interrupted"
 
 
 def _print_summary(con, run_dir: Path, s: dict, title: str, *, report: bool) -> None:
@@ -463,11 +469,11 @@ def _cmd_federation(args) -> int:
 
         try:
             run_federation(rd.path, nodes, tls=args.tls, auth=args.auth, progress=progress)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             bar.stop()
-            con.print(f"\ninterrupted; the SuperLink and SuperNodes are stopped and the last committed round is "
+            con.print(f"\n{_stopped(e)}; the SuperLink and SuperNodes are stopped and the last committed round is "
                       f"saved. Continue with: fed8 federation --resume {rd.path}", soft_wrap=True)
-            return 130
+            return exit_status(e)
     import json
 
     _print_summary(con, rd.path, json.loads(rd.summary.read_text()), "fed8 federation summary",
@@ -505,25 +511,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"run": _cmd_run, "init": _cmd_init, "info": _cmd_info, "report": _cmd_report,
                 "quantize": _cmd_quantize, "predict": _cmd_predict, "certs": _cmd_certs,
                 "federation": _cmd_federation}
-    try:
-        return handlers[args.command](args)
-    except USER_ERRORS as e:
-        print(f"fed8 {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except Fed8Error as e:
-        print(f"fed8 {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:  # a path the user gave: a file where a folder is needed, no permission, disk full
-        where = f" {e.filename!r}" if getattr(e, "filename", None) else ""
-        print(f"fed8 {args.command}: error: cannot use{where}: {e.strerror or e}. Check the paths you passed "
-              "(--out, run.out, the config file, image files).", file=sys.stderr)
-        return EXIT_USAGE
-    except (MemoryError, RuntimeError) as e:
-        if isinstance(e, RuntimeError) and "allocate" not in str(e):  # torch's allocator: "can't allocate memory"
-            raise
-        print(f"fed8 {args.command}: error: out of memory. A value asks for more than this machine has (e.g. "
-              "model.hidden, data.image_size, eval.batch_size, train.batch_size); lower it.", file=sys.stderr)
-        return EXIT_USAGE
+    # SIGTERM / SIGHUP stop a command as Ctrl-C does: Flower processes stopped, the resume hint printed
+    with stop_on_signals():
+        try:
+            return handlers[args.command](args)
+        except KeyboardInterrupt as e:  # run and federation print how to continue; the others one line, no traceback
+            print(f"fed8 {args.command}: {_stopped(e)}", file=sys.stderr)
+            return exit_status(e)
+        except USER_ERRORS as e:
+            print(f"fed8 {args.command}: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        except Fed8Error as e:
+            print(f"fed8 {args.command}: error: {e}", file=sys.stderr)
+            return 1
+        except OSError as e:  # a path the user gave: a file where a folder is needed, no permission, disk full
+            where = f" {e.filename!r}" if getattr(e, "filename", None) else ""
+            print(f"fed8 {args.command}: error: cannot use{where}: {e.strerror or e}. Check the paths you passed "
+                  "(--out, run.out, the config file, image files).", file=sys.stderr)
+            return EXIT_USAGE
+        except (MemoryError, RuntimeError) as e:
+            if isinstance(e, RuntimeError) and "allocate" not in str(e):  # torch's allocator: "can't allocate memory"
+                raise
+            print(f"fed8 {args.command}: error: out of memory. A value asks for more than this machine has (e.g. "
+                  "model.hidden, data.image_size, eval.batch_size, train.batch_size); lower it.", file=sys.stderr)
+            return EXIT_USAGE
 
 
 if __name__ == "__main__":  # pragma: no cover

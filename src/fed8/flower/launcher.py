@@ -2,7 +2,10 @@
 
 ``fed8 federation`` is :func:`run_federation`. Every process starts in its own process
 group (its ClientApp / ServerApp children with it) and is stopped by group, TERM then KILL,
-on success, error and Ctrl-C. ``FLWR_HOME`` (connections, installed apps, logs) lives in
+on success, error, Ctrl-C, ``SIGTERM`` and ``SIGHUP`` (:mod:`fed8._process`). A fed8 killed
+outright (``SIGKILL``, the OOM killer) cannot stop them, and its orphaned federation would
+go on running the ServerApp into the same run directory: the next federation with the same
+``FLWR_HOME`` stops such leftovers before it starts anything. ``FLWR_HOME`` (connections, installed apps, logs) lives in
 ``RUN_DIR/flwr``. The Flower app handed to ``flwr run`` is a ``pyproject.toml`` whose
 components point at the installed ``fed8.flower`` modules; the SuperLink runs with
 ``--disable-runtime-dependency-installation`` and the app declares no dependencies.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -25,7 +29,9 @@ from typing import Callable, Iterator
 from ..errors import Fed8Error
 from .._process import set_process_env
 
-__all__ = ["app_pyproject", "flower_env", "local_federation", "run_federation", "write_app"]
+__all__ = ["app_pyproject", "flower_env", "local_federation", "run_federation", "stop_leftovers", "write_app"]
+
+log = logging.getLogger("fed8")
 
 def app_pyproject(name: str, description: str, serverapp: str, clientapp: str, config: tuple[str, ...]) -> str:
     """The ``pyproject.toml`` of a Flower app whose components are installed modules (no dependencies to install)."""
@@ -105,6 +111,14 @@ def _marked(home: Path | None) -> set[int]:
     return out
 
 
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _stop(procs: list[subprocess.Popen], home: Path | None = None) -> None:
     """TERM, then KILL, every process we started and every process they started.
 
@@ -128,11 +142,25 @@ def _stop(procs: list[subprocess.Popen], home: Path | None = None) -> None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        while time.monotonic() < deadline and (any(p.poll() is None for p in procs) or any(map(_alive, pids))):
             time.sleep(0.1)
     for p in procs:
         with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(timeout=5)
+
+
+def stop_leftovers(home: Path) -> int:
+    """Stop the processes a fed8 killed outright left running with ``FLWR_HOME = home``; how many there were.
+
+    Its SuperLink, SuperNodes and ServerApp would otherwise go on with the run in the same run
+    directory, beside the federation about to start there.
+    """
+    stale = _marked(home)
+    if stale:
+        log.warning("stopping %d Flower processes left running under %s by an earlier fed8 that was killed",
+                    len(stale), home)
+        _stop([], home)
+    return len(stale)
 
 
 def flower_env(home: Path) -> dict[str, str]:
@@ -171,6 +199,7 @@ def local_federation(home: Path, nodes: int, *, timeout_s: float = 60.0, node_di
     from ..certs import make_certificates, make_node_keys
 
     home.mkdir(parents=True, exist_ok=True)
+    stop_leftovers(home)
     node_dir = (node_dir or home / "nodes").resolve()
     env = flower_env(home)
     procs: list[subprocess.Popen] = []

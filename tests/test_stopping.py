@@ -1,0 +1,124 @@
+"""Stopping fed8: SIGTERM and SIGHUP stop a command as Ctrl-C does (fed8._process), and the Flower processes
+of a fed8 killed outright are stopped by the next federation (fed8.flower.launcher.stop_leftovers)."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from fed8 import cli
+from fed8._process import Terminated, exit_status, stop_on_signals
+
+
+def _defaults():
+    """Start each case from the default dispositions (a test runner may have its own), restored afterwards."""
+    return {s: signal.signal(s, signal.SIG_DFL) for s in (signal.SIGTERM, signal.SIGHUP)}
+
+
+@pytest.fixture
+def default_signals():
+    saved = _defaults()
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_in_the_block_raises_terminated_once_and_the_handlers_come_back(default_signals, sig):
+    with stop_on_signals() as names:
+        assert names == ["SIGTERM", "SIGHUP"]  # checked before any signal is sent: the default would end pytest
+        with pytest.raises(Terminated) as caught:
+            os.kill(os.getpid(), sig)
+            time.sleep(5)  # the handler raises between bytecodes, long before this ends
+        assert caught.value.signum == sig and isinstance(caught.value, KeyboardInterrupt)
+        assert exit_status(caught.value) == 128 + sig
+        assert signal.getsignal(sig) is signal.SIG_DFL  # a second one ends the process at once
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+
+
+def test_an_ignored_signal_stays_ignored_and_a_callers_handler_is_kept(default_signals):
+    mine = lambda signum, frame: None  # noqa: E731
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nohup
+    signal.signal(signal.SIGTERM, mine)
+    with stop_on_signals() as names:
+        assert names == []
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is mine
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is mine
+
+
+def test_outside_the_main_thread_nothing_is_installed(default_signals):
+    seen = []
+
+    def worker():
+        with stop_on_signals() as names:
+            seen.append(names)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen == [[]] and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_ctrl_c_keeps_its_status():
+    assert exit_status(KeyboardInterrupt()) == 130
+
+
+def test_a_command_stopped_by_sigterm_says_so_in_one_line_and_exits_143(default_signals, monkeypatch, capsys):
+    def info(args):
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL, "main() installed no handler"  # else: kill pytest
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        return 0
+
+    monkeypatch.setattr(cli, "_cmd_info", info)
+    assert cli.main(["info"]) == 143
+    assert capsys.readouterr().err == "fed8 info: stopped by SIGTERM\n"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # main() gave this process its handler back
+
+
+@pytest.mark.slow
+def test_fed8_run_stopped_by_sigterm_keeps_its_rounds_and_says_how_to_continue(tmp_path, small):
+    sets = [a for s in small + ["train.rounds=10"] for a in ("--set", s)]
+    run = tmp_path / "r"
+    p = subprocess.Popen([sys.executable, "-m", "fed8.cli", "run", *sets, "--out", str(run), "--no-report"],
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, preexec_fn=_defaults)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and p.poll() is None:
+        if (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().strip():
+            break
+        time.sleep(0.05)
+    assert p.poll() is None, p.communicate()[0]
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 143, out
+    assert "stopped by SIGTERM" in out and f"fed8 run --resume {run}" in " ".join(out.split()) and "Traceback" not in out
+    done = len((run / "metrics.jsonl").read_text().splitlines())
+    assert 1 <= done < 10
+    r = subprocess.run([sys.executable, "-m", "fed8.cli", "run", "--resume", str(run), "--no-report"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 10
+
+
+def test_leftovers_of_a_killed_federation_are_stopped_and_nothing_else(tmp_path, caplog):
+    from fed8.flower.launcher import stop_leftovers
+
+    home, other = (tmp_path / "run/flwr").resolve(), (tmp_path / "other/flwr").resolve()
+    left = subprocess.Popen(["sleep", "60"], env={**os.environ, "FLWR_HOME": str(home)}, start_new_session=True)
+    bystander = subprocess.Popen(["sleep", "60"], env={**os.environ, "FLWR_HOME": str(other)}, start_new_session=True)
+    try:
+        caplog.set_level("WARNING", logger="fed8")
+        assert stop_leftovers(home) == 1
+        assert left.wait(timeout=10) == -signal.SIGTERM  # TERM first
+        assert bystander.poll() is None  # another run directory's federation is not ours to stop
+        assert "1 Flower processes left running" in caplog.text
+        assert stop_leftovers(home) == 0
+    finally:
+        for p in (left, bystander):
+            p.kill()
+            p.wait()
