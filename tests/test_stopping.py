@@ -122,3 +122,52 @@ def test_leftovers_of_a_killed_federation_are_stopped_and_nothing_else(tmp_path,
         for p in (left, bystander):
             p.kill()
             p.wait()
+
+
+def test_one_writer_per_run_directory(tmp_path, small, capsys):
+    import fed8
+    from fed8.errors import CheckpointError
+    from fed8.rundir import RunDir
+
+    run = tmp_path / "r"
+    fed8.run(fed8.load_config(None, small + ["train.rounds=1"]), out=run, report=False)
+    before = {f: (run / f).read_bytes() for f in ("config.toml", "metrics.jsonl", "checkpoints/state.json")}
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom fed8.rundir import RunDir\n"
+                               f"with RunDir({str(run)!r}).lock('fed8 run'):\n    print('held', flush=True)\n"
+                               "    time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(CheckpointError, match=rf"in use by fed8 run \(pid {holder.pid}\)"):
+            fed8.run(resume=run, overrides=["train.rounds=2"], report=False)
+        assert cli.main(["run", "--resume", str(run), "--set", "train.rounds=2", "--no-report"]) == 2
+        assert f"pid {holder.pid}" in capsys.readouterr().err
+        assert cli.main(["quantize", str(run)]) == 2  # it would update summary.json beside the writer
+        assert f"pid {holder.pid}" in capsys.readouterr().err and not (run / "deploy").exists()
+        assert {f: (run / f).read_bytes() for f in before} == before  # refused before anything was written
+    finally:
+        holder.kill()
+        holder.wait()
+    # the kernel dropped the killed holder's lock: the run goes on, and releases the lock when it ends
+    assert len(fed8.run(resume=run, overrides=["train.rounds=2"], report=False).metrics) == 2
+    with RunDir(run).lock():
+        pass
+
+
+def test_a_federation_is_refused_on_a_run_directory_in_use(tmp_path, small):
+    pytest.importorskip("flwr", reason="the Flower extra is not installed (pip install 'fed8[flower]')")
+    import fed8
+    from fed8._io import exclusive
+    from fed8.errors import CheckpointError
+    from fed8.flower.launcher import run_federation
+    from fed8.rundir import RunDir
+
+    run = (tmp_path / "r").resolve()
+    fed8.run(fed8.load_config(None, small + ["train.rounds=1"]), out=run, report=False)
+    (run / "flwr").mkdir(exist_ok=True)
+    with exclusive(run / "flwr/.lock", "fed8 federation (pid 4242)", RuntimeError):  # another live launcher
+        with pytest.raises(CheckpointError, match=r"in use by fed8 federation \(pid 4242\), which runs its federation"):
+            run_federation(run, 4, timeout_s=5)
+    with RunDir(run).lock("fed8 run"):  # a 'fed8 run --resume' of the same folder, training now
+        with pytest.raises(CheckpointError, match=rf"in use by fed8 run \(pid {os.getpid()}\)"):
+            run_federation(run, 4, timeout_s=5)
+    assert not list((run / "flwr").glob("*.log"))  # refused before any Flower process started

@@ -1,4 +1,5 @@
-"""Atomic file writes for run directories: write a temp file, fsync, rename; whole folders by a staged switch."""
+"""Atomic file writes for run directories: write a temp file, fsync, rename; whole folders by a staged switch;
+and the advisory lock that keeps one writer per run directory (:func:`exclusive`)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "load_metadata", "load_tensors", "read_jsonl",
-           "save_tensors", "staged_dir", "write_jsonl"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "exclusive", "load_metadata",
+           "load_tensors", "read_jsonl", "save_tensors", "staged_dir", "write_jsonl"]
 
 
 def _umask() -> int:
@@ -133,3 +134,32 @@ def staged_dir(final: str | Path) -> Iterator[Path]:
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def exclusive(lock_file: str | Path, holder: str, busy: Callable[[str], Exception]) -> Iterator[None]:
+    """Hold an advisory lock (``flock``) on ``lock_file`` for the block, or raise ``busy(who holds it)``.
+
+    ``holder`` (e.g. ``"fed8 run (pid 123)"``) is written into the file for the next
+    contender's message. The kernel drops the lock when the process dies, however it dies,
+    so no stale lock survives a crash. Without ``fcntl`` (Windows) the block runs unlocked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise busy(os.read(fd, 200).decode(errors="replace").strip() or "another process") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode(), 0)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

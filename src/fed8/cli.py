@@ -378,7 +378,8 @@ def _cmd_quantize(args) -> int:
         _print_deploy(con, res, out / "quantization.json")
     else:
         out = Path(args.out) if args.out else target / "deploy"
-        res = quantize_run(target, q, calibration_data=args.calibration_data, out=out, progress=say)
+        with RunDir(target).lock("fed8 quantize"):  # it updates summary.json: not beside a run still training
+            res = quantize_run(target, q, calibration_data=args.calibration_data, out=out, progress=say)
         _print_deploy(con, res, out / "quantization.json")
         if out.resolve() == (target / "deploy").resolve():
             con.print(f"updated {target / 'summary.json'}" + (" and report.html" if (target / "report.html").exists()

@@ -13,18 +13,26 @@ Layout::
 Every file is written atomically. A checkpoint is committed by ``state.json``, written
 last; it names the round's safetensors files and their SHA-256, so a crash between
 writes leaves the previous checkpoint intact and usable.
+
+One process writes a run directory at a time: :meth:`RunDir.lock` holds an advisory lock
+(``flock``) on ``RUN/.lock`` while a run trains, so a second ``fed8 run --resume`` (or a
+federation) on the same folder is refused with the holder's pid instead of interleaving its
+rounds with the first. The kernel drops the lock when its process dies, however it dies.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-from ._io import atomic_write_json, atomic_write_text, load_tensors, read_jsonl, save_tensors, write_jsonl
+from ._io import (atomic_write_json, atomic_write_text, exclusive, load_tensors, read_jsonl, save_tensors,
+                  write_jsonl)
 from .config import Config, load_config, to_toml
 from .errors import CheckpointError
 
@@ -88,6 +96,27 @@ class RunDir:
     def load_config(self) -> Config:
         return load_config(self.config)
 
+    # one writer at a time ---------------------------------------------------------
+    lock_file = property(lambda self: self.path / ".lock")
+
+    def lock(self, what: str = "fed8 run") -> contextlib.AbstractContextManager[None]:
+        """Hold the run directory's writer lock for a block; :class:`CheckpointError` if another process holds it.
+
+        ``what`` names the holder in the refusal another process gets.
+        """
+        def busy(holder: str) -> CheckpointError:
+            return CheckpointError(
+                f"{self.path} is in use by {holder}: two processes writing one run directory would mix their "
+                "rounds. Wait for it to finish, or stop it, then continue with "
+                f"'fed8 run --resume {self.path}' (or 'fed8 federation --resume {self.path}').")
+
+        return exclusive(self.lock_file, f"{what} (pid {os.getpid()})", busy)
+
+    def ensure_unlocked(self) -> None:
+        """:class:`CheckpointError` if a process holds :meth:`lock` now (a check, not a reservation)."""
+        with self.lock():
+            pass
+
     def write_config(self, config: Config) -> None:
         atomic_write_text(self.config, to_toml(config))
 
@@ -133,7 +162,7 @@ class RunDir:
         if (self.checkpoints / "state.json").exists():
             return
         before = getattr(self, "_preexisting", set())
-        for name in ("config.toml", "partition.json", "metrics.jsonl", "checkpoints", "residuals"):
+        for name in ("config.toml", "partition.json", "metrics.jsonl", "checkpoints", "residuals", ".lock"):
             f = self.path / name
             if name in before:
                 continue

@@ -26,8 +26,10 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..errors import Fed8Error
+from .._io import exclusive
 from .._process import set_process_env
+from ..errors import CheckpointError, Fed8Error
+from ..rundir import RunDir
 
 __all__ = ["app_pyproject", "flower_env", "local_federation", "run_federation", "stop_leftovers", "write_app"]
 
@@ -276,7 +278,15 @@ def run_federation(run_dir: str | Path, nodes: int, *, progress: Callable[[dict]
                     progress(json.loads(line))
             seen = len(lines)
 
-    with local_federation(home, nodes, node_dir=run_dir / "nodes", tls=tls, auth=auth) as fed:
+    def busy(holder: str) -> CheckpointError:
+        return CheckpointError(f"{run_dir} is in use by {holder}, which runs its federation now; wait for it to "
+                               f"finish or stop it (Ctrl-C), then continue with: fed8 federation --resume {run_dir}")
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(exclusive(home / ".lock", f"fed8 federation (pid {os.getpid()})", busy))
+        stop_leftovers(home)  # no live fed8 federation owns them now: a killed one's, still running the ServerApp
+        RunDir(run_dir).ensure_unlocked()  # e.g. a 'fed8 run --resume' of the same folder, training now
+        fed = stack.enter_context(local_federation(home, nodes, node_dir=run_dir / "nodes", tls=tls, auth=auth))
         watcher = threading.Thread(target=follow, daemon=True)
         watcher.start()
         cmd = [_bin("flwr"), "run", str(app), "fed8", "--stream", "--run-config",

@@ -168,29 +168,31 @@ def run(
     ck = None
     if resume is not None:
         rd = RunDir.open(resume)
-        cfg = _resume_config(rd, overrides)
-        ck = rd.load_checkpoint()
-        if ck is not None and cfg.train.rounds < ck["round"]:
-            raise ConfigError(
-                f"train.rounds = {cfg.train.rounds} is below the {ck['round']} rounds {rd.path} has already done; "
-                f"a resumed run can only go on. Use train.rounds >= {ck['round']}, or start a new run.")
-        if ck is None and rd.read_metrics():
-            raise CheckpointError(
-                f"{rd.path} has rounds in metrics.jsonl but no committed checkpoint ({rd.checkpoints / 'state.json'} "
-                "is missing), so it cannot be resumed; nothing was changed. Restore the checkpoints folder, or "
-                "start a new run with another --out.")
-        rd.write_config(cfg)
     else:
         cfg = config if config is not None else load_config()
         if overrides:
             cfg = cfg.replace(overrides)
         rd = RunDir.create(out if out is not None else default_run_dir(cfg), cfg)
-    try:
-        return _train(cfg, rd, ck, resume is not None, progress, on_round, report, t0, quantize, transport_factory)
-    except BaseException:
-        if resume is None:
-            rd.discard_if_no_round()  # a run that failed before round 1 leaves no folder behind
-        raise
+    with rd.lock():  # one writer at a time: a second process on this folder is refused (RunDir.lock)
+        if resume is not None:
+            cfg = _resume_config(rd, overrides)
+            ck = rd.load_checkpoint()
+            if ck is not None and cfg.train.rounds < ck["round"]:
+                raise ConfigError(
+                    f"train.rounds = {cfg.train.rounds} is below the {ck['round']} rounds {rd.path} has already done; "
+                    f"a resumed run can only go on. Use train.rounds >= {ck['round']}, or start a new run.")
+            if ck is None and rd.read_metrics():
+                raise CheckpointError(
+                    f"{rd.path} has rounds in metrics.jsonl but no committed checkpoint ({rd.checkpoints / 'state.json'} "
+                    "is missing), so it cannot be resumed; nothing was changed. Restore the checkpoints folder, or "
+                    "start a new run with another --out.")
+            rd.write_config(cfg)
+        try:
+            return _train(cfg, rd, ck, resume is not None, progress, on_round, report, t0, quantize, transport_factory)
+        except BaseException:
+            if resume is None:
+                rd.discard_if_no_round()  # a run that failed before round 1 leaves no folder behind
+            raise
 
 
 def _train(cfg: Config, rd: RunDir, ck, resumed: bool, progress, on_round, report: bool, t0: float,
