@@ -38,6 +38,21 @@ def interrupted_run(cfg, out, at_round: int) -> None:
         fed8.run(cfg, out=out, on_round=stop, report=False)
 
 
+def wait_for_round(run_dir, proc, timeout_s: float = 240.0) -> None:
+    """Wait until the ``fed8`` process ``proc`` has committed a round to ``run_dir`` (fails if it ended first)."""
+    import time
+    from pathlib import Path
+
+    metrics = Path(run_dir) / "metrics.jsonl"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and metrics.read_text().strip():
+            return
+        time.sleep(0.05)
+    out = proc.communicate()[0] if proc.poll() is not None else "still running"
+    pytest.fail(f"no round committed to {run_dir} within {timeout_s:.0f} s (exit {proc.poll()}): {out}")
+
+
 def server_round(aggregator, updates, state, optimizer=None, optimizer_state=None, rnd=1):
     """One server round by hand: aggregate ``updates`` and apply the optimizer (FedAvg by default).
 

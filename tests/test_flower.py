@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import fed8
+from conftest import wait_for_round
 from fed8.cli import main
 from fed8.errors import MissingExtraError
 
@@ -102,7 +103,6 @@ def test_ctrl_c_stops_every_process_and_resume_finishes_the_same_model(tmp_path)
     import signal
     import subprocess
     import sys
-    import time
 
     sets = [a for s in SMALL + ["train.rounds=3"] for a in ("--set", s)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -111,12 +111,7 @@ def test_ctrl_c_stops_every_process_and_resume_finishes_the_same_model(tmp_path)
     p = subprocess.Popen([sys.executable, "-m", "fed8.cli", "federation", "--out", str(run)] + sets, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and p.poll() is None:
-        if (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().strip():
-            break
-        time.sleep(0.5)
-    assert p.poll() is None, p.communicate()[0]
+    wait_for_round(run, p, 240)
     home = (run / "flwr").resolve()
     for pid in _processes_of(home):  # every Flower process runs with telemetry and update checks off
         env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
@@ -142,7 +137,6 @@ def test_sigterm_or_sighup_stops_every_process_like_ctrl_c(tmp_path, sig):
     import signal
     import subprocess
     import sys
-    import time
 
     signum = getattr(signal, sig)
     sets = [a for s in SMALL + ["train.rounds=6"] for a in ("--set", s)]
@@ -155,14 +149,9 @@ def test_sigterm_or_sighup_stops_every_process_like_ctrl_c(tmp_path, sig):
     p = subprocess.Popen([sys.executable, "-m", "fed8.cli", "federation", "--out", str(run)] + sets,
                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, preexec_fn=default_dispositions)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and p.poll() is None:
-        if (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().strip():
-            break
-        time.sleep(0.5)
     home = (run / "flwr").resolve()
     try:
-        assert p.poll() is None, p.communicate()[0]
+        wait_for_round(run, p, 240)
         assert len(_processes_of(home)) >= 5  # SuperLink, 3 SuperNodes, flwr run, the apps
         p.send_signal(signum)
         out, _ = p.communicate(timeout=120)
@@ -182,7 +171,6 @@ def test_after_fed8_is_killed_the_next_federation_stops_its_orphans_first(tmp_pa
     import signal
     import subprocess
     import sys
-    import time
 
     sets = [a for s in SMALL + ["train.rounds=4"] for a in ("--set", s)]
     run = tmp_path / "fed"
@@ -190,12 +178,7 @@ def test_after_fed8_is_killed_the_next_federation_stops_its_orphans_first(tmp_pa
     p = subprocess.Popen([sys.executable, "-m", "fed8.cli", "federation", "--out", str(run)] + sets,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and p.poll() is None:
-            if (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().strip():
-                break
-            time.sleep(0.5)
-        assert p.poll() is None
+        wait_for_round(run, p, 240)
         p.kill()  # SIGKILL, as the OOM killer does: no handler runs
         p.wait()
         orphans = _processes_of(home)

@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from conftest import wait_for_round
 
 from fed8 import cli
 from fed8._process import Terminated, exit_status, stop_on_signals
@@ -87,12 +88,7 @@ def test_fed8_run_stopped_by_sigterm_keeps_its_rounds_and_says_how_to_continue(t
     p = subprocess.Popen([sys.executable, "-m", "fed8.cli", "run", *sets, "--out", str(run), "--no-report"],
                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, preexec_fn=_defaults)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and p.poll() is None:
-        if (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().strip():
-            break
-        time.sleep(0.05)
-    assert p.poll() is None, p.communicate()[0]
+    wait_for_round(run, p, 120)
     p.send_signal(signal.SIGTERM)
     out, _ = p.communicate(timeout=60)
     assert p.returncode == 143, out
