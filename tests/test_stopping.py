@@ -167,3 +167,33 @@ def test_a_federation_is_refused_on_a_run_directory_in_use(tmp_path, small):
         with pytest.raises(CheckpointError, match=rf"in use by fed8 run \(pid {os.getpid()}\)"):
             run_federation(run, 4, timeout_s=5)
     assert not list((run / "flwr").glob("*.log"))  # refused before any Flower process started
+
+
+def test_a_full_disk_stops_the_run_with_the_resume_command(tmp_path, small, monkeypatch, capsys):
+    import errno
+
+    import fed8
+    from fed8.rundir import RunDir
+
+    save = RunDir.save_checkpoint
+
+    def full_at_round_2(self, rnd, *a, **k):
+        if rnd == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.checkpoints / "round-000002.safetensors"))
+        return save(self, rnd, *a, **k)
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", full_at_round_2)
+    run = tmp_path / "r"
+    sets = [a for s in small + ["train.rounds=3"] for a in ("--set", s)]
+    assert cli.main(["run", *sets, "--out", str(run), "--no-report"]) == 1  # the machine's problem, not a usage error
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the disk is full writing" in err and "round-000002.safetensors" in err
+    assert f"Free some space, then continue with: fed8 run --resume {run}" in err and "Check the paths" not in err
+    monkeypatch.setattr(RunDir, "save_checkpoint", save)
+    assert RunDir(run).load_checkpoint()["round"] == 1
+    assert len(fed8.run(resume=run, report=False).metrics) == 3
+
+    # before the first round: nothing kept, and the message says so
+    monkeypatch.setattr(RunDir, "save_checkpoint", lambda self, rnd, *a, **k: full_at_round_2(self, 2))
+    assert cli.main(["run", *sets, "--out", str(tmp_path / "r0"), "--no-report"]) == 1
+    assert "nothing was kept" in capsys.readouterr().err and not (tmp_path / "r0").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -233,8 +234,24 @@ def _cmd_run(args) -> int:
             else:
                 con.print(f"\n{_stopped(e)} before the first round completed; nothing was kept.")
             return exit_status(e)
+        except OSError as e:
+            if e.errno not in DISK_FULL:
+                raise
+            bar.stop()
+            kept = (out / "config.toml").exists()
+            raise Fed8Error(f"{_disk_full(e)}; " + (
+                f"the last completed round is saved. Free some space, then continue with: fed8 run --resume {out}"
+                if kept else "nothing was kept. Free some space and start the run again.")) from None
     _print_summary(con, result.run_dir, result.summary, "fed8 run summary", report=not args.no_report)
     return 0
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full(e: OSError) -> str:
+    where = f" writing {e.filename!r}" if getattr(e, "filename", None) else ""
+    return f"the disk is full{where} ({e.strerror or e})"
 
 
 def _stopped(interrupt: KeyboardInterrupt) -> str:
@@ -525,7 +542,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Fed8Error as e:
             print(f"fed8 {args.command}: error: {e}", file=sys.stderr)
             return 1
-        except OSError as e:  # a path the user gave: a file where a folder is needed, no permission, disk full
+        except OSError as e:  # a path the user gave: a file where a folder is needed, no permission; a full disk
+            if e.errno in DISK_FULL:
+                print(f"fed8 {args.command}: error: {_disk_full(e)}. Free some space and run the command again.",
+                      file=sys.stderr)
+                return 1
             where = f" {e.filename!r}" if getattr(e, "filename", None) else ""
             print(f"fed8 {args.command}: error: cannot use{where}: {e.strerror or e}. Check the paths you passed "
                   "(--out, run.out, the config file, image files).", file=sys.stderr)
