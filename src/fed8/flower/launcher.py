@@ -5,7 +5,8 @@ group (its ClientApp / ServerApp children with it) and is stopped by group, TERM
 on success, error, Ctrl-C, ``SIGTERM`` and ``SIGHUP`` (:mod:`fed8._process`). A fed8 killed
 outright (``SIGKILL``, the OOM killer) cannot stop them, and its orphaned federation would
 go on running the ServerApp into the same run directory: the next federation with the same
-``FLWR_HOME`` stops such leftovers before it starts anything. ``FLWR_HOME`` (connections, installed apps, logs) lives in
+``FLWR_HOME`` stops such leftovers before it starts anything, once it holds ``RUN_DIR/flwr/.lock``
+(so never those of a live fed8). ``FLWR_HOME`` (connections, installed apps, logs) lives in
 ``RUN_DIR/flwr``. The Flower app handed to ``flwr run`` is a ``pyproject.toml`` whose
 components point at the installed ``fed8.flower`` modules; the SuperLink runs with
 ``--disable-runtime-dependency-installation`` and the app declares no dependencies.
@@ -34,6 +35,7 @@ from ..rundir import RunDir
 __all__ = ["app_pyproject", "flower_env", "local_federation", "run_federation", "stop_leftovers", "write_app"]
 
 log = logging.getLogger("fed8")
+
 
 def app_pyproject(name: str, description: str, serverapp: str, clientapp: str, config: tuple[str, ...]) -> str:
     """The ``pyproject.toml`` of a Flower app whose components are installed modules (no dependencies to install)."""
