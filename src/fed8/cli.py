@@ -229,24 +229,25 @@ def _cmd_run(args) -> int:
                             progress=progress, report=not args.no_report)
         except KeyboardInterrupt as e:
             bar.stop()
-            if (out / "config.toml").exists():
-                con.print(f"\n{_stopped(e)}; the last completed round is saved. Continue with: fed8 run --resume {out}")
-            else:
-                con.print(f"\n{_stopped(e)} before the first round completed; nothing was kept.")
+            con.print(f"\n{_stopped(e)}; {_what_was_kept(out, 'Continue with')}")
             return exit_status(e)
         except OSError as e:
             if e.errno not in DISK_FULL:
                 raise
             bar.stop()
-            kept = (out / "config.toml").exists()
-            raise Fed8Error(f"{_disk_full(e)}; " + (
-                f"the last completed round is saved. Free some space, then continue with: fed8 run --resume {out}"
-                if kept else "nothing was kept. Free some space and start the run again.")) from None
+            raise Fed8Error(f"{_disk_full(e)}; {_what_was_kept(out, 'Free some space, then continue with')}") from None
     _print_summary(con, result.run_dir, result.summary, "fed8 run summary", report=not args.no_report)
     return 0
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _what_was_kept(out: Path, then: str) -> str:
+    """A stopped run's state in words: its last round is saved (``then`` the resume command), or nothing was kept."""
+    if (out / "config.toml").exists():  # a run that stops before round 1 removes its folder (RunDir.discard_if_no_round)
+        return f"the last completed round is saved. {then}: fed8 run --resume {out}"
+    return "it stopped before the first round completed; nothing was kept."
 
 
 def _disk_full(e: OSError) -> str:

@@ -203,7 +203,6 @@ def local_federation(home: Path, nodes: int, *, timeout_s: float = 60.0, node_di
     from ..certs import make_certificates, make_node_keys
 
     home.mkdir(parents=True, exist_ok=True)
-    stop_leftovers(home)
     node_dir = (node_dir or home / "nodes").resolve()
     env = flower_env(home)
     procs: list[subprocess.Popen] = []
