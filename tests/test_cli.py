@@ -222,3 +222,28 @@ def test_decompression_bomb_and_bad_quantize_out_are_refused(tmp_path, small, ca
     assert "too large to decode safely" in _err(capsys)
     assert main(["quantize", str(tmp_path / "r"), "--out", str(tmp_path / "bomb.png/deploy")]) == 2
     assert "cannot use" in _err(capsys)
+
+
+@pytest.mark.parametrize("command", [["info"], ["certs", "{tmp}/certs"]])  # printed with rich / with print()
+def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path, command):
+    # `fed8 ... | head`: the pipe's reader is gone before fed8 writes (closed here first, so it never races)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    args = [a.format(tmp=tmp_path) for a in command]
+    try:
+        p = subprocess.run([sys.executable, "-m", "fed8.cli", *args], stdout=write_end, stderr=subprocess.PIPE,
+                           text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert p.returncode == 1 and p.stderr == ""  # no "cannot use: Broken pipe", no traceback
+
+
+def test_another_broken_pipe_is_still_reported(monkeypatch, capsys):
+    import fed8.cli as cli
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe", "/tmp/some.sock")  # not our output: a child's pipe, a socket
+
+    monkeypatch.setattr(cli, "_cmd_info", broken)
+    assert main(["info"]) == 2
+    assert "cannot use '/tmp/some.sock': Broken pipe" in capsys.readouterr().err

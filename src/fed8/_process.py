@@ -39,12 +39,14 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import select
 import signal
+import sys
 import threading
 from typing import Iterator, MutableMapping
 
-__all__ = ["MALLOC", "Terminated", "WAIT_POLICY", "exit_status", "set_process_env", "stop_on_signals", "tune_malloc",
-           "wait_policy"]
+__all__ = ["MALLOC", "Terminated", "WAIT_POLICY", "exit_status", "output_closed", "quiet_after_broken_pipe", "set_process_env",
+           "stop_on_signals", "tune_malloc", "wait_policy"]
 
 WAIT_POLICY = "PASSIVE"
 # glibc mallopt parameters (malloc.h) and the values fed8 sets; the env names are glibc's tunables.
@@ -127,3 +129,40 @@ def stop_on_signals() -> Iterator[list[str]]:
 def exit_status(interrupt: KeyboardInterrupt) -> int:
     """The shell's status for a run stopped by ``interrupt``: ``128 + signal`` (Ctrl-C: 130, SIGTERM: 143)."""
     return 128 + getattr(interrupt, "signum", signal.SIGINT)
+
+
+def output_closed() -> bool:
+    """Whether nobody reads this process's standard output or error any more (a pipe whose reader exited).
+
+    Told apart from other broken pipes (a child process's, a socket's) by ``poll``: the write end
+    of a pipe without a reader reports ``POLLERR``.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fd = stream.fileno()
+        except (OSError, ValueError, AttributeError):
+            continue
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0)):
+            return True
+    return False
+
+
+def quiet_after_broken_pipe() -> int:
+    """End a command whose reader went away (``fed8 predict ... --json | head``) quietly; its exit status, 1.
+
+    Python ignores ``SIGPIPE``, so a write to a closed pipe raises ``BrokenPipeError`` instead of
+    ending the process. Standard output and error are pointed at ``/dev/null`` (the interpreter
+    flushes them on exit and would raise again) and the status is 1, what Python's documentation
+    recommends and what ``rich`` does for the tables fed8 prints with it. Nothing of a run is lost:
+    a run directory's files are committed before anything about them is printed.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError, AttributeError):  # replaced or closed streams (pytest's capture): nothing to mute
+            pass
+    os.close(devnull)
+    return 1

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from ._process import exit_status, set_process_env, stop_on_signals, tune_malloc, wait_policy
+from ._process import (exit_status, output_closed, quiet_after_broken_pipe, set_process_env, stop_on_signals,
+                       tune_malloc, wait_policy)
 from .errors import CheckpointError, ConfigError, DataError, DeployError, Fed8Error, MissingExtraError, ParameterError
 
 __all__ = ["main"]
@@ -544,6 +545,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"fed8 {args.command}: error: {e}", file=sys.stderr)
             return 1
         except OSError as e:  # a path the user gave: a file where a folder is needed, no permission; a full disk
+            if isinstance(e, BrokenPipeError) and output_closed():  # our reader stopped reading (| head): as cat does
+                return quiet_after_broken_pipe()
             if e.errno in DISK_FULL:
                 print(f"fed8 {args.command}: error: {_disk_full(e)}. Free some space and run the command again.",
                       file=sys.stderr)
