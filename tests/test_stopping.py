@@ -149,6 +149,28 @@ def test_one_writer_per_run_directory(tmp_path, small, capsys):
         pass
 
 
+def test_of_two_runs_starting_on_one_folder_one_is_refused_and_the_winners_config_stays(tmp_path, monkeypatch):
+    # a sweep started in one second: both find the default folder free, then both publish a config
+    import fed8.rundir
+    from fed8.config import Config
+    from fed8.errors import CheckpointError
+    from fed8.rundir import RunDir
+
+    run, real_to_toml = tmp_path / "r", fed8.rundir.to_toml
+    winner = Config().replace(["train.lr=0.01"])
+
+    def other_process_publishes_first(cfg):
+        monkeypatch.setattr(fed8.rundir, "to_toml", real_to_toml)
+        RunDir.create(run, winner)  # between this process's check and its publish
+        return real_to_toml(cfg)
+
+    monkeypatch.setattr(fed8.rundir, "to_toml", other_process_publishes_first)
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        RunDir.create(run, Config().replace(["train.lr=0.02"]))
+    assert RunDir.open(run).load_config() == winner
+    assert [p.name for p in run.iterdir()] == ["config.toml"]  # no temporary file left behind
+
+
 def test_a_federation_is_refused_on_a_run_directory_in_use(tmp_path, small):
     pytest.importorskip("flwr", reason="the Flower extra is not installed (pip install 'fed8[flower]')")
     import fed8

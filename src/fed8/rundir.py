@@ -69,10 +69,7 @@ class RunDir:
         """Make a new run directory and write its config; refuse to overwrite a run."""
         rd = cls(path)
         if rd.config.exists():
-            raise CheckpointError(
-                f"{rd.path} already holds a run (config.toml exists). Continue it with "
-                f"'fed8 run --resume {rd.path}', or choose another --out."
-            )
+            raise rd._holds_a_run()
         # What was there before is never removed by discard_if_no_round.
         rd._preexisting = {p.name for p in rd.path.iterdir()} if rd.path.is_dir() else set()
         rd._made_dir = not rd.path.exists()
@@ -82,8 +79,15 @@ class RunDir:
             raise CheckpointError(
                 f"cannot create the run directory {rd.path}: {e.strerror or e} (is a part of the path a file?). "
                 "Choose another --out or run.out.") from None
-        rd.write_config(config)
+        try:  # published only if absent: of two processes starting on one folder (a sweep), one wins, one is refused
+            atomic_write_text(rd.config, to_toml(config), exclusive=True)
+        except FileExistsError:
+            raise rd._holds_a_run() from None
         return rd
+
+    def _holds_a_run(self) -> CheckpointError:
+        return CheckpointError(f"{self.path} already holds a run (config.toml exists). Continue it with "
+                               f"'fed8 run --resume {self.path}', or choose another --out.")
 
     @classmethod
     def open(cls, path: str | Path) -> "RunDir":
