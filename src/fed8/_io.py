@@ -26,9 +26,10 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, exclusive: bool = False
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
 
     The file gets the mode a plain ``open()`` would give it (``0666 & ~umask``), not the
-    0600 of the temporary file. ``exclusive``: publish only if ``path`` does not exist yet
-    (``os.link``, atomic), else ``FileExistsError``; of two processes creating one file, exactly
-    one wins.
+    0600 of the temporary file. ``exclusive``: only if ``path`` does not exist yet, else
+    ``FileExistsError``; of two processes creating one file, exactly one wins. The name is
+    claimed with ``O_CREAT | O_EXCL`` (atomic on every filesystem, unlike hard links), so
+    until the rename a reader may find it empty.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,10 +41,8 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, exclusive: bool = False
             fh.flush()
             os.fsync(fh.fileno())
         if exclusive:
-            os.link(tmp, path)
-            os.unlink(tmp)
-        else:
-            os.replace(tmp, path)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        os.replace(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)

@@ -79,7 +79,7 @@ class RunDir:
             raise CheckpointError(
                 f"cannot create the run directory {rd.path}: {e.strerror or e} (is a part of the path a file?). "
                 "Choose another --out or run.out.") from None
-        try:  # published only if absent: of two processes starting on one folder (a sweep), one wins, one is refused
+        try:  # published only if absent (O_EXCL): of two processes starting on one folder (a sweep), one wins, one is refused
             atomic_write_text(rd.config, to_toml(config), exclusive=True)
         except FileExistsError:
             raise rd._holds_a_run() from None
