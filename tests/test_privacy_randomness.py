@@ -112,6 +112,8 @@ def test_empty_poisson_rounds_under_dp_move_the_model(tmp_path, small):
     r = fed8.run(cfg, out=tmp_path / "e", report=False)
     empty = [row for row in r.metrics if row["num_clients"] == 0]
     assert empty and all("aborted" not in row and row["noise_std"] > 0 for row in empty)
+    assert all(row["train_loss"] is None for row in empty)  # nobody trained: no loss, not a loss of 0
+    assert all(row["train_loss"] > 0 for row in r.metrics if row["num_clients"] > 0)
     assert r.metrics[-1]["epsilon"] == pytest.approx(r.summary["privacy"]["epsilon"])
 
 

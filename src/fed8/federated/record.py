@@ -24,7 +24,7 @@ class RoundRecord:
 
     round: int
     num_clients: int
-    train_loss: float
+    train_loss: float | None  # None when no client trained (a Poisson round that sampled nobody)
     uplink_bytes: int
     downlink_bytes: int
     uplink_bytes_float32: int = 0
@@ -77,6 +77,6 @@ class RoundRecord:
         known = {k: v for k, v in row.items() if k in names}
         known.setdefault("uplink_bytes", 0)
         known.setdefault("downlink_bytes", 0)
-        known.setdefault("train_loss", float("nan"))
+        known.setdefault("train_loss", None)
         known.setdefault("num_clients", 0)
         return cls(**known, extra={k: v for k, v in row.items() if k not in names})

@@ -165,7 +165,7 @@ class RoundLoop:
         up = extra.pop("uplink_bytes", up)  # secure aggregation sends its own messages
         down += extra.pop("secagg_downlink_bytes", 0)
         up32, down32 = self.transport.float32_bytes(state)
-        rec = RoundRecord(round=rnd, num_clients=len(sampled), train_loss=loss_sum / max(n_sum, 1),
+        rec = RoundRecord(round=rnd, num_clients=len(sampled), train_loss=loss_sum / n_sum if n_sum else None,
                           uplink_bytes=up, downlink_bytes=down, uplink_bytes_float32=up32 * len(sampled),
                           downlink_bytes_float32=down32 * len(sampled),
                           rejected_updates=extra.pop("rejected_updates", 0), extra=extra, aborted=aborted)

@@ -53,7 +53,8 @@ def plot_all(rows: list[dict[str, Any]], partition: dict | None, out: Path, depl
     a1.plot(rounds, [r.eval_accuracy for r in ev], marker="o", ms=3)
     a1.set(xlabel="round", ylabel="accuracy", title="Global model, eval split")
     a2.plot(rounds, [r.eval_loss for r in ev], marker="o", ms=3, label="eval loss")
-    a2.plot([r.round for r in recs], [r.train_loss for r in recs], marker=".", ms=3, label="client train loss")
+    a2.plot([r.round for r in recs], [float("nan") if r.train_loss is None else r.train_loss for r in recs], marker=".",
+            ms=3, label="client train loss")
     a2.set(xlabel="round", ylabel="cross-entropy", title="Loss")
     a2.legend()
     for ax in (a1, a2):
