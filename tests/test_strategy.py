@@ -108,6 +108,48 @@ def test_client_delta_determinism_and_prox():
     assert prox.delta["weight"].norm() < 0.8 * u1.delta["weight"].norm()
 
 
+def _sgd_step_by_step(model, g0, data, cfg, seed):
+    """The update as the general loop computes it: ``torch.optim.SGD`` steps, then ``w_local - w_global``."""
+    model.load_state_dict(g0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    idx = torch.randperm(data.num_train, generator=torch.Generator().manual_seed(seed))
+    loss = torch.nn.functional.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return {k: v - g0[k] for k, v in model.state_dict().items() if v.is_floating_point()}, float(loss.detach())
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet20"])  # resnet20 with BatchNorm: its running statistics move too
+def test_a_one_step_client_gets_the_sgd_step_as_its_update(name):
+    from fed8.models import build_model
+
+    model = build_model(name, in_channels=1, height=16, width=16, num_classes=10, seed=0).double()
+    model.fc.weight.requires_grad_(False) if name == "resnet20" else model.fc1.weight.requires_grad_(False)
+    g0 = {k: v.clone() for k, v in model.state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    data = ClientData(torch.randn(6, 1, 16, 16, generator=g).double(), torch.randint(0, 10, (6,), generator=g),
+                      torch.zeros(0), torch.zeros(0))
+    cfg = LocalTraining(epochs=1, batch_size=8, lr=0.1, momentum=0.9, weight_decay=1e-2, prox_mu=0.5)
+    u = train_client(model, g0, data, cfg, generator=torch.Generator().manual_seed(3))
+    want, loss = _sgd_step_by_step(model, g0, data, cfg, seed=3)
+    assert u.delta.keys() == want.keys() and u.train_loss == pytest.approx(loss, rel=1e-12)
+    frozen = "fc.weight" if name == "resnet20" else "fc1.weight"
+    assert not u.delta[frozen].any()
+    if name == "resnet20":
+        assert all(u.delta[k].abs().max() > 0 for k in want if k.endswith("running_mean"))
+    for k in want:  # momentum and the FedProx term are zero at a first step; weight decay is not
+        assert torch.allclose(u.delta[k], want[k], rtol=0, atol=1e-12 * (1 + float(want[k].abs().max()))), k
+    # computed as -lr (grad + wd w): one rounding, where stepping and subtracting round twice
+    model.load_state_dict(g0)
+    idx = torch.randperm(6, generator=torch.Generator().manual_seed(3))
+    loss = torch.nn.functional.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+    conv = "conv1.weight" if name == "cnn" else "conv.weight"
+    (grad,) = torch.autograd.grad(loss, [dict(model.named_parameters())[conv]])
+    assert torch.equal(u.delta[conv], grad.add(g0[conv], alpha=cfg.weight_decay).mul(-cfg.lr))
+
+
 def test_client_accuracy_stats():
     correct = torch.tensor([1, 1, 0, 1, 0, 0], dtype=torch.bool)
     owner = torch.tensor([0, 0, 1, 1, 2, 2])
