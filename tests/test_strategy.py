@@ -132,7 +132,15 @@ def test_a_one_step_client_gets_the_sgd_step_as_its_update(name):
     data = ClientData(torch.randn(6, 1, 16, 16, generator=g).double(), torch.randint(0, 10, (6,), generator=g),
                       torch.zeros(0), torch.zeros(0))
     cfg = LocalTraining(epochs=1, batch_size=8, lr=0.1, momentum=0.9, weight_decay=1e-2, prox_mu=0.5)
+    kept = {k: v.clone() for k, v in g0.items()}
     u = train_client(model, g0, data, cfg, generator=torch.Generator().manual_seed(3))
+    # the pass read the global tensors in place, and gave the model its own tensors back, untouched
+    assert all(torch.equal(g0[k], kept[k]) for k in g0)
+    assert not {p.data_ptr() for p in model.parameters()} & {v.data_ptr() for v in g0.values()}
+    with pytest.raises(IndexError, match="out of bounds"):  # and so on an error in the pass: a label >= classes
+        train_client(model, g0, ClientData(data.x_train, data.y_train + 10, data.x_test, data.y_test), cfg,
+                     generator=torch.Generator().manual_seed(3))
+    assert not {p.data_ptr() for p in model.parameters()} & {v.data_ptr() for v in g0.values()}
     want, loss = _sgd_step_by_step(model, g0, data, cfg, seed=3)
     assert u.delta.keys() == want.keys() and u.train_loss == pytest.approx(loss, rel=1e-12)
     frozen = "fc.weight" if name == "resnet20" else "fc1.weight"

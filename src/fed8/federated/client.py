@@ -7,8 +7,9 @@ parallel, batched, or inside a Flower ClientApp, with identical results.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -134,10 +135,10 @@ def train_client(
         at a first step), with one rounding instead of two.
     """
     fast_layout(model)
-    model.load_state_dict(global_state)
     model.train()
     if cfg.epochs == 1 and 0 < data.num_train <= cfg.batch_size:
         return _one_step_update(model, global_state, data, cfg, generator=generator, client=client)
+    model.load_state_dict(global_state)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     anchors = [p.detach().clone() for p in params] if cfg.prox_mu > 0 else None
@@ -168,37 +169,70 @@ def train_client(
 
 def _one_step_update(model: nn.Module, global_state: Mapping[str, torch.Tensor], data: ClientData,
                      cfg: LocalTraining, *, generator: torch.Generator, client: int) -> ClientUpdate:
-    """The update of a client that takes one SGD step from ``global_state``, already loaded into ``model``.
+    """The update of a client that takes one SGD step from ``global_state``.
 
     One step of SGD is ``w_1 = w_0 - lr (g + wd w_0)`` whatever the momentum (its buffer starts as
     ``g``) and the FedProx coefficient (``w_0 - w_global = 0``), so ``delta = -lr (g + wd w_0)``
-    is computed in the gradient's own buffer. Skipping the step and the subtraction saves three
-    passes over the weights: 12% of a batch-8 ``cnn`` client's time on two threads
-    (docs/BENCHMARKS.md, "One-step clients"). Buffers (BatchNorm statistics) are updated by the
-    forward pass as in any step, and their delta is taken as usual.
+    is computed in the gradient's own buffer, and the weights are never written: the model's
+    parameters point at the global tensors for the pass (:func:`_global_weights`) instead of
+    holding a copy. Skipping the copy, the step and the subtraction saves four passes over the
+    weights, 15% of a batch-8 ``cnn`` client's time on two threads (docs/BENCHMARKS.md, "One-step
+    clients"). Buffers (BatchNorm statistics) are copied and updated by the forward pass as in
+    any step, and their delta is taken as usual.
     """
     x, y, n = data.x_train, data.y_train, data.num_train
-    idx = torch.randperm(n, generator=generator).to(x.device)  # the same draw as the general loop's first batch
-    with forward_precision(x.device, cfg.precision):
-        out = model(x[idx])
-    loss = F.cross_entropy(loss_logits(out), y[idx])
-    model.zero_grad(set_to_none=True)
-    loss.backward()
     params = dict(model.named_parameters())
-    delta = {}
-    with torch.no_grad():
-        local = model.state_dict()
-        for k in trainable_keys(global_state):
-            p = params.get(k)
-            if p is None:  # a buffer: what the forward pass made of it
-                delta[k] = (local[k] - global_state[k]).contiguous()
-            elif p.grad is None:  # frozen, or not used by the forward pass: SGD leaves it as it is
-                delta[k] = torch.zeros_like(global_state[k])
-            else:
-                g = p.grad if cfg.weight_decay == 0 else p.grad.add_(p, alpha=cfg.weight_decay)
-                delta[k] = g.mul_(-cfg.lr).contiguous()
-    model.zero_grad(set_to_none=True)  # the gradients now hold the update: keep them out of the next client
+    with _global_weights(model, params, global_state):
+        idx = torch.randperm(n, generator=generator).to(x.device)  # the general loop's first draw
+        with forward_precision(x.device, cfg.precision):
+            out = model(x[idx])
+        loss = F.cross_entropy(loss_logits(out), y[idx])
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        delta = {}
+        with torch.no_grad():
+            local = model.state_dict()
+            for k in trainable_keys(global_state):
+                p = params.get(k)
+                if p is None:  # a buffer: what the forward pass made of it
+                    delta[k] = (local[k] - global_state[k]).contiguous()
+                elif p.grad is None:  # frozen, or not used by the forward pass: SGD leaves it as it is
+                    delta[k] = torch.zeros_like(global_state[k])
+                else:
+                    g = p.grad if cfg.weight_decay == 0 else p.grad.add_(p, alpha=cfg.weight_decay)
+                    delta[k] = g.mul_(-cfg.lr).contiguous()
+        model.zero_grad(set_to_none=True)  # the gradients now hold the update: keep them out of the next client
     return ClientUpdate(client=client, delta=delta, num_samples=n, train_loss=float(loss.detach()))
+
+
+@contextlib.contextmanager
+def _global_weights(model: nn.Module, params: Mapping[str, nn.Parameter],
+                    global_state: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """Within the block, ``model`` computes with ``global_state``'s weights; its own tensors come back after.
+
+    A parameter whose global tensor has its dtype, device and memory layout points at that
+    tensor (read-only use: several clients may read it at once); the others (convolution
+    weights kept channels-last by :func:`fast_layout`, small) and the buffers are copied.
+    """
+    if global_state.keys() != model.state_dict().keys():
+        model.load_state_dict(global_state)  # its error names what is missing or unexpected
+    own: dict[str, torch.Tensor] = {}
+    try:
+        with torch.no_grad():
+            for k, p in params.items():
+                g = global_state[k]
+                if g.dtype == p.dtype and g.device == p.device and g.shape == p.shape and g.stride() == p.stride():
+                    own[k] = p.data
+                    p.data = g
+                else:
+                    p.copy_(g)
+            for k, b in model.named_buffers():
+                if k in global_state:  # non-persistent buffers are not in a state dict
+                    b.copy_(global_state[k])
+        yield
+    finally:
+        for k, t in own.items():
+            params[k].data = t
 
 
 def to_device(data: ClientData, device: torch.device) -> ClientData:
