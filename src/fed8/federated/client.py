@@ -111,7 +111,8 @@ def train_client(
     Parameters
     ----------
     model
-        Working copy of the architecture; its weights are overwritten with ``global_state``.
+        Working copy of the architecture; its weights are overwritten with ``global_state`` and
+        trained (a one-step client leaves them as they were: read its update, not the model).
     global_state
         The global model's ``state_dict`` this round.
     data
