@@ -31,6 +31,8 @@ def _rows(path):
 @pytest.mark.parametrize("sets", [
     pytest.param(["compression.uplink=int8", "compression.downlink=int8"], id="int8-both-ways"),
     pytest.param(["train.precision=bfloat16"], id="bfloat16-clients"),
+    pytest.param(["model.name=cnn", "train.batch_size=128", "train.momentum=0.9", "train.weight_decay=1e-3"],
+                 id="one-step-clients"),  # ~64 images each: one step, the update without a weight update
     pytest.param(["compression.uplink=float8_e4m3fn", "compression.downlink=int8", "compression.downlink_mode=delta",
                   "train.fraction=0.67"], id="delta-downlink-partial-participation"),
     pytest.param(["compression.uplink=topk", "compression.error_feedback=true"], id="error-feedback-on-the-node"),
