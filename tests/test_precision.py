@@ -47,6 +47,23 @@ def test_bfloat16_computes_the_convolutions_in_bfloat16_and_returns_a_float32_up
     assert half.train_loss == pytest.approx(full.train_loss, rel=0.02)
 
 
+def test_a_one_step_client_computes_in_bfloat16_too():
+    model = _model()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    kept = {k: v.clone() for k, v in state.items()}
+    seen = []
+    model.conv2.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    data = _clients([8])[0]  # one step at batch 10
+    cfg = LocalTraining(epochs=1, batch_size=10, lr=0.05, momentum=0.9, weight_decay=1e-3)
+    full = train_client(model, state, data, cfg, generator=torch.Generator().manual_seed(1))
+    half = train_client(model, state, data, LocalTraining(**{**cfg.__dict__, "precision": "bfloat16"}),
+                        generator=torch.Generator().manual_seed(1))
+    assert seen == [torch.float32, torch.bfloat16]
+    assert {v.dtype for v in half.delta.values()} == {torch.float32}
+    assert 1e-4 < _rel(half.delta, full.delta) < 0.1
+    assert all(torch.equal(state[k], kept[k]) for k in state)  # the global weights were only read
+
+
 def test_batched_and_one_pass_clients_follow_the_precision():
     """The vmap path and the one-pass path compute in bfloat16 too, and land near one-by-one bfloat16 training
     (bfloat16 keeps 8 bits of mantissa: on these random images the updates of two summation orders differ by up to
