@@ -232,6 +232,38 @@ def bench_ddg(threads: int, bits: list[int], server_z: float | None = None, same
     return out
 
 
+def bench_ddg_repeats(threads: int, bits: int, thresholds: list[float], repeats: int,
+                      extra: list[str] = ()) -> list[dict]:
+    """Server placement and the distributed mechanism at each secure-aggregation threshold t, ``repeats`` runs
+    each, interleaved (fresh OS noise every run); prints the mean, sd and the gap to server placement with its
+    standard error. Single runs near chance spread over several points, so a 2-point comparison needs repeats."""
+    import statistics
+
+    base = DDG_BASE + [f"run.threads={threads}", *extra]
+    settings = {"server placement, eps 8": base + ["privacy.noise_placement=server"]}
+    for t in thresholds:
+        settings[f"distributed DG, {bits} bits, eps 8, t = {t:g}"] = base + [
+            "privacy.noise_placement=distributed", f"privacy.ddg_bits={bits}", f"privacy.secagg_threshold={t}"]
+    acc: dict[str, list[float]] = {name: [] for name in settings}
+    out = []
+    for _ in range(repeats):
+        for name, sets in settings.items():
+            row = _ddg_row(name, sets)
+            acc[name].append(row["accuracy"])
+            out.append(row)
+    server = acc["server placement, eps 8"]
+    for name, a in acc.items():
+        summary = {"run": name, "runs": len(a), "mean_accuracy": statistics.mean(a),
+                   "sd": statistics.stdev(a) if len(a) > 1 else None}
+        if a is not server and len(a) > 1:
+            summary["gap_to_server"] = statistics.mean(a) - statistics.mean(server)
+            summary["gap_standard_error"] = (statistics.variance(a) / len(a)
+                                             + statistics.variance(server) / len(server)) ** 0.5
+        print(json.dumps(summary), flush=True)
+        out.append(summary)
+    return out
+
+
 def bench_ddg_upload(ns: list[int], bits: list[int]) -> list[dict]:
     from fed8.privacy.ddg import ddg_for_noise_multiplier
     from fed8.privacy.dp import clip_by_norm
@@ -335,12 +367,15 @@ def bench_ddg_accounting(bits: list[int]) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=["dp", "secagg", "both", "secagg-accuracy", "scale", "ddg", "ddg-upload",
-                                       "ddg-params", "ddg-accounting"],
+    ap.add_argument("--part", choices=["dp", "secagg", "both", "secagg-accuracy", "scale", "ddg", "ddg-repeats",
+                                       "ddg-upload", "ddg-params", "ddg-accounting"],
                     default="both")
     ap.add_argument("--bits", type=int, nargs="+", default=[17], help="parts ddg, ddg-upload: privacy.ddg_bits")
     ap.add_argument("--server-z", type=float, help="part ddg: skip the server run, use this noise multiplier")
     ap.add_argument("--same-noise-only", action="store_true", help="part ddg: only the run at the server's noise")
+    ap.add_argument("--thresholds", type=float, nargs="+", default=[0.6, 0.9],
+                    help="part ddg-repeats: privacy.secagg_threshold values")
+    ap.add_argument("--repeats", type=int, default=10, help="part ddg-repeats: runs per setting")
     ap.add_argument("--settings", nargs="*", help="part scale: only these SCALE_RUNS names")
     ap.add_argument("--epsilons", nargs="*", type=float, help="part scale: only these target epsilons")
     ap.add_argument("--extra", nargs="*", default=[], metavar="KEY=VALUE",
@@ -362,6 +397,8 @@ def main() -> None:
         rows["scale"] = bench_scale(a.threads, a.settings, a.epsilons)
     if a.part == "ddg":
         rows["ddg"] = bench_ddg(a.threads, a.bits, a.server_z, a.same_noise_only, a.extra)
+    if a.part == "ddg-repeats":
+        rows["ddg_repeats"] = bench_ddg_repeats(a.threads, a.bits[0], a.thresholds, a.repeats, a.extra)
     if a.part == "ddg-params":
         rows["ddg_params"] = bench_ddg_params(a.bits)
     if a.part == "ddg-accounting":
