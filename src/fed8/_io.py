@@ -22,11 +22,11 @@ def _umask() -> int:
     return old
 
 
-def atomic_write_bytes(path: str | Path, data: bytes, *, exclusive: bool = False) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes, *, only_new: bool = False) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
 
     The file gets the mode a plain ``open()`` would give it (``0666 & ~umask``), not the
-    0600 of the temporary file. ``exclusive``: only if ``path`` does not exist yet, else
+    0600 of the temporary file. ``only_new``: only if ``path`` does not exist yet, else
     ``FileExistsError``; of two processes creating one file, exactly one wins. The name is
     claimed with ``O_CREAT | O_EXCL`` (atomic on every filesystem, unlike hard links), so
     until the rename a reader may find it empty.
@@ -40,7 +40,7 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, exclusive: bool = False
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        if exclusive:
+        if only_new:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         os.replace(tmp, path)
     except BaseException:
@@ -51,8 +51,8 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, exclusive: bool = False
         raise
 
 
-def atomic_write_text(path: str | Path, text: str, *, exclusive: bool = False) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"), exclusive=exclusive)
+def atomic_write_text(path: str | Path, text: str, *, only_new: bool = False) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), only_new=only_new)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

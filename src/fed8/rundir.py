@@ -80,7 +80,7 @@ class RunDir:
                 f"cannot create the run directory {rd.path}: {e.strerror or e} (is a part of the path a file?). "
                 "Choose another --out or run.out.") from None
         try:  # published only if absent (O_EXCL): of two processes starting on one folder (a sweep), one wins, one is refused
-            atomic_write_text(rd.config, to_toml(config), exclusive=True)
+            atomic_write_text(rd.config, to_toml(config), only_new=True)
         except FileExistsError:
             raise rd._holds_a_run() from None
         return rd

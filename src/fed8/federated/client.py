@@ -191,12 +191,12 @@ def _one_step_update(model: nn.Module, global_state: Mapping[str, torch.Tensor],
         model.zero_grad(set_to_none=True)
         loss.backward()
         delta = {}
+        buffers = dict(model.named_buffers())
         with torch.no_grad():
-            local = model.state_dict()
             for k in trainable_keys(global_state):
                 p = params.get(k)
                 if p is None:  # a buffer: what the forward pass made of it
-                    delta[k] = (local[k] - global_state[k]).contiguous()
+                    delta[k] = (buffers[k] - global_state[k]).contiguous()
                 elif p.grad is None:  # frozen, or not used by the forward pass: SGD leaves it as it is
                     delta[k] = torch.zeros_like(global_state[k])
                 else:
