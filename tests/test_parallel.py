@@ -9,7 +9,8 @@ import torch
 
 import fed8
 from fed8.errors import ConfigError
-from fed8.federated.parallel import MEMORY_BUDGET_BYTES, ClientThreads, client_parallelism
+from fed8.federated.parallel import (MAX_WINDOW, MEMORY_BUDGET_BYTES, REORDER_BUDGET_BYTES, ClientThreads,
+                                    client_parallelism, submission_order)
 
 from conftest import interrupted_run
 
@@ -83,6 +84,42 @@ def test_at_most_two_per_worker_are_pending_and_an_error_is_raised_in_turn():
         assert len(started) < 100
     finally:
         pool.close()
+
+
+def test_with_costs_each_window_starts_longest_first_and_is_yielded_in_order():
+    """One worker takes the queue in submission order, so its start order is the schedule."""
+    assert submission_order([3, 1, 4, 1, 5]) == [4, 2, 0, 1, 3]  # decreasing, ties in index order
+    costs = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]
+    pool = ClientThreads(torch.nn.Linear(3, 2), workers=1, threads_per_client=1)
+    started, lock = [], threading.Lock()
+    try:
+        pool.window = 4
+
+        def work(model, i):
+            with lock:
+                started.append(i)
+            return i * 10
+
+        it = pool.map(work, range(10), cost=lambda i: costs[i])
+        assert next(it) == 0
+        time.sleep(0.1)
+        assert max(started) < 8  # two windows queued at most while the first is being yielded
+        assert list(it) == [10 * i for i in range(1, 10)]
+        assert started == [2, 0, 1, 3, 5, 7, 4, 6, 8, 9]
+        started.clear()
+        assert list(pool.map(work, range(5))) == [0, 10, 20, 30, 40] and started == [0, 1, 2, 3, 4]  # no cost
+    finally:
+        pool.close()
+
+
+def test_the_reordering_window_fits_its_memory_budget():
+    cnn = fed8.models.build_model("cnn", in_channels=1, height=28, width=28, num_classes=10)  # 6.65 MB of weights
+    for model, window in ((cnn, REORDER_BUDGET_BYTES // (2 * 6_653_480)), (torch.nn.Linear(3, 2), MAX_WINDOW),
+                          (torch.nn.Linear(1024, REORDER_BUDGET_BYTES // 4096, device="meta"), 1)):
+        pool = ClientThreads(model, workers=2, threads_per_client=1)
+        pool.close()
+        assert pool.window == window
+    assert 2 <= REORDER_BUDGET_BYTES // (2 * 6_653_480) < MAX_WINDOW  # the default run's 10 clients: one window
 
 
 @pytest.mark.slow

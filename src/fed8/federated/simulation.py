@@ -151,7 +151,7 @@ class InProcessTransport:
                                     generator=torch_generator(self.seed, TRAIN, rnd, k), client=k)
 
             if self.parallel_clients > 1 and len(clients) > 1:
-                yield from self._threads().map(one, clients)
+                yield from self._threads().map(one, clients, cost=lambda k: self.clients[k].num_train)
             else:
                 yield from (one(self.model, k) for k in clients)
             return
