@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+from pathlib import Path
 
 import fed8
 from fed8.cli import main
@@ -46,18 +47,37 @@ def test_info(capsys):
 
 
 def test_run_and_report(tmp_path, small, capsys):
-    args = ["run", "--out", str(tmp_path / "r")] + [a for s in small for a in ("--set", s)]
+    run_dir = tmp_path / "r[un]"  # brackets print as typed: no rich markup in what fed8 prints
+    args = ["run", "--out", str(run_dir)] + [a for s in small for a in ("--set", s)]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "fed8 run summary" in out and "eval accuracy" in out
-    (tmp_path / "r/report.html").unlink()
-    assert main(["report", str(tmp_path / "r")]) == 0
-    html = (tmp_path / "r/report.html").read_text()
+    assert f"run directory {run_dir}" in out.replace("\n", "") and f"report: {run_dir / 'report.html'}" in out
+    (run_dir / "report.html").unlink()
+    assert main(["report", str(run_dir)]) == 0
+    html = (run_dir / "report.html").read_text()
     assert "data:image/png;base64," in html and "Metrics per round" in html
     per_round = html[html.index("Metrics per round"):html.index("<h2>Configuration")]
     assert all(f"<th>{h}</th>" in per_round for h in ("eval acc", "clients mean", "uplink", "downlink", "s"))
     assert "<th>epsilon</th>" not in per_round  # columns without values (no DP here) are left out
     assert main(["report", str(tmp_path / "nope")]) == 2  # a user error: exit 2
+
+
+def test_quantize_notes_and_failures_print_as_written(capsys):
+    """An install hint such as pip install 'fed8[litert]' keeps its brackets (rich markup would eat them)."""
+    from fed8.cli import _console, _print_deploy
+    from fed8.stages.quantize import NOTE_LITERT_SKIPPED
+
+    row = {"format": "float32", "runtime": "onnxruntime", "bytes": 6655332, "eval_accuracy": 0.98,
+           "accuracy_delta_points": 0.0, "top1_agreement_with_float32": 1.0, "on_device": None,
+           "latency_ms_batch1": 0.2, "latency_ms_batch256": 30.0, "status": "ok", "layers_kept_float": []}
+    failed = {**row, "format": "int8", "status": "failed"}
+    _print_deploy(_console(), {"formats": [row, failed], "failed": ["int8[per_tensor]"], "notes": [NOTE_LITERT_SKIPPED]},
+                  Path("runs/a[b]/deploy/quantization.json"))
+    out = capsys.readouterr().out
+    assert "pip install 'fed8[litert]'" in out
+    assert "int8 FAILED" in out and "int8[per_tensor]: fails max_accuracy_drop" in out
+    assert "wrote runs/a[b]/deploy/quantization.json" in out
 
 
 @pytest.mark.parametrize("user", [None, "ACTIVE"])
@@ -247,3 +267,17 @@ def test_another_broken_pipe_is_still_reported(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_cmd_info", broken)
     assert main(["info"]) == 2
     assert "cannot use '/tmp/some.sock': Broken pipe" in capsys.readouterr().err
+
+
+def test_predict_with_a_run_directory_names_its_models(tmp_path, capsys):
+    (tmp_path / "run/deploy").mkdir(parents=True)
+    img = tmp_path / "x.png"
+    img.write_bytes(b"")
+    assert main(["predict", str(tmp_path / "run"), str(img)]) == 2
+    err = capsys.readouterr().err
+    assert "is a directory, not a model file" in err and f"fed8 quantize {tmp_path / 'run'}" in err
+    for name in ("fp32.onnx", "int8.onnx"):
+        (tmp_path / "run/deploy" / name).write_bytes(b"")
+    assert main(["predict", str(tmp_path / "run"), str(img)]) == 2
+    err = capsys.readouterr().err
+    assert f"e.g. {tmp_path / 'run/deploy/int8.onnx'} (there: fp32.onnx, int8.onnx)" in err

@@ -94,7 +94,16 @@ def _parser() -> argparse.ArgumentParser:
 def _console():
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False)
+    # markup=False: what fed8 prints holds paths, config values and install hints such as
+    # pip install 'fed8[litert]', which rich's markup would eat as tags; styles are passed explicitly.
+    return Console(stderr=False, highlight=False, markup=False)
+
+
+def _bold_head(head: str, rest: str):
+    """``head`` in bold, then ``rest`` as plain text."""
+    from rich.text import Text
+
+    return Text.assemble((head, "bold"), " " + rest)
 
 
 def _cmd_init(args) -> int:
@@ -214,12 +223,12 @@ def _cmd_run(args) -> int:
     else:
         cfg = load_config(args.config, args.overrides)
         out = Path(args.out) if args.out else default_run_dir(cfg)
-    con.print(f"[bold]fed8 run[/] {cfg.model.name} on {cfg.data.source}: {cfg.data.num_clients} clients "
-              f"({cfg.data.partition}), {cfg.train.rounds} rounds, run directory {out}")
+    con.print(_bold_head("fed8 run", f"{cfg.model.name} on {cfg.data.source}: {cfg.data.num_clients} clients "
+                                     f"({cfg.data.partition}), {cfg.train.rounds} rounds, run directory {out}"))
     if runner is not run:
         con.print(f"clients' training sharded over {world_from_env()[1]} ranks (torchrun; this is rank 0)")
     with Progress(TextColumn("round {task.completed:.0f}/{task.total:.0f}"), BarColumn(bar_width=8), TimeElapsedColumn(),
-                  TextColumn("{task.description}"), console=con, transient=False) as bar:
+                  TextColumn("{task.description}", markup=False), console=con, transient=False) as bar:
         task = bar.add_task("preparing data and model", total=cfg.train.rounds)
 
         def progress(row: dict) -> None:
@@ -291,7 +300,7 @@ def _print_summary(con, run_dir: Path, s: dict, title: str, *, report: bool) -> 
     if s.get("privacy"):
         con.print("privacy: " + s["privacy"]["statement"], soft_wrap=False)
         if s["privacy"].get("stopped_for_budget"):
-            con.print("[bold]" + s["privacy"]["stopped_for_budget"] + "[/bold]")
+            con.print(s["privacy"]["stopped_for_budget"], style="bold")
     if s.get("deploy"):
         con.print(_deploy_table(s["deploy"]))
     if report:
@@ -303,6 +312,7 @@ def _deploy_table(rows: list[dict]):
     from rich import box
     from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     from .report.html import latency_ratio, ms_or_batch1, ms_or_untimed
 
@@ -325,7 +335,7 @@ def _deploy_table(rows: list[dict]):
                   ["runtime", "MB", "size", "b1 ms", "vs fp32", "b256 ms", "vs fp32"])
     for r in rows:
         od = r.get("on_device") or {}
-        name = r["format"] if r.get("status", "ok") == "ok" else f"[red]{r['format']} FAILED[/]"
+        name = r["format"] if r.get("status", "ok") == "ok" else Text(f"{r['format']} FAILED", style="red")
         clients = " / ".join(num(od.get(k), ".3f") for k in ("client_accuracy_mean", "client_accuracy_p10",
                                                                "client_accuracy_min")) if od else "-"
         acc.add_row(name, num(r["eval_accuracy"], ".4f"), num(r["accuracy_delta_points"], "+.2f"),
@@ -346,7 +356,7 @@ def _print_deploy(con, res: dict, where: Path) -> None:
         for k in r.get("layers_kept_float", []):
             con.print(f"{r['format']}: kept {k['node']} in float (local SQNR {k['sqnr_db']:.1f} dB)", soft_wrap=True)
     for f in res.get("failed", []):
-        con.print(f"[red]{f}: fails max_accuracy_drop even with every layer in float; reported, not usable.[/]")
+        con.print(f"{f}: fails max_accuracy_drop even with every layer in float; reported, not usable.", style="red")
     for note in res["notes"]:
         con.print(f"note: {note}", soft_wrap=True)
     con.print(f"wrote {where}", soft_wrap=True)
@@ -390,7 +400,7 @@ def _cmd_quantize(args) -> int:
     if args.formats:  # asked for by name here, not just listed in a config: an error, not a skipped note
         _check_litert_asked(args.formats, is_model)
     con = _console()
-    say = lambda s: con.print(f"[dim]{s}[/]")  # noqa: E731
+    say = lambda s: con.print(s, style="dim")  # noqa: E731
     if is_model:
         out = Path(args.out) if args.out else target.parent / f"{target.stem}-deploy"
         res = quantize_model(target, q, args.calibration_data, out=out, progress=say)
@@ -476,10 +486,11 @@ def _cmd_federation(args) -> int:
         return 0
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    con.print(f"[bold]fed8 federation[/] {cfg.model.name} on {cfg.data.source}: {nodes} SuperNodes on 127.0.0.1, "
-              f"{cfg.train.rounds} rounds, run directory {rd.path}")
+    con.print(_bold_head("fed8 federation", f"{cfg.model.name} on {cfg.data.source}: {nodes} SuperNodes on "
+                                            f"127.0.0.1, {cfg.train.rounds} rounds, run directory {rd.path}"))
     with Progress(TextColumn("round {task.completed:.0f}/{task.total:.0f}"), BarColumn(bar_width=8),
-                  TimeElapsedColumn(), TextColumn("{task.description}"), console=con, transient=False) as bar:
+                  TimeElapsedColumn(), TextColumn("{task.description}", markup=False), console=con,
+                  transient=False) as bar:
         done = len(rd.read_metrics())
         task = bar.add_task("starting the SuperLink and SuperNodes" if not done else "resuming", total=cfg.train.rounds,
                             completed=done)

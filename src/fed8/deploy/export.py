@@ -94,6 +94,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
         return read_fp8_metadata(path)
 
+    if Path(path).is_dir():
+        _refuse_directory(Path(path))
     try:
         m = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # onnx raises DecodeError and others for non-models
@@ -102,6 +104,17 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise DeployError(f"{path}: not an ONNX model (no graph nodes).")
     props = {p.key: p.value for p in m.metadata_props}
     return json.loads(props["fed8"]) if "fed8" in props else {}
+
+
+def _refuse_directory(path: Path) -> None:
+    """A directory passed where a model file goes (usually a run directory): name the models it holds."""
+    models = sorted(q for pattern in ("*.onnx", "*.tflite", "deploy/*.onnx", "deploy/*.tflite") for q in path.glob(pattern))
+    if models:
+        pick = next((q for q in models if q.name == "int8.onnx"), models[0])
+        raise DeployError(f"{path} is a directory, not a model file. Pass one of its models, e.g. {pick} "
+                          f"(there: {', '.join(q.name for q in models)}).")
+    raise DeployError(f"{path} is a directory, not a model file, and holds no .onnx or .tflite model. For a run "
+                      f"directory, build its 8-bit models with: fed8 quantize {path}")
 
 
 def parity(model: nn.Module, logits_onnx: np.ndarray, x: torch.Tensor, *, batch_size: int = 500) -> dict[str, float]:
