@@ -279,3 +279,49 @@ def test_budget_stop_trains_only_the_rounds_within(tmp_path, small):
     r = fed8.run(cfg, out=tmp_path / "s", report=False)
     assert 0 < len(r.metrics) < 5 and r.metrics[-1]["eval_accuracy"] is not None
     assert r.metrics[-1]["epsilon"] <= 12 and "stopped after round" in r.summary["privacy"]["stopped_for_budget"]
+
+
+def _plan(sets, dim):
+    from fed8.stages.aggregation import expected_clients, privacy_plan
+
+    cfg = fed8.load_config(None, sets)
+    return privacy_plan(cfg, dim=dim), expected_clients(cfg)
+
+
+def test_noise_to_clip_ratio_is_the_measured_norm_of_the_noise_on_the_mean():
+    """The formula against noise actually drawn: its norm on the mean update over clip_norm."""
+    from fed8.privacy.plan import noise_to_clip_ratio
+
+    d, g = 40_000, torch.Generator().manual_seed(0)
+    base = ["data.num_clients=100", "train.fraction=0.1", "privacy.clip_norm=0.5"]
+    central, m = _plan(base + ["privacy.dp=central", "privacy.noise_multiplier=2.0"], d)
+    drawn = (torch.randn(d, generator=g, dtype=torch.float64) * 2.0 * 0.5).norm() / m / 0.5
+    assert noise_to_clip_ratio(central, dim=d, clients_per_round=m) == pytest.approx(float(drawn), rel=0.02)
+    assert noise_to_clip_ratio(central, dim=d, clients_per_round=m) == pytest.approx(2.0 * math.sqrt(d) / 10)
+    local, m = _plan(base + ["privacy.dp=local", "privacy.noise_multiplier=2.0"], d)
+    drawn = (torch.randn(int(m), d, generator=g, dtype=torch.float64) * 2.0 * 0.5).sum(0).norm() / m / 0.5
+    assert noise_to_clip_ratio(local, dim=d, clients_per_round=m) == pytest.approx(float(drawn), rel=0.02)
+    ddg, m = _plan(base + ["privacy.dp=central", "privacy.target_epsilon=8", "privacy.secure_aggregation=true",
+                           "privacy.noise_placement=distributed"], d)
+    shares = [torch.randn(d, generator=g, dtype=torch.float64) * math.sqrt(ddg.ddg.sigma2) for _ in range(int(m))]
+    drawn = (sum(shares) * ddg.ddg.gamma).norm() / m / 0.5  # every sampled client's share, in update units
+    assert noise_to_clip_ratio(ddg, dim=d, clients_per_round=m) == pytest.approx(float(drawn), rel=0.02)
+    none, m = _plan(base, d)
+    assert noise_to_clip_ratio(none, dim=d, clients_per_round=m) is None
+
+
+def test_a_run_whose_noise_swamps_the_updates_is_warned_about_and_the_recipe_is_not(tmp_path, caplog):
+    import logging
+
+    from fed8.privacy.plan import NOISE_RATIO_WARN, noise_to_clip_ratio
+
+    with caplog.at_level(logging.WARNING, logger="fed8"):
+        fed8.run(fed8.load_config(None, ["data.subset=200", "data.num_clients=4", "train.rounds=1", "eval.every=0",
+                                         "quantize.enabled=false", "train.fraction=1.0",
+                                         "privacy.target_epsilon=8"]), out=tmp_path / "r", report=False)
+    assert "privacy: the noise on each round's mean update has about" in caplog.text
+    cnn = 1_663_370  # the README's 1,000-client recipe, at epsilon 8 and 4: it learned (0.94)
+    for eps in (8, 4):
+        plan, m = _plan(["data.num_clients=1000", "data.partition=iid", "train.sampling=poisson",
+                         "train.fraction=0.1", "train.rounds=100", f"privacy.target_epsilon={eps}"], cnn)
+        assert noise_to_clip_ratio(plan, dim=cnn, clients_per_round=m) < NOISE_RATIO_WARN

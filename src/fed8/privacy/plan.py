@@ -17,7 +17,12 @@ from .accounting import PrivacySpec, calibrate_noise_multiplier, epsilon, rounds
 from .ddg import DDG, calibrate_ddg, ddg_for_noise_multiplier
 from .dp import split_noise_multiplier
 
-__all__ = ["PrivacyPlan", "make_plan"]
+__all__ = ["NOISE_RATIO_WARN", "PrivacyPlan", "make_plan", "noise_to_clip_ratio"]
+
+# Above this noise-to-clip ratio (:func:`noise_to_clip_ratio`) fed8's MNIST runs lost most or all of their accuracy:
+# the cnn at ratios 31-120 (at epsilon 2 with 1,000 clients, and the DP benchmark's 100 clients), while it learned at
+# 13 and 19 (epsilon 8 and 4 with 1,000 clients; docs/BENCHMARKS.md, "PRIVACY AT SCALE" and "DP-FedAvg").
+NOISE_RATIO_WARN = 30.0
 
 # Every round row, the summary and the statement ask for epsilon; compute each (spec, z, rounds) once.
 _epsilon = functools.lru_cache(maxsize=4096)(epsilon)
@@ -247,3 +252,35 @@ def make_plan(privacy, *, num_clients: int, clients_per_round: float, sampling: 
     if not math.isfinite(z_u):  # pragma: no cover
         raise ConfigError(f"noise multiplier {z_u} is not finite.")
     return PrivacyPlan(p.dp, spec, z, z_u, count_std, rounds, stop_reason, calibrated)
+
+
+def noise_to_clip_ratio(plan: PrivacyPlan, *, dim: int, clients_per_round: float) -> float | None:
+    """How much noise a round's mean update carries: its expected norm over ``clip_norm``; None without DP.
+
+    A client's clipped update has norm at most ``C``, and so has the mean of ``m`` of them,
+    while Gaussian noise of std ``sigma`` per value on ``d`` values has norm about
+    ``sigma sqrt(d)``. With uniform weights (the mean divides the sum by ``m``):
+
+    * central, noise on the server: ``z C`` on the sum, ratio ``z sqrt(d) / m``;
+    * distributed discrete Gaussian, all ``m`` shares present: ``sqrt(m sigma^2) gamma`` on
+      the sum, ratio ``sqrt(m sigma^2) gamma sqrt(d) / (m C)`` (``sqrt(m / t)`` above the
+      accounted noise);
+    * local: ``z C`` on each update, ratio ``z sqrt(d / m)``.
+
+    Parameters
+    ----------
+    plan
+        The run's plan.
+    dim
+        Values in an update (the model's float tensors).
+    clients_per_round
+        ``m``, expected under Poisson sampling.
+    """
+    if plan.mode == "none":
+        return None
+    m = max(float(clients_per_round), 1.0)
+    if plan.ddg is not None:
+        return math.sqrt(m * plan.ddg.sigma2) * plan.ddg.gamma / plan.ddg.clip_norm * math.sqrt(dim) / m
+    if plan.mode == "local":
+        return plan.update_noise_multiplier * math.sqrt(dim / m)
+    return plan.update_noise_multiplier * math.sqrt(dim) / m

@@ -131,6 +131,24 @@ def load_node_data(cfg: Config, path: str, *, client: int, source: str | None = 
     return model, ClientData(x[tr], labels[tr], x[te], labels[te])
 
 
+
+def _warn_if_noise_swamps(plan, *, dim: int, clients_per_round: float) -> None:
+    """Warn before training when the DP noise on the mean update dwarfs any client's clipped update."""
+    from ..privacy.plan import NOISE_RATIO_WARN, noise_to_clip_ratio
+
+    ratio = noise_to_clip_ratio(plan, dim=dim, clients_per_round=clients_per_round)
+    if ratio is not None and ratio > NOISE_RATIO_WARN:
+        import logging
+
+        logging.getLogger("fed8").warning(
+            "privacy: the noise on each round's mean update has about %.0fx the norm of one clipped update (noise "
+            "multiplier %.3g, %s values, %g clients per round), and runs above %.0fx lost most or all of their "
+            "accuracy in fed8's measurements (README, 'Privacy'). The ratio falls as 1 / m with more clients per "
+            "round (data.num_clients, train.fraction), as 1 / sqrt(values) with a smaller model, and with a larger "
+            "privacy.target_epsilon.", ratio, plan.update_noise_multiplier, f"{dim:,}", clients_per_round,
+            NOISE_RATIO_WARN)
+
+
 @dataclass
 class Prepared:
     """Everything a run needs before round 1: data, clients, model, aggregator, partition summary."""
@@ -169,7 +187,8 @@ def prepare(cfg: Config, residuals: Path | None = None):
     from ..privacy import check_model_for_dp
     from ..privacy.randomness import privacy_randomness
     from .._device import native_bfloat16, resolve_device
-    from .aggregation import check_combination, make_aggregator, make_server_optimizer, privacy_plan
+    from .aggregation import (check_combination, expected_clients, make_aggregator, make_server_optimizer,
+                              privacy_plan)
 
     check_combination(cfg)
     # a bad budget is refused before any data loads; the distributed discrete Gaussian needs the model's size
@@ -179,8 +198,10 @@ def prepare(cfg: Config, residuals: Path | None = None):
     if cfg.privacy.dp != "none":
         check_model_for_dp(model, model_name=cfg.model.name)
     state = {k: v.clone() for k, v in model.state_dict().items()}
+    dim = sum(v.numel() for v in state.values() if v.is_floating_point())
     if plan is None:
-        plan = privacy_plan(cfg, dim=sum(v.numel() for v in state.values() if v.is_floating_point()))
+        plan = privacy_plan(cfg, dim=dim)
+    _warn_if_noise_swamps(plan, dim=dim, clients_per_round=expected_clients(cfg))
     param_names = {k for k, _ in model.named_parameters()}
     buffers = [k for k, v in state.items() if v.is_floating_point() and k not in param_names]
     aggregator, hooks = make_aggregator(
