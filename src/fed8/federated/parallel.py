@@ -18,7 +18,8 @@ model and ``threads_per_client`` intra-op threads (OpenMP's thread count is per 
 new thread takes torch's global count on its first operator, so each worker sets its own
 count after that first initialisation, and the caller's count is put back). The updates are
 yielded in the order of the clients, so the server adds them in the same order as one by
-one, and at most ``2 P`` updates are alive at a time (streaming aggregation stays bounded).
+one, and the updates alive at a time stay bounded (streaming aggregation): ``2 P`` in the
+clients' order, about two windows longest first (below).
 
 Longest first: clients of unequal size (non-IID partitions, the default run's Dirichlet
 split) started in their order leave a core idle while the last big one finishes. On the
@@ -26,9 +27,10 @@ default partition (20 clients of 92-701 images, 2,000 sampled rounds, work = ste
 ran 5.9% / 20.6% / 29.8% over perfect balance in that order with 2 / 4 / 8 workers (10, 10,
 20 clients per round), and 1.7% / 9.4% / 14.3% in the order of decreasing size (longest
 processing time first, Graham 1969). Measured on 2 cores, the default run's rounds took
-about 2% less (docs/BENCHMARKS.md, "Longest first"). With ``cost``, :meth:`ClientThreads.map` starts each
-window of up to :attr:`ClientThreads.window` clients in decreasing cost and still yields them
-in their order, so the sum and the bytes are unchanged. A finished client that waits for its
+about 2% less, within that VM's run-to-run spread (docs/BENCHMARKS.md, "Longest first").
+With ``cost``, :meth:`ClientThreads.map` starts each window of up to
+:attr:`ClientThreads.window` clients in decreasing cost and still yields them in their
+order, so the sum and the bytes are unchanged. A finished client that waits for its
 turn holds its update, so the window comes from a memory budget (``REORDER_BUDGET_BYTES`` for
 ``2 window`` updates) and is 1 (no reordering) for models too large for it.
 
