@@ -224,9 +224,16 @@ def test_run_files_follow_the_umask(tmp_path, small):
 
 
 def test_a_newline_in_a_path_keeps_config_toml_valid(tmp_path, small):
-    cfg = fed8.load_config(None, small + ["run.out='unused'"]).replace({"data.path": "a\nb\"c"})
+    import numpy as np
+
+    from fed8.data import load_splits
+
+    train = load_splits(fed8.load_config(None, small).data).train
+    data = tmp_path / "a\nb\"c.npz"
+    np.savez(data, x_train=train.images[:200].numpy(), y_train=train.labels[:200].numpy())
+    cfg = fed8.load_config(None, small + ["run.out='unused'", "data.source=npz"]).replace({"data.path": str(data)})
     fed8.run(cfg, out=tmp_path / "r", report=False)
-    assert fed8.load_config(tmp_path / "r/config.toml").data.path == "a\nb\"c"
+    assert fed8.load_config(tmp_path / "r/config.toml").data.path == str(data)
     fed8.run(resume=tmp_path / "r", overrides=["train.rounds=3"], report=False)
 
 

@@ -112,6 +112,17 @@ def test_idx_label_count_mismatch_and_missing(tmp_path):
         load_splits(cfg(source="idx", path=str(tmp_path / "nope")))
 
 
+def test_keys_the_source_would_ignore_are_refused(tmp_path):
+    """A data.path without its data.source would train on the bundled MNIST; an image_size only folders read."""
+    with pytest.raises(DataError, match=r"data.path = '.*' is not read with data.source = 'mnist10k'.*idx, cifar10"):
+        load_splits(cfg(path=str(tmp_path)))
+    write_idx(tmp_path, "train", 5)
+    write_idx(tmp_path, "t10k", 3)
+    with pytest.raises(DataError, match="data.image_size = 64 applies only to data.source = 'folder'"):
+        load_splits(cfg(source="idx", path=str(tmp_path), image_size=64))
+    assert len(load_splits(cfg(source="idx", path=str(tmp_path), image_size=32)).train) == 5  # the default: fine
+
+
 # -- cifar10 ----------------------------------------------------------------------------
 def write_cifar(root: Path, name: str, n: int, rng, label_max=10) -> np.ndarray:
     rec = rng.integers(0, 256, (n, 3073), dtype=np.uint8)

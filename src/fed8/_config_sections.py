@@ -37,7 +37,8 @@ class DataConfig:
         "(CIFAR-10 binary folder) | folder (root/<class>/*.png|jpg) | npz",
         choices=("mnist10k", "idx", "cifar10", "folder", "npz"),
     )
-    path: str = _key("", "file or folder for idx, cifar10, folder and npz; unused for mnist10k")
+    path: str = _key("", "file or folder for idx, cifar10, folder and npz; must stay empty for mnist10k (the bundled "
+                         "images)")
     partition: str = _key(
         "dirichlet",
         "how training images are split across clients: iid | dirichlet (label skew, "
@@ -67,7 +68,8 @@ class DataConfig:
         0, "classes the labels must lie in (0..num_classes-1); 0 = what the source declares: 10 for mnist10k, idx "
         "(MNIST format) and cifar10, the subfolders for folder, a 'classes' array in an npz (else its max label + 1)",
         ge=0, le=100_000)
-    image_size: int = _key(32, "side in pixels that folder images are resized to", ge=4, le=1024)
+    image_size: int = _key(32, "side in pixels that folder images are resized to (folder only: other sources keep "
+                               "their size, and another value with them is an error)", ge=4, le=1024)
     subset: int = _key(
         0, "use only the first N training images after shuffling (0 = all); for quick tries", ge=0
     )

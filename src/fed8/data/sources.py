@@ -118,9 +118,23 @@ def _require(path: str, source: str, kind: str) -> Path:
     return p
 
 
+def _refuse_unread_keys(cfg: DataConfig) -> None:
+    """Keys this source would ignore: a user who set them expects them to act (e.g. a data.path without its source)."""
+    if cfg.source == "mnist10k" and cfg.path:
+        raise DataError(f"data.path = {cfg.path!r} is not read with data.source = 'mnist10k' (the bundled MNIST "
+                        f"images). To train on your data, set data.source to one of "
+                        f"{', '.join(s for s in SOURCES if s != 'mnist10k')}; for the bundled images, remove data.path.")
+    default = DataConfig().image_size
+    if cfg.source != "folder" and cfg.image_size != default:
+        raise DataError(f"data.image_size = {cfg.image_size} applies only to data.source = 'folder' (its images "
+                        f"are resized on load); {cfg.source} images keep their own size. Remove data.image_size "
+                        f"(or set it to {default}).")
+
+
 def load_splits(cfg: DataConfig) -> Splits:
     """Load the configured source and return its train and eval splits."""
     src = cfg.source
+    _refuse_unread_keys(cfg)
     if src == "mnist10k":
         root = bundled_mnist10k_dir()
         x, y, where = _read_idx_pair(root, "t10k", required=True)
