@@ -66,3 +66,54 @@ def test_commented_toml_documents_every_key():
             idx = text.index(f"\n{line}", text.index(f"[{section.name}]"))
             prev = text[:idx].rsplit("\n", 1)[-1]
             assert prev.startswith("# "), f"{section.name}.{f.name} has no comment"
+
+
+# A non-default value of each key the inactive-keys warning covers, and the settings that make it active.
+INACTIVE_CASES = {
+    "server.momentum": ("0.5", ["server.strategy=fedavgm"]),
+    "server.beta1": ("0.8", ["server.strategy=fedadam"]),
+    "server.beta2": ("0.9", ["server.strategy=fedadam"]),
+    "server.tau": ("0.01", ["server.strategy=fedadam"]),
+    "server.norm_bound": ("2.0", ["server.robust=norm_bound"]),
+    "server.trim_fraction": ("0.1", ["server.robust=trimmed_mean"]),
+    "data.alpha": ("0.1", ["data.partition=iid", "data.partition=dirichlet"]),
+    "data.shards_per_client": ("3", ["data.partition=shards"]),
+    "compression.topk_fraction": ("0.2", ["compression.downlink=topk"]),
+    "compression.block_size": ("64", ["compression.granularity=block"]),
+    "privacy.ddg_bits": ("18", ["privacy.noise_placement=distributed"]),
+    "privacy.ddg_gamma": ("0.01", ["privacy.noise_placement=distributed"]),
+    "privacy.ddg_beta": ("0.5", ["privacy.noise_placement=distributed"]),
+    "privacy.secagg_threshold": ("0.9", ["privacy.secure_aggregation=true"]),
+    "privacy.secagg_min_clients": ("5", ["privacy.secure_aggregation=true"]),
+    "attack.kind": ("'non_finite'", ["attack.fraction=0.1"]),
+    "attack.scale": ("3.0", ["attack.fraction=0.1"]),
+}
+
+
+@pytest.mark.parametrize("key", sorted(INACTIVE_CASES))
+def test_a_key_set_where_it_has_no_effect_is_named(key):
+    from fed8._inactive import inactive_keys
+
+    value, activate = INACTIVE_CASES[key]
+    if key == "data.alpha":  # active under the default partition: make it inactive first
+        said = inactive_keys(load_config(None, [f"{key}={value}", activate[0]]))
+        activate = activate[1:]
+    else:
+        said = inactive_keys(load_config(None, [f"{key}={value}"]))
+    assert len(said) == 1 and said[0].startswith(f"{key} = ") and "has no effect" in said[0]
+    assert inactive_keys(load_config(None, [f"{key}={value}", *activate])) == []
+    assert inactive_keys(load_config(None, [])) == []  # defaults say nothing
+
+
+def test_every_inactive_rule_is_tested_and_a_run_warns(tmp_path, caplog):
+    import logging
+
+    import fed8
+    from fed8._inactive import _RULES
+
+    assert {r[0] for r in _RULES} == set(INACTIVE_CASES)
+    with caplog.at_level(logging.WARNING, logger="fed8"):
+        fed8.run(load_config(None, ["data.subset=100", "data.num_clients=2", "train.rounds=1", "eval.every=0",
+                                    "quantize.enabled=false", "server.momentum=0.5"]), out=tmp_path / "r", report=False)
+    assert ("config: server.momentum = 0.5 has no effect: it applies only with server.strategy = 'fedavgm' "
+            "(here 'fedavg')") in caplog.text

@@ -132,6 +132,16 @@ def load_node_data(cfg: Config, path: str, *, client: int, source: str | None = 
 
 
 
+def _warn_inactive_keys(cfg) -> None:
+    """Warn about keys set away from their default that this run's other choices ignore (:mod:`fed8._inactive`)."""
+    from .._inactive import inactive_keys
+
+    for why in inactive_keys(cfg):
+        import logging
+
+        logging.getLogger("fed8").warning("config: %s", why)
+
+
 def _warn_if_noise_swamps(plan, *, dim: int, clients_per_round: float) -> None:
     """Warn before training when the DP noise on the mean update dwarfs any client's clipped update."""
     from ..privacy.plan import NOISE_RATIO_WARN, noise_to_clip_ratio
@@ -191,6 +201,7 @@ def prepare(cfg: Config, residuals: Path | None = None):
                               privacy_plan)
 
     check_combination(cfg)
+    _warn_inactive_keys(cfg)
     # a bad budget is refused before any data loads; the distributed discrete Gaussian needs the model's size
     plan = privacy_plan(cfg) if cfg.privacy.noise_placement != "distributed" else None
     fed = load_federation(cfg)
