@@ -1,5 +1,6 @@
 """Client-level DP: clipping, noise, adaptive clipping, accounting, the plan, the wrapper."""
 
+import json
 import math
 
 import dp_accounting as dpa
@@ -320,6 +321,9 @@ def test_a_run_whose_noise_swamps_the_updates_is_warned_about_and_the_recipe_is_
                                          "quantize.enabled=false", "train.fraction=1.0",
                                          "privacy.target_epsilon=8"]), out=tmp_path / "r", report=False)
     assert "privacy: the noise on each round's mean update has about" in caplog.text
+    said = float(caplog.text.split("has about ")[1].split("x the norm")[0])
+    summary = json.loads((tmp_path / "r/summary.json").read_text())["privacy"]
+    assert round(summary["noise_to_clip_ratio"]) == said > NOISE_RATIO_WARN
     cnn = 1_663_370  # the README's 1,000-client recipe, at epsilon 8 and 4: it learned (0.94)
     for eps in (8, 4):
         plan, m = _plan(["data.num_clients=1000", "data.partition=iid", "train.sampling=poisson",

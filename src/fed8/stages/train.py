@@ -97,7 +97,8 @@ def _summary(prep: Prepared, rows: list[dict], wall_s: float) -> dict:
 
 
 def _privacy_summary(prep: Prepared, rows: list[dict]) -> dict:
-    from .aggregation import adaptive_clipping_on
+    from ..privacy.plan import noise_to_clip_ratio
+    from .aggregation import adaptive_clipping_on, expected_clients
 
     cfg, plan = prep.config, prep.plan
     p = cfg.privacy
@@ -124,6 +125,9 @@ def _privacy_summary(prep: Prepared, rows: list[dict]) -> dict:
             "gamma": plan.ddg.gamma, "beta": plan.ddg.beta, "sigma2": plan.ddg.sigma2,
             "noise_shares_t": plan.ddg.shares, "noise_std": plan.ddg.noise_std, **plan.ddg_guarantees(done)},
         "stopped_for_budget": plan.stop_reason,
+        "noise_to_clip_ratio": noise_to_clip_ratio(  # the noise's norm on a round's mean update over clip_norm
+            plan, dim=sum(v.numel() for v in prep.state.values() if v.is_floating_point()),
+            clients_per_round=expected_clients(cfg)),
     }
 
 
