@@ -152,7 +152,7 @@ def _warn_if_noise_swamps(plan, *, dim: int, clients_per_round: float) -> None:
 
         logging.getLogger("fed8").warning(
             "privacy: the noise on each round's mean update has about %.0fx the norm of one clipped update (noise "
-            "std %.3g clip_norm on the sum of %g clients' updates of %s values), and runs above %.0fx lost most or "
+            "std %.3g clip_norm on the sum of %g clients' updates of %s values), and runs above %.0fx lost much or "
             "all of their accuracy in fed8's measurements (README, 'Privacy'). The ratio falls as 1 / m with more "
             "clients per round (data.num_clients, train.fraction), as 1 / sqrt(values) with a smaller model, and "
             "with a larger privacy.target_epsilon.", ratio, ratio * max(clients_per_round, 1.0) / dim ** 0.5,
