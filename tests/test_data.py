@@ -277,3 +277,19 @@ def test_npz_errors_never_suggest_pickle(tmp_path):
     with pytest.raises(DataError) as e:
         load_splits(cfg(source="npz", path=str(tmp_path / "random.npz")))
     assert "allow_pickle" not in str(e.value) and "never unpickles" in str(e.value)
+
+
+def test_a_node_with_its_own_source_ignores_the_servers_folder_image_size(tmp_path):
+    """The server reads folders at 64 px; a node brings an npz of 28x28 images: not an image_size error."""
+    import fed8
+    from fed8.stages.federation import load_node_data
+
+    rng = np.random.default_rng(0)
+    f = tmp_path / "node.npz"
+    np.savez(f, x_train=rng.integers(0, 256, (20, 28, 28), dtype=np.uint8), y_train=np.arange(20) % 2)
+    cfg = fed8.load_config(None, ["data.source=folder", f"data.path={tmp_path}", "data.image_size=64",
+                                  "model.name=mlp", "model.hidden=8"])
+    model, data = load_node_data(cfg, str(f), client=0, source="npz")
+    assert tuple(data.x_train.shape[1:]) == (1, 28, 28) and len(data.y_train) + len(data.y_test) == 20
+    with pytest.raises(DataError, match="data.image_size = 64 applies only"):  # the server's own load still checks
+        load_splits(cfg.data.__class__(source="npz", path=str(f), image_size=64))
