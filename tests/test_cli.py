@@ -288,3 +288,10 @@ def test_predict_with_a_run_directory_names_its_models(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "run"), str(img)]) == 2
     err = capsys.readouterr().err
     assert f"e.g. {tmp_path / 'run/deploy/int8.onnx'} (there: fp32.onnx, int8.onnx)" in err
+
+
+def test_a_federation_with_a_stray_data_path_is_refused_before_anything_starts(tmp_path, capsys):
+    args = ["federation", "--out", str(tmp_path / "fed"), "--set", f"data.path={tmp_path}", "--set", "data.num_clients=2"]
+    assert main(args) == 2
+    assert "is not read with data.source = 'mnist10k'" in capsys.readouterr().err
+    assert not (tmp_path / "fed").exists()

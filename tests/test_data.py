@@ -112,15 +112,28 @@ def test_idx_label_count_mismatch_and_missing(tmp_path):
         load_splits(cfg(source="idx", path=str(tmp_path / "nope")))
 
 
-def test_keys_the_source_would_ignore_are_refused(tmp_path):
-    """A data.path without its data.source would train on the bundled MNIST; an image_size only folders read."""
+def test_keys_the_source_would_ignore_are_refused_when_a_run_is_created(tmp_path):
+    """A data.path without its data.source would train on the bundled MNIST; an image_size only folders read.
+    Refused for a new run; a run directory made before the check still resumes."""
+    import fed8
+    from fed8.data import refuse_unread_keys
+    from fed8.rundir import RunDir
+
     with pytest.raises(DataError, match=r"data.path = '.*' is not read with data.source = 'mnist10k'.*idx, cifar10"):
-        load_splits(cfg(path=str(tmp_path)))
+        refuse_unread_keys(cfg(path=str(tmp_path)))
     write_idx(tmp_path, "train", 5)
     write_idx(tmp_path, "t10k", 3)
     with pytest.raises(DataError, match="data.image_size = 64 applies only to data.source = 'folder'"):
-        load_splits(cfg(source="idx", path=str(tmp_path), image_size=64))
-    assert len(load_splits(cfg(source="idx", path=str(tmp_path), image_size=32)).train) == 5  # the default: fine
+        refuse_unread_keys(cfg(source="idx", path=str(tmp_path), image_size=64))
+    refuse_unread_keys(cfg(source="idx", path=str(tmp_path), image_size=32))  # the default: fine
+    assert len(load_splits(cfg(source="idx", path=str(tmp_path), image_size=64)).train) == 5  # loading stays lenient
+    small = ["data.subset=100", "data.num_clients=2", "train.rounds=1", "eval.every=0", "quantize.enabled=false"]
+    stray = fed8.load_config(None, small + [f"data.path={tmp_path}"])
+    with pytest.raises(DataError, match="is not read with data.source = 'mnist10k'"):
+        fed8.run(stray, out=tmp_path / "new", report=False)
+    assert not (tmp_path / "new").exists()
+    RunDir.create(tmp_path / "old", stray)  # as fed8 wrote it before the check
+    assert fed8.run(resume=tmp_path / "old", report=False).summary["rounds"] == 1
 
 
 # -- cifar10 ----------------------------------------------------------------------------
@@ -280,7 +293,7 @@ def test_npz_errors_never_suggest_pickle(tmp_path):
 
 
 def test_a_node_with_its_own_source_ignores_the_servers_folder_image_size(tmp_path):
-    """The server reads folders at 64 px; a node brings an npz of 28x28 images: not an image_size error."""
+    """The server reads folders at 64 px; a node brings an npz of 28x28 images: its data loads."""
     import fed8
     from fed8.stages.federation import load_node_data
 
@@ -291,5 +304,3 @@ def test_a_node_with_its_own_source_ignores_the_servers_folder_image_size(tmp_pa
                                   "model.name=mlp", "model.hidden=8"])
     model, data = load_node_data(cfg, str(f), client=0, source="npz")
     assert tuple(data.x_train.shape[1:]) == (1, 28, 28) and len(data.y_train) + len(data.y_test) == 20
-    with pytest.raises(DataError, match="data.image_size = 64 applies only"):  # the server's own load still checks
-        load_splits(cfg.data.__class__(source="npz", path=str(f), image_size=64))

@@ -474,6 +474,9 @@ def _cmd_federation(args) -> int:
                           f"{cfg.data.num_clients}: no round could ever be aggregated. Use a value <= "
                           f"{cfg.data.num_clients}.")
     if not args.resume:
+        from .data import refuse_unread_keys
+
+        refuse_unread_keys(cfg.data)
         rd = RunDir.create(Path(args.out) if args.out else default_run_dir(cfg), cfg)
     from .flower.launcher import run_federation, write_app
 

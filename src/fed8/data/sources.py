@@ -118,8 +118,9 @@ def _require(path: str, source: str, kind: str) -> Path:
     return p
 
 
-def _refuse_unread_keys(cfg: DataConfig) -> None:
-    """Keys this source would ignore: a user who set them expects them to act (e.g. a data.path without its source)."""
+def refuse_unread_keys(cfg: DataConfig) -> None:
+    """Refuse keys the source would ignore: a user who set them expects them to act (a data.path without its source
+    would train on the bundled MNIST). Checked when a run is created, so runs made before the check still resume."""
     if cfg.source == "mnist10k" and cfg.path:
         raise DataError(f"data.path = {cfg.path!r} is not read with data.source = 'mnist10k' (the bundled MNIST "
                         f"images). To train on your data, set data.source to one of "
@@ -134,7 +135,6 @@ def _refuse_unread_keys(cfg: DataConfig) -> None:
 def load_splits(cfg: DataConfig) -> Splits:
     """Load the configured source and return its train and eval splits."""
     src = cfg.source
-    _refuse_unread_keys(cfg)
     if src == "mnist10k":
         root = bundled_mnist10k_dir()
         x, y, where = _read_idx_pair(root, "t10k", required=True)

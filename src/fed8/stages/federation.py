@@ -119,9 +119,7 @@ def load_node_data(cfg: Config, path: str, *, client: int, source: str | None = 
     if src == "mnist10k":
         raise DataError("node config data-source = 'mnist10k' is the bundled dataset, not a node's own data; give "
                         "data-path with data-source = idx | cifar10 | folder | npz, or use partition-id.")
-    # data.image_size is the server's folder setting; a node's other source keeps its images' size
-    size = cfg.data.image_size if src == "folder" else type(cfg.data)().image_size
-    splits = load_splits(dataclasses.replace(cfg.data, source=src, path=str(path), subset=0, image_size=size))
+    splits = load_splits(dataclasses.replace(cfg.data, source=src, path=str(path), subset=0))
     images = torch.cat([splits.train.images, splits.eval.images])
     labels = torch.cat([splits.train.labels, splits.eval.labels])
     s = local_split(np.arange(len(labels)), test_fraction=cfg.data.test_fraction, seed=cfg.run.seed, client=client)

@@ -176,6 +176,9 @@ def run(
         cfg = config if config is not None else load_config()
         if overrides:
             cfg = cfg.replace(overrides)
+        from ..data import refuse_unread_keys
+
+        refuse_unread_keys(cfg.data)
         rd = RunDir.create(out if out is not None else default_run_dir(cfg), cfg)
     with rd.lock():  # one writer at a time: a second process on this folder is refused (RunDir.lock)
         if resume is not None:
