@@ -6,5 +6,5 @@ from .sources import SOURCES, bundled_mnist10k_dir, load_splits, refuse_unread_k
 
 __all__ = [
     "ClientSplit", "ImageDataset", "PIXEL_MEAN", "PIXEL_STD", "SOURCES", "Splits", "bundled_mnist10k_dir",
-    "load_splits", "local_split", "refuse_unread_keys", "partition", "partition_summary", "to_float",
+    "load_splits", "local_split", "partition", "partition_summary", "refuse_unread_keys", "to_float",
 ]
