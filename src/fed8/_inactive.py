@@ -4,7 +4,7 @@
 who set it expected momentum. fed8 warns (before round 1) instead of refusing: a sweep that
 switches ``server.strategy`` on a config that keeps every strategy's parameters is a normal
 workflow. Keys whose silence would train on the wrong data (``data.path`` with ``mnist10k``)
-are refused where the data loads (:mod:`fed8.data.sources`).
+are refused when a run is created (:func:`fed8.data.refuse_unread_keys`).
 """
 
 from __future__ import annotations
@@ -56,10 +56,9 @@ def inactive_keys(cfg: Config) -> list[str]:
         value = getattr(getattr(cfg, section), name)
         if value == getattr(getattr(default, section), name) or active(cfg):
             continue
-        governing = when.split(" ")[0]
         here = ""
         if " or " not in when and " and " not in when:  # one governing key: say what it is now
-            g_section, g_name = governing.split(".")
+            g_section, g_name = when.split(" ")[0].split(".")
             here = f" (here {_toml(getattr(getattr(cfg, g_section), g_name))})"
         out.append(f"{key} = {_toml(value)} has no effect: it applies only with {when}{here}. Set that too, or drop "
                    f"{key}.")

@@ -164,8 +164,9 @@ class ClientThreads:
         pending at a time. With ``cost`` (a client's expected work, e.g. its sample count)
         items are taken ``window`` at a time and each window starts in decreasing cost (ties
         in item order); the next window is queued while the last one runs, so at most
-        ``max(2 workers, window + 1) - 1 + window`` results are pending. A worker's exception is raised here when its turn
-        comes. Closing the iterator early cancels what has not started.
+        ``max(2 workers, window + 1) - 1 + window`` results are pending. A worker's exception
+        is raised here when its turn comes. Closing the iterator early cancels what has not
+        started.
         """
         it = iter(items)
         pending: collections.deque[Future] = collections.deque()

@@ -8,6 +8,7 @@ plan, the aggregator chain, the server optimizer, the codecs) and returns the
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,8 @@ import torch
 
 from .._rng import INIT, derive_seed
 from ..config import Config
+
+log = logging.getLogger("fed8")
 
 if TYPE_CHECKING:
     from ..federated.client import LocalTraining
@@ -131,15 +134,12 @@ def load_node_data(cfg: Config, path: str, *, client: int, source: str | None = 
     return model, ClientData(x[tr], labels[tr], x[te], labels[te])
 
 
-
 def _warn_inactive_keys(cfg) -> None:
     """Warn about keys set away from their default that this run's other choices ignore (:mod:`fed8._inactive`)."""
     from .._inactive import inactive_keys
 
     for why in inactive_keys(cfg):
-        import logging
-
-        logging.getLogger("fed8").warning("config: %s", why)
+        log.warning("config: %s", why)
 
 
 def _warn_if_noise_swamps(plan, *, dim: int, clients_per_round: float) -> None:
@@ -148,9 +148,7 @@ def _warn_if_noise_swamps(plan, *, dim: int, clients_per_round: float) -> None:
 
     ratio = noise_to_clip_ratio(plan, dim=dim, clients_per_round=clients_per_round)
     if ratio is not None and ratio > NOISE_RATIO_WARN:
-        import logging
-
-        logging.getLogger("fed8").warning(
+        log.warning(
             "privacy: the noise on each round's mean update has about %.0fx the norm of one clipped update (noise "
             "std %.3g clip_norm on the sum of %g clients' updates of %s values), and runs above %.0fx lost much or "
             "all of their accuracy in fed8's measurements (README, 'Privacy'). The ratio falls as 1 / m with more "
@@ -221,9 +219,7 @@ def prepare(cfg: Config, residuals: Path | None = None):
     t = cfg.train
     device = resolve_device(cfg.run.device)
     if t.precision == "bfloat16" and not native_bfloat16(device):
-        import logging
-
-        logging.getLogger("fed8").warning(
+        log.warning(
             "train.precision = 'bfloat16' on %s, which has no native bfloat16 kernels: it is emulated and slower than "
             "float32 there; set train.precision = 'float32'", device)
     parallel, client_threads = client_parallelism_of(cfg, state, device.type)
