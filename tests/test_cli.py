@@ -80,6 +80,36 @@ def test_quantize_notes_and_failures_print_as_written(capsys):
     assert "wrote runs/a[b]/deploy/quantization.json" in out
 
 
+def test_run_summary_prints_the_quantize_stage_notes(tmp_path, capsys):
+    """fed8 run ends with the deploy tables: a format the stage skipped (LiteRT without its extra) must say so
+    there, with the install command, and not only in quantization.json and the HTML report."""
+    import json
+
+    from fed8.cli import _console, _print_summary
+    from fed8.stages.quantize import NOTE_LITERT_SKIPPED
+
+    row = {"format": "float32", "runtime": "onnxruntime", "bytes": 6655332, "eval_accuracy": 0.98,
+           "accuracy_delta_points": 0.0, "top1_agreement_with_float32": 1.0, "on_device": None,
+           "latency_ms_batch1": 0.2, "latency_ms_batch256": 30.0, "status": "ok", "layers_kept_float": []}
+    kept = {**row, "format": "int8", "layers_kept_float": [{"node": "/fc2/Gemm", "sqnr_db": 12.5}]}
+    s = {"final": {"eval_accuracy": 0.98, "eval_loss": 0.1, "client_accuracy_mean": None, "client_accuracy_p10": None,
+                   "client_accuracy_min": None}, "model": "cnn", "parameters": 10, "rounds": 1,
+         "total_uplink_bytes": 1, "total_downlink_bytes": 1, "uplink_ratio_to_float32": 1.0,
+         "downlink_ratio_to_float32": 1.0, "uplink_codec": "float32", "downlink_codec": "float32", "train_seconds": 1.0,
+         "deploy": [row, kept]}
+    (tmp_path / "deploy").mkdir()
+    (tmp_path / "deploy" / "quantization.json").write_text(json.dumps(
+        {"formats": [row, kept], "failed": [], "notes": [NOTE_LITERT_SKIPPED]}))
+    _print_summary(_console(), tmp_path, s, "fed8 run summary", report=False)
+    out = capsys.readouterr().out.replace("\n", " ")
+    assert "note: LiteRT (.tflite) formats were listed" in out and "pip install 'fed8[litert]'" in out
+    assert "int8: kept /fc2/Gemm in float (local SQNR 12.5 dB)" in out
+    (tmp_path / "deploy" / "quantization.json").write_text("{not json")  # a damaged file: the tables still print
+    _print_summary(_console(), tmp_path, s, "fed8 run summary", report=False)
+    out = capsys.readouterr().out
+    assert "8-bit deployment: accuracy" in out and "note:" not in out
+
+
 @pytest.mark.parametrize("user", [None, "ACTIVE"])
 def test_cli_sets_passive_openmp_wait_policy_before_torch_loads(user):
     """libgomp (torch's OpenMP) prints its settings (OMP_DISPLAY_ENV) when torch loads it: unset, it spins

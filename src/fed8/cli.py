@@ -272,7 +272,9 @@ def _stopped(interrupt: KeyboardInterrupt) -> str:
 
 
 def _print_summary(con, run_dir: Path, s: dict, title: str, *, report: bool) -> None:
-    """The end-of-run table (and the deploy tables) of fed8 run and fed8 federation."""
+    """The end-of-run table (and the deploy tables, with their notes) of fed8 run and fed8 federation."""
+    import json
+
     from rich.table import Table
 
     table = Table(title=title, show_header=False)
@@ -303,6 +305,12 @@ def _print_summary(con, run_dir: Path, s: dict, title: str, *, report: bool) -> 
             con.print(s["privacy"]["stopped_for_budget"], style="bold")
     if s.get("deploy"):
         con.print(_deploy_table(s["deploy"]))
+        qj = run_dir / "deploy" / "quantization.json"
+        if qj.is_file():  # the stage's notes (e.g. a format skipped and how to get it), as fed8 quantize prints them
+            try:
+                _print_deploy_details(con, json.loads(qj.read_text()))
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # the tables above are complete; the notes are a courtesy
     if report:
         con.print(f"report: {run_dir / 'report.html'}", soft_wrap=True)
 
@@ -352,14 +360,19 @@ def _deploy_table(rows: list[dict]):
 
 def _print_deploy(con, res: dict, where: Path) -> None:
     con.print(_deploy_table(res["formats"]))
+    _print_deploy_details(con, res)
+    con.print(f"wrote {where}", soft_wrap=True)
+
+
+def _print_deploy_details(con, res: dict) -> None:
+    """What the deploy tables do not show: layers kept in float, formats that failed, and the stage's notes."""
     for r in res["formats"]:
         for k in r.get("layers_kept_float", []):
             con.print(f"{r['format']}: kept {k['node']} in float (local SQNR {k['sqnr_db']:.1f} dB)", soft_wrap=True)
     for f in res.get("failed", []):
         con.print(f"{f}: fails max_accuracy_drop even with every layer in float; reported, not usable.", style="red")
-    for note in res["notes"]:
+    for note in res.get("notes", []):
         con.print(f"note: {note}", soft_wrap=True)
-    con.print(f"wrote {where}", soft_wrap=True)
 
 
 def _check_litert_asked(formats: str, is_model: bool) -> None:
