@@ -61,6 +61,10 @@ def test_run_and_report(tmp_path, small, capsys):
     assert all(f"<th>{h}</th>" in per_round for h in ("eval acc", "clients mean", "uplink", "downlink", "s"))
     assert "<th>epsilon</th>" not in per_round  # columns without values (no DP here) are left out
     assert main(["report", str(tmp_path / "nope")]) == 2  # a user error: exit 2
+    capsys.readouterr()
+    assert main(["run", "--resume", str(run_dir), "--no-report"]) == 0  # nothing left to train: the bar starts done
+    out = capsys.readouterr().out
+    assert "round 2/2" in out and " acc " in out and "preparing data and model" not in out
 
 
 def test_quantize_notes_and_failures_print_as_written(capsys):
@@ -270,9 +274,12 @@ def test_a_newline_in_a_path_keeps_config_toml_valid(tmp_path, small):
 def test_decompression_bomb_and_bad_quantize_out_are_refused(tmp_path, small, capsys, monkeypatch):
     from PIL import Image
 
+    stages: list[str] = []  # what fed8 run's progress line shows after the rounds
     fed8.run(fed8.load_config(None, small + ["quantize.enabled=true", "quantize.formats=int8",
                                              "quantize.openvino=off", "train.rounds=1"]), out=tmp_path / "r",
-             report=False)
+             report=False, stage=stages.append)
+    assert stages[0] == "quantize: preparing data" and "quantize: quantizing int8" in stages
+    assert "quantize: measuring int8" in stages and "writing the report" not in stages
     Image.new("L", (40, 40)).save(tmp_path / "bomb.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1,600 pixels > 2 x the limit: Pillow's bomb error
     assert main(["predict", str(tmp_path / "r/deploy/int8.onnx"), str(tmp_path / "bomb.png")]) == 2

@@ -219,24 +219,32 @@ def _cmd_run(args) -> int:
             raise ConfigError("pass either a CONFIG or --resume RUN_DIR, not both: a resumed run uses its own "
                               "config.toml (with --set for train.rounds and eval keys).")
         out = Path(args.resume)
-        cfg = RunDir.open(out).load_config().replace(args.overrides)
+        rd = RunDir.open(out)
+        cfg = rd.load_config().replace(args.overrides)
+        done = rd.read_metrics()  # a resumed run's bar starts where it stopped
     else:
         cfg = load_config(args.config, args.overrides)
         out = Path(args.out) if args.out else default_run_dir(cfg)
+        done = []
     con.print(_bold_head("fed8 run", f"{cfg.model.name} on {cfg.data.source}: {cfg.data.num_clients} clients "
                                      f"({cfg.data.partition}), {cfg.train.rounds} rounds, run directory {out}"))
     if runner is not run:
         con.print(f"clients' training sharded over {world_from_env()[1]} ranks (torchrun; this is rank 0)")
     with Progress(TextColumn("round {task.completed:.0f}/{task.total:.0f}"), BarColumn(bar_width=8), TimeElapsedColumn(),
                   TextColumn("{task.description}", markup=False), console=con, transient=False) as bar:
-        task = bar.add_task("preparing data and model", total=cfg.train.rounds)
+        last = {"line": progress_line(done[-1]) if done else "preparing data and model"}
+        task = bar.add_task(last["line"], total=cfg.train.rounds, completed=done[-1]["round"] if done else 0)
 
         def progress(row: dict) -> None:
-            bar.update(task, completed=row["round"], description=progress_line(row))
+            last["line"] = progress_line(row)
+            bar.update(task, completed=row["round"], description=last["line"])
+
+        def stage(words: str) -> None:  # after the rounds: the quantize stage's steps, the report
+            bar.update(task, description=words)
 
         try:
             result = runner(cfg, out=None if args.resume else out, resume=args.resume, overrides=args.overrides,
-                            progress=progress, report=not args.no_report)
+                            progress=progress, stage=stage, report=not args.no_report)
         except KeyboardInterrupt as e:
             bar.stop()
             con.print(f"\n{_stopped(e)}; {_what_was_kept(out, 'Continue with')}")
@@ -246,6 +254,7 @@ def _cmd_run(args) -> int:
                 raise
             bar.stop()
             raise Fed8Error(f"{_disk_full(e)}; {_what_was_kept(out, 'Free some space, then continue with')}") from None
+        bar.update(task, description=last["line"])  # the line that stays: the last round's metrics
     _print_summary(con, result.run_dir, result.summary, "fed8 run summary", report=not args.no_report)
     return 0
 

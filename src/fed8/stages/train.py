@@ -139,6 +139,7 @@ def run(
     overrides: Sequence[str] = (),
     progress: Callable[[dict], None] | None = None,
     on_round: Callable[[int, dict], None] | None = None,
+    stage: Callable[[str], None] | None = None,
     report: bool = True,
     quantize: bool = True,
     transport_factory: Callable[[Prepared], Any] | None = None,
@@ -158,6 +159,9 @@ def run(
         Called with each round's metrics row (for live displays).
     on_round
         Called as ``on_round(round, row)`` after the round's checkpoint is committed.
+    stage
+        Called with a few words as the work after the rounds goes on ("quantize: building int8",
+        "writing the report"), for live displays.
     quantize
         Run the quantize stage at the end when ``quantize.enabled`` (False: skip it).
     transport_factory
@@ -195,7 +199,8 @@ def run(
                     "start a new run with another --out.")
             rd.write_config(cfg)
         try:
-            return _train(cfg, rd, ck, resume is not None, progress, on_round, report, t0, quantize, transport_factory)
+            return _train(cfg, rd, ck, resume is not None, progress, on_round, report, t0, quantize, transport_factory,
+                          stage)
         except BaseException:
             if resume is None:
                 rd.discard_if_no_round()  # a run that failed before round 1 leaves no folder behind
@@ -203,7 +208,7 @@ def run(
 
 
 def _train(cfg: Config, rd: RunDir, ck, resumed: bool, progress, on_round, report: bool, t0: float,
-           quantize: bool = True, transport_factory=None) -> RunResult:
+           quantize: bool = True, transport_factory=None, stage=None) -> RunResult:
     torch.set_num_threads(cfg.run.threads or os.cpu_count() or 1)
 
     prep = prepare(cfg, residuals=rd.path / "residuals")
@@ -267,8 +272,11 @@ def _train(cfg: Config, rd: RunDir, ck, resumed: bool, progress, on_round, repor
     rd.write_json(rd.summary, summary)
     if cfg.quantize.enabled and quantize:
         from .quantize import quantize_run
-        summary["deploy"] = quantize_run(rd.path, cfg.quantize)["formats"]  # it updates summary.json too
+        summary["deploy"] = quantize_run(  # it updates summary.json too
+            rd.path, cfg.quantize, progress=None if stage is None else (lambda s: stage(f"quantize: {s}")))["formats"]
     if report:
         from ..report import write_report
+        if stage is not None:
+            stage("writing the report")
         write_report(rd.path)
     return RunResult(rd.path, rows, summary)
