@@ -26,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"fed8 {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="train a global model federatedly (and report)")
+    r = sub.add_parser("run", help="train a global model federatedly, build and measure its 8-bit models on the "
+                                   "clients (quantize stage), write the report")
     r.add_argument("config", nargs="?", help="TOML config (default: built-in defaults; see 'fed8 init')")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config key, e.g. --set train.rounds=30 (repeatable)")
