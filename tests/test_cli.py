@@ -65,6 +65,9 @@ def test_run_and_report(tmp_path, small, capsys):
     assert main(["run", "--resume", str(run_dir), "--no-report"]) == 0  # nothing left to train: the bar starts done
     out = capsys.readouterr().out
     assert "round 2/2" in out and " acc " in out and "preparing data and model" not in out
+    assert main(args) == 2  # refused before any round: the error, and no progress bar left above it
+    captured = capsys.readouterr()
+    assert "already holds a run" in captured.err and "round 0/" not in captured.out
 
 
 def test_quantize_notes_and_failures_print_as_written(capsys):

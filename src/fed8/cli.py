@@ -237,10 +237,11 @@ def _cmd_run(args) -> int:
         task = bar.add_task(last["line"], total=cfg.train.rounds, completed=done[-1]["round"] if done else 0)
 
         def progress(row: dict) -> None:
-            last["line"] = progress_line(row)
+            last["line"], last["moved"] = progress_line(row), True
             bar.update(task, completed=row["round"], description=last["line"])
 
         def stage(words: str) -> None:  # after the rounds: the quantize stage's steps, the report
+            last["moved"] = True
             bar.update(task, description=words)
 
         try:
@@ -255,6 +256,11 @@ def _cmd_run(args) -> int:
                 raise
             bar.stop()
             raise Fed8Error(f"{_disk_full(e)}; {_what_was_kept(out, 'Free some space, then continue with')}") from None
+        except Fed8Error:
+            if not last.get("moved"):  # refused before any round (a config or data error): no bar above the error
+                bar.update(task, visible=False)
+                bar.live.transient = True  # rich erases a transient live display when it stops
+            raise
         bar.update(task, description=last["line"])  # the line that stays: the last round's metrics
     _print_summary(con, result.run_dir, result.summary, "fed8 run summary", report=not args.no_report)
     return 0
