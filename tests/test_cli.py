@@ -72,7 +72,7 @@ def test_run_and_report(tmp_path, small, capsys):
 
 def test_quantize_notes_and_failures_print_as_written(capsys):
     """An install hint such as pip install 'fed8[litert]' keeps its brackets (rich markup would eat them)."""
-    from fed8.cli import _console, _print_deploy
+    from fed8._terminal import console as _console, print_deploy as _print_deploy
     from fed8.stages.quantize import NOTE_LITERT_SKIPPED
 
     row = {"format": "float32", "runtime": "onnxruntime", "bytes": 6655332, "eval_accuracy": 0.98,
@@ -92,7 +92,7 @@ def test_run_summary_prints_the_quantize_stage_notes(tmp_path, capsys):
     there, with the install command, and not only in quantization.json and the HTML report."""
     import json
 
-    from fed8.cli import _console, _print_summary
+    from fed8._terminal import console as _console, print_summary as _print_summary
     from fed8.stages.quantize import NOTE_LITERT_SKIPPED
 
     row = {"format": "float32", "runtime": "onnxruntime", "bytes": 6655332, "eval_accuracy": 0.98,
@@ -175,7 +175,7 @@ def test_import_is_cheap():
 
 
 def test_progress_line_takes_missing_metrics():
-    from fed8.cli import progress_line
+    from fed8._terminal import progress_line
 
     row = {"round": 1, "train_loss": 0.5, "eval_accuracy": 0.9, "client_accuracy_mean": None,
            "client_accuracy_min": None, "epsilon": None}

@@ -12,6 +12,7 @@ from typing import Sequence
 from . import __version__
 from ._process import (exit_status, output_closed, quiet_after_broken_pipe, set_process_env, stop_on_signals,
                        tune_malloc, wait_policy)
+from ._terminal import bold_head, console, print_deploy, print_summary, progress_line
 from .errors import CheckpointError, ConfigError, DataError, DeployError, Fed8Error, MissingExtraError, ParameterError
 
 __all__ = ["main"]
@@ -92,21 +93,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _console():
-    from rich.console import Console
-
-    # markup=False: what fed8 prints holds paths, config values and install hints such as
-    # pip install 'fed8[litert]', which rich's markup would eat as tags; styles are passed explicitly.
-    return Console(stderr=False, highlight=False, markup=False)
-
-
-def _bold_head(head: str, rest: str):
-    """``head`` in bold, then ``rest`` as plain text."""
-    from rich.text import Text
-
-    return Text.assemble((head, "bold"), " " + rest)
-
-
 def _cmd_init(args) -> int:
     from ._io import atomic_write_text
     from .config import to_toml
@@ -133,7 +119,7 @@ def _cmd_info(args) -> int:
     def choices(cls, name):
         return ", ".join(next(f for f in fields(cls) if f.name == name).metadata["choices"])
 
-    con = _console()
+    con = console()
     con.print(f"fed8 {__version__}")
     con.print(f"python {platform.python_version()} ({platform.platform()})")
     con.print(f"torch {torch.__version__}; threads {torch.get_num_threads()} (cores {os.cpu_count()}); "
@@ -164,39 +150,6 @@ def _cmd_info(args) -> int:
     return 0
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000:
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.1f} PB"
-
-
-def progress_line(row: dict) -> str:
-    """One round in a few words: ``loss 0.231 acc 0.9712 clients 0.951/0.812 eps 3.1`` (clients: mean/min).
-
-    With the round counter, a bar of 8 and the elapsed time it fits an 80-column terminal.
-    Every metric may be None (no eval this round, no client with local test images).
-    """
-    from .federated.record import RoundRecord
-
-    r = RoundRecord.from_dict(row)
-
-    def num(v, fmt: str) -> str:
-        return "-" if v is None else format(v, fmt)
-
-    desc = f"loss {num(r.train_loss, '.3f')}"
-    if r.evaluated:
-        desc += f" acc {num(r.eval_accuracy, '.4f')}"
-        if r.client_accuracy_mean is not None:
-            desc += f" clients {num(r.client_accuracy_mean, '.3f')}/{num(r.client_accuracy_min, '.3f')}"
-    if r.epsilon is not None:
-        desc += f" eps {num(r.epsilon, '.3g')}"
-    if r.aborted:
-        desc += " (round abandoned)"
-    return desc
-
-
 def _cmd_run(args) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -214,7 +167,7 @@ def _cmd_run(args) -> int:
             serve_worker()
             return 0
         runner = run_distributed
-    con = _console()
+    con = console()
     if args.resume:
         if args.config:
             raise ConfigError("pass either a CONFIG or --resume RUN_DIR, not both: a resumed run uses its own "
@@ -227,7 +180,7 @@ def _cmd_run(args) -> int:
         cfg = load_config(args.config, args.overrides)
         out = Path(args.out) if args.out else default_run_dir(cfg)
         done = []
-    con.print(_bold_head("fed8 run", f"{cfg.model.name} on {cfg.data.source}: {cfg.data.num_clients} clients "
+    con.print(bold_head("fed8 run", f"{cfg.model.name} on {cfg.data.source}: {cfg.data.num_clients} clients "
                                      f"({cfg.data.partition}), {cfg.train.rounds} rounds, run directory {out}"))
     if runner is not run:
         con.print(f"clients' training sharded over {world_from_env()[1]} ranks (torchrun; this is rank 0)")
@@ -262,7 +215,7 @@ def _cmd_run(args) -> int:
                 bar.live.transient = True  # rich erases a transient live display when it stops
             raise
         bar.update(task, description=last["line"])  # the line that stays: the last round's metrics
-    _print_summary(con, result.run_dir, result.summary, "fed8 run summary", report=not args.no_report)
+    print_summary(con, result.run_dir, result.summary, "fed8 run summary", report=not args.no_report)
     return 0
 
 
@@ -285,110 +238,6 @@ def _stopped(interrupt: KeyboardInterrupt) -> str:
     """How the command was stopped, in words: Ctrl-C, or the signal (:class:`fed8._process.Terminated`)."""
     name = getattr(interrupt, "signame", None)
     return f"stopped by {name}" if name else "interrupted"
-
-
-def _print_summary(con, run_dir: Path, s: dict, title: str, *, report: bool) -> None:
-    """The end-of-run table (and the deploy tables, with their notes) of fed8 run and fed8 federation."""
-    import json
-
-    from rich.table import Table
-
-    table = Table(title=title, show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
-    f = s["final"]
-    for k, v in [
-        ("run directory", str(run_dir)),
-        ("model / parameters", f"{s['model']} / {s['parameters']:,}"),
-        ("rounds", str(s["rounds"])),
-        ("eval accuracy (global)", f"{f['eval_accuracy']:.4f}" if f["eval_accuracy"] is not None else "-"),
-        ("eval loss", f"{f['eval_loss']:.4f}" if f["eval_loss"] is not None else "-"),
-        ("client accuracy mean / p10 / min", " / ".join(
-            f"{f[k]:.4f}" if f[k] is not None else "-"
-            for k in ("client_accuracy_mean", "client_accuracy_p10", "client_accuracy_min"))),
-        ("uplink / downlink", f"{_fmt_bytes(s['total_uplink_bytes'])} / {_fmt_bytes(s['total_downlink_bytes'])}"),
-        ("  vs float32", f"{s['uplink_ratio_to_float32']:.3f}x / {s['downlink_ratio_to_float32']:.3f}x"),
-        ("  codecs", f"{s['uplink_codec']} / {s['downlink_codec']}"),
-        ("training time", f"{s['train_seconds']:.1f} s"),
-    ] + ([("epsilon (delta)", f"{s['privacy']['epsilon']:.3g} ({s['privacy']['delta']:g})")]
-         if s.get("privacy", {}).get("epsilon") is not None else []) + (
-        [("rejected updates", str(s["rejected_updates"]))] if s.get("rejected_updates") else []):
-        table.add_row(k, v)
-    con.print(table)
-    if s.get("privacy"):
-        con.print("privacy: " + s["privacy"]["statement"], soft_wrap=False)
-        if s["privacy"].get("stopped_for_budget"):
-            con.print(s["privacy"]["stopped_for_budget"], style="bold")
-    if s.get("deploy"):
-        con.print(_deploy_table(s["deploy"]))
-        qj = run_dir / "deploy" / "quantization.json"
-        if qj.is_file():  # the stage's notes (e.g. a format skipped and how to get it), as fed8 quantize prints them
-            try:
-                _print_deploy_details(con, json.loads(qj.read_text()))
-            except (OSError, ValueError, KeyError, TypeError):
-                pass  # the tables above are complete; the notes are a courtesy
-    if report:
-        con.print(f"report: {run_dir / 'report.html'}", soft_wrap=True)
-
-
-def _deploy_table(rows: list[dict]):
-    """Two tables that fit 80 columns: accuracy, then size and speed."""
-    from rich import box
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    from .report.html import latency_ratio, ms_or_batch1, ms_or_untimed
-
-    def num(v, f: str) -> str:
-        return "-" if v is None else format(v, f)
-
-    def table(title: str, caption: str, cols: list[str]) -> Table:
-        t = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False, pad_edge=False)
-        t.add_column("format", no_wrap=True)
-        for c in cols:
-            t.add_column(c, justify="right", no_wrap=True)
-        return t
-
-    acc = table("8-bit deployment: accuracy", "agree = top-1 agreement with float32; clients = on-device accuracy "
-                "(mean / p10 / min); float = layers the accuracy gate kept in float; delta in points",
-                ["eval acc", "delta", "agree", "clients", "float"])
-    f32 = rows[0]
-    speed = table("8-bit deployment: size and CPU latency",
-                  "ms at batch 1 and 256; vs fp32 = time / float32's time on ONNX Runtime (0.41x: 41% of its time)",
-                  ["runtime", "MB", "size", "b1 ms", "vs fp32", "b256 ms", "vs fp32"])
-    for r in rows:
-        od = r.get("on_device") or {}
-        name = r["format"] if r.get("status", "ok") == "ok" else Text(f"{r['format']} FAILED", style="red")
-        clients = " / ".join(num(od.get(k), ".3f") for k in ("client_accuracy_mean", "client_accuracy_p10",
-                                                               "client_accuracy_min")) if od else "-"
-        acc.add_row(name, num(r["eval_accuracy"], ".4f"), num(r["accuracy_delta_points"], "+.2f"),
-                    num(r["top1_agreement_with_float32"], ".4f"), clients, str(len(r.get("layers_kept_float", []))))
-        ort = {"onnxruntime": "ort"}.get(r.get("runtime", "onnxruntime"), r.get("runtime"))
-        for runtime, m in [(ort, r)] + ([("openvino", r["openvino"])] if "openvino" in r else []):
-            speed.add_row(name, runtime, f"{m['bytes'] / 1e6:.2f}", f"{m['bytes'] / f32['bytes']:.3f}x",
-                          ms_or_untimed(m["latency_ms_batch1"]),
-                          latency_ratio(m["latency_ms_batch1"], f32["latency_ms_batch1"]),
-                          ms_or_batch1(m["latency_ms_batch256"], m["latency_ms_batch1"]),
-                          latency_ratio(m["latency_ms_batch256"], f32["latency_ms_batch256"]))
-    return Group(acc, speed)
-
-
-def _print_deploy(con, res: dict, where: Path) -> None:
-    con.print(_deploy_table(res["formats"]))
-    _print_deploy_details(con, res)
-    con.print(f"wrote {where}", soft_wrap=True)
-
-
-def _print_deploy_details(con, res: dict) -> None:
-    """What the deploy tables do not show: layers kept in float, formats that failed, and the stage's notes."""
-    for r in res["formats"]:
-        for k in r.get("layers_kept_float", []):
-            con.print(f"{r['format']}: kept {k['node']} in float (local SQNR {k['sqnr_db']:.1f} dB)", soft_wrap=True)
-    for f in res.get("failed", []):
-        con.print(f"{f}: fails max_accuracy_drop even with every layer in float; reported, not usable.", style="red")
-    for note in res.get("notes", []):
-        con.print(f"note: {note}", soft_wrap=True)
 
 
 def _check_litert_asked(formats: str, is_model: bool) -> None:
@@ -428,17 +277,17 @@ def _cmd_quantize(args) -> int:
     q = replace(cfg.replace(extra).quantize, enabled=True)
     if args.formats:  # asked for by name here, not just listed in a config: an error, not a skipped note
         _check_litert_asked(args.formats, is_model)
-    con = _console()
+    con = console()
     say = lambda s: con.print(s, style="dim")  # noqa: E731
     if is_model:
         out = Path(args.out) if args.out else target.parent / f"{target.stem}-deploy"
         res = quantize_model(target, q, args.calibration_data, out=out, progress=say)
-        _print_deploy(con, res, out / "quantization.json")
+        print_deploy(con, res, out / "quantization.json")
     else:
         out = Path(args.out) if args.out else target / "deploy"
         with RunDir(target).lock("fed8 quantize"):  # it updates summary.json: not beside a run still training
             res = quantize_run(target, q, calibration_data=args.calibration_data, out=out, progress=say)
-        _print_deploy(con, res, out / "quantization.json")
+        print_deploy(con, res, out / "quantization.json")
         if out.resolve() == (target / "deploy").resolve():
             con.print(f"updated {target / 'summary.json'}" + (" and report.html" if (target / "report.html").exists()
                                                                 else ""), soft_wrap=True)
@@ -481,7 +330,7 @@ def _cmd_federation(args) -> int:
     refuse_flower_under_torchrun()
 
     require_flwr()
-    con = _console()
+    con = console()
     if args.resume:
         if args.config:
             raise ConfigError("pass either a CONFIG or --resume RUN_DIR, not both.")
@@ -518,7 +367,7 @@ def _cmd_federation(args) -> int:
         return 0
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    con.print(_bold_head("fed8 federation", f"{cfg.model.name} on {cfg.data.source}: {nodes} SuperNodes on "
+    con.print(bold_head("fed8 federation", f"{cfg.model.name} on {cfg.data.source}: {nodes} SuperNodes on "
                                             f"127.0.0.1, {cfg.train.rounds} rounds, run directory {rd.path}"))
     with Progress(TextColumn("round {task.completed:.0f}/{task.total:.0f}"), BarColumn(bar_width=8),
                   TimeElapsedColumn(), TextColumn("{task.description}", markup=False), console=con,
@@ -539,7 +388,7 @@ def _cmd_federation(args) -> int:
             return exit_status(e)
     import json
 
-    _print_summary(con, rd.path, json.loads(rd.summary.read_text()), "fed8 federation summary",
+    print_summary(con, rd.path, json.loads(rd.summary.read_text()), "fed8 federation summary",
                    report=rd.report.exists())
     return 0
 
