@@ -38,11 +38,24 @@ def _processes_of(home: Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_federation_gives_the_simulation_model_and_leaves_no_process(tmp_path, capsys):
+def test_federation_gives_the_simulation_model_and_leaves_no_process(tmp_path, capsys, monkeypatch):
+    from rich.progress import Progress
+
+    shown, update = [], Progress.update
+
+    def spy(self, task, **kw):  # what the live line showed
+        if "description" in kw:
+            shown.append(kw["description"])
+        return update(self, task, **kw)
+
+    monkeypatch.setattr(Progress, "update", spy)
     sets = [a for s in RICH + DEPLOY for a in ("--set", s)]
     assert main(["federation", "--out", str(tmp_path / "fed")] + sets) == 0
     out = capsys.readouterr().out
     assert "round 2/2" in out and "fed8 federation summary" in out and "int8" in out
+    # after the rounds the line follows the ServerApp's steps (its stage file), then shows the last round again
+    assert any(s.startswith("quantize: ") for s in shown)  # polled twice a second: a quick step may go unseen
+    assert shown[-1].startswith("loss ") and "quantize: " not in out
     assert _processes_of((tmp_path / "fed/flwr").resolve()) == []
     sim = fed8.run(fed8.load_config(None, RICH + DEPLOY), out=tmp_path / "sim", report=False)
     assert (tmp_path / "fed/model.safetensors").read_bytes() == (tmp_path / "sim/model.safetensors").read_bytes()

@@ -372,20 +372,27 @@ def _cmd_federation(args) -> int:
     with Progress(TextColumn("round {task.completed:.0f}/{task.total:.0f}"), BarColumn(bar_width=8),
                   TimeElapsedColumn(), TextColumn("{task.description}", markup=False), console=con,
                   transient=False) as bar:
-        done = len(rd.read_metrics())
-        task = bar.add_task("starting the SuperLink and SuperNodes" if not done else "resuming", total=cfg.train.rounds,
-                            completed=done)
+        rows = rd.read_metrics()
+        task = bar.add_task("starting the SuperLink and SuperNodes" if not rows else "resuming",
+                            total=cfg.train.rounds, completed=len(rows))
+        last = {"line": progress_line(rows[-1]) if rows else None}
 
         def progress(row: dict) -> None:  # the same live line as fed8 run, from metrics.jsonl as rounds commit
-            bar.update(task, completed=row["round"], description=progress_line(row))
+            last["line"] = progress_line(row)
+            bar.update(task, completed=row["round"], description=last["line"])
+
+        def stage(words: str) -> None:  # the ServerApp's steps after the rounds: the report, the quantize stage
+            bar.update(task, description=words)
 
         try:
-            run_federation(rd.path, nodes, tls=args.tls, auth=args.auth, progress=progress)
+            run_federation(rd.path, nodes, tls=args.tls, auth=args.auth, progress=progress, stage=stage)
         except KeyboardInterrupt as e:
             bar.stop()
             con.print(f"\n{_stopped(e)}; the SuperLink and SuperNodes are stopped and the last committed round is "
                       f"saved. Continue with: fed8 federation --resume {rd.path}", soft_wrap=True)
             return exit_status(e)
+        if last["line"] is not None:
+            bar.update(task, description=last["line"])  # the line that stays: the last round's metrics
     import json
 
     print_summary(con, rd.path, json.loads(rd.summary.read_text()), "fed8 federation summary",

@@ -32,7 +32,12 @@ from .._process import set_process_env
 from ..errors import CheckpointError, Fed8Error
 from ..rundir import RunDir
 
-__all__ = ["app_pyproject", "flower_env", "local_federation", "run_federation", "stop_leftovers", "write_app"]
+__all__ = ["STAGE_FILE", "app_pyproject", "flower_env", "local_federation", "run_federation", "stop_leftovers",
+           "write_app"]
+
+#: ``RUN_DIR/flwr/<this>``: the ServerApp's current step after the rounds, in a few words (the report, the quantize
+#: stage's steps), written by the ServerApp and shown on ``fed8 federation``'s progress line.
+STAGE_FILE = "stage"
 
 log = logging.getLogger("fed8")
 
@@ -256,8 +261,13 @@ def write_app(run_dir: str | Path) -> Path:
 
 
 def run_federation(run_dir: str | Path, nodes: int, *, progress: Callable[[dict], None] | None = None,
-                   timeout_s: float | None = None, tls: bool = False, auth: bool = False) -> None:
-    """Run (or continue) the fed8 run in ``run_dir`` on a local federation of ``nodes`` SuperNodes."""
+                   stage: Callable[[str], None] | None = None, timeout_s: float | None = None, tls: bool = False,
+                   auth: bool = False) -> None:
+    """Run (or continue) the fed8 run in ``run_dir`` on a local federation of ``nodes`` SuperNodes.
+
+    ``progress`` gets each metrics row as its round commits; ``stage`` the ServerApp's steps after the
+    rounds (the report, the quantize stage's steps), both from files the ServerApp writes, polled twice a second.
+    """
     from . import require_flwr
 
     require_flwr()
@@ -266,18 +276,26 @@ def run_federation(run_dir: str | Path, nodes: int, *, progress: Callable[[dict]
     app = write_app(run_dir)
     metrics = run_dir / "metrics.jsonl"
     seen = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+    stage_file = home / STAGE_FILE
+    stage_file.unlink(missing_ok=True)  # an earlier attempt's last step
+    shown = ""
     stop = threading.Event()
 
     def follow() -> None:
-        nonlocal seen
+        nonlocal seen, shown
         while not stop.wait(0.5):
-            if progress is None or not metrics.exists():
-                continue
-            lines = metrics.read_text().splitlines()
-            for line in lines[seen:]:
-                with contextlib.suppress(json.JSONDecodeError):
-                    progress(json.loads(line))
-            seen = len(lines)
+            if progress is not None and metrics.exists():
+                lines = metrics.read_text().splitlines()
+                for line in lines[seen:]:
+                    with contextlib.suppress(json.JSONDecodeError):
+                        progress(json.loads(line))
+                seen = len(lines)
+            if stage is not None:
+                with contextlib.suppress(OSError, UnicodeDecodeError):
+                    words = stage_file.read_text().strip()
+                    if words and words != shown:
+                        shown = words
+                        stage(words)
 
     def busy(holder: str) -> CheckpointError:
         return CheckpointError(f"{run_dir} is in use by {holder}, which runs its federation now; wait for it to "

@@ -43,12 +43,19 @@ def main(grid: Grid, context: Context) -> None:
             _remote_secure_sum(cfg, prep, t)
         return t
 
-    run(resume=run_dir, report=True, quantize=False, transport_factory=make)
+    from .._io import atomic_write_text
+    from .launcher import STAGE_FILE
+
+    def stage(words: str) -> None:  # fed8 federation's progress line follows this file (launcher.STAGE_FILE)
+        atomic_write_text(Path(run_dir) / "flwr" / STAGE_FILE, words)
+
+    run(resume=run_dir, report=True, quantize=False, transport_factory=make, stage=stage)
     if cfg.quantize.enabled:  # the deploy stage: statistics from the nodes, 8-bit models evaluated on them
         from ..stages.quantize import quantize_run
         from .deploy import FlowerStatistics
 
-        quantize_run(run_dir, cfg.quantize, devices=FlowerStatistics(transport["t"]))
+        quantize_run(run_dir, cfg.quantize, devices=FlowerStatistics(transport["t"]),
+                     progress=lambda words: stage(f"quantize: {words}"))
 
 
 def _remote_secure_sum(cfg, prep, transport) -> None:
