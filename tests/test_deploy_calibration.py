@@ -137,6 +137,39 @@ def test_quantize_standalone_model_with_labelled_npz(net, tmp_path):
     assert (out / "int8.onnx").exists() and (out / "float8_e5m2.onnx").exists()
 
 
+@pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning")
+def test_a_model_from_another_tool_quantizes_on_its_own_float_inputs(tmp_path, capsys):
+    """No fed8 metadata: no preprocessing to apply, so an .npz of the model's float inputs, checked against its input."""
+    from fed8.deploy.export import input_dims
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4),
+                                torch.nn.Flatten(), torch.nn.Linear(128, 5)).eval()
+    path = tmp_path / "theirs.onnx"  # another input name, a symbolic batch, no fed8 metadata
+    torch.onnx.export(model, torch.randn(1, 3, 16, 16), str(path), input_names=["pixels"], output_names=["scores"],
+                      dynamic_axes={"pixels": {0: "b"}, "scores": {0: "b"}}, dynamo=False)
+    assert input_dims(path) == [3, 16, 16]
+    x = np.random.default_rng(0).standard_normal((120, 3, 16, 16)).astype(np.float32)  # as the model takes them
+    y = run_logits(session(path), x).argmax(1)
+    np.savez(tmp_path / "inputs.npz", x=x, y=y)
+    out = tmp_path / "deploy"
+    assert main(["quantize", str(path), "--calibration-data", str(tmp_path / "inputs.npz"), "--out", str(out),
+                 "--formats", "int8,float8_e4m3fn"]) == 0
+    rows = {r["format"]: r for r in json.loads((out / "quantization.json").read_text())["formats"]}
+    assert rows["float32"]["eval_accuracy"] == 1.0  # its labels are FP32's predictions: taken as given, not rescaled
+    assert rows["int8"]["eval_accuracy"] > 0.8 and rows["float8_e4m3fn"]["eval_accuracy"] > 0.8
+    assert (out / "int8.onnx").exists()
+    capsys.readouterr()
+    np.savez(tmp_path / "pixels.npz", x=(x * 50 + 128).clip(0, 255).astype(np.uint8))  # pixels: nothing to scale them
+    np.savez(tmp_path / "small.npz", x=x[:, :, :8, :8])
+    (tmp_path / "imgs").mkdir()
+    for bad, says in (("pixels.npz", "is uint8 (120, 3, 16, 16); the model takes float inputs of 3x16x16"),
+                      ("small.npz", "(120, 3, 8, 8); the model takes float inputs of 3x16x16"),
+                      ("imgs", "cannot preprocess image files for it. Give an .npz")):
+        assert main(["quantize", str(path), "--calibration-data", str(tmp_path / bad), "--out", str(out)]) == 2
+        assert says in capsys.readouterr().err.replace("\n", " ")
+
+
 def test_predict_uses_training_preprocessing(net, tmp_path, capsys):
     from PIL import Image
 

@@ -62,8 +62,9 @@ def _parser() -> argparse.ArgumentParser:
                    "directory only")
     q.add_argument("--calibration", help="activation calibration: minmax | percentile | entropy")
     q.add_argument("--calibration-data", nargs="+", default=[], metavar="PATH",
-                   help="images to calibrate on (.npz, folder, image files); required for MODEL.onnx, "
-                        "replaces federated calibration for a run directory")
+                   help="images to calibrate on (.npz, folder, image files; for a model not exported by fed8: "
+                        "an .npz of its own float inputs); required for MODEL.onnx, replaces federated calibration "
+                        "for a run directory")
     q.add_argument("--out", help="output folder (default: RUN_DIR/deploy/, or MODEL-deploy/ next to MODEL.onnx)")
     q.add_argument("--set", dest="overrides", action="append", default=[], metavar="quantize.KEY=VALUE")
 

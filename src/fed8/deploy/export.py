@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import DeployError
 
-__all__ = ["OPSET", "export_onnx", "graph_key", "read_metadata", "set_metadata", "stamp_metadata"]
+__all__ = ["OPSET", "export_onnx", "graph_key", "input_dims", "read_metadata", "set_metadata", "stamp_metadata"]
 
 # Opset 19 is the first with float8 QuantizeLinear / DequantizeLinear.
 OPSET = 19
@@ -104,6 +104,16 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise DeployError(f"{path}: not an ONNX model (no graph nodes).")
     props = {p.key: p.value for p in m.metadata_props}
     return json.loads(props["fed8"]) if "fed8" in props else {}
+
+
+def input_dims(path: str | Path) -> list[int | None]:
+    """The first graph input's dimensions after the batch: an int where the file fixes it, None where it is symbolic."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    inits = {t.name for t in m.graph.initializer}
+    first = next(i for i in m.graph.input if i.name not in inits)
+    return [d.dim_value if d.HasField("dim_value") else None for d in first.type.tensor_type.shape.dim[1:]]
 
 
 def _refuse_directory(path: Path) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import DeployError
 
-__all__ = ["Images", "load_images", "preprocess"]
+__all__ = ["Images", "load_images", "load_model_inputs", "preprocess"]
 
 _SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
@@ -87,8 +87,9 @@ def load_images(paths: Sequence[str | Path], meta: Mapping[str, Any]) -> Images:
     ``meta`` is the model's fed8 metadata (``input_shape``, ``classes``, ``preprocess``).
     """
     if "input_shape" not in meta:
-        raise DeployError("the model has no fed8 metadata (input_shape, preprocess); export it with fed8 "
-                          "or give calibration data as an .npz of preprocessed float images.")
+        raise DeployError("the model has no fed8 metadata (input_shape, preprocess), so fed8 cannot preprocess image "
+                          "files for it; give an .npz whose 'x' holds the model's own float inputs [N, C, H, W] "
+                          "(fed8.deploy.images.load_model_inputs), or export the model with fed8.")
     c, h, w = meta["input_shape"]
     classes = [str(k) for k in meta.get("classes", [])]
     pixels, labels, names = [], [], []
@@ -122,3 +123,49 @@ def load_images(paths: Sequence[str | Path], meta: Mapping[str, Any]) -> Images:
         raise DeployError("no images given.")
     y = np.concatenate(labels) if all(v is not None for v in labels) else None
     return Images(preprocess(np.concatenate(pixels), meta), y, tuple(names))
+
+
+def load_model_inputs(paths: Sequence[str | Path], dims: Sequence[int | None]) -> Images:
+    """Calibration data for an ONNX model without fed8 metadata: ``.npz`` files of the model's own float inputs.
+
+    fed8 knows no preprocessing for such a model, so image files are refused and each ``.npz``
+    holds ``x`` (or ``images``, ``x_train``) as the model takes it, float, ``[N, *dims]``
+    (``dims``: the model's input dimensions after the batch, None where symbolic), and
+    optionally ``y`` (``labels``, ``y_train``), integer labels; nothing is rescaled.
+    """
+    xs, ys, names = [], [], []
+    for p in map(Path, paths):
+        if p.suffix != ".npz":
+            raise DeployError(f"{p}: the model has no fed8 metadata (input_shape, preprocess), so fed8 cannot "
+                              "preprocess image files for it. Give an .npz whose 'x' holds the model's own float "
+                              f"inputs [N, {', '.join('?' if d is None else str(d) for d in dims)}] (and 'y', integer "
+                              "labels, for accuracy), or export the model with fed8.")
+        if not p.is_file():
+            raise DeployError(f"{p}: no such file.")
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError):
+            raise DeployError(f"{p}: not a readable .npz of plain arrays (fed8 never unpickles).") from None
+        xk = next((k for k in ("x", "images", "x_train") if k in data), None)
+        if xk is None:
+            raise DeployError(f"{p}: no input array; expected key 'x' (or 'images', 'x_train'), got {sorted(data)}.")
+        x, yk = data[xk], {"x": "y", "images": "labels", "x_train": "y_train"}[xk]
+        want = "x".join("?" if d is None else str(d) for d in dims)
+        if (not np.issubdtype(x.dtype, np.floating) or x.ndim != len(dims) + 1
+                or any(d is not None and d != n for d, n in zip(dims, x.shape[1:]))):
+            raise DeployError(f"{p}: {xk} is {x.dtype} {tuple(x.shape)}; the model takes float inputs of {want} after "
+                              "the batch. Store them preprocessed as the model expects (fed8 applies nothing to a "
+                              "model without fed8 metadata).")
+        if xs and x.shape[1:] != xs[0].shape[1:]:
+            raise DeployError(f"{p}: {xk} has inputs of {x.shape[1:]}, the first file {xs[0].shape[1:]}.")
+        y = data.get(yk)
+        if y is not None and (y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer)):
+            raise DeployError(f"{p}: {yk} must be {x.shape[0]} integer labels; got {y.dtype} {tuple(y.shape)}.")
+        xs.append(np.ascontiguousarray(x, dtype=np.float32))
+        ys.append(None if y is None else y.astype(np.int64))
+        names += [f"{p.name}[{i}]" for i in range(len(x))]
+    if not xs:
+        raise DeployError("no calibration data given.")
+    y_all = np.concatenate(ys) if all(v is not None for v in ys) else None
+    return Images(np.concatenate(xs), y_all, tuple(names))

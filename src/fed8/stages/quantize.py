@@ -421,12 +421,14 @@ def quantize_model(model_path: str | Path, q: QuantizeConfig, calibration_data: 
                    out: str | Path | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Quantize a standalone FP32 ONNX model, calibrated on user images.
 
-    The images are shuffled (seed 0); half (at most 1,000) calibrate, the rest (at
+    A fed8 model takes image files, folders or an ``.npz`` of uint8 pixels, preprocessed from its
+    metadata; another tool's model an ``.npz`` of its own float inputs
+    (:func:`fed8.deploy.images.load_model_inputs`). The images are shuffled (seed 0); half (at most 1,000) calibrate, the rest (at
     most 5,000) evaluate: accuracy if the source has labels, otherwise top-1 agreement
     with the FP32 model.
     """
-    from ..deploy.export import read_metadata
-    from ..deploy.images import load_images
+    from ..deploy.export import input_dims, read_metadata
+    from ..deploy.images import load_images, load_model_inputs
     from ..errors import DeployError
 
     say = progress or (lambda s: None)
@@ -436,7 +438,10 @@ def quantize_model(model_path: str | Path, q: QuantizeConfig, calibration_data: 
     if not calibration_data:
         raise DeployError(f"quantizing {model_path.name} needs images to calibrate on: pass --calibration-data "
                           "FILE.npz | DIR | IMAGE... (a run directory calibrates on its clients instead).")
-    imgs = load_images(calibration_data, meta)
+    if "input_shape" in meta:  # a fed8 model: image files or uint8 pixels, preprocessed as in training
+        imgs = load_images(calibration_data, meta)
+    else:  # another tool's model: its own float inputs from .npz files
+        imgs = load_model_inputs(calibration_data, input_dims(model_path))
     if len(imgs.x) < 2:
         raise DeployError(f"--calibration-data has {len(imgs.x)} image(s); give at least 2 (one to calibrate, one "
                           "to evaluate), ideally hundreds.")
@@ -444,7 +449,7 @@ def quantize_model(model_path: str | Path, q: QuantizeConfig, calibration_data: 
     k = min(len(perm) // 2, 1000)
     cal, ev = perm[:k], perm[k : k + 5000]
     final = Path(out) if out else model_path.parent / f"{model_path.stem}-deploy"
-    data = DeployData([imgs.x[cal]], imgs.x[ev], imgs.y[ev] if imgs.y is not None else None, tuple(meta["input_shape"]))
+    data = DeployData([imgs.x[cal]], imgs.x[ev], imgs.y[ev] if imgs.y is not None else None, tuple(imgs.x.shape[1:]))
     calibration = {"where": f"user data (centralized): {', '.join(map(str, calibration_data))}",
                    "samples": len(cal), "evaluated_on": f"{len(ev)} other images of the same data"}
     with staged_dir(final) as staging:
