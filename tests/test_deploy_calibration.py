@@ -168,6 +168,11 @@ def test_a_model_from_another_tool_quantizes_on_its_own_float_inputs(tmp_path, c
                       ("imgs", "cannot preprocess image files for it. Give an .npz")):
         assert main(["quantize", str(path), "--calibration-data", str(tmp_path / bad), "--out", str(out)]) == 2
         assert says in capsys.readouterr().err.replace("\n", " ")
+    # fed8 predict takes the same inputs: classes are output indices (the model names none)
+    assert main(["predict", str(out / "int8.onnx"), str(tmp_path / "inputs.npz"), "--json", "--top-k", "1"]) == 0
+    top = [json.loads(line)["top"][0][0] for line in capsys.readouterr().out.splitlines()]
+    assert len(top) == 120 and np.mean(np.array(top, dtype=int) == y) > 0.8
+    assert main(["predict", str(path), str(tmp_path / "imgs")]) == 2
 
 
 def test_predict_uses_training_preprocessing(net, tmp_path, capsys):

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import DeployError
 
-__all__ = ["Images", "load_images", "load_model_inputs", "preprocess"]
+__all__ = ["Images", "load_images", "load_inputs", "load_model_inputs", "preprocess"]
 
 _SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
@@ -87,9 +87,8 @@ def load_images(paths: Sequence[str | Path], meta: Mapping[str, Any]) -> Images:
     ``meta`` is the model's fed8 metadata (``input_shape``, ``classes``, ``preprocess``).
     """
     if "input_shape" not in meta:
-        raise DeployError("the model has no fed8 metadata (input_shape, preprocess), so fed8 cannot preprocess image "
-                          "files for it; give an .npz whose 'x' holds the model's own float inputs [N, C, H, W] "
-                          "(fed8.deploy.images.load_model_inputs), or export the model with fed8.")
+        raise DeployError("the model has no fed8 metadata (input_shape, preprocess), so fed8 cannot preprocess images "
+                          "for it. Export it with fed8, or, for an ONNX model, give an .npz of its own float inputs.")
     c, h, w = meta["input_shape"]
     classes = [str(k) for k in meta.get("classes", [])]
     pixels, labels, names = [], [], []
@@ -169,3 +168,13 @@ def load_model_inputs(paths: Sequence[str | Path], dims: Sequence[int | None]) -
         raise DeployError("no calibration data given.")
     y_all = np.concatenate(ys) if all(v is not None for v in ys) else None
     return Images(np.concatenate(xs), y_all, tuple(names))
+
+
+def load_inputs(paths: Sequence[str | Path], model_path: str | Path, meta: Mapping[str, Any]) -> Images:
+    """What ``model_path`` takes from ``paths``: :func:`load_images` for a fed8 model (its metadata has the
+    preprocessing), :func:`load_model_inputs` for an ONNX model from another tool."""
+    if "input_shape" not in meta and Path(model_path).suffix == ".onnx":
+        from .export import input_dims
+
+        return load_model_inputs(paths, input_dims(model_path))
+    return load_images(paths, meta)

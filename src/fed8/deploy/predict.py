@@ -19,11 +19,11 @@ def predict(model_path: str | Path, paths: Sequence[str | Path], *, top_k: int =
     ``onnxruntime`` or ``openvino`` (see :func:`fed8.deploy.runtime.session`).
     """
     from .export import read_metadata
-    from .images import load_images
+    from .images import load_inputs
     from .runtime import run_logits, session
 
     meta = read_metadata(model_path)
-    imgs = load_images(paths, meta)
+    imgs = load_inputs(paths, model_path, meta)  # another tool's ONNX model: an .npz of its own float inputs
     logits = run_logits(session(model_path, threads=threads, runtime=runtime), imgs.x).astype(np.float64)
     p = np.exp(logits - logits.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)

@@ -427,8 +427,8 @@ def quantize_model(model_path: str | Path, q: QuantizeConfig, calibration_data: 
     most 5,000) evaluate: accuracy if the source has labels, otherwise top-1 agreement
     with the FP32 model.
     """
-    from ..deploy.export import input_dims, read_metadata
-    from ..deploy.images import load_images, load_model_inputs
+    from ..deploy.export import read_metadata
+    from ..deploy.images import load_inputs
     from ..errors import DeployError
 
     say = progress or (lambda s: None)
@@ -438,10 +438,7 @@ def quantize_model(model_path: str | Path, q: QuantizeConfig, calibration_data: 
     if not calibration_data:
         raise DeployError(f"quantizing {model_path.name} needs images to calibrate on: pass --calibration-data "
                           "FILE.npz | DIR | IMAGE... (a run directory calibrates on its clients instead).")
-    if "input_shape" in meta:  # a fed8 model: image files or uint8 pixels, preprocessed as in training
-        imgs = load_images(calibration_data, meta)
-    else:  # another tool's model: its own float inputs from .npz files
-        imgs = load_model_inputs(calibration_data, input_dims(model_path))
+    imgs = load_inputs(calibration_data, model_path, meta)  # another tool's model: its own float inputs (.npz)
     if len(imgs.x) < 2:
         raise DeployError(f"--calibration-data has {len(imgs.x)} image(s); give at least 2 (one to calibrate, one "
                           "to evaluate), ideally hundreds.")
