@@ -52,7 +52,8 @@ def _decode(path: Path, c: int, h: int, w: int) -> np.ndarray:
     return arr[None] if c == 1 else arr.transpose(2, 0, 1)
 
 
-def _npz(path: Path, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray | None]:
+def _npz_arrays(path: Path) -> tuple[str, np.ndarray, str, np.ndarray | None]:
+    """``(x key, x, y key, y or None)`` of an ``.npz``: ``x`` / ``y``, ``images`` / ``labels`` or ``x_train`` / ``y_train``."""
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
@@ -62,9 +63,12 @@ def _npz(path: Path, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray | Non
     xk = next((k for k in ("x", "images", "x_train") if k in data), None)
     if xk is None:
         raise DeployError(f"{path}: no image array; expected key 'x' (or 'images', 'x_train'), got {sorted(data)}.")
-    x = data[xk]
     yk = {"x": "y", "images": "labels", "x_train": "y_train"}[xk]
-    y = data.get(yk)
+    return xk, data[xk], yk, data.get(yk)
+
+
+def _npz(path: Path, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray | None]:
+    xk, x, yk, y = _npz_arrays(path)
     if x.ndim == 3 and shape[0] == 1:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[-1] == shape[0] and x.shape[1] != shape[0]:
@@ -141,15 +145,7 @@ def load_model_inputs(paths: Sequence[str | Path], dims: Sequence[int | None]) -
                               "labels, for accuracy), or export the model with fed8.")
         if not p.is_file():
             raise DeployError(f"{p}: no such file.")
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError):
-            raise DeployError(f"{p}: not a readable .npz of plain arrays (fed8 never unpickles).") from None
-        xk = next((k for k in ("x", "images", "x_train") if k in data), None)
-        if xk is None:
-            raise DeployError(f"{p}: no input array; expected key 'x' (or 'images', 'x_train'), got {sorted(data)}.")
-        x, yk = data[xk], {"x": "y", "images": "labels", "x_train": "y_train"}[xk]
+        xk, x, yk, y = _npz_arrays(p)
         want = "x".join("?" if d is None else str(d) for d in dims)
         if (not np.issubdtype(x.dtype, np.floating) or x.ndim != len(dims) + 1
                 or any(d is not None and d != n for d, n in zip(dims, x.shape[1:]))):
@@ -158,7 +154,6 @@ def load_model_inputs(paths: Sequence[str | Path], dims: Sequence[int | None]) -
                               "model without fed8 metadata).")
         if xs and x.shape[1:] != xs[0].shape[1:]:
             raise DeployError(f"{p}: {xk} has inputs of {x.shape[1:]}, the first file {xs[0].shape[1:]}.")
-        y = data.get(yk)
         if y is not None and (y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer)):
             raise DeployError(f"{p}: {yk} must be {x.shape[0]} integer labels; got {y.dtype} {tuple(y.shape)}.")
         xs.append(np.ascontiguousarray(x, dtype=np.float32))
