@@ -29,6 +29,7 @@ def bold_head(head: str, rest: str):
 
 
 def fmt_bytes(n: float) -> str:
+    """``n`` bytes in decimal units: ``512 B``, ``6.7 MB``, ``1.3 GB``."""
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"

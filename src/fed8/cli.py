@@ -182,7 +182,7 @@ def _cmd_run(args) -> int:
         out = Path(args.out) if args.out else default_run_dir(cfg)
         done = []
     con.print(bold_head("fed8 run", f"{cfg.model.name} on {cfg.data.source}: {cfg.data.num_clients} clients "
-                                     f"({cfg.data.partition}), {cfg.train.rounds} rounds, run directory {out}"))
+                                    f"({cfg.data.partition}), {cfg.train.rounds} rounds, run directory {out}"))
     if runner is not run:
         con.print(f"clients' training sharded over {world_from_env()[1]} ranks (torchrun; this is rank 0)")
     with Progress(TextColumn("round {task.completed:.0f}/{task.total:.0f}"), BarColumn(bar_width=8), TimeElapsedColumn(),
@@ -369,7 +369,7 @@ def _cmd_federation(args) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     con.print(bold_head("fed8 federation", f"{cfg.model.name} on {cfg.data.source}: {nodes} SuperNodes on "
-                                            f"127.0.0.1, {cfg.train.rounds} rounds, run directory {rd.path}"))
+                                           f"127.0.0.1, {cfg.train.rounds} rounds, run directory {rd.path}"))
     with Progress(TextColumn("round {task.completed:.0f}/{task.total:.0f}"), BarColumn(bar_width=8),
                   TimeElapsedColumn(), TextColumn("{task.description}", markup=False), console=con,
                   transient=False) as bar:
