@@ -47,7 +47,10 @@ def main(grid: Grid, context: Context) -> None:
     from .launcher import STAGE_FILE
 
     def stage(words: str) -> None:  # fed8 federation's progress line follows this file (launcher.STAGE_FILE)
-        atomic_write_text(Path(run_dir) / "flwr" / STAGE_FILE, words)
+        try:
+            atomic_write_text(Path(run_dir) / "flwr" / STAGE_FILE, words)
+        except OSError:  # a progress display is not worth failing the run for (the run's own writes will say)
+            pass
 
     run(resume=run_dir, report=True, quantize=False, transport_factory=make, stage=stage)
     if cfg.quantize.enabled:  # the deploy stage: statistics from the nodes, 8-bit models evaluated on them
