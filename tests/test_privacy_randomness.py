@@ -113,7 +113,11 @@ def test_empty_poisson_rounds_under_dp_move_the_model(tmp_path, small):
     empty = [row for row in r.metrics if row["num_clients"] == 0]
     assert empty and all("aborted" not in row and row["noise_std"] > 0 for row in empty)
     assert all(row["train_loss"] is None for row in empty)  # nobody trained: no loss, not a loss of 0
-    assert all(row["train_loss"] > 0 for row in r.metrics if row["num_clients"] > 0)
+    # a round with clients reports their loss; NaN is possible and honest: the sampling and the noise come from
+    # the OS CSPRNG, and a round that follows a noise-only round (noise ~25x the clip norm per value on the mean
+    # here) can train a blown-up model to NaN (seen in CI: that client's update was then rejected)
+    trained = [row["train_loss"] for row in r.metrics if row["num_clients"] > 0]
+    assert all(isinstance(x, float) and (x > 0 or math.isnan(x)) for x in trained)
     assert r.metrics[-1]["epsilon"] == pytest.approx(r.summary["privacy"]["epsilon"])
 
 
