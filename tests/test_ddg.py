@@ -118,7 +118,12 @@ def _paper_epsilon(m: DDG, rounds, delta):
     s = math.sqrt(sens2 / (n * var))
 
     def base(a):  # Eq. 17 without the L1 term (the min can only be lower with it)
-        return min(a * s * s / 2 + tau * d, a / 2 * (s + math.sqrt(d) * tau) ** 2)
+        out = min(a * s * s / 2 + tau * d, a / 2 * (s + math.sqrt(d) * tau) ** 2)
+        if m.count_sigma2:  # adaptive clipping: the count, one value of sensitivity 1, composed each round
+            tb = 10 * sum(math.exp(-2 * m.count_sigma2 * math.pi**2 * k / (k + 1)) for k in range(1, n))
+            sb = 1 / math.sqrt(n * m.count_sigma2)
+            out += min(a * sb * sb / 2 + tb, a / 2 * (sb + tb) ** 2)
+        return out
 
     q = m.clients_per_round / m.num_clients
     orders = list(range(2, 129)) + [256]
@@ -155,6 +160,67 @@ def test_the_runs_epsilon_equals_the_papers_accounting_computed_independently():
     m = _mech(n=50, dim=100_000, z=1.2, shares=30, num_clients=100, m=50)
     z_cont = m.noise_std / m.clip_norm
     assert m.epsilon_observers(15, 1e-5) > epsilon(PrivacySpec("central", "fixed", 100, 50.0, 1e-5), z_cont, 15)
+
+
+def test_adaptive_clippings_noised_count_is_accounted_with_the_updates():
+    kw = dict(dim=100_000, bits=17, beta=BETA, gamma=0.0, shares=30, clip_norm=1.0, sampling="fixed",
+              num_clients=100, clients_per_round=50.0)
+    plain = ddg_for_noise_multiplier(1.2, **kw)
+    m = ddg_for_noise_multiplier(1.2, **kw, count_stddev=0.0)
+    # the default count noise: max(m / 20, 1.5 z) in all, split into t integer shares (rounded up)
+    assert m.count_sigma2 == math.ceil(max(50 / 20, 1.5 * 1.2) ** 2 / 30) and plain.count_sigma2 == 0
+    assert m.count_noise_std == pytest.approx(math.sqrt(30 * m.count_sigma2))
+    for rounds in (15, 60):
+        server, observers = _paper_epsilon(m, rounds, 1e-5)
+        assert m.epsilon_server(rounds, 1e-5) == pytest.approx(server, rel=1e-9)
+        assert m.epsilon_observers(rounds, 1e-5) == pytest.approx(observers, rel=1e-9)
+        assert m.epsilon(rounds, 1e-5) > plain.epsilon(rounds, 1e-5)  # the count costs privacy
+    # calibrated to a budget, the count takes its share and the updates get more noise; a count noise set too
+    # small for the budget is refused with the key to change
+    c = calibrate_ddg(8.0, 15, 1e-5, **kw, count_stddev=0.0)
+    assert c.epsilon(15, 1e-5) <= 8.0 and c.noise_multiplier > calibrate_ddg(8.0, 15, 1e-5, **kw).noise_multiplier
+    wide = {**kw, "bits": 20}
+    assert calibrate_ddg(1.0, 15, 1e-5, **wide, count_stddev=0.0).epsilon(15, 1e-5) <= 1.0
+    with pytest.raises(ConfigError, match="adaptive_count_stddev"):  # one variance unit per share: std 5.5 in all
+        calibrate_ddg(1.0, 15, 1e-5, **wide, count_stddev=0.05)
+
+
+def test_a_new_clip_norm_scales_the_grid_and_keeps_the_integers_and_the_privacy():
+    from fed8.privacy.secagg.summer import RoundEncoding
+
+    m = _mech(6, 3000)
+    v = _updates(1, 3000)[0]["w"]
+    at = lambda c: RoundEncoding.for_round(1, seed=3, participants=6, dim=3000, clip_norm=c, ddg=m)  # noqa: E731
+    a = at(1.0).encode(v, weight=1.0, bit=1, client=0, randomness=PrivacyRandomness(seed=5))
+    b = at(0.25).encode(v * 0.25, weight=1.0, bit=1, client=0, randomness=PrivacyRandomness(seed=5))
+    assert np.array_equal(a, b)  # the same vector relative to the clip norm: the same ring values
+    assert at(0.25).scale == pytest.approx(m.gamma / 4)
+    assert m.at_clip(0.25).epsilon(15, 1e-5) == m.epsilon(15, 1e-5) and m.at_clip(1.0) is m
+
+
+def test_the_clip_bits_are_summed_exactly_with_their_integer_noise():
+    from fed8.privacy.secagg import SecureSum
+    from fed8.privacy.secagg.summer import RoundEncoding
+
+    n, dim = 6, 2000
+    m = ddg_for_noise_multiplier(1.0, dim=dim, bits=16, beta=BETA, gamma=0.0, shares=n, clip_norm=1.0,
+                                 sampling="fixed", num_clients=n, clients_per_round=n, count_stddev=3.0)
+    assert m.count_sigma2 == 2  # ceil(3^2 / 6)
+    ups, bits = _updates(n, dim), [1, 0, 1, 1, 0, 1]
+    s = SecureSum(seed=3, threshold=0.6, randomness=PrivacyRandomness(seed=11))
+    s.begin(1, list(range(n)), clip_norm=1.0, ddg=m)
+    for u in range(n):
+        s.add(u, ups[u], weight=1.0, bit=bits[u])
+    res = s.finish()
+    enc = RoundEncoding.for_round(1, seed=3, participants=n, dim=dim, clip_norm=1.0, ddg=m)
+    assert enc.length == m.dim + 1  # one more value: the noised clip bit
+    ints = [from_ring(enc.encode(ups[u]["w"], weight=1.0, bit=bits[u], client=u,
+                                 randomness=PrivacyRandomness(seed=11)), m.bits) for u in range(n)]
+    assert res.bit_sum == int(np.sum(ints, axis=0)[-1]) and res.weight_sum is None
+    # and what a client sends for its bit is the bit plus a fresh N_Z(0, count_sigma2)
+    draws = np.array([from_ring(enc.encode(torch.zeros(dim), weight=1.0, bit=1, client=0,
+                                           randomness=PrivacyRandomness()), m.bits)[-1] for _ in range(300)])
+    assert abs(draws.mean() - 1) < 5 * math.sqrt(2 / 300) and abs(draws.var() / 2 - 1) < 0.35
 
 
 def test_the_participation_bound_is_the_binomial_tail():
@@ -255,6 +321,24 @@ def _expected(cfg):
     from fed8.stages.aggregation import expected_clients
 
     return expected_clients(cfg)
+
+
+def test_adaptive_clipping_under_distributed_dp_moves_the_clip_and_the_grid_with_it(tmp_path, small):
+    cfg = fed8.load_config(None, small + DIST + MLP + [
+        "privacy.target_epsilon=30", "train.rounds=3", "privacy.adaptive_clipping=on", "privacy.clip_norm=5.0",
+        "privacy.adaptive_lr=0.5", "privacy.adaptive_quantile=0.55"])  # a count / m never equals 0.55: C moves
+    r = fed8.run(cfg, out=tmp_path / "r", report=False)
+    plan, p = _plan(cfg), r.summary["privacy"]
+    assert plan.ddg.count_sigma2 > 0 and p["adaptive_clipping"] and p["mechanism"]["count_sigma2"] == plan.ddg.count_sigma2
+    assert p["epsilon"] == pytest.approx(plan.ddg.epsilon(3, 1e-5)) and p["epsilon"] <= 30
+    assert "adaptive clipping" in p["statement"] and f"N_Z(0, {plan.ddg.count_sigma2})" in p["statement"]
+    clips = [row["clip_norm"] for row in r.metrics]
+    assert clips[0] == 5.0 and len(set(clips)) == 3  # every round's noised count moved it
+    assert r.metrics[0]["num_clients"] == 4  # (so that count / 4 is a multiple of 0.25)
+    # the noise on the mean follows the round's clip norm (the grid step scales with it)
+    ratios = [row["noise_std"] / row["clip_norm"] * math.sqrt(plan.ddg.shares / row["secagg_inputs"]) for row in r.metrics]
+    assert ratios == pytest.approx([plan.ddg.noise_std / 5.0 / _expected(cfg)] * 3, rel=1e-6)
+    assert all(row["clipped_fraction"] is None for row in r.metrics)  # the count is noised; only C shows it
 
 
 def test_distributed_dp_refuses_what_it_cannot_analyse(tmp_path, small):

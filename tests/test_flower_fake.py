@@ -198,14 +198,18 @@ def test_secure_aggregation_runs_its_stages_on_the_nodes_and_gives_the_simulatio
     assert not list((tmp_path / "nodes").rglob("secagg-r*.json"))  # keys deleted after unmasking
 
 
-def test_secure_aggregation_with_distributed_dp_draws_noise_on_the_nodes(tmp_path):
+@pytest.mark.parametrize("adaptive", ["off", "on"])
+def test_secure_aggregation_with_distributed_dp_draws_noise_on_the_nodes(tmp_path, adaptive):
     sets = SECAGG + ["privacy.dp=central", "privacy.noise_placement=distributed", "privacy.noise_multiplier=0.5",
-                     "privacy.weighting=uniform", "privacy.adaptive_clipping=false",
-                     "privacy.insecure_reproducible_noise=true", "train.rounds=2"]
+                     "privacy.weighting=uniform", f"privacy.adaptive_clipping={adaptive}",
+                     "privacy.adaptive_quantile=0.55", "privacy.insecure_reproducible_noise=true", "train.rounds=2"]
     fed, _ = _federation(tmp_path, sets)
     sim = fed8.run(fed8.load_config(None, BASE + sets), out=tmp_path / "sim", report=False)
     assert (fed / "model.safetensors").read_bytes() == (sim.run_dir / "model.safetensors").read_bytes()
     assert _rows(fed)[-1]["epsilon"] == sim.metrics[-1]["epsilon"]
+    # adaptive clipping: the nodes' noised clip bits moved the clip norm the same way in both runtimes
+    clips = [row["clip_norm"] for row in _rows(fed)]
+    assert clips == [row["clip_norm"] for row in sim.metrics] and (clips[0] != clips[1]) == (adaptive == "on")
 
 
 def test_distributed_dp_over_flower_sums_the_survivors_of_a_dropout(tmp_path):

@@ -190,7 +190,8 @@ class PrivacyConfig:
     adaptive_lr: float = _key(0.2, "step eta of the geometric clip-norm update", gt=0.0)
     adaptive_count_stddev: float = _key(
         0.0, "noise std sigma_b on the count of unclipped clients; 0 = max(clients per round / 20, 1.58 z) (the "
-        "paper's m / 20, capped so the count spends at most 10% of the budget)", ge=0.0)
+        "paper's m / 20, capped so the count spends at most 10% of the budget; under noise_placement = distributed "
+        "max(m / 20, 1.5 z) in all, added by the clients as t integer shares)", ge=0.0)
     secure_aggregation: bool = _key(
         False, "secure aggregation (Bonawitz et al. 2017): the server only learns the sum of the int8, "
         "shared-scale updates, summed in Z_(2^k)")

@@ -9,6 +9,8 @@ Algorithm 1, with the adaptive clipping of Andrew et al. 2021, arXiv:1905.03871)
     Delta = (Sum + N(0, (z_u C)^2 I)) / D                     D = m (expected clients per round), public
     C    <- C exp(-eta (( sum_k b_k + N(0, sigma_b^2)) / (q N) - gamma))
 
+(distributed mode: the clients add both noises as integer shares inside the secure sum).
+
 then a server optimizer (FedAvg, FedAvgM, FedAdam) steps with ``Delta``. Weights are
 ``w_k = 1`` (uniform) or ``min(1, n_k / cap)`` (capped, ``cap`` a public config value);
 the fixed denominator, computed from public numbers only, keeps the sensitivity of
@@ -122,19 +124,24 @@ class PrivateAggregate(AggregatorWrapper):
         distributed = self.ddg is not None and t.inputs > 0
         z = 0.0 if distributed else self.noise_multiplier
         # distributed: every input carries its client's share, so the sum's noise is that of all of them
-        std = self.ddg.gamma * (t.inputs * self.ddg.sigma2) ** 0.5 if distributed else z * self.clip_norm
+        # (on the grid of this round's clip norm)
+        std = (self.ddg.at_clip(self.clip_norm).gamma * (t.inputs * self.ddg.sigma2) ** 0.5 if distributed
+               else z * self.clip_norm)
         noisy = t.total if distributed else add_gaussian_noise(t.total, std, draws=draws)
         denom = self.denominator if self.denominator is not None else t.weight
         if not denom > 0:
             raise EmptyRoundError(f"round {self.rnd}: the aggregation weights sum to {denom}; nothing to average.")
         mean = {k: v / denom for k, v in noisy.items()}
-        unclipped = t.bits / t.inputs if (t.inputs and t.bits is not None) else None
+        # under distributed DP a noised count, so only the clip step below sees it, never the metrics
+        unclipped = t.bits / t.inputs if (t.inputs and t.bits is not None and not distributed) else None
         self._metrics.update(clip_norm=self.clip_norm, unclipped_fraction=unclipped,
                              clipped_fraction=None if unclipped is None else 1.0 - unclipped,
                              noise_std=std / denom if denom else None)
         if self.adaptive is not None:
             a = self.adaptive
-            if a.count_stddev > 0:  # DP: the noised count over the public expected number of clients
+            if distributed:  # the clients' shares of the count noise are in the securely summed bits already
+                fraction = t.bits / self.expected_clients
+            elif a.count_stddev > 0:  # DP: the noised count over the public expected number of clients
                 fraction = (t.bits + a.count_stddev * float(draws.randn(()))) / self.expected_clients
             else:  # noise-free (secure aggregation alone): the exact fraction of this round's inputs
                 fraction = unclipped if unclipped is not None else 1.0

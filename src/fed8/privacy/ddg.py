@@ -46,10 +46,22 @@ Parameters chosen here, before round 1, from public numbers only:
 * ``beta``: the conditional rounding's bias bound (:func:`.ddg_encode.norm_bound`).
 * ``sigma^2`` (an integer): for a budget, the smallest with ``epsilon <= target`` (bisection
   over ``z = sqrt(t) sigma / Delta_2``); otherwise ``z`` as configured.
+
+Adaptive clipping (Andrew et al. 2021, arXiv:1905.03871) over the same sum: each client also
+sends ``(b_k + N_Z(0, sigma_b^2)) mod 2^b``, ``b_k = 1[||u_k|| <= C]`` its clip bit, so the server
+learns only the noised count of unclipped clients and steps ``C`` with it (:mod:`fed8.federated.private`).
+The count is a one-dimensional distributed discrete Gaussian of sensitivity 1, composed with the
+update's in every round (:func:`.ddg_accounting.ddg_epsilon`). Its total std ``sqrt(t) sigma_b`` is
+by default ``max(m / 20, 1.5 z)``: the paper's ``m / 20``, and at most a tenth of each round's RDP
+(the update's replace-one RDP is ``2 alpha / z^2``, the count's ``alpha / (2 t sigma_b^2)``).
+Everything above is invariant under scaling ``C`` and ``gamma`` together (the grid holds ``C / gamma``),
+so a round whose clip norm moved to ``C_r`` uses ``gamma C_r / C`` (:meth:`DDG.at_clip`) with the same
+privacy and the same ring.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -62,7 +74,8 @@ from .ddg_accounting import ddg_epsilon, participation_bound
 from .ddg_encode import conditional_round, norm_bound
 from .discrete_gaussian import MAX_SIGMA2, discrete_gaussian
 
-__all__ = ["DDG", "WRAP_PROBABILITY", "calibrate_ddg", "ddg_for_noise_multiplier", "sampling_refusal"]
+__all__ = ["DDG", "WRAP_PROBABILITY", "calibrate_ddg", "count_sigma2_for", "ddg_for_noise_multiplier",
+           "sampling_refusal"]
 
 WRAP_PROBABILITY = 1e-9  # per round, any coordinate: the tail bound that fixes gamma
 _RHO = 2.0  # a coordinate of the real-FFT rotation of v has variance proxy <= 2 ||v||^2 / d
@@ -91,6 +104,9 @@ class DDG:
     sampling, num_clients, clients_per_round
         The client sampling: ``fixed`` (``m`` of ``N`` without replacement, the only one
         analysed; see the module docstring for why not ``poisson``).
+    count_sigma2
+        Each client's noise variance on its clip bit (adaptive clipping), an integer; 0 when
+        the run sends no clip bit (a fixed clip norm).
     """
 
     dim: int
@@ -103,6 +119,7 @@ class DDG:
     sampling: str
     num_clients: int
     clients_per_round: float
+    count_sigma2: int = 0
 
     @property
     def bound(self) -> float:
@@ -122,6 +139,19 @@ class DDG:
     def noise_std(self) -> float:
         """Std of the summed noise (at least ``t`` shares) in update units."""
         return math.sqrt(self.shares * self.sigma2) * self.gamma
+
+    @property
+    def count_noise_std(self) -> float:
+        """Std of the summed noise on the clipped count (at least ``t`` shares); 0 without adaptive clipping."""
+        return math.sqrt(self.shares * self.count_sigma2)
+
+    def at_clip(self, clip_norm: float) -> "DDG":
+        """The same mechanism for a round clipped at ``clip_norm``: ``gamma`` scaled with it (same privacy, same ring)."""
+        if clip_norm == self.clip_norm:
+            return self
+        if not clip_norm > 0:
+            raise ParameterError(f"clip_norm must be > 0; got {clip_norm}.")
+        return dataclasses.replace(self, gamma=self.gamma * clip_norm / self.clip_norm, clip_norm=clip_norm)
 
     def __post_init__(self) -> None:
         _check_sampling(self.sampling, self.num_clients, self.clients_per_round)
@@ -160,6 +190,13 @@ class DDG:
         z = x + discrete_gaussian(self.sigma2, self.dim, words)
         return (z & ((1 << self.bits) - 1)).astype(np.uint32)
 
+    def encode_count(self, bit: int, *, words) -> np.ndarray:
+        """``(bit + N_Z(0, count_sigma2)) mod 2^b``: the clip bit's ring element (adaptive clipping)."""
+        if not self.count_sigma2:
+            raise ParameterError("this mechanism sends no clip bit (count_sigma2 = 0: a fixed clip norm).")
+        z = int(bit) + discrete_gaussian(self.count_sigma2, 1, words)
+        return (z & ((1 << self.bits) - 1)).astype(np.uint32)
+
 
 def sampling_refusal(sampling: str) -> str | None:
     """Why the distributed discrete Gaussian cannot run under ``train.sampling = sampling``, or None."""
@@ -183,8 +220,9 @@ def _replace_one(m: DDG, rounds: int, delta: float, **kw) -> float:
     """Epsilon of ``rounds`` rounds under replace-one adjacency: the rounded sum moves by up to ``2 Delta_2``."""
     l2 = 2 * m.l2_sensitivity
     l1 = 2 * min(math.sqrt(m.dim) * m.l2_sensitivity, m.bound)
+    count = math.sqrt(m.count_sigma2) if m.count_sigma2 else None
     return ddg_epsilon(l2_sens=l2, l1_sens=l1, sigma=math.sqrt(m.sigma2), n=m.shares, dim=m.dim, rounds=rounds,
-                       delta=delta, **kw)
+                       delta=delta, count_sigma=count, **kw)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -240,9 +278,20 @@ def _fit(*, z: float, dim: int, bits: int, beta: float, shares: int, clip_norm: 
     return hi, sigma2_at(hi)
 
 
+def count_sigma2_for(z: float, *, shares: int, clients_per_round: float, count_stddev: float = 0.0) -> int:
+    """Each client's noise variance on its clip bit: total std ``count_stddev``, or by default ``max(m / 20, 1.5 z)``."""
+    total = count_stddev if count_stddev > 0 else max(clients_per_round / 20, 1.5 * z)
+    return max(1, math.ceil(total * total / shares - 1e-9))
+
+
 def ddg_for_noise_multiplier(z: float, *, dim: int, bits: int, beta: float, gamma: float, shares: int,
-                             clip_norm: float, sampling: str, num_clients: int, clients_per_round: float) -> DDG:
-    """The mechanism whose summed noise is ``z`` times the rounded sensitivity (``sigma^2`` rounded up)."""
+                             clip_norm: float, sampling: str, num_clients: int, clients_per_round: float,
+                             count_stddev: float | None = None) -> DDG:
+    """The mechanism whose summed noise is ``z`` times the rounded sensitivity (``sigma^2`` rounded up).
+
+    ``count_stddev``: adaptive clipping's count noise (total std over ``t`` shares; 0 = the default
+    of :func:`count_sigma2_for`), or None for a fixed clip norm (no count sent).
+    """
     if not z > 0:
         raise ConfigError(f"the distributed discrete Gaussian needs a noise multiplier > 0; got {z}.")
     d = dim + dim % 2
@@ -252,7 +301,14 @@ def ddg_for_noise_multiplier(z: float, *, dim: int, bits: int, beta: float, gamm
     if s2 > MAX_SIGMA2:
         raise ConfigError(f"privacy.ddg_gamma = {gamma} makes each client's noise variance {s2} grid units, above the "
                           f"sampler's {MAX_SIGMA2}. Raise ddg_gamma, or set it to 0 (chosen from ddg_bits).")
-    return DDG(d, bits, g, beta, s2, shares, clip_norm, sampling, num_clients, clients_per_round)
+    c2 = 0
+    if count_stddev is not None:
+        c2 = count_sigma2_for(z, shares=shares, clients_per_round=clients_per_round, count_stddev=count_stddev)
+        k = math.sqrt(2 * math.log(2 / WRAP_PROBABILITY))
+        if c2 > MAX_SIGMA2 or clients_per_round + k * math.sqrt(clients_per_round * c2) > 2.0 ** (bits - 1):
+            raise ConfigError(f"privacy.adaptive_count_stddev = {count_stddev} does not fit the ring of "
+                              f"privacy.ddg_bits = {bits}. Lower adaptive_count_stddev (0 = the default m / 20).")
+    return DDG(d, bits, g, beta, s2, shares, clip_norm, sampling, num_clients, clients_per_round, c2)
 
 
 def calibrate_ddg(target_epsilon: float, rounds: int, delta: float, **kw) -> DDG:
@@ -275,10 +331,12 @@ def calibrate_ddg(target_epsilon: float, rounds: int, delta: float, **kw) -> DDG
                 mid = math.sqrt(a * b)
                 a, b = (mid, b) if eps(mid) is not None else (a, mid)
             if eps(a) > target_epsilon:
+                count = (" (adaptive clipping's count query spends part of the budget: its noise, "
+                         "privacy.adaptive_count_stddev, may be too small)") if kw.get("count_stddev") else ""
                 raise ConfigError(
                     f"privacy.target_epsilon = {target_epsilon} over {rounds} rounds needs more noise than "
                     f"privacy.ddg_bits = {kw['bits']} can hold (at most noise multiplier {a:.3g}, epsilon "
-                    f"{eps(a):.3g}). Raise privacy.ddg_bits, raise the budget, or train fewer rounds.")
+                    f"{eps(a):.3g}){count}. Raise privacy.ddg_bits, raise the budget, or train fewer rounds.")
             hi = a
             break
         if e <= target_epsilon:

@@ -43,6 +43,13 @@ conversion to ``(epsilon, delta)`` is ``dp-accounting``'s
 ``Delta_2 = sqrt(norm_bound)`` (:func:`fed8.privacy.ddg_encode.norm_bound`) and ``Delta_1 <=
 min(sqrt(d) Delta_2, Delta_2^2)`` (integer coordinates).
 
+Adaptive clipping (Andrew et al. 2021) adds a second query each round: the count of clients
+whose update was not clipped, ``sum_k b_k`` with ``b_k`` in {0, 1}, to which each client adds
+``N_Z(0, sigma_b^2)`` inside the same secure sum. It is the same mechanism in one dimension
+with sensitivity 1 (``Delta_2 = Delta_1 = 1``: one client's bit moves the count by at most 1
+under either adjacency). The two queries of a round compose by adding their RDP curves, and
+sampling amplifies the pair, whose curve is that sum (``count_sigma`` of :func:`ddg_epsilon`).
+
 With ``n = 1`` and a large ``sigma``, ``tau`` vanishes and ``eps(alpha) = alpha Delta_2^2 /
 (2 sigma^2)``: the continuous Gaussian's RDP, which the tests use as an independent check.
 """
@@ -167,12 +174,15 @@ def participation_bound(rounds: int, rate: float, tail: float) -> tuple[int, flo
 
 def ddg_epsilon(*, l2_sens: float, sigma: float, n: int, dim: int, rounds: int, delta: float,
                 l1_sens: float | None = None, orders: Sequence[int] = DDG_ORDERS,
-                poisson_rate: float | None = None, wor_fraction: float | None = None) -> float:
+                poisson_rate: float | None = None, wor_fraction: float | None = None,
+                count_sigma: float | None = None) -> float:
     """``epsilon`` at ``delta`` after ``rounds`` rounds (RDP composition, dp-accounting's conversion).
 
     ``poisson_rate`` / ``wor_fraction``: the round's client sampling (at most one), amplified
     with :func:`poisson_subsampled_rdp` / :func:`wor_subsampled_rdp`; the sensitivities are
     then those of the matching adjacency (the caller doubles them for replace-one).
+    ``count_sigma``: each client's noise std on the clipped-count query of adaptive clipping
+    (sensitivity 1, the same ``n`` shares), composed with the update's in every round.
     """
     from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
 
@@ -181,11 +191,18 @@ def ddg_epsilon(*, l2_sens: float, sigma: float, n: int, dim: int, rounds: int, 
     if poisson_rate is not None and wor_fraction is not None:
         raise ParameterError("ddg_epsilon takes poisson_rate or wor_fraction, not both.")
     orders = list(orders)
+
+    def curve(at: Sequence[int]) -> list[float]:
+        out = ddg_rdp(l2_sens=l2_sens, sigma=sigma, n=n, dim=dim, l1_sens=l1_sens, orders=at)
+        if count_sigma is not None:
+            count = ddg_rdp(l2_sens=1.0, l1_sens=1.0, sigma=count_sigma, n=n, dim=1, orders=at)
+            out = [a + b for a, b in zip(out, count)]
+        return out
+
     if poisson_rate is None and wor_fraction is None:
-        per = ddg_rdp(l2_sens=l2_sens, sigma=sigma, n=n, dim=dim, l1_sens=l1_sens, orders=orders)
+        per = curve(orders)
     else:
-        base = ddg_rdp(l2_sens=l2_sens, sigma=sigma, n=n, dim=dim, l1_sens=l1_sens,
-                       orders=range(2, max(orders) + 1))
+        base = curve(range(2, max(orders) + 1))
         per = (poisson_subsampled_rdp(poisson_rate, base, orders) if poisson_rate is not None
                else wor_subsampled_rdp(wor_fraction, base, orders))
     eps, _ = compute_epsilon(orders, [rounds * r for r in per], delta)

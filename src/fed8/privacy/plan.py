@@ -42,7 +42,9 @@ class PrivacyPlan:
     update_noise_multiplier
         ``z_u`` of the noise on the updates (``> z`` with adaptive clipping).
     count_stddev
-        ``sigma_b`` of the clipped-count noise (adaptive clipping), else 0.
+        ``sigma_b`` of the clipped-count noise (adaptive clipping), else 0. Under the
+        distributed discrete Gaussian the clients add it (``t`` shares); the server only
+        for a round without inputs.
     rounds
         Rounds to train (fewer than configured when ``budget = "stop"`` cut them).
     stop_reason
@@ -143,6 +145,10 @@ class PrivacyPlan:
                 else f"{int(round(s.clients_per_round))} of {s.num_clients} clients per round")
         if self.ddg is not None:
             m, g = self.ddg, self.ddg_guarantees(rounds)
+            count = (f"; adaptive clipping steps the clip norm with the count of unclipped updates, each client's "
+                     f"clip bit sent with its own noise N_Z(0, {m.count_sigma2}) in the same sum, accounted with the "
+                     f"updates" if m.count_sigma2 else "")
+            scaled = f" (at clip norm {m.clip_norm:.3g}; it scales with the round's clip norm)" if m.count_sigma2 else ""
             return (f"(epsilon, delta) = ({eps:.3g}, {s.delta:g}) at client level after {rounds} rounds, against the "
                     f"server (honest but curious: it follows the protocol) and any clients colluding with it, as long as "
                     f"every unmasked sum holds at least t = {m.shares} honest clients' inputs (secure aggregation "
@@ -152,10 +158,10 @@ class PrivacyPlan:
                     f"counted in delta); against anyone who sees only the models, sampling {samp} amplifies: "
                     f"epsilon {g['epsilon_against_model_observers']:.3g}. Mechanism: "
                     f"the distributed discrete Gaussian (Kairouz, Liu, Steinke 2021): each client rounds its "
-                    f"rotated, clipped update to a grid of step {m.gamma:.3g} and adds exact integer noise "
+                    f"rotated, clipped update to a grid of step {m.gamma:.3g}{scaled} and adds exact integer noise "
                     f"N_Z(0, {m.sigma2}) from its OS CSPRNG, and only the sum modulo 2^{m.bits} is unmasked "
-                    f"({m.bits} bits per value sent); RDP analysis of that paper under replace-one adjacency, "
-                    f"noise multiplier {self.noise_multiplier:.4g}.")
+                    f"({m.bits} bits per value sent){count}; RDP analysis of that paper under replace-one "
+                    f"adjacency, noise multiplier {self.noise_multiplier:.4g}.")
         if self.mode == "local":
             return (f"Local DP: each update a client sends is ({self.epsilon(1):.3g}, {s.delta:g})-DP for that "
                     f"client's data; a client that took part in all {rounds} rounds has ({eps:.3g}, {s.delta:g}) "
@@ -184,13 +190,17 @@ def _within_budget(eps_of, p, rounds: int, noise: str, fix) -> tuple[int, str | 
                    f"target_epsilon = {p.target_epsilon} (privacy.budget = 'stop')")
 
 
-def _ddg_plan(p, spec: PrivacySpec, rounds: int, dim: int | None) -> PrivacyPlan:
-    """The plan of ``noise_placement = distributed``: the distributed discrete Gaussian's parameters and budget."""
+def _ddg_plan(p, spec: PrivacySpec, rounds: int, dim: int | None, adaptive: bool) -> PrivacyPlan:
+    """The plan of ``noise_placement = distributed``: the distributed discrete Gaussian's parameters and budget.
+
+    ``adaptive``: the clients also send their noised clip bits (:mod:`fed8.privacy.ddg`).
+    """
     if dim is None:  # pragma: no cover - callers pass the model's size
         raise ConfigError("privacy.noise_placement = 'distributed' needs the update's dimension to plan its noise.")
     shares = max(1, math.ceil(p.secagg_threshold * spec.clients_per_round - 1e-9))
     kw = dict(dim=dim, bits=p.ddg_bits, beta=p.ddg_beta, gamma=p.ddg_gamma, shares=shares, clip_norm=p.clip_norm,
-              sampling=spec.sampling, num_clients=spec.num_clients, clients_per_round=spec.clients_per_round)
+              sampling=spec.sampling, num_clients=spec.num_clients, clients_per_round=spec.clients_per_round,
+              count_stddev=p.adaptive_count_stddev if adaptive else None)
     calibrated, stop_reason = p.noise_multiplier <= 0, None
     if calibrated:
         m = _calibrate_ddg(p.target_epsilon, rounds, p.delta, tuple(sorted(kw.items())))
@@ -200,7 +210,7 @@ def _ddg_plan(p, spec: PrivacySpec, rounds: int, dim: int | None) -> PrivacyPlan
             lambda r: m.epsilon(r, p.delta), p, rounds, f"of the distributed discrete Gaussian at noise_multiplier = "
             f"{p.noise_multiplier}", lambda: "leave noise_multiplier at 0 so the noise is computed from the budget")
     z = m.noise_multiplier
-    return PrivacyPlan(p.dp, spec, z, z, 0.0, rounds, stop_reason, calibrated, distributed=True, ddg=m)
+    return PrivacyPlan(p.dp, spec, z, z, m.count_noise_std, rounds, stop_reason, calibrated, distributed=True, ddg=m)
 
 
 @functools.lru_cache(maxsize=64)
@@ -235,7 +245,7 @@ def make_plan(privacy, *, num_clients: int, clients_per_round: float, sampling: 
             f"privacy.dp = {p.dp!r} needs noise: set privacy.noise_multiplier (e.g. 1.0) or "
             "privacy.target_epsilon (e.g. 4.0, and the noise is computed for train.rounds).")
     if p.dp == "central" and p.secure_aggregation and p.noise_placement == "distributed":
-        return _ddg_plan(p, spec, rounds, dim)
+        return _ddg_plan(p, spec, rounds, dim, adaptive)
     z, calibrated = p.noise_multiplier, False
     if z <= 0:
         z, calibrated = calibrate_noise_multiplier(spec, p.target_epsilon, rounds), True

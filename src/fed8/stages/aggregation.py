@@ -43,11 +43,11 @@ def expected_clients(cfg: Config) -> float:
 def adaptive_clipping_on(cfg: Config) -> bool:
     """Whether adaptive clipping (Andrew et al. 2021) runs for ``privacy.adaptive_clipping``.
 
-    ``on`` / ``off`` as set. ``auto`` turns it on only where it was measured to help and the
-    mechanism supports it: central DP with the noise on the server (distributed noise shares
-    have no noised count) and at least ``ADAPTIVE_AUTO_MIN_CLIENTS`` expected clients per
-    round, where the noised count of unclipped clients (std >= m / 20) is fine enough to
-    steer the clip norm.
+    ``on`` / ``off`` as set. ``auto`` turns it on only where it was measured to help: central
+    DP with the noise on the server (the distributed discrete Gaussian's noised count, on
+    with ``on``, was not measured to help) and at least ``ADAPTIVE_AUTO_MIN_CLIENTS`` expected
+    clients per round, where the noised count of unclipped clients (std >= m / 20) is fine
+    enough to steer the clip norm.
     """
     p = cfg.privacy
     if p.adaptive_clipping != "auto":
@@ -123,10 +123,6 @@ def check_combination(cfg: Config) -> None:
                 f"privacy.secagg_min_clients = {p.secagg_min_clients} is more than the {m:g} clients per round "
                 f"(data.num_clients x train.fraction): every secure-aggregation round would be abandoned. Sample "
                 f"more clients per round, or lower secagg_min_clients (>= 2; a sum of one input reveals it).")
-    if p.noise_placement == "distributed" and p.adaptive_clipping == "on":
-        raise ConfigError(
-            "privacy.adaptive_clipping with noise_placement = 'distributed' is not supported (the clipped count "
-            "would need its own distributed noise). Use noise_placement = 'server' or a fixed clip_norm.")
 
 
 def _adaptive(cfg: Config, plan) -> AdaptiveClipping | None:

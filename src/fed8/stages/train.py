@@ -123,7 +123,10 @@ def _privacy_summary(prep: Prepared, rows: list[dict]) -> dict:
         "mechanism": None if plan.ddg is None else {
             "name": "distributed discrete Gaussian (Kairouz, Liu, Steinke 2021)", "bits_per_value": plan.ddg.bits,
             "gamma": plan.ddg.gamma, "beta": plan.ddg.beta, "sigma2": plan.ddg.sigma2,
-            "noise_shares_t": plan.ddg.shares, "noise_std": plan.ddg.noise_std, **plan.ddg_guarantees(done)},
+            "noise_shares_t": plan.ddg.shares, "noise_std": plan.ddg.noise_std,
+            # adaptive clipping: each client's noise variance on its clip bit, and the count's summed noise std
+            "count_sigma2": plan.ddg.count_sigma2 or None, "count_noise_std": plan.ddg.count_noise_std or None,
+            **plan.ddg_guarantees(done)},
         "stopped_for_budget": plan.stop_reason,
         "noise_to_clip_ratio": noise_to_clip_ratio(  # the noise's norm on a round's mean update over clip_norm
             plan, dim=sum(v.numel() for v in prep.state.values() if v.is_floating_point()),

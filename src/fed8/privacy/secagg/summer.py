@@ -7,10 +7,12 @@ Each participant's input is ``[codes of R(w x) (d values), weight code, clip bit
 ``round(127 w) / 127`` and applied before encoding, so the weight code sum is exactly
 the sum of the weights applied), and the bit ``1[||x_raw|| <= C]`` for adaptive clipping.
 
-Under distributed DP (a :class:`fed8.privacy.ddg.DDG` mechanism) the input is only the
-``d`` values of the distributed discrete Gaussian, ``(round(R(w x) / gamma) + N_Z(0,
-sigma^2)) mod 2^b``: the weight code and the clip bit would reach the server without noise,
-so they are not sent, and no sum of fewer than the mechanism's ``t`` inputs is unmasked.
+Under distributed DP (a :class:`fed8.privacy.ddg.DDG` mechanism) the input is the ``d``
+values of the distributed discrete Gaussian, ``(round(R(w x) / gamma) + N_Z(0, sigma^2)) mod
+2^b``, and with adaptive clipping one more, the clip bit with its own integer noise, ``(b +
+N_Z(0, sigma_b^2)) mod 2^b``. The weight code is not sent (it would reach the server without
+noise), nor the bit under a fixed clip norm, and no sum of fewer than the mechanism's ``t``
+inputs is unmasked. The grid step follows the round's clip norm (:meth:`DDG.at_clip`).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class SumResult:
 
     total: dict[str, torch.Tensor]
     weight_sum: float | None  # None under distributed DP (not sent)
-    bit_sum: int | None
+    bit_sum: int | None  # under distributed DP: the noised count (adaptive clipping), else None
     num_inputs: int
     ring_bits: int
     uplink_bytes: dict[int, int] = field(default_factory=dict)
@@ -55,8 +57,9 @@ class RoundEncoding:
     """One round's public encoding, the same on every client: rotation signs, shared scale, ring bits.
 
     Each client's ring input is ``[to_ring(R(w x)), weight code, clip bit]`` (``length =
-    padded + 2`` elements), or under distributed DP (``ddg``) the ``padded`` values of the
-    distributed discrete Gaussian in Z_(2^b). :meth:`encode` is the client's half, run in
+    padded + 2`` elements), or under distributed DP (``ddg``, at this round's clip norm) the
+    ``padded`` values of the distributed discrete Gaussian in Z_(2^b), then the noised clip
+    bit when the mechanism has one (adaptive clipping). :meth:`encode` is the client's half, run in
     this process by :class:`SecureSum` and on the SuperNode over Flower, :meth:`decode` the
     server's after unmasking.
     """
@@ -76,6 +79,7 @@ class RoundEncoding:
             if ddg.dim != padded:
                 raise SecAggError(f"the update has {dim} values (padded {padded}); the run's distributed discrete "
                                   f"Gaussian was planned for {ddg.dim}. Every node must run the same model.")
+            ddg = ddg.at_clip(clip_norm)
             return cls(rnd, seed, ddg.bits, dim, ddg.gamma, ddg)
         return cls(rnd, seed, ring_bits(participants), dim,
                    shared_scale(clip_norm=clip_norm, dim=padded, bound_sigmas=bound_sigmas))
@@ -86,7 +90,9 @@ class RoundEncoding:
 
     @property
     def length(self) -> int:
-        return self.padded if self.ddg is not None else self.padded + 2
+        if self.ddg is not None:
+            return self.padded + (1 if self.ddg.count_sigma2 else 0)
+        return self.padded + 2
 
     def signs(self) -> torch.Tensor:
         g = torch_generator(self.seed, SECAGG, _ROTATION, self.rnd)
@@ -102,7 +108,10 @@ class RoundEncoding:
         if self.ddg is not None:  # distributed DP: rounded to the grid, this client's discrete Gaussian added
             x[: self.dim] = vec * w
             noise = randomness.draws(SECAGG, _NOISE, self.rnd, client)
-            return self.ddg.encode(rotate(x, signs), draws=rounding, words=noise.words)
+            values = self.ddg.encode(rotate(x, signs), draws=rounding, words=noise.words)
+            if not self.ddg.count_sigma2:
+                return values
+            return np.concatenate([values, self.ddg.encode_count(bit, words=noise.words)])
         code = int(round(127 * w))
         x[: self.dim] = vec * (code / 127)
         ring = np.empty(self.length, dtype=np.uint32)
@@ -112,12 +121,16 @@ class RoundEncoding:
 
     def decode(self, unmasked: np.ndarray, signs: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, float | None, int | None]:
-        """The summed update (flat), the sum of the weights applied and the clip-bit sum (None under DDG)."""
+        """The summed update (flat), the sum of the weights applied and the clip-bit sum.
+
+        Under DDG: no weight sum, and the clip-bit sum is the noised count (None without one).
+        """
         signs = signs if signs is not None else self.signs()
         if self.ddg is not None:
-            total = from_ring(unmasked[: self.padded], self.k)
-            y = torch.from_numpy(total.astype(np.float64) * self.ddg.gamma).to(torch.float32)
-            return unrotate(y, signs)[: self.dim], None, None
+            total = from_ring(unmasked, self.k)
+            y = torch.from_numpy(total[: self.padded].astype(np.float64) * self.ddg.gamma).to(torch.float32)
+            count = int(total[self.padded]) if self.ddg.count_sigma2 else None
+            return unrotate(y, signs)[: self.dim], None, count
         total = from_ring(unmasked, self.k)
         y = torch.from_numpy(total[: self.padded].astype(np.float64)).to(torch.float32) * self.scale
         vec = unrotate(y, signs)[: self.dim]
