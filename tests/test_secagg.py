@@ -192,13 +192,17 @@ def test_secagg_round_with_too_few_survivors_is_abandoned(tmp_path, small):
 
 
 @pytest.mark.slow
-def test_dp_with_secure_aggregation_resumes_bit_identical(tmp_path, small):
+@pytest.mark.parametrize("adaptive", ["off", "on"])
+def test_dp_with_secure_aggregation_resumes_bit_identical(tmp_path, small, adaptive):
     from fed8.rundir import RunDir
 
     cfg = fed8.load_config(None, small + ["train.rounds=3", "privacy.secure_aggregation=true", "privacy.dp=central",
                                           "privacy.noise_multiplier=0.3", "privacy.noise_placement=distributed",
-                                          "privacy.secagg_dropout=0.25", "privacy.insecure_reproducible_noise=true"])
-    fed8.run(cfg, out=tmp_path / "full", report=False)
+                                          "privacy.secagg_dropout=0.25", "privacy.insecure_reproducible_noise=true",
+                                          f"privacy.adaptive_clipping={adaptive}", "privacy.adaptive_quantile=0.55"])
+    full = fed8.run(cfg, out=tmp_path / "full", report=False)
+    # with adaptive clipping the clip norm (and the grid with it) moves every round; resume restores it
+    assert (len({row["clip_norm"] for row in full.metrics}) > 1) == (adaptive == "on")
 
     interrupted_run(cfg, tmp_path / "cut", 1)
     assert RunDir(tmp_path / "cut").load_checkpoint()["round"] == 1
