@@ -183,8 +183,8 @@ class PrivacyConfig:
                            "number you choose (required for capped; never taken from the clients' data)", ge=0)
     adaptive_clipping: str = _key(
         "auto", "adapt clip_norm to a quantile of the update norms (Andrew et al. 2021; its cost is accounted): "
-        f"auto (on with dp = central and >= {ADAPTIVE_AUTO_MIN_CLIENTS} clients per round, where it was measured "
-        "to help; off otherwise) | on | off (true / false are read as on / off)",
+        f"auto (on with dp = central, noise_placement = server and >= {ADAPTIVE_AUTO_MIN_CLIENTS} clients per round, "
+        "where it was measured to help; off otherwise) | on | off (true / false are read as on / off)",
         choices=("auto", "on", "off"), bool_alias={True: "on", False: "off"})
     adaptive_quantile: float = _key(0.5, "target quantile gamma of the update norms", gt=0.0, lt=1.0)
     adaptive_lr: float = _key(0.2, "step eta of the geometric clip-norm update", gt=0.0)
