@@ -143,7 +143,8 @@ def test_tls_with_supernode_authentication_trains_and_an_unregistered_node_is_re
 
 @pytest.mark.parametrize("dp", [[], [
     "privacy.dp=central", "privacy.noise_placement=distributed", "privacy.noise_multiplier=0.5",
-    "privacy.clip_norm=0.05", "privacy.weighting=uniform", "privacy.insecure_reproducible_noise=true"]],
+    "privacy.clip_norm=0.05", "privacy.weighting=uniform", "privacy.insecure_reproducible_noise=true",
+    "privacy.adaptive_clipping=on", "privacy.adaptive_quantile=0.55"]],  # the noised clip bits too
     ids=["plain", "distributed-discrete-gaussian"])
 def test_secure_aggregation_over_real_flower_gives_the_simulation_model(tmp_path, dp):
     """fed8's secure-aggregation stages through Flower's real serialization and processes (with and without DDG)."""
