@@ -127,6 +127,19 @@ def test_damaged_payloads_raise_never_garbage():
         decode("text")
 
 
+def test_a_codec_decodes_its_own_payloads_and_decode_reads_any():
+    t = _tensors()
+    for name in CODECS:
+        c = make_codec(name)
+        p = c.encode(t)
+        assert {k: v.shape for k, v in c.decode(p).items()} == {k: v.shape for k, v in t.items()}
+        assert all(torch.equal(c.decode(p)[k], decode(p)[k]) for k in t)
+    p = make_codec("int8", granularity="tensor").encode(t)
+    for other in (make_codec("float16"), make_codec("int8", granularity="channel")):  # another codec, other params
+        with pytest.raises(PayloadError, match="fed8.compression.decode"):
+            other.decode(p)
+
+
 def test_error_feedback_sends_everything_eventually(tmp_path):
     store = ResidualStore(tmp_path / "res")
     ef = ErrorFeedback(TopKCodec(0.1), store)

@@ -3,10 +3,10 @@
 See :mod:`fed8.compression.codec` for the wire format.
 """
 
-from .codec import MAGIC, VERSION, Codec, TensorCodec, decode, payload_size
+from .codec import MAGIC, VERSION, Codec, TensorCodec, payload_size
 from .feedback import ErrorFeedback, ResidualStore
 from .floats import FloatCodec
-from .registry import CODECS, make_codec
+from .registry import CODECS, decode, make_codec
 from .scaled import ScaledCodec
 from .topk import TopKCodec
 

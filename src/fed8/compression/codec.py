@@ -7,14 +7,14 @@ A payload is self-describing and versioned::
 The header names the codec and its parameters and lists every tensor: name, shape,
 original dtype, and the byte length of its data section (codec-specific: codes, scales,
 indices), in sorted name order so equal inputs give equal bytes. The CRC-32 covers
-everything before it. :func:`decode` reads any payload
+everything before it. :func:`fed8.compression.decode` (:mod:`.registry`) reads any payload
 without knowing which codec wrote it and raises :class:`~fed8.errors.PayloadError` for
 a payload that is truncated, corrupted, foreign or from a newer version, never
 returning garbage.
 
 A codec implements ``encode(tensors, *, generator=None) -> bytes`` (generator: the
 randomness of stochastic rounding, derived from (seed, round, client)) and
-``decode(payload) -> tensors``; :class:`TensorCodec` does the framing so a codec only
+``decode(payload) -> tensors`` (its own payloads); :class:`TensorCodec` does the framing so a codec only
 writes ``encode_tensor`` / ``decode_tensor`` for one tensor.
 """
 
@@ -29,7 +29,7 @@ import torch
 
 from ..errors import PayloadError
 
-__all__ = ["Codec", "MAGIC", "TensorCodec", "VERSION", "decode", "frame", "payload_size", "unframe"]
+__all__ = ["Codec", "MAGIC", "TensorCodec", "VERSION", "decode_tensors", "frame", "payload_size", "unframe"]
 
 MAGIC = b"F8W"
 VERSION = 1
@@ -148,15 +148,21 @@ class TensorCodec:
         return frame(self.name, self.params(), entries, chunks)
 
     def decode(self, payload: bytes) -> dict[str, torch.Tensor]:
-        return decode(payload)
+        """The tensors of a payload this codec wrote (same name and parameters).
+
+        :func:`fed8.compression.decode` reads a payload of any codec from its header.
+        """
+        header, chunks = unframe(payload)
+        params = header.get("params", {})
+        if header["codec"] != self.name or params != json.loads(json.dumps(self.params())):
+            raise PayloadError(f"the payload was written by codec {header['codec']!r} with parameters {params}, not "
+                               f"by this {self.name!r} codec with {self.params()}. Use fed8.compression.decode("
+                               "payload), which reads the codec from the payload's header.")
+        return decode_tensors(self, header, chunks)
 
 
-def decode(payload: bytes) -> dict[str, torch.Tensor]:
-    """Decode any fed8 payload (the codec is read from its header)."""
-    from .registry import codec_from_header
-
-    header, chunks = unframe(payload)
-    codec = codec_from_header(header["codec"], header.get("params", {}))
+def decode_tensors(codec: TensorCodec, header: dict, chunks: list[bytes]) -> dict[str, torch.Tensor]:
+    """The tensors of an unframed payload (:func:`unframe`), decoded with ``codec``."""
     out = {}
     for entry, data in zip(header["tensors"], chunks):
         shape = tuple(int(d) for d in entry["shape"])

@@ -21,7 +21,8 @@ import torch
 
 from .._io import load_tensors, save_tensors
 from ..errors import CheckpointError
-from .codec import TensorCodec, decode
+from .codec import TensorCodec
+from .registry import decode
 
 __all__ = ["ErrorFeedback", "ResidualStore"]
 

@@ -1,16 +1,18 @@
-"""Codec names, construction from the config and from a payload header."""
+"""Codec names, construction from the config and from a payload header, and decoding any payload."""
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
+import torch
+
 from ..errors import ParameterError, PayloadError
-from .codec import TensorCodec
+from .codec import TensorCodec, decode_tensors, unframe
 from .floats import FloatCodec
 from .scaled import ScaledCodec
 from .topk import TopKCodec
 
-__all__ = ["CODECS", "codec_from_header", "make_codec"]
+__all__ = ["CODECS", "codec_from_header", "decode", "make_codec"]
 
 CODECS = ("float32", "float16", "bfloat16", "int8", "float8_e4m3fn", "float8_e5m2", "topk")
 
@@ -39,3 +41,9 @@ def codec_from_header(name: str, params: Mapping[str, Any]) -> TensorCodec:
     except (ValueError, KeyError, TypeError) as e:
         raise PayloadError(f"payload names codec {name!r} with parameters {dict(params)} that this fed8 cannot "
                            f"decode ({e}).") from None
+
+
+def decode(payload: bytes) -> dict[str, torch.Tensor]:
+    """Decode any fed8 payload (the codec and its parameters are read from its header)."""
+    header, chunks = unframe(payload)
+    return decode_tensors(codec_from_header(header["codec"], header.get("params", {})), header, chunks)

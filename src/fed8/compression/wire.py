@@ -19,7 +19,8 @@ from typing import Mapping, Sequence
 import torch
 
 from .._rng import COMPRESS, DOWNLINK, torch_generator
-from .codec import TensorCodec, decode
+from .codec import TensorCodec
+from .registry import decode
 from .feedback import ErrorFeedback, ResidualStore
 from .floats import FloatCodec
 
