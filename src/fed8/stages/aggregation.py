@@ -44,8 +44,8 @@ def adaptive_clipping_on(cfg: Config) -> bool:
     """Whether adaptive clipping (Andrew et al. 2021) runs for ``privacy.adaptive_clipping``.
 
     ``on`` / ``off`` as set. ``auto`` turns it on only where it was measured to help: central
-    DP with the noise on the server (the distributed discrete Gaussian's noised count, on
-    with ``on``, was not measured to help) and at least ``ADAPTIVE_AUTO_MIN_CLIENTS`` expected
+    DP with the noise on the server (under the distributed discrete Gaussian, ``on`` only:
+    measured, it raised the clip and hurt accuracy; docs/BENCHMARKS.md) and at least ``ADAPTIVE_AUTO_MIN_CLIENTS`` expected
     clients per round, where the noised count of unclipped clients (std >= m / 20) is fine
     enough to steer the clip norm.
     """
