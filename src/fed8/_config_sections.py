@@ -6,6 +6,7 @@ Every key carries its documentation and its allowed values in the field metadata
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +76,19 @@ class DataConfig:
     )
 
 
+_BUILTIN_MODELS = ("cnn", "resnet20", "mlp", "vit_tiny")
+
+
+def _check_model_name(name: str, value: str) -> None:
+    if ":" in value:
+        if not re.match(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$", value):
+            raise ConfigError(f"{name} = {value!r} is not an import path: use the form 'package.module:function' "
+                              "(e.g. 'mynets.small:build'), or a built-in model.")
+    elif value not in _BUILTIN_MODELS:
+        raise ConfigError(f"{name} must be one of {', '.join(repr(m) for m in _BUILTIN_MODELS)} or your own model as "
+                          f"'package.module:function'; got {value!r}.")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Which network to train; input shape and class count come from the data."""
@@ -82,8 +96,11 @@ class ModelConfig:
     name: str = _key(
         "cnn",
         "cnn (McMahan et al. 2017 CNN) | resnet20 (CIFAR-style ResNet) | mlp (2 hidden layers) | vit_tiny (a 4-block "
-        "ViT of width 192, 4x4 patches, for 28x28 and 32x32 images)",
-        choices=("cnn", "resnet20", "mlp", "vit_tiny"),
+        "ViT of width 192, 4x4 patches, for 28x28 and 32x32 images) | your own: 'package.module:function', called "
+        "as function(in_channels=, height=, width=, num_classes=) and returning a torch.nn.Module that gives logits "
+        "(the module is imported: installed, on PYTHONPATH or in the current folder; a Flower node imports it only "
+        "if its node config lists it in models)",
+        validate=_check_model_name,
     )
     norm: str = _key(
         "batch",

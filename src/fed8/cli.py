@@ -115,7 +115,7 @@ def _cmd_info(args) -> int:
 
     import torch
 
-    from .config import DataConfig, ModelConfig
+    from .config import DataConfig
 
     def choices(cls, name):
         return ", ".join(next(f for f in fields(cls) if f.name == name).metadata["choices"])
@@ -147,7 +147,9 @@ def _cmd_info(args) -> int:
             con.print(f"{mod} not installed")
     con.print(f"datasets: {choices(DataConfig, 'source')}")
     con.print(f"partitions: {choices(DataConfig, 'partition')}")
-    con.print(f"models: {choices(ModelConfig, 'name')}")
+    from .models import MODELS
+
+    con.print(f"models: {', '.join(MODELS)}, or your own as model.name = 'package.module:function'")
     return 0
 
 

@@ -38,6 +38,22 @@ def _check_partition(context: Context, client: int) -> int:
     return client
 
 
+def _check_model_allowed(name: str, context: Context) -> None:
+    """A custom model (an import path) only if this node's own config lists it: the server cannot make a node import
+    code (:mod:`fed8.models.custom`)."""
+    from ..models.custom import is_import_path
+
+    if not is_import_path(name):
+        return
+    allowed = str(context.node_config.get("models", "")).replace(",", " ").split()
+    if name not in allowed:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"the run's model.name = {name!r} is a custom model, and this node imports one only if its "
+                          f"node config lists it (models = {' '.join(allowed)!r}). Start the SuperNode with "
+                          f"--node-config \"models='{name}'\" if you trust that module.")
+
+
 def _setup(msg: Message, context: Context):
     """The run's config, this node's model and data, its client id and the round, from a message.
 
@@ -53,6 +69,7 @@ def _setup(msg: Message, context: Context):
     cfg = load_config(None, {f"{s}.{k}": v for s, keys in raw.items() for k, v in keys.items()})
     torch.set_num_threads(cfg.run.threads or os.cpu_count() or 1)
     client = _check_partition(context, int(job["client"]))
+    _check_model_allowed(cfg.model.name, context)
     if context.node_config.get("data-path"):
         from ..stages.federation import load_node_data
 

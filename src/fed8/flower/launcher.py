@@ -194,7 +194,8 @@ def _register(public_key: Path, env: dict, log: Path) -> None:
 
 @contextlib.contextmanager
 def local_federation(home: Path, nodes: int, *, timeout_s: float = 60.0, node_dir: Path | None = None,
-                     tls: bool = False, auth: bool = False, unregistered: tuple[int, ...] = ()) -> Iterator[dict]:
+                     tls: bool = False, auth: bool = False, unregistered: tuple[int, ...] = (),
+                     models: tuple[str, ...] = ()) -> Iterator[dict]:
     """Start a SuperLink and ``nodes`` SuperNodes (partition ids 0..nodes-1); yield ``{"port", "env", "pids"}``.
 
     Node ``i`` keeps its files (downlink references, error-feedback residuals) under
@@ -204,12 +205,17 @@ def local_federation(home: Path, nodes: int, *, timeout_s: float = 60.0, node_di
     SuperLink admits only SuperNodes whose public key was registered
     (``--enable-supernode-auth``, ``flwr supernode register``); each node signs with its
     own key. ``unregistered``: partitions whose key is not registered (tests: they are refused).
+    ``models``: custom models (import paths) the nodes may import (their node config's ``models``);
+    the current folder is then on the nodes' ``PYTHONPATH``, as it is for ``fed8 run``.
     """
     from ..certs import make_certificates, make_node_keys
 
     home.mkdir(parents=True, exist_ok=True)
     node_dir = (node_dir or home / "nodes").resolve()
     env = flower_env(home)
+    if models:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH", "")) if p)
+    allowed = f' models="{" ".join(models)}"' if models else ""
     procs: list[subprocess.Popen] = []
     tls = tls or auth
     certs = home / "certs"
@@ -245,7 +251,7 @@ def local_federation(home: Path, nodes: int, *, timeout_s: float = 60.0, node_di
             start([_bin("flower-supernode"), *node_security, "--superlink", f"127.0.0.1:{port}",
                    *(["--auth-supernode-private-key", str(keys[i][0])] if auth else []),
                    "--port", str(_free_port()), "--node-config",
-                   f'partition-id={i} num-partitions={nodes} state-dir="{node_dir / str(i)}"'],
+                   f'partition-id={i} num-partitions={nodes} state-dir="{node_dir / str(i)}"{allowed}'],
                   home / f"supernode-{i}.log")
         yield {"port": port, "env": env, "pids": [p.pid for p in procs], "procs": procs}
     finally:
@@ -305,7 +311,9 @@ def run_federation(run_dir: str | Path, nodes: int, *, progress: Callable[[dict]
         stack.enter_context(exclusive(home / ".lock", f"fed8 federation (pid {os.getpid()})", busy))
         stop_leftovers(home)  # no live fed8 federation owns them now: a killed one's, still running the ServerApp
         RunDir(run_dir).ensure_unlocked()  # e.g. a 'fed8 run --resume' of the same folder, training now
-        fed = stack.enter_context(local_federation(home, nodes, node_dir=run_dir / "nodes", tls=tls, auth=auth))
+        model = RunDir(run_dir).load_config().model.name  # your own config: its custom model may be imported
+        fed = stack.enter_context(local_federation(home, nodes, node_dir=run_dir / "nodes", tls=tls, auth=auth,
+                                                   models=(model,) if ":" in model else ()))
         watcher = threading.Thread(target=follow, daemon=True)
         watcher.start()
         cmd = [_bin("flwr"), "run", str(app), "fed8", "--stream", "--run-config",

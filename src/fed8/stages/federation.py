@@ -98,7 +98,8 @@ def load_federation(cfg: Config) -> Federation:
         at = c
     c_, h, w = train.shape
     model = build_model(cfg.model.name, in_channels=c_, height=h, width=w, num_classes=train.num_classes,
-                        norm=cfg.model.norm, hidden=cfg.model.hidden, seed=derive_seed(cfg.run.seed, INIT))
+                        norm=cfg.model.norm, hidden=cfg.model.hidden, seed=derive_seed(cfg.run.seed, INIT),
+                        allow_import=True)
     return Federation(clients, to_float(ev.images), ev.labels, model,
                       partition_summary(client_splits, labels, train.num_classes), train.classes, train.shape)
 
@@ -130,7 +131,8 @@ def load_node_data(cfg: Config, path: str, *, client: int, source: str | None = 
     x = to_float(images)
     c, h, w = splits.train.shape
     model = build_model(cfg.model.name, in_channels=c, height=h, width=w, num_classes=splits.train.num_classes,
-                        norm=cfg.model.norm, hidden=cfg.model.hidden, seed=derive_seed(cfg.run.seed, INIT))
+                        norm=cfg.model.norm, hidden=cfg.model.hidden, seed=derive_seed(cfg.run.seed, INIT),
+                        allow_import=True)
     return model, ClientData(x[tr], labels[tr], x[te], labels[te])
 
 

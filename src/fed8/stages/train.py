@@ -43,7 +43,9 @@ class RunResult:
 def default_run_dir(cfg: Config) -> Path:
     """``<run.out>/<YYYYmmdd-HHMMSS>-<model>-<dataset>``, made unique."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(cfg.run.out) / f"{stamp}-{cfg.model.name}-{cfg.data.source}"
+    from ..models.custom import slug
+
+    base = Path(cfg.run.out) / f"{stamp}-{slug(cfg.model.name)}-{cfg.data.source}"
     out, i = base, 1
     while out.exists():
         i += 1

@@ -1,0 +1,136 @@
+"""Your own model by import path: model.name = "package.module:function"."""
+
+import sys
+import uuid
+
+import pytest
+import torch
+
+import fed8
+from fed8.errors import ConfigError
+from fed8.models import build_model
+
+from conftest import interrupted_run
+
+NET = '''
+import torch
+from torch import nn
+
+BUILT = []
+
+
+def build(in_channels, height, width, num_classes):
+    BUILT.append((in_channels, height, width, num_classes))
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 5, stride=2), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4 * ((height - 5) // 2 + 1) * ((width - 5) // 2 + 1), num_classes))
+
+
+def wrong_shape(in_channels, height, width, num_classes):
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * height * width, num_classes + 1))
+
+
+def no_keywords():
+    return nn.Linear(1, 1)
+
+
+def not_a_module(**kw):
+    return 3
+
+
+def double(**kw):
+    return build(**kw).double()
+
+
+NOT_CALLABLE = 5
+'''
+
+
+@pytest.fixture
+def net(tmp_path, monkeypatch):
+    """A fresh module in the current folder (not on sys.path): its name, e.g. 'net_1a2b:build' needs ':build'."""
+    name = f"net_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(NET)
+    monkeypatch.chdir(tmp_path)
+    yield name
+    sys.modules.pop(name, None)
+
+
+def _small(small, model):
+    return small + [f"model.name={model}", "train.rounds=2"]
+
+
+def test_a_model_from_the_current_folder_trains_and_deploys(tmp_path, small, net):
+    cfg = fed8.load_config(None, _small(small, f"{net}:build") + ["quantize.enabled=true", "quantize.formats=int8"])
+    result = fed8.run(cfg, report=False)
+    assert sys.modules[net].BUILT[0] == (1, 28, 28, 10)  # shape and classes from the data
+    assert ":" not in result.run_dir.name and f"{net}.build" in result.run_dir.name
+    assert result.summary["model"] == f"{net}:build"
+    assert result.summary["parameters"] == 4 * 25 + 4 + 4 * 12 * 12 * 10 + 10
+    first, last = result.metrics[0], result.metrics[-1]
+    assert last["eval_loss"] < first["eval_loss"]  # it learned
+    assert (result.run_dir / "deploy" / "int8.onnx").exists()
+
+
+def test_the_same_seed_builds_the_same_weights_and_resume_is_bit_identical(tmp_path, small, net):
+    make = dict(in_channels=1, height=28, width=28, num_classes=10, allow_import=True)
+    a, b, c = (build_model(f"{net}:build", seed=s, **make).state_dict() for s in (7, 7, 8))
+    assert all(torch.equal(a[k], b[k]) for k in a) and not all(torch.equal(a[k], c[k]) for k in a)
+
+    cfg = fed8.load_config(None, _small(small, f"{net}:build") + ["train.rounds=3"])
+    fed8.run(cfg, out=tmp_path / "full", report=False)
+    interrupted_run(cfg, tmp_path / "cut", 1)
+    fed8.run(resume=tmp_path / "cut", report=False)
+    assert (tmp_path / "cut/model.safetensors").read_bytes() == (tmp_path / "full/model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize(("attr", "match"), [
+    ("wrong_shape", r"logits of shape \[B, 10\].*got \(2, 11\)"),
+    ("no_keywords", "must accept those four keywords"),
+    ("not_a_module", "returned a int; it must return a torch.nn.Module"),
+    ("double", "float32 parameters"),
+    ("NOT_CALLABLE", "is a int, not a function"),
+    ("missing", "has no attribute 'missing'"),
+])
+def test_a_factory_that_does_not_give_a_model_is_refused_with_its_fix(net, attr, match):
+    with pytest.raises(ConfigError, match=match):
+        build_model(f"{net}:{attr}", in_channels=1, height=28, width=28, num_classes=10, allow_import=True)
+
+
+def test_an_unimportable_module_and_a_malformed_name_are_config_errors(small, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="cannot import module 'no_such_net_x'.*PYTHONPATH"):
+        fed8.run(fed8.load_config(None, _small(small, "no_such_net_x:build")), report=False)
+    for bad in ("a:b:c", "1net:build", "net:", "resnet"):
+        with pytest.raises(ConfigError, match="model.name"):
+            fed8.load_config(None, [f"model.name={bad}"])
+    assert not [p for p in tmp_path.rglob("*") if p.name != "runs"]  # no run directory was left behind
+
+
+def test_a_files_metadata_never_imports_code(net, tmp_path):
+    """A model file names its model; fed8 rebuilds only built-in ones from it and imports nothing."""
+    from fed8.deploy.fp8_linear import load_fp8_model, save_fp8_model
+
+    with pytest.raises(ConfigError, match="imports code only from a config you run"):
+        build_model(f"{net}:build", in_channels=1, height=28, width=28, num_classes=10)
+    assert net not in sys.modules
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    save_fp8_model(model, tmp_path / "m.safetensors",
+                   metadata={"model": f"{net}:build", "input_shape": [1, 28, 28], "classes": list(range(10))})
+    with pytest.raises(ConfigError, match="custom model"):
+        load_fp8_model(tmp_path / "m.safetensors")
+    assert net not in sys.modules
+
+
+def test_the_config_documents_the_import_path_form():
+    from fed8.config import to_toml
+
+    assert "package.module:function" in to_toml(None, comments=True)
+
+
+def test_the_config_and_the_registry_name_the_same_built_in_models():
+    from fed8._config_sections import _BUILTIN_MODELS
+    from fed8.models import MODELS
+
+    assert set(_BUILTIN_MODELS) == set(MODELS)
+    for name in MODELS:
+        fed8.load_config(None, [f"model.name={name}"])
