@@ -9,7 +9,7 @@ call runs under ``torch.manual_seed``).
 
 Trust: naming a module runs its code, as Flower's ``pyproject.toml`` components and Hydra's
 ``_target_`` do. fed8 imports a module only from a config you run (``fed8 run``, ``--resume`` of
-a run directory, ``fed8 federation``), never from the metadata of a model file it reads, and a
+a run directory, ``fed8 federation``, ``fed8 quantize RUN_DIR``), never from the metadata of a model file it reads, and a
 Flower SuperNode imports one only if its own node config lists it (``models``): the server
 cannot make a node import code.
 """
