@@ -134,3 +134,20 @@ def test_the_config_and_the_registry_name_the_same_built_in_models():
     assert set(_BUILTIN_MODELS) == set(MODELS)
     for name in MODELS:
         fed8.load_config(None, [f"model.name={name}"])
+
+
+def test_a_function_of_the_calling_script_trains_and_its_resume_elsewhere_says_where(tmp_path, small, monkeypatch):
+    import __main__
+
+    from torch import nn
+
+    def build(in_channels, height, width, num_classes):
+        return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * height * width, num_classes))
+
+    monkeypatch.setattr(__main__, "fed8_test_build", build, raising=False)
+    cfg = fed8.load_config(None, _small(small, "__main__:fed8_test_build"))
+    result = fed8.run(cfg, out=tmp_path / "r", report=False)
+    assert result.summary["parameters"] == 28 * 28 * 10 + 10
+    monkeypatch.delattr(__main__, "fed8_test_build")  # another process: the function is not there
+    with pytest.raises(ConfigError, match="exists only while it runs: resume from there"):
+        fed8.run(resume=tmp_path / "r", overrides=["train.rounds=3"], report=False)

@@ -1,6 +1,7 @@
 """Your own model: ``model.name = "package.module:function"``.
 
-fed8 imports ``package.module`` (installed, on ``PYTHONPATH``, or in the current directory)
+fed8 imports ``package.module`` (installed, on ``PYTHONPATH``, or in the current directory;
+``__main__`` for a function defined in the script or notebook that calls :func:`fed8.run`)
 and calls ``function(in_channels=C, height=H, width=W, num_classes=K)``; it must return a
 ``torch.nn.Module`` that maps a float batch ``[B, C, H, W]`` (pixels normalized as fed8's data
 loaders give them) to logits ``[B, K]``. The input shape and the class count come from the
@@ -68,8 +69,10 @@ def import_factory(name: str) -> Callable[..., nn.Module]:
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ConfigError(f"model.name = {name!r}: module {module_name!r} has no attribute {attr!r}. "
-                              "Name the function that builds the model.")
+            where = (" A model defined in a script or notebook ('__main__') exists only while it runs: resume from "
+                     "there with fed8.run(resume=...), or move the function into a module and name that."
+                     if module_name == "__main__" else " Name the function that builds the model.")
+            raise ConfigError(f"model.name = {name!r}: module {module_name!r} has no attribute {attr!r}.{where}")
         obj = getattr(obj, part)
     if not callable(obj):
         raise ConfigError(f"model.name = {name!r}: {attr!r} is a {type(obj).__name__}, not a function or class.")
