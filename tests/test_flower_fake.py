@@ -284,7 +284,8 @@ def test_nodes_train_with_the_simulations_threads_per_client(tmp_path):
 
 
 def test_a_custom_model_trains_on_nodes_that_allow_it_and_only_those(tmp_path, monkeypatch):
-    """The node imports a model named by the server's config only if its own node config lists it."""
+    """The node imports a model named by the server's config only if its own node config lists it; its dropout
+    masks are seeded per client as in simulation."""
     import sys
     import uuid
 
@@ -295,7 +296,7 @@ def test_a_custom_model_trains_on_nodes_that_allow_it_and_only_those(tmp_path, m
         "from torch import nn\n"
         "def build(in_channels, height, width, num_classes):\n"
         "    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * height * width, 16), nn.ReLU(),\n"
-        "                         nn.Linear(16, num_classes))\n")
+        "                         nn.Dropout(0.3), nn.Linear(16, num_classes))\n")  # dropout: seeded per client
     monkeypatch.chdir(tmp_path)
     sets = [f"model.name={name}:build", "train.rounds=2"]
     refused = FakeGrid(3, tmp_path / "refused")

@@ -174,7 +174,7 @@ def test_a_custom_model_from_the_current_folder_over_real_flower(tmp_path, monke
     (tmp_path / f"{name}.py").write_text(
         "from torch import nn\n"
         "def build(in_channels, height, width, num_classes):\n"
-        "    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * height * width, num_classes))\n")
+        "    return nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(in_channels * height * width, num_classes))\n")
     monkeypatch.chdir(tmp_path)
     sets = SMALL + ["data.num_clients=2", f"model.name={name}:build"]
     rd = RunDir.create(tmp_path / "fed", fed8.load_config(None, sets))

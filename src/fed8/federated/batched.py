@@ -41,13 +41,15 @@ _STATE_COPIES = 4
 
 def batching_blocker(model: nn.Module) -> str | None:
     """Why ``model``'s clients cannot be trained batched, or None."""
+    from .model_rng import randomness_reason
+
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return "the model has BatchNorm layers (per-client running statistics are sequential state)"
     params = {n for n, _ in model.named_parameters()}
     extra = [k for k, v in model.state_dict().items() if v.is_floating_point() and k not in params]
     if extra:
         return f"the model has float buffers that training changes ({', '.join(extra[:3])})"
-    return None
+    return randomness_reason(model)
 
 
 def batching_slower(model: nn.Module, device: torch.device) -> str | None:

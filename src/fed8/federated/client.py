@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import ParameterError
 from ..models.layout import fast_layout
+from .model_rng import client_randomness
 
 __all__ = ["ClientData", "ClientUpdate", "LocalTraining", "PRECISIONS", "forward_precision", "local_test_split",
            "loss_logits", "to_device", "train_client", "trainable_keys"]
@@ -133,12 +134,21 @@ def train_client(
         epoch, all its samples in one minibatch: cross-device clients with a few images)
         gets its update without a weight update, ``delta = -lr (grad + weight_decay * w)``
         (:func:`_one_step_update`): the same SGD step (momentum and the FedProx term are zero
-        at a first step), with one rounding instead of two.
+        at a first step), with one rounding instead of two. A model with dropout draws its
+        masks from torch's default generator seeded by ``generator``'s seed
+        (:mod:`fed8.federated.model_rng`).
     """
     fast_layout(model)
     model.train()
-    if cfg.epochs == 1 and 0 < data.num_train <= cfg.batch_size:
-        return _one_step_update(model, global_state, data, cfg, generator=generator, client=client)
+    with client_randomness(model, generator, data.x_train.device):  # dropout: seeded per client (model_rng)
+        if cfg.epochs == 1 and 0 < data.num_train <= cfg.batch_size:
+            return _one_step_update(model, global_state, data, cfg, generator=generator, client=client)
+        return _local_sgd(model, global_state, data, cfg, generator=generator, client=client)
+
+
+def _local_sgd(model: nn.Module, global_state: Mapping[str, torch.Tensor], data: ClientData, cfg: LocalTraining, *,
+               generator: torch.Generator, client: int) -> ClientUpdate:
+    """``cfg.epochs`` epochs of minibatch SGD from ``global_state`` (:func:`train_client`)."""
     model.load_state_dict(global_state)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

@@ -61,12 +61,7 @@ def cohort_blocker(model: nn.Module, data: Sequence[ClientData], cfg: LocalTrain
     big = max((d.num_train for d in data), default=0)
     if big > cfg.batch_size:
         return f"a client has {big} samples, more than one minibatch of {cfg.batch_size}"
-    why = batching_blocker(model)
-    if why is not None:
-        return why
-    if any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules()):
-        return "the model has dropout (its masks would be drawn for the round's samples at once)"
-    return None
+    return batching_blocker(model)  # BatchNorm, float buffers, dropout (its masks are drawn per client)
 
 
 def train_cohort(model: nn.Module, global_state: Mapping[str, torch.Tensor], data: Sequence[ClientData],

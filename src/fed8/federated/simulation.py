@@ -135,7 +135,7 @@ class InProcessTransport:
         if chunk != 1:
             from .batched import auto_chunk, batching_blocker, batching_slower
 
-            why = batching_blocker(self.model)
+            why = getattr(self, "_unbatchable", None) or batching_blocker(self.model)
             if why is None and not self.batch_when_slower:
                 why = batching_slower(self.model, self.device)
             if why is not None:
@@ -146,22 +146,41 @@ class InProcessTransport:
             elif chunk == 0:
                 chunk = auto_chunk(self.model, len(clients))
         if chunk == 1:
-            def one(model: nn.Module, k: int) -> ClientUpdate:
-                return train_client(model, received, self.clients[k], self.local,
-                                    generator=torch_generator(self.seed, TRAIN, rnd, k), client=k)
-
-            if self.parallel_clients > 1 and len(clients) > 1:
-                yield from self._threads().map(one, clients, cost=lambda k: self.clients[k].num_train)
-            else:
-                yield from (one(self.model, k) for k in clients)
+            yield from self._one_by_one(rnd, received, clients)
             return
         from .batched import train_clients_batched
 
         for i in range(0, len(clients), chunk):
             ks = list(clients[i : i + chunk])
-            yield from train_clients_batched(
-                self.model, received, [self.clients[k] for k in ks], self.local,
-                generators=[torch_generator(self.seed, TRAIN, rnd, k) for k in ks], clients=ks)
+            try:
+                updates = train_clients_batched(
+                    self.model, received, [self.clients[k] for k in ks], self.local,
+                    generators=[torch_generator(self.seed, TRAIN, rnd, k) for k in ks], clients=ks)
+            except Exception as e:  # noqa: BLE001 - torch.func could not trace this model: one by one, said once
+                if getattr(self, "_batched_once", False):
+                    raise  # it traced before: a real error, not a model vmap cannot batch
+                first = (str(e).splitlines() or [""])[0]
+                self._unbatchable = (f"torch.func could not batch it ({type(e).__name__}: "
+                                     f"{first[:200] + ('...' if len(first) > 200 else '')})")
+                log.info("client batching is off for this model: %s; clients train one after another",
+                         self._unbatchable)
+                self._told = True
+                yield from self._one_by_one(rnd, received, clients[i:])
+                return
+            self._batched_once = True
+            yield from updates
+
+    def _one_by_one(self, rnd: int, received: Mapping[str, torch.Tensor],
+                    clients: Sequence[int]) -> Iterator[ClientUpdate]:
+        """``clients``' updates, each trained on its own (several at a time on client threads, if so configured)."""
+        def one(model: nn.Module, k: int) -> ClientUpdate:
+            return train_client(model, received, self.clients[k], self.local,
+                                generator=torch_generator(self.seed, TRAIN, rnd, k), client=k)
+
+        if self.parallel_clients > 1 and len(clients) > 1:
+            yield from self._threads().map(one, clients, cost=lambda k: self.clients[k].num_train)
+        else:
+            yield from (one(self.model, k) for k in clients)
 
     def _threads(self) -> "ClientThreads":
         """The worker threads of parallel clients, started on first use."""

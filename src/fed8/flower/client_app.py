@@ -93,7 +93,7 @@ def _train_threads(cfg, model, context: Context) -> None:
     from .._device import resolve_device
     from ..stages.federation import client_parallelism_of
 
-    torch.set_num_threads(client_parallelism_of(cfg, model.state_dict(), resolve_device(cfg.run.device).type)[1])
+    torch.set_num_threads(client_parallelism_of(cfg, model, resolve_device(cfg.run.device).type)[1])
 
 
 @app.query()

@@ -57,21 +57,30 @@ def local_training(train) -> "LocalTraining":
                          precision=train.precision)
 
 
-def client_parallelism_of(cfg: Config, state: dict[str, torch.Tensor], device_type: str) -> tuple[int, int]:
+def client_parallelism_of(cfg: Config, model: torch.nn.Module, device_type: str, *,
+                          tell: bool = False) -> tuple[int, int]:
     """``(clients trained at once, torch threads per client)`` of a run on this machine
     (:func:`fed8.federated.parallel.client_parallelism` over ``run.threads``, ``run.parallel_clients``, the clients
-    a round samples and the model's size)."""
+    a round samples and the model's size). A model with dropout trains one client at a time
+    (:mod:`fed8.federated.model_rng`); ``tell`` logs that once."""
     import math
     import os
 
+    from ..federated.model_rng import randomness_reason
     from ..federated.parallel import client_parallelism
     from ..federated.sampling import num_sampled
 
     n, q = cfg.data.num_clients, cfg.train.fraction
     per_round = num_sampled(n, q) if cfg.train.sampling == "fixed" else math.ceil(q * n)
-    return client_parallelism(threads=cfg.run.threads or os.cpu_count() or 1, parallel_clients=cfg.run.parallel_clients,
+    threads = cfg.run.threads or os.cpu_count() or 1
+    why = randomness_reason(model)
+    if why is not None:
+        if tell and cfg.run.parallel_clients != 1:
+            log.info("clients train one at a time on %d thread(s): %s", threads, why)
+        return 1, threads
+    return client_parallelism(threads=threads, parallel_clients=cfg.run.parallel_clients,
                               clients_per_round=per_round, device_type=device_type,
-                              state_bytes=sum(v.numel() * v.element_size() for v in state.values()
+                              state_bytes=sum(v.numel() * v.element_size() for v in model.state_dict().values()
                                               if v.is_floating_point()))
 
 
@@ -224,7 +233,7 @@ def prepare(cfg: Config, residuals: Path | None = None):
         log.warning(
             "train.precision = 'bfloat16' on %s, which has no native bfloat16 kernels: it is emulated and slower than "
             "float32 there; set train.precision = 'float32'", device)
-    parallel, client_threads = client_parallelism_of(cfg, state, device.type)
+    parallel, client_threads = client_parallelism_of(cfg, model, device.type, tell=True)
     # A privacy budget may cut the rounds (privacy.budget = "stop"); the saved config keeps the plan's input.
     sim = Simulation(model=model, clients=clients, eval_x=fed.eval_x, eval_y=fed.eval_y,
                      aggregator=aggregator, optimizer=make_server_optimizer(cfg, buffers=buffers),
