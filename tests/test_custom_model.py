@@ -42,6 +42,20 @@ def double(**kw):
 
 
 NOT_CALLABLE = 5
+
+
+class Unexportable(nn.Module):
+    def __init__(self, c, h, w, k):
+        super().__init__()
+        self.fc = nn.Linear(c * h * w, k)
+
+    def forward(self, x):
+        y = self.fc(x.flatten(1))
+        return y + 0 * torch.linalg.svdvals(y.reshape(-1, 2, y.shape[1] // 2)).sum()  # no ONNX op for svdvals
+
+
+def unexportable(in_channels, height, width, num_classes):
+    return Unexportable(in_channels, height, width, num_classes)
 '''
 
 
@@ -151,3 +165,14 @@ def test_a_function_of_the_calling_script_trains_and_its_resume_elsewhere_says_w
     monkeypatch.delattr(__main__, "fed8_test_build")  # another process: the function is not there
     with pytest.raises(ConfigError, match="exists only while it runs: resume from there"):
         fed8.run(resume=tmp_path / "r", overrides=["train.rounds=3"], report=False)
+
+
+def test_a_model_onnx_cannot_export_keeps_its_training_and_says_how_to_go_on(tmp_path, small, net):
+    from fed8.errors import DeployError
+
+    cfg = fed8.load_config(None, _small(small, f"{net}:unexportable") + ["quantize.enabled=true"])
+    with pytest.raises(DeployError, match=r"cannot be exported to ONNX.*svdvals.*quantize.enabled = false.*"
+                                          r"kept in .*model.safetensors.*fed8 quantize"):
+        fed8.run(cfg, out=tmp_path / "r", report=False)
+    assert (tmp_path / "r" / "model.safetensors").exists()
+    assert not list((tmp_path / "r").rglob("*.onnx"))

@@ -34,10 +34,17 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str |
     model = model.eval()
     x = torch.zeros(1, *input_shape)
     tmp = path.with_suffix(".tmp.onnx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(tmp), dynamo=False, opset_version=OPSET, input_names=[INPUT],
-                          output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (x,), str(tmp), dynamo=False, opset_version=OPSET, input_names=[INPUT],
+                              output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+    except Exception as e:  # an operator or construct of the model that torch.onnx cannot export
+        tmp.unlink(missing_ok=True)
+        first = (str(e).splitlines() or [""])[0]
+        raise DeployError(f"the model cannot be exported to ONNX (opset {OPSET}), which every 8-bit format starts "
+                          f"from: {type(e).__name__}: {first}. Change the model to use exportable operators, or set "
+                          "quantize.enabled = false to train without the 8-bit stage.") from e
     m = onnx.load(str(tmp))
     set_metadata(m, metadata)
     onnx.save(m, str(tmp))

@@ -352,7 +352,7 @@ def quantize_run(run_dir: str | Path, q: QuantizeConfig | None = None, *, calibr
                            "formula": "x = (pixel / divisor - mean) / std", "layout": "NCHW",
                            "resize": list(fed.input_shape[1:]), "resample": "bilinear"}}
     with staged_dir(final) as out:
-        result = _quantize_run_into(out, final, fed, q, meta, calibration_data, say, devices)
+        result = _quantize_run_into(out, final, fed, q, meta, calibration_data, say, devices, run_dir=rd.path)
     if final.resolve() == (rd.path / "deploy").resolve():
         _publish(rd, result)
     return result
@@ -373,17 +373,21 @@ def _publish(rd, result: dict[str, Any]) -> None:
 
 
 def _quantize_run_into(out: Path, final: Path, fed, q: QuantizeConfig, meta: dict,
-                       calibration_data: Sequence[str], say, devices=None) -> dict[str, Any]:
+                       calibration_data: Sequence[str], say, devices=None, *, run_dir: Path) -> dict[str, Any]:
 
     from ..deploy.export import export_onnx, parity, read_metadata
     from ..deploy.images import load_images
     from ..deploy.runtime import run_logits, session
     from ..deploy.clients import CalibrateHere, LocalStatistics
-    from ..errors import CheckpointError
+    from ..errors import CheckpointError, DeployError
 
     say("exporting ONNX")
     model, clients = fed.model, fed.clients
-    fp32 = export_onnx(model, fed.input_shape, out / "fp32.onnx", metadata={**meta, "format": "float32"})
+    try:
+        fp32 = export_onnx(model, fed.input_shape, out / "fp32.onnx", metadata={**meta, "format": "float32"})
+    except DeployError as e:  # the trained model is safe: say where, and how to come back to this stage
+        raise DeployError(f"{e} The trained model is kept in {run_dir / 'model.safetensors'}; after a fix, "
+                          f"'fed8 quantize {run_dir}' builds the 8-bit models from it.") from e
     ex, ey = fed.eval_x.numpy(), fed.eval_y.numpy()
     local_x, local_y, owner = fed.local_test
     local_x, local_y = local_x.numpy(), local_y.numpy()
