@@ -1,4 +1,6 @@
 import os
+import sys
+import uuid
 
 import pytest
 
@@ -66,3 +68,21 @@ def server_round(aggregator, updates, state, optimizer=None, optimizer_state=Non
         aggregator.add(u)
     delta = aggregator.result(state)
     return optimizer.apply(optimizer_state if optimizer_state is not None else optimizer.init(), state, delta)
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """``write(source) -> name``: a fresh module of your own in the current folder (``tmp_path``), as a user's
+    ``mynets.py`` beside their config; forgotten by ``sys.modules`` after the test."""
+    names = []
+
+    def write(source: str) -> str:
+        name = f"user_{uuid.uuid4().hex[:8]}"
+        (tmp_path / f"{name}.py").write_text(source)
+        names.append(name)
+        return name
+
+    monkeypatch.chdir(tmp_path)
+    yield write
+    for name in names:
+        sys.modules.pop(name, None)

@@ -1,7 +1,6 @@
 """Your own model by import path: model.name = "package.module:function"."""
 
 import sys
-import uuid
 
 import pytest
 import torch
@@ -60,13 +59,9 @@ def unexportable(in_channels, height, width, num_classes):
 
 
 @pytest.fixture
-def net(tmp_path, monkeypatch):
-    """A fresh module in the current folder (not on sys.path): its name, e.g. 'net_1a2b:build' needs ':build'."""
-    name = f"net_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{name}.py").write_text(NET)
-    monkeypatch.chdir(tmp_path)
-    yield name
-    sys.modules.pop(name, None)
+def net(user_module):
+    """A module of the user's in the current folder (not on sys.path)."""
+    return user_module(NET)
 
 
 def _small(small, model):

@@ -283,21 +283,16 @@ def test_nodes_train_with_the_simulations_threads_per_client(tmp_path):
     assert _rows(fed) == [{k: v for k, v in r.items() if k != "seconds"} for r in sim.metrics]
 
 
-def test_a_custom_model_trains_on_nodes_that_allow_it_and_only_those(tmp_path, monkeypatch):
+def test_a_custom_model_trains_on_nodes_that_allow_it_and_only_those(tmp_path, user_module):
     """The node imports a model named by the server's config only if its own node config lists it; its dropout
     masks are seeded per client as in simulation."""
-    import sys
-    import uuid
-
     from fed8.errors import ConfigError
 
-    name = f"net_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{name}.py").write_text(
+    name = user_module(
         "from torch import nn\n"
         "def build(in_channels, height, width, num_classes):\n"
         "    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * height * width, 16), nn.ReLU(),\n"
         "                         nn.Dropout(0.3), nn.Linear(16, num_classes))\n")  # dropout: seeded per client
-    monkeypatch.chdir(tmp_path)
     sets = [f"model.name={name}:build", "train.rounds=2"]
     refused = FakeGrid(3, tmp_path / "refused")
     with pytest.raises(ConfigError, match=rf"model.name = '{name}:build' is a custom model.*models="):
@@ -307,5 +302,4 @@ def test_a_custom_model_trains_on_nodes_that_allow_it_and_only_those(tmp_path, m
         c["models"] = f"mlp_elsewhere:make {name}:build"
     fed, _ = _federation(tmp_path / "b", sets, allowing)
     sim = fed8.run(fed8.load_config(None, BASE + sets), out=tmp_path / "sim", report=False)
-    sys.modules.pop(name, None)
     assert (fed / "model.safetensors").read_bytes() == (sim.run_dir / "model.safetensors").read_bytes()

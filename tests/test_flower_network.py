@@ -163,23 +163,17 @@ def test_secure_aggregation_over_real_flower_gives_the_simulation_model(tmp_path
     assert _processes_of(rd.path.resolve() / "flwr") == []
 
 
-def test_a_custom_model_from_the_current_folder_over_real_flower(tmp_path, monkeypatch):
+def test_a_custom_model_from_the_current_folder_over_real_flower(tmp_path, user_module):
     """fed8 federation's local nodes may import the run's own model (node config models) and find it in the folder."""
-    import sys
-    import uuid
-
     from fed8.flower.launcher import run_federation
 
-    name = f"net_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{name}.py").write_text(
+    name = user_module(
         "from torch import nn\n"
         "def build(in_channels, height, width, num_classes):\n"
         "    return nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(in_channels * height * width, num_classes))\n")
-    monkeypatch.chdir(tmp_path)
     sets = SMALL + ["data.num_clients=2", f"model.name={name}:build"]
     rd = RunDir.create(tmp_path / "fed", fed8.load_config(None, sets))
     run_federation(rd.path, 2, timeout_s=600)
     sim = fed8.run(fed8.load_config(None, sets), out=tmp_path / "sim", report=False)
-    sys.modules.pop(name, None)
     assert (rd.path / "model.safetensors").read_bytes() == (sim.run_dir / "model.safetensors").read_bytes()
     assert _processes_of(rd.path.resolve() / "flwr") == []

@@ -1,8 +1,6 @@
 """Models that draw random numbers in training (dropout) stay reproducible; models vmap cannot trace fall back."""
 
 import logging
-import sys
-import uuid
 
 import pytest
 import torch
@@ -46,12 +44,8 @@ def branchy(in_channels, height, width, num_classes):
 
 
 @pytest.fixture
-def nets(tmp_path, monkeypatch):
-    name = f"nets_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{name}.py").write_text(NETS)
-    monkeypatch.chdir(tmp_path)
-    yield name
-    sys.modules.pop(name, None)
+def nets(user_module):
+    return user_module(NETS)
 
 
 def _bytes(path):
