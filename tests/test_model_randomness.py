@@ -34,6 +34,22 @@ class Branchy(nn.Module):
         return y * 0 if y.abs().sum().item() > 1e12 else y   # .item(): vmap cannot trace it
 
 
+class Noisy(nn.Module):  # functional dropout and noise: no layer says so, the build-time probe finds it
+    def __init__(self, c, h, w, k):
+        super().__init__()
+        self.fc = nn.Linear(c * h * w, k)
+
+    def forward(self, x):
+        x = x.flatten(1)
+        if self.training:
+            x = torch.nn.functional.dropout(x + 0.1 * torch.randn_like(x), 0.2)
+        return self.fc(x)
+
+
+def noisy(in_channels, height, width, num_classes):
+    return Noisy(in_channels, height, width, num_classes)
+
+
 def dropper(in_channels, height, width, num_classes):
     return Dropper(in_channels, height, width, num_classes)
 
@@ -65,8 +81,25 @@ def test_random_layers_are_found():
         assert random_layers(build_model(name, in_channels=1, height=28, width=28, num_classes=10)) == ()
 
 
-def test_dropout_runs_repeat_and_resume_bit_for_bit_on_parallel_settings(tmp_path, small, nets, caplog):
-    sets = small + [f"model.name={nets}:dropper", "train.rounds=3", "run.threads=2", "run.parallel_clients=2"]
+def test_a_forward_that_draws_is_found_by_the_build_probe(nets):
+    from fed8.models import build_model
+
+    make = dict(in_channels=1, height=28, width=28, num_classes=10, allow_import=True, seed=0)
+    assert random_layers(build_model(f"{nets}:noisy", **make)) == ("its forward",)
+    assert random_layers(build_model(f"{nets}:branchy", **make)) == ()
+    import sys
+
+    state = torch.get_rng_state()
+    build_model(f"{nets}:noisy", **{**make, "seed": None})  # unseeded: draws its init from the global generator
+    after_build = torch.get_rng_state()
+    torch.set_rng_state(state)
+    sys.modules[nets].noisy(1, 28, 28, 10)
+    assert torch.equal(torch.get_rng_state(), after_build)  # the same draws as the init alone: the probe's are undone
+
+
+@pytest.mark.parametrize("model", ["dropper", "noisy"])
+def test_dropout_runs_repeat_and_resume_bit_for_bit_on_parallel_settings(tmp_path, small, nets, caplog, model):
+    sets = small + [f"model.name={nets}:{model}", "train.rounds=3", "run.threads=2", "run.parallel_clients=2"]
     cfg = fed8.load_config(None, sets)
     torch.manual_seed(123)  # the global generator's state before a run must not matter
     with caplog.at_level(logging.INFO, logger="fed8"):

@@ -9,9 +9,10 @@ from the client's own training generator (:func:`client_randomness`), restored a
 its clients then train one at a time (parallel client threads would interleave their draws
 on the shared generator) and not batched (``vmap`` draws the masks of a chunk at once). With
 that, a run with dropout is deterministic, resumes bit for bit, and ``fed8 federation``'s
-nodes, which seed the same way, end with the same model. Randomness a forward pass draws
-outside such layers (``torch.rand`` in your own ``forward``) is not detected: train such a
-model with ``run.parallel_clients = 1`` and ``run.client_batching = "off"``.
+nodes, which seed the same way, end with the same model. A model of your own whose
+``forward`` draws otherwise (``F.dropout``, ``torch.rand``) is found when it is built: one
+training-mode forward pass on a copy changes the generator's state
+(:func:`fed8.models.custom.build_custom` sets ``fed8_random_forward``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def random_layers(model: nn.Module) -> tuple[str, ...]:
     found = _CACHE.get(model)
     if found is None:
         found = tuple(name or type(m).__name__ for name, m in model.named_modules() if _draws(m))
+        if not found and getattr(model, "fed8_random_forward", False):  # a custom model's probe (models.custom)
+            found = ("its forward",)
         _CACHE[model] = found
     return found
 

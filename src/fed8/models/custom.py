@@ -6,7 +6,9 @@ and calls ``function(in_channels=C, height=H, width=W, num_classes=K)``; it must
 ``torch.nn.Module`` that maps a float batch ``[B, C, H, W]`` (pixels normalized as fed8's data
 loaders give them) to logits ``[B, K]``. The input shape and the class count come from the
 data, as for the built-in models, and the initial weights depend on ``run.seed`` alone (the
-call runs under ``torch.manual_seed``).
+call runs under ``torch.manual_seed``). One training-mode forward pass on a copy tells whether
+the model draws random numbers (dropout, functional or not): such a model's clients then draw
+them seeded per client (:mod:`fed8.federated.model_rng`).
 
 Trust: naming a module runs its code, as Flower's ``pyproject.toml`` components and Hydra's
 ``_target_`` do. fed8 imports a module only from a config you run (``fed8 run``, ``--resume`` of
@@ -111,4 +113,23 @@ def build_custom(name: str, *, in_channels: int, height: int, width: int, num_cl
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ConfigError(f"model.name = {name!r}: its forward must return float logits of shape [B, {num_classes}] "
                           f"(the data's classes); got {got} for B = 2.")
+    if _draws_in_training(model, (2, in_channels, height, width)):
+        model.fed8_random_forward = True  # fed8.federated.model_rng: seeded per client, one client at a time
     return model
+
+
+def _draws_in_training(model: nn.Module, shape: tuple[int, ...]) -> bool:
+    """Whether a training-mode forward pass draws from torch's default generator (``F.dropout``, ``torch.rand`` in
+    ``forward``), found by running one on a copy and comparing the generator's state; the state is restored."""
+    import copy
+
+    import torch
+
+    probe = copy.deepcopy(model).train()
+    state = torch.get_rng_state()
+    try:
+        with torch.no_grad():
+            probe(torch.zeros(shape))
+        return not torch.equal(torch.get_rng_state(), state)
+    finally:
+        torch.set_rng_state(state)
