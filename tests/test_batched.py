@@ -149,3 +149,31 @@ def test_auto_trains_a_cnn_one_by_one_on_the_cpu_and_on_batches_it(tmp_path, cap
     on = fed8.run(fed8.load_config(None, sets + ["run.client_batching=on"]), out=tmp_path / "b", report=False)
     assert len(calls) == 2  # 4 clients in chunks of 2
     assert _close(_model(on), _model(off), 1e-4, sets)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["sequential", "batched"])
+def test_a_parameter_the_forward_does_not_use_is_left_as_sgd_leaves_it(batched):
+    """torch.optim.SGD skips a parameter without a gradient (no weight decay, no momentum, no FedProx term); the
+    batched clients, whose torch.func gradients are zero there, leave it too."""
+    from torch import nn
+
+    class WithAux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.aux = nn.Linear(784, 10), nn.Linear(5, 5)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1))
+
+    torch.manual_seed(0)
+    model = WithAux().double()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    data = _clients([9, 4], dtype=torch.float64)
+    local = LocalTraining(epochs=2, batch_size=4, lr=0.1, momentum=0.9, weight_decay=1e-2, prox_mu=0.1)
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    if batched:
+        ups = train_clients_batched(model, state, data, local, clients=[0, 1], generators=gens)
+    else:
+        ups = [train_client(model, state, d, local, generator=g, client=i) for i, (d, g) in enumerate(zip(data, gens))]
+    for u in ups:
+        assert float(u.delta["aux.weight"].abs().max()) == 0 and float(u.delta["fc.weight"].abs().max()) > 0

@@ -25,6 +25,7 @@ statistics) or other float buffers are not batched (:func:`batching_blocker`).
 
 from __future__ import annotations
 
+import weakref
 from typing import Sequence
 
 import torch
@@ -78,13 +79,30 @@ def auto_chunk(model: nn.Module, clients: int, *, budget_bytes: int = 192 << 20)
     return max(1, min(clients, budget_bytes // max(per, 1)))
 
 
+_USED: "weakref.WeakKeyDictionary[nn.Module, frozenset[str]]" = weakref.WeakKeyDictionary()
+
+
+def _used_parameters(model: nn.Module, x: torch.Tensor) -> frozenset[str]:
+    """Names of the parameters ``model``'s output depends on (once per model). ``torch.func`` gives the others a zero
+    gradient, where ``torch.optim.SGD`` sees none and leaves them (no weight decay, no momentum): they stay out."""
+    used = _USED.get(model)
+    if used is None:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        with torch.enable_grad():
+            out = loss_logits(model(x))
+            grads = torch.autograd.grad(out.sum(), [p for _, p in named], allow_unused=True)
+        used = _USED[model] = frozenset(n for (n, _), g in zip(named, grads) if g is not None)
+    return used
+
+
 def train_clients_batched(model: nn.Module, global_state: dict[str, torch.Tensor], data: Sequence[ClientData],
                           cfg: LocalTraining, *, generators: Sequence[torch.Generator],
                           clients: Sequence[int]) -> list[ClientUpdate]:
     """Local SGD of every client in ``data`` at once; one :class:`ClientUpdate` per client, in order."""
     from torch.func import functional_call, grad_and_value, vmap
 
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    used = _used_parameters(model, data[0].x_train[:1])
+    names = [n for n, p in model.named_parameters() if p.requires_grad and n in used]  # the others: SGD leaves them
     c_n, bs = len(data), cfg.batch_size
     base = {n: global_state[n].detach() for n in names}
     w = {n: base[n].unsqueeze(0).expand(c_n, *base[n].shape).clone() for n in names}

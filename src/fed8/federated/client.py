@@ -168,7 +168,8 @@ def _local_sgd(model: nn.Module, global_state: Mapping[str, torch.Tensor], data:
             if anchors is not None:
                 with torch.no_grad():
                     for p, a in zip(params, anchors):
-                        p.grad.add_(p - a, alpha=cfg.prox_mu)
+                        if p.grad is not None:  # a parameter the forward pass did not use: SGD leaves it, as FedProx
+                            p.grad.add_(p - a, alpha=cfg.prox_mu)
             opt.step()
             total += loss.detach()
             steps += 1
