@@ -171,3 +171,18 @@ def test_a_model_onnx_cannot_export_keeps_its_training_and_says_how_to_go_on(tmp
         fed8.run(cfg, out=tmp_path / "r", report=False)
     assert (tmp_path / "r" / "model.safetensors").exists()
     assert not list((tmp_path / "r").rglob("*.onnx"))
+
+
+def test_the_readmes_example_model_runs_as_written(tmp_path, small, user_module):
+    """The README's "Your own model" code block, as a user would save it, trains with the README's model.name."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("**Your own model.**"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    name = re.search(r"fed8 run --set model.name=(\w+):(\w+)", section)
+    module = user_module(code)
+    result = fed8.run(fed8.load_config(None, small + [f"model.name={module}:{name.group(2)}", "train.rounds=1"]),
+                      out=tmp_path / "r", report=False)
+    assert name.group(1) == "mynets" and result.final["eval_accuracy"] > 0.3  # it learns (chance: 0.1)
