@@ -82,13 +82,13 @@ def auto_chunk(model: nn.Module, clients: int, *, budget_bytes: int = 192 << 20)
 _USED: "weakref.WeakKeyDictionary[nn.Module, frozenset[str]]" = weakref.WeakKeyDictionary()
 
 
-def _used_parameters(model: nn.Module, x: torch.Tensor) -> frozenset[str]:
+def _used_parameters(model: nn.Module, x: torch.Tensor, precision: str) -> frozenset[str]:
     """Names of the parameters ``model``'s output depends on (once per model). ``torch.func`` gives the others a zero
     gradient, where ``torch.optim.SGD`` sees none and leaves them (no weight decay, no momentum): they stay out."""
     used = _USED.get(model)
     if used is None:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        with torch.enable_grad():
+        with torch.enable_grad(), forward_precision(x.device, precision):  # as the chunk's passes compute
             out = loss_logits(model(x))
             grads = torch.autograd.grad(out.sum(), [p for _, p in named], allow_unused=True)
         used = _USED[model] = frozenset(n for (n, _), g in zip(named, grads) if g is not None)
@@ -101,7 +101,7 @@ def train_clients_batched(model: nn.Module, global_state: dict[str, torch.Tensor
     """Local SGD of every client in ``data`` at once; one :class:`ClientUpdate` per client, in order."""
     from torch.func import functional_call, grad_and_value, vmap
 
-    used = _used_parameters(model, data[0].x_train[:1])
+    used = _used_parameters(model, data[0].x_train[:1], cfg.precision)
     names = [n for n, p in model.named_parameters() if p.requires_grad and n in used]  # the others: SGD leaves them
     c_n, bs = len(data), cfg.batch_size
     base = {n: global_state[n].detach() for n in names}
