@@ -83,6 +83,7 @@ def user_module(tmp_path, monkeypatch):
         return name
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # fed8 puts the current folder on it: undone after the test
     yield write
     for name in names:
         sys.modules.pop(name, None)

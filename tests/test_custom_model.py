@@ -186,3 +186,17 @@ def test_the_readmes_example_model_runs_as_written(tmp_path, small, user_module)
     result = fed8.run(fed8.load_config(None, small + [f"model.name={module}:{name.group(2)}", "train.rounds=1"]),
                       out=tmp_path / "r", report=False)
     assert name.group(1) == "mynets" and result.final["eval_accuracy"] > 0.3  # it learns (chance: 0.1)
+
+
+def test_a_module_in_the_current_folder_can_import_its_neighbours_when_called(tmp_path, small, user_module):
+    import sys
+
+    helper = user_module("from torch import nn\n\ndef head(n, k):\n    return nn.Linear(n, k)\n")
+    net = user_module(
+        "from torch import nn\n\n"
+        "def build(in_channels, height, width, num_classes):\n"
+        f"    import {helper}  # a neighbour, imported only when the model is built\n"
+        f"    return nn.Sequential(nn.Flatten(), {helper}.head(in_channels * height * width, num_classes))\n")
+    assert str(tmp_path) not in sys.path
+    result = fed8.run(fed8.load_config(None, _small(small, f"{net}:build")), out=tmp_path / "r", report=False)
+    assert result.summary["parameters"] == 28 * 28 * 10 + 10 and str(tmp_path) in sys.path

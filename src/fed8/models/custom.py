@@ -57,17 +57,11 @@ def import_factory(name: str) -> Callable[..., nn.Module]:
     """The callable that ``name`` (``package.module:function``) names; the current directory is searched too."""
     check_import_path("model.name", name)
     module_name, attr = name.split(":")
-    added = "" not in sys.path and "." not in sys.path
-    if added:  # as `python -m` and uvicorn do: a module in the current directory is found
-        sys.path.insert(0, "")
     try:
-        module = importlib.import_module(module_name)
+        module = _import(module_name)
     except ImportError as e:
         raise ConfigError(f"model.name = {name!r}: cannot import module {module_name!r} ({type(e).__name__}: {e}). "
                           "Install it, put it on PYTHONPATH, or run fed8 from the folder that holds it.") from e
-    finally:
-        if added:
-            sys.path.remove("")
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -79,6 +73,27 @@ def import_factory(name: str) -> Callable[..., nn.Module]:
     if not callable(obj):
         raise ConfigError(f"model.name = {name!r}: {attr!r} is a {type(obj).__name__}, not a function or class.")
     return obj
+
+
+def _import(module_name: str):
+    """``module_name``, found as usual or else in the current folder, which then stays on ``sys.path`` (as
+    ``python -m`` and uvicorn put it there: the module's own imports of its neighbours work later too)."""
+    import os
+
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        top = module_name.split(".")[0]
+        here = os.getcwd()
+        if e.name != top or here in sys.path:
+            raise
+        sys.path.insert(0, here)
+        try:
+            return importlib.import_module(module_name)
+        except ModuleNotFoundError as again:
+            if again.name == top:  # not in the current folder either: leave sys.path as it was
+                sys.path.remove(here)
+            raise
 
 
 def build_custom(name: str, *, in_channels: int, height: int, width: int, num_classes: int) -> nn.Module:
