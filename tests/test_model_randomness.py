@@ -104,7 +104,9 @@ def test_dropout_runs_repeat_and_resume_bit_for_bit_on_parallel_settings(tmp_pat
     torch.manual_seed(123)  # the global generator's state before a run must not matter
     with caplog.at_level(logging.INFO, logger="fed8"):
         a = fed8.run(cfg, out=tmp_path / "a", report=False)
-    assert "clients train one at a time on 2 thread(s): the model draws random numbers" in caplog.text
+    said = [r for r in caplog.records if "clients train one at a time" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "WARNING"  # run.parallel_clients = 2 was asked for
+    assert "on 2 thread(s): the model draws random numbers" in said[0].getMessage()
     torch.manual_seed(456)
     state = torch.get_rng_state()
     fed8.run(cfg, out=tmp_path / "b", report=False)
@@ -128,8 +130,9 @@ def test_models_that_cannot_be_batched_train_one_by_one_with_the_reason_said(tmp
         with caplog.at_level(logging.INFO, logger="fed8"):
             batched = fed8.run(fed8.load_config(None, sets + [f"run.client_batching={batching}"]),
                                out=tmp_path / f"{model}-{batching}", report=False)
-        assert f"client batching is off for this model: {why}" in caplog.text
-        assert caplog.text.count("client batching is off") == 1  # said once, not per round
+        said = [r for r in caplog.records if "client batching is off" in r.getMessage()]
+        assert len(said) == 1 and f"client batching is off for this model: {why}" in said[0].getMessage()
+        assert said[0].levelname == ("WARNING" if batching == "on" else "INFO")  # forced: a warning; auto: a note
         caplog.clear()
         assert _bytes(off.run_dir) == _bytes(batched.run_dir)
 

@@ -139,9 +139,7 @@ class InProcessTransport:
             if why is None and not self.batch_when_slower:
                 why = batching_slower(self.model, self.device)
             if why is not None:
-                if not getattr(self, "_told", False):
-                    log.info("client batching is off for this model: %s; clients train one after another", why)
-                    self._told = True
+                self._tell_unbatched(why)
                 chunk = 1
             elif chunk == 0:
                 chunk = auto_chunk(self.model, len(clients))
@@ -162,13 +160,19 @@ class InProcessTransport:
                 first = (str(e).splitlines() or [""])[0]
                 self._unbatchable = (f"torch.func could not batch it ({type(e).__name__}: "
                                      f"{first[:200] + ('...' if len(first) > 200 else '')})")
-                log.info("client batching is off for this model: %s; clients train one after another",
-                         self._unbatchable)
-                self._told = True
+                self._tell_unbatched(self._unbatchable)
                 yield from self._one_by_one(rnd, received, clients[i:])
                 return
             self._batched_once = True
             yield from updates
+
+    def _tell_unbatched(self, why: str) -> None:
+        """Say once why the clients train one after another: a warning where batching was forced (``on``), a note
+        under ``auto``, where falling back is what it means."""
+        if not getattr(self, "_told", False):
+            (log.warning if self.batch_when_slower else log.info)(
+                "client batching is off for this model: %s; clients train one after another", why)
+            self._told = True
 
     def _one_by_one(self, rnd: int, received: Mapping[str, torch.Tensor],
                     clients: Sequence[int]) -> Iterator[ClientUpdate]:

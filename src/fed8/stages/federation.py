@@ -75,8 +75,9 @@ def client_parallelism_of(cfg: Config, model: torch.nn.Module, device_type: str,
     threads = cfg.run.threads or os.cpu_count() or 1
     why = randomness_reason(model)
     if why is not None:
-        if tell and cfg.run.parallel_clients != 1:
-            log.info("clients train one at a time on %d thread(s): %s", threads, why)
+        if tell and cfg.run.parallel_clients != 1:  # a warning where P > 1 was asked for, a note under auto (0)
+            (log.warning if cfg.run.parallel_clients > 1 else log.info)(
+                "clients train one at a time on %d thread(s): %s", threads, why)
         return 1, threads
     return client_parallelism(threads=threads, parallel_clients=cfg.run.parallel_clients,
                               clients_per_round=per_round, device_type=device_type,
