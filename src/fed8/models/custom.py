@@ -128,7 +128,12 @@ def build_custom(name: str, *, in_channels: int, height: int, width: int, num_cl
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ConfigError(f"model.name = {name!r}: its forward must return float logits of shape [B, {num_classes}] "
                           f"(the data's classes); got {got} for B = 2.")
-    if _draws_in_training(model, (2, in_channels, height, width)):
+    try:
+        draws = _draws_in_training(model, (2, in_channels, height, width))
+    except Exception as e:  # the user's forward in training mode
+        raise ConfigError(f"model.name = {name!r}: its forward in training mode failed on a batch of shape "
+                          f"[2, {in_channels}, {height}, {width}] ({type(e).__name__}: {e}).") from e
+    if draws:
         model.fed8_random_forward = True  # fed8.federated.model_rng: seeded per client, one client at a time
     return model
 
