@@ -311,9 +311,11 @@ def run_federation(run_dir: str | Path, nodes: int, *, progress: Callable[[dict]
         stack.enter_context(exclusive(home / ".lock", f"fed8 federation (pid {os.getpid()})", busy))
         stop_leftovers(home)  # no live fed8 federation owns them now: a killed one's, still running the ServerApp
         RunDir(run_dir).ensure_unlocked()  # e.g. a 'fed8 run --resume' of the same folder, training now
+        from ..models.custom import is_import_path
+
         model = RunDir(run_dir).load_config().model.name  # your own config: its custom model may be imported
         fed = stack.enter_context(local_federation(home, nodes, node_dir=run_dir / "nodes", tls=tls, auth=auth,
-                                                   models=(model,) if ":" in model else ()))
+                                                   models=(model,) if is_import_path(model) else ()))
         watcher = threading.Thread(target=follow, daemon=True)
         watcher.start()
         cmd = [_bin("flwr"), "run", str(app), "fed8", "--stream", "--run-config",
