@@ -129,6 +129,14 @@ class TrainConfig:
         "torch.autocast: convolutions and matrix products in bfloat16, weights, gradients, optimizer state and updates "
         "in float32; fast on CPUs with AMX or AVX512-BF16 and on GPUs, slow on CPUs without them; evaluation stays "
         "float32)", choices=("float32", "bfloat16"))
+    augment: str = _key(
+        "none", "augmentation of the clients' training images, drawn anew each epoch from (seed, round, client): none | "
+        "crop (random crop after padding by augment_pad pixels: shifts of up to augment_pad) | flip (horizontal, "
+        "p = 0.5) | crop_flip (both: the CIFAR-10 recipe of He et al. 2016; flips suit natural images, not digits)",
+        choices=("none", "crop", "flip", "crop_flip"))
+    augment_pad: int = _key(
+        0, "pixels of padding on each side for augment = crop | crop_flip; 0 = min(height, width) // 8 (4 for 32x32 "
+        "images, 3 for 28x28); at most half the side", ge=0)
     sampling: str = _key(
         "fixed", "client sampling: fixed (round(fraction * clients) per round, without replacement) | "
         "poisson (each client joins with probability fraction; the DP accountant matches it; not with "

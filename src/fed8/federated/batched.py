@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .client import ClientData, ClientUpdate, LocalTraining, forward_precision, loss_logits
+from .client import (ClientData, ClientUpdate, LocalTraining, augment_generator, epoch_images, forward_precision,
+                     loss_logits)
 
 __all__ = ["auto_chunk", "batching_blocker", "batching_slower", "train_clients_batched"]
 
@@ -109,12 +110,14 @@ def train_clients_batched(model: nn.Module, global_state: dict[str, torch.Tensor
     buf: dict[str, torch.Tensor] | None = None
     fixed = {k: v for k, v in global_state.items() if k not in base}  # integer buffers etc., shared
 
-    schedule = []  # per client: its minibatch index tensors, epochs concatenated (train_client's order)
-    for d, g in zip(data, generators):
+    schedule = []  # per client: (its epoch's images, a minibatch's indices) per step, epochs concatenated
+    for d, g in zip(data, generators):  # train_client's draws, in its order
         steps = []
+        aug = augment_generator(g) if cfg.augment.active else None
         for _ in range(cfg.epochs):
+            xe = epoch_images(d.x_train, cfg.augment, aug)
             perm = torch.randperm(d.num_train, generator=g)
-            steps += [perm[i : i + bs].to(d.x_train.device) for i in range(0, d.num_train, bs)]
+            steps += [(xe, perm[i : i + bs].to(d.x_train.device)) for i in range(0, d.num_train, bs)]
         schedule.append(steps)
     n_steps = [len(s) for s in schedule]
     shape, dtype, dev = data[0].x_train.shape[1:], data[0].x_train.dtype, data[0].x_train.device
@@ -134,8 +137,8 @@ def train_clients_batched(model: nn.Module, global_state: dict[str, torch.Tensor
         active = torch.tensor([t < n for n in n_steps], device=dev)
         for c, s in enumerate(schedule):
             if t < len(s):
-                idx = s[t]
-                x[c, : len(idx)], y[c, : len(idx)], m[c, : len(idx)] = data[c].x_train[idx], data[c].y_train[idx], 1
+                xe, idx = s[t]
+                x[c, : len(idx)], y[c, : len(idx)], m[c, : len(idx)] = xe[idx], data[c].y_train[idx], 1
         grads, values = step(w, x, y, m)
         totals += torch.where(active, values.detach(), torch.zeros((), device=dev))
         with torch.no_grad():

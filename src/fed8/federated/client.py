@@ -15,14 +15,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._rng import derive_seed
+from ..data.augment import Augmentation, augment
 from ..errors import ParameterError
 from ..models.layout import fast_layout
 from .model_rng import client_randomness
 
-__all__ = ["ClientData", "ClientUpdate", "LocalTraining", "PRECISIONS", "forward_precision", "local_test_split",
-           "loss_logits", "to_device", "train_client", "trainable_keys"]
+__all__ = ["AUGMENT_STREAM", "ClientData", "ClientUpdate", "LocalTraining", "PRECISIONS", "augment_generator",
+           "epoch_images", "forward_precision", "local_test_split", "loss_logits", "to_device", "train_client",
+           "trainable_keys"]
 
 PRECISIONS = ("float32", "bfloat16")
+AUGMENT_STREAM = 11  # stream tag under the client's training seed (model_rng's dropout seed is 10)
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class LocalTraining:
     weight_decay: float = 0.0
     prox_mu: float = 0.0
     precision: str = "float32"  # of the forward and backward passes (forward_precision); weights stay float32
+    augment: Augmentation = Augmentation()  # of the training images, drawn anew every epoch (epoch_images)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -91,6 +96,20 @@ def forward_precision(device: torch.device, precision: str):
 def loss_logits(out: torch.Tensor) -> torch.Tensor:
     """``out`` for the loss: float32 where autocast left it in bfloat16, else as it is (float32, float64)."""
     return out.float() if out.dtype == torch.bfloat16 else out
+
+
+def augment_generator(generator: torch.Generator) -> torch.Generator:
+    """The generator of a client's augmentations: its own stream under the client's training generator's seed, so
+    the augmentations never shift the minibatch shuffles (and turning them on changes nothing else)."""
+    return torch.Generator().manual_seed(derive_seed(generator.initial_seed(), AUGMENT_STREAM))
+
+
+def epoch_images(x: torch.Tensor, aug: Augmentation, generator: torch.Generator | None) -> torch.Tensor:
+    """One epoch's training images: ``x`` augmented image by image with draws from ``generator``
+    (:func:`augment_generator`), in the images' stored order, before the epoch's shuffle picks its minibatches. Every
+    training path calls this once per client and epoch, in epoch order, so all see the same pixels (torchvision's
+    per-sample transforms draw anew each time an image is loaded: once per epoch, the same distribution)."""
+    return x if generator is None or not aug.active else augment(x, aug, generator)
 
 
 def trainable_keys(state: Mapping[str, torch.Tensor]) -> list[str]:
@@ -156,12 +175,14 @@ def _local_sgd(model: nn.Module, global_state: Mapping[str, torch.Tensor], data:
     x, y, n, bs = data.x_train, data.y_train, data.num_train, cfg.batch_size
     device = x.device
     total, steps = torch.zeros((), device=device), 0
+    aug = augment_generator(generator) if cfg.augment.active else None
     for _ in range(cfg.epochs):
+        xe = epoch_images(x, cfg.augment, aug)
         perm = torch.randperm(n, generator=generator).to(device)  # the shuffle is drawn on the CPU: any device
         for i in range(0, n, bs):
             idx = perm[i : i + bs]
             with forward_precision(device, cfg.precision):
-                out = model(x[idx])
+                out = model(xe[idx])
             loss = F.cross_entropy(loss_logits(out), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -194,6 +215,8 @@ def _one_step_update(model: nn.Module, global_state: Mapping[str, torch.Tensor],
     """
     x, y, n = data.x_train, data.y_train, data.num_train
     params = dict(model.named_parameters())
+    if cfg.augment.active:
+        x = epoch_images(x, cfg.augment, augment_generator(generator))
     with _global_weights(model, params, global_state):
         idx = torch.randperm(n, generator=generator).to(x.device)  # the general loop's first draw
         with forward_precision(x.device, cfg.precision):

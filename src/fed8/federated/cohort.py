@@ -31,9 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ParameterError
 from ..models.layout import fast_layout
 from .batched import batching_blocker
-from .client import ClientData, LocalTraining, forward_precision, loss_logits, trainable_keys
+from .client import (ClientData, LocalTraining, augment_generator, epoch_images, forward_precision, loss_logits,
+                     trainable_keys)
 
 __all__ = ["CohortUpdate", "cohort_blocker", "train_cohort"]
 
@@ -65,12 +67,19 @@ def cohort_blocker(model: nn.Module, data: Sequence[ClientData], cfg: LocalTrain
 
 
 def train_cohort(model: nn.Module, global_state: Mapping[str, torch.Tensor], data: Sequence[ClientData],
-                 cfg: LocalTraining, *, weight: Callable[[int], float], clients: Sequence[int]) -> CohortUpdate:
+                 cfg: LocalTraining, *, weight: Callable[[int], float], clients: Sequence[int],
+                 generators: Sequence[torch.Generator] | None = None) -> CohortUpdate:
     """The weighted mean of ``data``'s one-step updates from ``global_state``, in one pass (module docstring).
 
-    ``weight``: the aggregator's ``w_k`` of a client with ``n_k`` samples. Call only where
+    ``weight``: the aggregator's ``w_k`` of a client with ``n_k`` samples. ``generators``: each
+    client's training generator, which its augmentations derive from (required when
+    ``cfg.augment`` is on; the one pass needs no shuffle). Call only where
     :func:`cohort_blocker` returns None.
     """
+    if cfg.augment.active and (generators is None or len(generators) != len(data)):
+        raise ParameterError(f"train_cohort needs one generator per client when cfg.augment is on ({cfg.augment.kind!r}); "
+                             f"got {None if generators is None else len(generators)} for {len(data)} clients. Pass "
+                             "the clients' training generators.")
     fast_layout(model)
     model.load_state_dict(global_state)
     model.train()
@@ -81,7 +90,8 @@ def train_cohort(model: nn.Module, global_state: Mapping[str, torch.Tensor], dat
     w = [weight(n) for n in sizes]
     total_w = float(sum(w))
     with_data = float(sum(wk for wk, n in zip(w, sizes) if n > 0))
-    x = torch.cat([d.x_train for d in data])
+    x = torch.cat([epoch_images(d.x_train, cfg.augment, augment_generator(generators[k]) if cfg.augment.active
+                                else None) for k, d in enumerate(data)])
     y = torch.cat([d.y_train for d in data])
     dev, dtype = x.device, x.dtype
     owner = torch.repeat_interleave(torch.arange(len(data), device=dev), torch.tensor(sizes, device=dev))

@@ -236,7 +236,9 @@ class InProcessTransport:
         why = cohort_blocker(self.model, data, self.local)
         if why is not None or sum(weight(d.num_train) for d in data) <= 0:
             return None
-        c = train_cohort(self.model, self._on_device(self._received), data, self.local, weight=weight, clients=clients)
+        c = train_cohort(self.model, self._on_device(self._received), data, self.local, weight=weight, clients=clients,
+                         generators=[torch_generator(self.seed, TRAIN, rnd, k) for k in clients]
+                         if self.local.augment.active else None)
         if not all(bool(torch.isfinite(v.sum())) for v in c.mean.values()):
             log.info("round %d: the one-pass mean is not finite; training the clients one by one", rnd)
             return None

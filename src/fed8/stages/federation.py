@@ -50,11 +50,12 @@ class Federation:
 
 def local_training(train) -> "LocalTraining":
     """The client step's values from the ``[train]`` section."""
+    from ..data.augment import Augmentation
     from ..federated.client import LocalTraining
 
     return LocalTraining(epochs=train.local_epochs, batch_size=train.batch_size, lr=train.lr,
                          momentum=train.momentum, weight_decay=train.weight_decay, prox_mu=train.prox_mu,
-                         precision=train.precision)
+                         precision=train.precision, augment=Augmentation(train.augment, train.augment_pad))
 
 
 def client_parallelism_of(cfg: Config, model: torch.nn.Module, device_type: str, *,
@@ -85,6 +86,19 @@ def client_parallelism_of(cfg: Config, model: torch.nn.Module, device_type: str,
                                               if v.is_floating_point()))
 
 
+def check_augmentation(train, height: int, width: int) -> None:
+    """Refuse ``train.augment_pad`` larger than half the images' side (:func:`fed8.data.augment.crop_padding`)."""
+    from ..data.augment import Augmentation, crop_padding
+    from ..errors import ConfigError, ParameterError
+
+    try:
+        crop_padding(Augmentation(train.augment, train.augment_pad), height, width)
+    except ParameterError:
+        raise ConfigError(f"train.augment_pad = {train.augment_pad} is more than half the side of the data's "
+                          f"{height}x{width} images, so random crops would be mostly padding. Use 1..{min(height, width) // 2}"
+                          f", or 0 for {max(1, min(height, width) // 8)}.") from None
+
+
 def load_federation(cfg: Config) -> Federation:
     """Load the data, partition it across the clients and build the model (seeded by (seed, INIT))."""
     from ..data import load_splits, local_split, partition, partition_summary, to_float
@@ -107,6 +121,7 @@ def load_federation(cfg: Config) -> Federation:
         clients.append(ClientData(x_all[a:b], y_all[a:b], x_all[b:c], y_all[b:c]))
         at = c
     c_, h, w = train.shape
+    check_augmentation(cfg.train, h, w)
     model = build_model(cfg.model.name, in_channels=c_, height=h, width=w, num_classes=train.num_classes,
                         norm=cfg.model.norm, hidden=cfg.model.hidden, seed=derive_seed(cfg.run.seed, INIT),
                         allow_import=True)
@@ -140,6 +155,7 @@ def load_node_data(cfg: Config, path: str, *, client: int, source: str | None = 
     tr, te = torch.from_numpy(s.train), torch.from_numpy(s.test)
     x = to_float(images)
     c, h, w = splits.train.shape
+    check_augmentation(cfg.train, h, w)
     model = build_model(cfg.model.name, in_channels=c, height=h, width=w, num_classes=splits.train.num_classes,
                         norm=cfg.model.norm, hidden=cfg.model.hidden, seed=derive_seed(cfg.run.seed, INIT),
                         allow_import=True)
