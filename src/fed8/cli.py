@@ -82,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write report.html and plots for a run directory")
     rep.add_argument("run_dir")
 
+    cmp = sub.add_parser("compare", help="run directories side by side: what differs in their configs, accuracy, "
+                                         "bytes, epsilon, 8-bit accuracy; with --out, plots and compare.html")
+    cmp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    cmp.add_argument("--out", help="folder for compare.html, compare.json, accuracy.png and accuracy_vs_bytes.png")
+
     c = sub.add_parser("certs", help="make a CA and a server certificate for a federation's TLS (SuperLink)")
     c.add_argument("dir", help="folder for ca.crt, ca.key, server.crt, server.key")
     c.add_argument("--host", dest="hosts", action="append", default=[], metavar="NAME|IP",
@@ -323,6 +328,32 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from rich.table import Table
+
+    from .report.compare import comparison, load_run, table, write_comparison
+
+    runs = [load_run(p) for p in args.run_dirs]
+    rows = comparison(runs)
+    con = console()
+    for r in rows:
+        con.print(f"{r['run']}  {r['path']}", soft_wrap=True)
+    out = Table(title=f"fed8 compare: {len(runs)} runs" + ("" if rows[0]["settings"] else " of the same config"))
+    lines = table(rows)
+    out.add_column("", no_wrap=True, min_width=min(28, max(len(name) for name, _ in lines)))
+    for r in rows:
+        out.add_column(r["run"], justify="right", overflow="fold")
+    for name, cells in lines:
+        out.add_row(name, *cells)
+    con.print(out)
+    if args.out:
+        written = write_comparison(runs, args.out)
+        con.print(f"wrote {written[-1]} (and {', '.join(p.name for p in written[:-1])})")
+    else:
+        con.print("add --out DIR for the plots (accuracy per round, accuracy against bytes sent) and compare.html")
+    return 0
+
+
 def _cmd_federation(args) -> int:
     from .config import load_config
     from .flower import require_flwr
@@ -430,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_malloc()
     set_process_env()
     args = _parser().parse_args(argv)
-    handlers = {"run": _cmd_run, "init": _cmd_init, "info": _cmd_info, "report": _cmd_report,
+    handlers = {"run": _cmd_run, "init": _cmd_init, "info": _cmd_info, "report": _cmd_report, "compare": _cmd_compare,
                 "quantize": _cmd_quantize, "predict": _cmd_predict, "certs": _cmd_certs,
                 "federation": _cmd_federation}
     # SIGTERM / SIGHUP stop a command as Ctrl-C does: Flower processes stopped, the resume hint printed
