@@ -34,6 +34,7 @@ def _rows(path):
     pytest.param(["model.name=cnn", "train.batch_size=128", "train.momentum=0.9", "train.weight_decay=1e-3"],
                  id="one-step-clients"),  # ~64 images each: one step, the update without a weight update
     pytest.param(["train.augment=crop_flip", "train.local_epochs=2"], id="augmented-clients"),
+    pytest.param(["train.lr_schedule=exponential", "train.lr_decay=0.5"], id="lr-schedule"),
     pytest.param(["model.name=cnn", "train.batch_size=128", "train.augment=crop"], id="augmented-one-step-clients"),
     pytest.param(["compression.uplink=float8_e4m3fn", "compression.downlink=int8", "compression.downlink_mode=delta",
                   "train.fraction=0.67"], id="delta-downlink-partial-participation"),

@@ -119,6 +119,11 @@ class TrainConfig:
     local_epochs: int = _key(2, "local epochs E per round on each sampled client", ge=1)
     batch_size: int = _key(32, "local minibatch size B", ge=1)
     lr: float = _key(0.05, "client SGD learning rate", gt=0.0)
+    lr_schedule: str = _key(
+        "constant", "the client learning rate round by round: constant | exponential (lr * lr_decay^(round - 1)) | "
+        "cosine (from lr in round 1 toward 0 after the last of train.rounds, Loshchilov & Hutter 2017)",
+        choices=("constant", "exponential", "cosine"))
+    lr_decay: float = _key(0.99, "factor per round for lr_schedule = exponential", gt=0.0, le=1.0)
     momentum: float = _key(0.9, "client SGD momentum (reset every round)", ge=0.0, lt=1.0)
     weight_decay: float = _key(0.0, "client SGD weight decay (L2)", ge=0.0)
     prox_mu: float = _key(

@@ -24,6 +24,7 @@ _RULES: tuple[_Rule, ...] = (
     ("server.tau", lambda c: c.server.strategy == "fedadam", "server.strategy = 'fedadam'"),
     ("server.norm_bound", lambda c: c.server.robust == "norm_bound", "server.robust = 'norm_bound'"),
     ("server.trim_fraction", lambda c: c.server.robust == "trimmed_mean", "server.robust = 'trimmed_mean'"),
+    ("train.lr_decay", lambda c: c.train.lr_schedule == "exponential", "train.lr_schedule = 'exponential'"),
     ("train.augment_pad", lambda c: c.train.augment in ("crop", "crop_flip"), "train.augment = 'crop' or 'crop_flip'"),
     ("data.alpha", lambda c: c.data.partition == "dirichlet", "data.partition = 'dirichlet'"),
     ("data.shards_per_client", lambda c: c.data.partition == "shards", "data.partition = 'shards'"),

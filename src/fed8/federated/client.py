@@ -8,6 +8,7 @@ parallel, batched, or inside a Flower ClientApp, with identical results.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
@@ -41,11 +42,28 @@ class LocalTraining:
     prox_mu: float = 0.0
     precision: str = "float32"  # of the forward and backward passes (forward_precision); weights stay float32
     augment: Augmentation = Augmentation()  # of the training images, drawn anew every epoch (epoch_images)
+    lr_schedule: str = "constant"  # lr round by round (fed8.federated.schedule): constant | exponential | cosine
+    lr_decay: float = 1.0  # exponential: lr * lr_decay^(round - 1)
+    rounds: int = 0  # the planned rounds, for cosine
 
     def __post_init__(self) -> None:
+        from .schedule import LR_SCHEDULES
+
         if self.precision not in PRECISIONS:
             raise ParameterError(f"LocalTraining.precision must be one of {PRECISIONS}; got {self.precision!r}. Use "
                                  "'bfloat16' for mixed precision, 'float32' otherwise.")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ParameterError(f"LocalTraining.lr_schedule must be one of {LR_SCHEDULES}; got {self.lr_schedule!r}.")
+
+    def at_round(self, rnd: int) -> "LocalTraining":
+        """These values with ``lr`` the schedule's rate in round ``rnd`` (itself under a constant schedule). Every
+        runtime trains round ``rnd``'s clients with ``local.at_round(rnd)``."""
+        if self.lr_schedule == "constant":
+            return self
+        from .schedule import client_lr
+
+        lr = client_lr(self.lr, self.lr_schedule, rnd, rounds=self.rounds, decay=self.lr_decay)
+        return dataclasses.replace(self, lr=lr, lr_schedule="constant")
 
 
 @dataclass(frozen=True)

@@ -152,7 +152,7 @@ class InProcessTransport:
             ks = list(clients[i : i + chunk])
             try:
                 updates = train_clients_batched(
-                    self.model, received, [self.clients[k] for k in ks], self.local,
+                    self.model, received, [self.clients[k] for k in ks], self.local.at_round(rnd),
                     generators=[torch_generator(self.seed, TRAIN, rnd, k) for k in ks], clients=ks)
             except Exception as e:  # noqa: BLE001 - torch.func could not trace this model: one by one, said once
                 if getattr(self, "_batched_once", False):
@@ -177,8 +177,10 @@ class InProcessTransport:
     def _one_by_one(self, rnd: int, received: Mapping[str, torch.Tensor],
                     clients: Sequence[int]) -> Iterator[ClientUpdate]:
         """``clients``' updates, each trained on its own (several at a time on client threads, if so configured)."""
+        local = self.local.at_round(rnd)
+
         def one(model: nn.Module, k: int) -> ClientUpdate:
-            return train_client(model, received, self.clients[k], self.local,
+            return train_client(model, received, self.clients[k], local,
                                 generator=torch_generator(self.seed, TRAIN, rnd, k), client=k)
 
         if self.parallel_clients > 1 and len(clients) > 1:
@@ -233,10 +235,11 @@ class InProcessTransport:
                 or self.wire.uplink.name != "float32" or self.wire.feedback is not None):
             return None
         data = [self.clients[k] for k in clients]
-        why = cohort_blocker(self.model, data, self.local)
+        local = self.local.at_round(rnd)
+        why = cohort_blocker(self.model, data, local)
         if why is not None or sum(weight(d.num_train) for d in data) <= 0:
             return None
-        c = train_cohort(self.model, self._on_device(self._received), data, self.local, weight=weight, clients=clients,
+        c = train_cohort(self.model, self._on_device(self._received), data, local, weight=weight, clients=clients,
                          generators=[torch_generator(self.seed, TRAIN, rnd, k) for k in clients]
                          if self.local.augment.active else None)
         if not all(bool(torch.isfinite(v.sum())) for v in c.mean.values()):

@@ -119,7 +119,7 @@ def train(msg: Message, context: Context) -> Message:
     if state is None:  # a delta without the reference it applies to: ask for the base
         return Message(content=RecordDict({"job": ConfigRecord({"client": k, "round": rnd, "missing-ref": rnd - 1})}),
                        reply_to=msg)
-    update = train_client(model, state, data, local_training(cfg.train),
+    update = train_client(model, state, data, local_training(cfg.train).at_round(rnd),
                           generator=torch_generator(cfg.run.seed, TRAIN, rnd, k), client=k)
     local_plan = _plan(cfg) if cfg.privacy.dp == "local" else None
     for hook in make_client_hooks(cfg, local_plan, cfg.data.num_clients):  # attacks, local DP (this node's CSPRNG)

@@ -55,7 +55,8 @@ def local_training(train) -> "LocalTraining":
 
     return LocalTraining(epochs=train.local_epochs, batch_size=train.batch_size, lr=train.lr,
                          momentum=train.momentum, weight_decay=train.weight_decay, prox_mu=train.prox_mu,
-                         precision=train.precision, augment=Augmentation(train.augment, train.augment_pad))
+                         precision=train.precision, augment=Augmentation(train.augment, train.augment_pad),
+                         lr_schedule=train.lr_schedule, lr_decay=train.lr_decay, rounds=train.rounds)
 
 
 def client_parallelism_of(cfg: Config, model: torch.nn.Module, device_type: str, *,
