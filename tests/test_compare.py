@@ -7,7 +7,7 @@ import pytest
 
 import fed8
 from fed8.cli import main
-from fed8.report.compare import comparison, differing_keys, load_run, table, write_comparison
+from fed8.report.compare import comparison, differing_keys, load_run, seed_groups, table, write_comparison
 
 from conftest import interrupted_run
 
@@ -86,3 +86,31 @@ def test_8_bit_accuracy_comes_from_the_quantize_stage(tmp_path):
     assert dict(table(comparison([failed])))["int8 acc"] == [f"{want:.4f} (over max drop)"]
     paths = write_comparison([load_run(res.run_dir), load_run(plain.run_dir)], tmp_path / "cmp")
     assert [p.name for p in paths] == ["compare.json", "accuracy.png", "accuracy_vs_bytes.png", "compare.html"]
+
+
+def test_runs_that_differ_only_in_their_seed_are_averaged(tmp_path, capsys):
+    import statistics
+
+    base = ["data.subset=300", "data.num_clients=3", "train.rounds=2", "model.name=mlp", "model.hidden=32",
+            "run.threads=1", "quantize.enabled=false"]
+    runs, results = [], {}
+    for lr in ("0.05", "0.1"):
+        for seed in (0, 1, 2):
+            r = fed8.run(fed8.load_config(None, base + [f"train.lr={lr}", f"run.seed={seed}"]),
+                         out=tmp_path / f"lr{lr}-s{seed}", report=False)
+            runs.append(r.run_dir)
+            results.setdefault(lr, []).append(r.final["eval_accuracy"])
+    groups = seed_groups(comparison([load_run(p) for p in runs]))
+    assert [g["runs"] for g in groups] == [["#1", "#2", "#3"], ["#4", "#5", "#6"]]
+    assert [g["settings"] for g in groups] == [{"train.lr": 0.05}, {"train.lr": 0.1}]
+    assert groups[0]["seeds"] == [0, 1, 2]
+    for g, lr in zip(groups, ("0.05", "0.1")):
+        assert g["eval_accuracy"] == pytest.approx(statistics.fmean(results[lr]))
+        assert g["eval_accuracy_sd"] == pytest.approx(statistics.stdev(results[lr]))
+    lines = dict(table(groups))
+    assert lines["run.seed"] == ["0, 1, 2", "0, 1, 2"] and " ± " in lines["eval acc"][0]
+    assert main(["compare", *map(str, runs), "--mean-over-seeds", "--out", str(tmp_path / "cmp")]) == 0
+    assert "6 runs in 2 groups of seeds" in capsys.readouterr().out
+    data = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert len(data["runs"]) == 6 and [g["run"] for g in data["seed_groups"]] == ["#1,#2,#3", "#4,#5,#6"]
+    assert "<th>#1,#2,#3</th>" in (tmp_path / "cmp" / "compare.html").read_text()  # the page shows the groups

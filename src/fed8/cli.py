@@ -86,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
                                          "bytes, epsilon, 8-bit accuracy; with --out, plots and compare.html")
     cmp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     cmp.add_argument("--out", help="folder for compare.html, compare.json, accuracy.png and accuracy_vs_bytes.png")
+    cmp.add_argument("--mean-over-seeds", action="store_true",
+                     help="one column per group of runs that differ only in run.seed: mean +- standard deviation")
 
     c = sub.add_parser("certs", help="make a CA and a server certificate for a federation's TLS (SuperLink)")
     c.add_argument("dir", help="folder for ca.crt, ca.key, server.crt, server.key")
@@ -331,23 +333,26 @@ def _cmd_report(args) -> int:
 def _cmd_compare(args) -> int:
     from rich.table import Table
 
-    from .report.compare import comparison, load_run, table, write_comparison
+    from .report.compare import comparison, load_run, seed_groups, table, write_comparison
 
     runs = [load_run(p) for p in args.run_dirs]
     rows = comparison(runs)
     con = console()
     for r in rows:
         con.print(f"{r['run']}  {r['path']}", soft_wrap=True)
-    out = Table(title=f"fed8 compare: {len(runs)} runs" + ("" if rows[0]["settings"] else " of the same config"))
-    lines = table(rows)
+    shown = seed_groups(rows) if args.mean_over_seeds else rows
+    what = f"{len(runs)} runs" + (f" in {len(shown)} group{'s' if len(shown) > 1 else ''} of seeds"
+                                  if args.mean_over_seeds else "")
+    out = Table(title=f"fed8 compare: {what}" + ("" if rows[0]["settings"] else " of the same config"))
+    lines = table(shown)
     out.add_column("", no_wrap=True, min_width=min(28, max(len(name) for name, _ in lines)))
-    for r in rows:
+    for r in shown:
         out.add_column(r["run"], justify="right", overflow="fold")
     for name, cells in lines:
         out.add_row(name, *cells)
     con.print(out)
     if args.out:
-        written = write_comparison(runs, args.out)
+        written = write_comparison(runs, args.out, over_seeds=args.mean_over_seeds)
         con.print(f"wrote {written[-1]} (and {', '.join(p.name for p in written[:-1])})")
     else:
         con.print("add --out DIR for the plots (accuracy per round, accuracy against bytes sent) and compare.html")
