@@ -7,7 +7,8 @@ with random crops (``crop``: padding 3 by default on 28x28 images, and 2). Flips
 out: a mirrored digit is another digit.
 
 Part ``lr``: the default run with the client learning rate constant (0.05), decayed by 0.95
-per round (0.019 in round 20), and cosine-annealed over the 20 rounds.
+per round (0.019 in round 20), and cosine-annealed over the 20 rounds; and constant and
+cosine from twice the rate (0.1).
 
 Per setting and seed: final eval accuracy, the mean client accuracy, seconds. The quantize
 stage is off (neither recipe touches it). Runs are interleaved by seed so that a busy
@@ -16,6 +17,7 @@ moment of the machine hits every setting alike.
     python bench/recipes.py                      # part augment, seeds 0 and 1
     python bench/recipes.py --part augment --seeds 2 3 --data full
     python bench/recipes.py --part lr --seeds 0 1
+    python bench/recipes.py --part lr --only "cosine lr 0.1" "constant lr 0.1"
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ PARTS = {
                 "crop pad 2": ["train.augment=crop", "train.augment_pad=2"]},
     "lr": {"constant": ["train.lr_schedule=constant"],
            "exp 0.95": ["train.lr_schedule=exponential", "train.lr_decay=0.95"],
-           "cosine": ["train.lr_schedule=cosine"]},
+           "cosine": ["train.lr_schedule=cosine"],
+           "constant lr 0.1": ["train.lr_schedule=constant", "train.lr=0.1"],
+           "cosine lr 0.1": ["train.lr_schedule=cosine", "train.lr=0.1"]},
 }
 
 
@@ -49,8 +53,9 @@ def main() -> None:
     ap.add_argument("--data", nargs="+", choices=sorted(DATA), default=None,
                     help="default: full and 2k for part augment, full for part lr")
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--only", nargs="+", metavar="SETTING", help="run only these settings of the part (by name)")
     args = ap.parse_args()
-    variants = PARTS[args.part]
+    variants = {k: v for k, v in PARTS[args.part].items() if not args.only or k in args.only}
     data_sets = args.data or (["full", "2k"] if args.part == "augment" else ["full"])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

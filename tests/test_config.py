@@ -87,6 +87,8 @@ INACTIVE_CASES = {
     "privacy.secagg_min_clients": ("5", ["privacy.secure_aggregation=true"]),
     "attack.kind": ("'non_finite'", ["attack.fraction=0.1"]),
     "attack.scale": ("3.0", ["attack.fraction=0.1"]),
+    "train.augment_pad": ("2", ["train.augment=crop"]),
+    "train.lr_decay": ("0.9", ["train.lr_schedule=exponential"]),
 }
 
 

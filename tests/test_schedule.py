@@ -1,6 +1,5 @@
 """The clients' learning rate round by round (train.lr_schedule) in every training path."""
 
-import logging
 import math
 
 import pytest
@@ -74,9 +73,3 @@ def test_batched_and_one_pass_clients_train_at_the_round_s_rate(tmp_path, small,
     moved = max(float((w[k] - c[k]).abs().max()) for k in w)
     assert diff <= 1e-5 * max(float(t.abs().max()) for t in w.values()) and moved > 1000 * max(diff, 1e-9)
 
-
-def test_lr_decay_without_its_schedule_is_said(tmp_path, small, caplog):
-    with caplog.at_level(logging.WARNING, logger="fed8"):
-        fed8.run(fed8.load_config(None, small + ["train.lr_decay=0.9", "train.rounds=1", "model.name=mlp"]),
-                 out=tmp_path / "r", report=False)
-    assert any("train.lr_decay = 0.9 has no effect" in r.getMessage() for r in caplog.records)
