@@ -50,6 +50,7 @@ def test_flower_apps_give_the_simulation_model(tmp_path, sets):
     sim = fed8.run(fed8.load_config(None, BASE + sets), out=tmp_path / "sim", report=False)
     assert (fed / "model.safetensors").read_bytes() == (sim.run_dir / "model.safetensors").read_bytes()
     assert _rows(fed) == [{k: v for k, v in r.items() if k != "seconds"} for r in sim.metrics]
+    assert json.loads((fed / "summary.json").read_text())["eval_per_class"] == sim.summary["eval_per_class"]
 
 
 def test_error_feedback_residuals_live_on_the_node_not_the_server(tmp_path):

@@ -11,7 +11,8 @@ from torch import nn
 
 from ..models.layout import fast_layout
 
-__all__ = ["client_accuracy_from_counts", "client_accuracy_stats", "evaluate", "predict_correct"]
+__all__ = ["client_accuracy_from_counts", "client_accuracy_stats", "confusion_matrix", "evaluate", "per_class",
+           "predict_correct"]
 
 
 @torch.no_grad()
@@ -29,6 +30,35 @@ def predict_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch
     if not losses:
         return torch.zeros(0), torch.zeros(0, dtype=torch.bool)
     return torch.cat(losses).cpu(), torch.cat(correct).cpu()
+
+
+@torch.no_grad()
+def confusion_matrix(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, *,
+                     batch_size: int = 500) -> torch.Tensor:
+    """``C[i, j]``: images of class ``i`` that ``model`` (eval mode) labels ``j``, as int64 ``[K, K]`` on the CPU."""
+    fast_layout(model)
+    model.eval()
+    dev = next(model.parameters()).device
+    c = torch.zeros(num_classes * num_classes, dtype=torch.int64)
+    for i in range(0, x.shape[0], batch_size):
+        pred = model(x[i : i + batch_size].to(dev)).argmax(1).cpu()
+        c += torch.bincount(y[i : i + batch_size].cpu() * num_classes + pred, minlength=num_classes * num_classes)
+    return c.view(num_classes, num_classes)
+
+
+def per_class(confusion: torch.Tensor, classes: Sequence[str]) -> dict:
+    """Per-class accuracy (recall) from a confusion matrix, and the worst class: what a mean accuracy hides.
+
+    On non-IID federations a class that few clients hold can stay far below the mean
+    (client drift, Zhao et al. 2018, arXiv:1806.00582). Classes without eval images get
+    ``None`` and are left out of the worst.
+    """
+    counts = confusion.sum(1)
+    acc = [float(confusion[i, i]) / float(n) if n else None for i, n in enumerate(counts.tolist())]
+    held = [(a, k) for k, a in enumerate(acc) if a is not None]
+    worst = min(held) if held else (None, None)
+    return {"classes": list(classes), "accuracy": acc, "images": counts.tolist(), "confusion": confusion.tolist(),
+            "worst_class": None if worst[1] is None else classes[worst[1]], "worst_class_accuracy": worst[0]}
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 500) -> tuple[float, float]:

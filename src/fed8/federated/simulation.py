@@ -310,6 +310,13 @@ class Simulation(RoundLoop):
     local_y = property(lambda self: self.transport.local_y)
     owner = property(lambda self: self.transport.owner)
 
+    def eval_confusion(self, state: Mapping[str, torch.Tensor], num_classes: int) -> torch.Tensor:
+        """The confusion matrix of ``state`` on the server's eval split (:func:`~fed8.federated.evaluate.confusion_matrix`)."""
+        from .evaluate import confusion_matrix
+
+        self.model.load_state_dict(state)
+        return confusion_matrix(self.model, self.eval_x, self.eval_y, num_classes, batch_size=self.eval_batch_size)
+
     def _evaluate_server(self, state: Mapping[str, torch.Tensor]) -> dict:
         self.model.load_state_dict(state)
         loss, acc = evaluate(self.model, self.eval_x, self.eval_y, batch_size=self.eval_batch_size)

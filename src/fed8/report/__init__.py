@@ -24,6 +24,6 @@ def write_report(run_dir: str | Path) -> Path:
     partition = json.loads(rd.partition.read_text()) if rd.partition.exists() else None
     qpath = rd.path / "deploy" / "quantization.json"
     deploy = json.loads(qpath.read_text()) if qpath.exists() else None
-    plots = plot_all(rows, partition, rd.plots, deploy)
+    plots = plot_all(rows, partition, rd.plots, deploy, summary.get("eval_per_class"))
     atomic_write_text(rd.report, render_html(rd.path, summary, rows, rd.config.read_text(), plots, deploy))
     return rd.report

@@ -126,6 +126,17 @@ def _deploy_section(deploy: dict | None) -> str:
             f"<h3>Calibration</h3>{_kv(cal_pairs)}{notes}")
 
 
+def _per_class_section(pc: dict | None) -> str:
+    """The final model's accuracy on each class of the eval split, worst first."""
+    if not pc:
+        return ""
+    order = sorted(range(len(pc["classes"])), key=lambda k: (pc["accuracy"][k] is None, pc["accuracy"][k] or 0.0))
+    table = [{"class": pc["classes"][k], "eval images": pc["images"][k], "accuracy": pc["accuracy"][k]} for k in order]
+    return (f"<h2>Per class</h2><p class=\"note\">The final model on the server's eval split, worst class first "
+            f"(worst: {html.escape(str(pc['worst_class']))}, {fmt(pc['worst_class_accuracy'])}).</p>"
+            f"{_table(table, ['class', 'eval images', 'accuracy'])}")
+
+
 def _privacy_section(privacy: dict | None, rows: list[dict]) -> str:
     """The guarantee in one sentence, and accuracy against the epsilon spent so far."""
     if not privacy:
@@ -190,6 +201,7 @@ def render_html(run_dir: Path, summary: dict, rows: list[dict], config_text: str
 <h1>fed8 report</h1><p><code>{html.escape(str(run_dir))}</code></p>
 <h2>Summary</h2>{_kv(facts)}
 <h2>Plots</h2>{imgs}
+{_per_class_section(summary.get("eval_per_class"))}
 {_privacy_section(summary.get("privacy"), rows)}
 {_deploy_section(deploy)}
 <h2>Metrics per round</h2>{_rounds_table(rows)}

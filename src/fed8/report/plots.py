@@ -39,7 +39,8 @@ def _round_axis(ax) -> None:
     ax.grid(alpha=0.3)
 
 
-def plot_all(rows: list[dict[str, Any]], partition: dict | None, out: Path, deploy: dict | None = None) -> list[Path]:
+def plot_all(rows: list[dict[str, Any]], partition: dict | None, out: Path, deploy: dict | None = None,
+             per_class: dict | None = None) -> list[Path]:
     """Write the plots into ``out`` and return their paths."""
     from ..federated.record import RoundRecord
 
@@ -89,7 +90,29 @@ def plot_all(rows: list[dict[str, Any]], partition: dict | None, out: Path, depl
         _accuracy_vs_bytes(plt, recs, out, paths)
     if deploy:
         _deploy_tradeoff(plt, deploy, out, paths)
+    if per_class and len(per_class["classes"]) <= _MAX_LABELS:
+        _confusion(plt, per_class, out, paths)
     return paths
+
+
+def _confusion(plt, per_class: dict, out: Path, paths: list[Path]) -> None:
+    """The final model's confusion matrix on the eval split, each row as fractions of its class's images."""
+    import numpy as np
+
+    c = np.asarray(per_class["confusion"], dtype=float)
+    rows = c / np.maximum(c.sum(1, keepdims=True), 1)
+    names = per_class["classes"]
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    im = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    ax.set(xticks=range(len(names)), yticks=range(len(names)), xlabel="predicted", ylabel="true class",
+           title="Final model, eval split (row fractions)")
+    ax.set_xticklabels(names, rotation=90 if max(map(len, names)) > 2 else 0, fontsize=8)
+    ax.set_yticklabels(names, fontsize=8)
+    for i in range(len(names)):
+        ax.text(i, i, f"{rows[i, i]:.2f}", ha="center", va="center", fontsize=7,
+                color="white" if rows[i, i] > 0.6 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    _save(fig, out / "confusion.png", paths)
 
 
 _MAX_BARS, _MAX_LABELS = 200, 20

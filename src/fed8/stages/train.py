@@ -274,6 +274,8 @@ def _train(cfg: Config, rd: RunDir, ck, resumed: bool, progress, on_round, repor
         "model": cfg.model.name, "input_shape": list(prep.input_shape), "classes": list(prep.classes),
         "pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD, "norm": cfg.model.norm, "hidden": cfg.model.hidden})
     summary = _summary(prep, rows, time.perf_counter() - t0)
+    from ..federated.evaluate import per_class
+    summary["eval_per_class"] = per_class(sim.eval_confusion(state, len(prep.classes)), prep.classes)
     rd.write_json(rd.summary, summary)
     if cfg.quantize.enabled and quantize:
         from .quantize import quantize_run
