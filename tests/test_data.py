@@ -304,3 +304,51 @@ def test_a_node_with_its_own_source_ignores_the_servers_folder_image_size(tmp_pa
                                   "model.name=mlp", "model.hidden=8"])
     model, data = load_node_data(cfg, str(f), client=0, source="npz")
     assert tuple(data.x_train.shape[1:]) == (1, 28, 28) and len(data.y_train) + len(data.y_test) == 20
+
+
+def _natural_npz(tmp_path, n=120, clients=5, **extra):
+    rng = np.random.default_rng(0)
+    f = tmp_path / "nat.npz"
+    owners = rng.integers(10, 10 + clients, n)
+    np.savez(f, x_train=rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), y_train=np.arange(n) % 3,
+             x_test=rng.integers(0, 256, (30, 28, 28), dtype=np.uint8), y_test=np.arange(30) % 3,
+             client_train=owners, **extra)
+    return f, owners
+
+
+def test_a_run_on_natural_clients_trains_each_on_its_own_images(tmp_path):
+    import json
+
+    import fed8
+
+    f, owners = _natural_npz(tmp_path)
+    sets = ["data.source=npz", f"data.path={f}", "data.partition=natural", "data.num_clients=5", "train.rounds=1",
+            "quantize.enabled=false", "model.name=mlp", "model.hidden=8", "run.threads=1"]
+    sizes = []
+    for seed in (0, 1):
+        r = fed8.run(fed8.load_config(None, sets + [f"run.seed={seed}"]), out=tmp_path / f"r{seed}", report=False)
+        part = json.loads((r.run_dir / "partition.json").read_text())
+        sizes.append([c["train_samples"] + c["test_samples"] for c in part["clients"]])
+    assert sizes[0] == sizes[1] == np.bincount(owners - 10).tolist()  # by id, not drawn from the seed
+    sub = load_splits(cfg(source="npz", path=str(f), subset=50, partition="natural")).train
+    assert sub.owners is not None and len(sub.owners) == 50 and set(sub.owners.tolist()) <= set(owners.tolist())
+
+
+def test_natural_clients_need_ids_from_the_data(tmp_path):
+    from fed8.stages.federation import load_node_data
+
+    plain = tmp_path / "plain.npz"
+    np.savez(plain, x_train=np.zeros((20, 28, 28), np.uint8), y_train=np.arange(20) % 2)
+    with pytest.raises(DataError, match="data.partition = 'natural' .*names none. Give an npz with a client_train"):
+        load_splits(cfg(source="npz", path=str(plain), partition="natural"))
+    with pytest.raises(DataError, match="'natural' .*mnist10k"):
+        load_splits(cfg(partition="natural"))
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x_train=np.zeros((20, 28, 28), np.uint8), y_train=np.arange(20) % 2, client_train=np.zeros(19, int))
+    with pytest.raises(DataError, match="one integer client id per training image; got 19 values"):
+        load_splits(cfg(source="npz", path=str(bad)))
+    import fed8  # a node's own files are its own client: the run's natural partition does not apply to them
+    run = fed8.load_config(None, ["data.source=npz", f"data.path={bad}", "data.partition=natural", "model.name=mlp",
+                                  "model.hidden=8"])
+    _, data = load_node_data(run, str(plain), client=0, source="npz")
+    assert len(data.y_train) + len(data.y_test) == 20

@@ -73,3 +73,17 @@ def test_local_split_and_summary():
     assert summary["num_clients"] == 4
     assert sum(sum(c["label_histogram"]) for c in summary["clients"]) == 2000
     assert splits[0].train.size == summary["clients"][0]["train_samples"]
+
+
+def test_the_natural_partition_keeps_the_data_s_own_clients_whatever_the_seed():
+    from fed8.data.partition import natural
+
+    owners = np.array([7, 3, 7, 9, 3, 3, 42, 9])
+    parts = partition(LABELS[:8], 4, "natural", seed=0, owners=owners)
+    assert [p.tolist() for p in parts] == [[1, 4, 5], [0, 2], [3, 7], [6]]  # client k: the k-th smallest id
+    again = partition(LABELS[:8], 4, "natural", seed=5, owners=owners)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+    with pytest.raises(ConfigError, match=r"name 4 clients .*data.num_clients = 20. Set data.num_clients = 4"):
+        natural(owners, 20)
+    with pytest.raises(ConfigError, match="needs a client id per training image"):
+        partition(LABELS[:8], 4, "natural")

@@ -43,8 +43,9 @@ class DataConfig:
     partition: str = _key(
         "dirichlet",
         "how training images are split across clients: iid | dirichlet (label skew, "
-        "see alpha) | shards (k label-sorted shards per client, McMahan et al. 2017)",
-        choices=("iid", "dirichlet", "shards"),
+        "see alpha) | shards (k label-sorted shards per client, McMahan et al. 2017) | natural (the data's own "
+        "clients: an npz client_train array, one client id per training image; data.num_clients = their number)",
+        choices=("iid", "dirichlet", "shards", "natural"),
     )
     alpha: float = _key(
         0.5,

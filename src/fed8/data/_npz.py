@@ -1,4 +1,7 @@
-"""NumPy ``.npz`` archives with ``x_train, y_train`` and optionally ``x_test, y_test``.
+"""NumPy ``.npz`` archives with ``x_train, y_train`` and optionally ``x_test, y_test``, ``classes``, ``client_train``.
+
+``client_train`` (integers, one per training image) names the client each training image
+belongs to (a device, a writer, a hospital): ``data.partition = "natural"`` keeps that split.
 
 Images may be ``[N, H, W]``, ``[N, H, W, C]`` or ``[N, C, H, W]`` with C in {1, 3},
 as uint8 (0..255) or float in [0, 1]. Loaded with ``allow_pickle=False``.
@@ -47,9 +50,10 @@ def _labels(path: Path, key: str, y: np.ndarray, n: int) -> np.ndarray:
 
 
 def read_npz(path: Path):
-    """Return ``(train, test_or_None, class_names_or_None)``, each split ``(images [N,C,H,W] uint8, labels [N])``.
+    """Return ``(train, test_or_None, class_names_or_None, client_ids_or_None)``, each split ``(images [N,C,H,W]
+    uint8, labels [N])``.
 
-    ``class_names`` come from an optional string array ``classes``.
+    ``class_names`` come from an optional string array ``classes``, client ids from ``client_train``.
     """
     try:
         archive = np.load(path, allow_pickle=False)
@@ -78,9 +82,16 @@ def read_npz(path: Path):
             names = None
             if "classes" in archive.files:
                 names = archive["classes"].reshape(-1).tolist()
+            owners = None
+            if "client_train" in archive.files:
+                owners = archive["client_train"].reshape(-1)
+                if not np.issubdtype(owners.dtype, np.integer) or owners.shape[0] != xtr.shape[0]:
+                    raise DataError(f"{path}: client_train must hold one integer client id per training image; got "
+                                    f"{owners.shape[0]} values of dtype {owners.dtype} for {xtr.shape[0]} images.")
+                owners = owners.astype(np.int64)
         except (ValueError, OSError, EOFError) as e:
             if isinstance(e, DataError):
                 raise
             raise DataError(f"{path}: an array cannot be read ({type(e).__name__}); fed8 reads plain numeric "
                             "arrays only and never unpickles.") from None
-    return train, test, names
+    return train, test, names, owners

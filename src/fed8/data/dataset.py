@@ -30,6 +30,7 @@ class ImageDataset:
     images: torch.Tensor
     labels: torch.Tensor
     classes: tuple[str, ...]
+    owners: torch.Tensor | None = None  # the client each image belongs to, where the source says (natural partition)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -39,6 +40,9 @@ class ImageDataset:
                 f"{self.images.shape[0]} images but labels of shape {tuple(self.labels.shape)}; "
                 "every image needs exactly one label."
             )
+        if self.owners is not None and self.owners.shape != self.labels.shape:
+            raise DataError(f"{self.images.shape[0]} images but client ids of shape {tuple(self.owners.shape)}; "
+                            "every image needs exactly one client id.")
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -55,7 +59,8 @@ class ImageDataset:
 
     def take(self, index: np.ndarray | torch.Tensor) -> "ImageDataset":
         index = torch.as_tensor(np.asarray(index), dtype=torch.long)
-        return ImageDataset(self.images[index], self.labels[index], self.classes)
+        return ImageDataset(self.images[index], self.labels[index], self.classes,
+                            None if self.owners is None else self.owners[index])
 
 
 @dataclass(frozen=True)

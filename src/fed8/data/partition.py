@@ -1,4 +1,4 @@
-"""Split training samples across simulated clients: iid, Dirichlet label skew, shards.
+"""Split training samples across simulated clients: iid, Dirichlet label skew, shards, or the data's own clients.
 
 All functions are pure: they take labels and a seed and return index arrays, so the
 same seed gives the same partition on every machine.
@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["ClientSplit", "dirichlet", "iid", "local_split", "partition", "partition_summary", "shards"]
+__all__ = ["ClientSplit", "dirichlet", "iid", "local_split", "natural", "partition", "partition_summary", "shards"]
 
 
 def iid(num_samples: int, num_clients: int, *, seed: int) -> list[np.ndarray]:
@@ -75,9 +75,32 @@ def shards(labels: np.ndarray, num_clients: int, *, shards_per_client: int, seed
     return [np.sort(np.concatenate([pieces[s] for s in row])) for row in assign]
 
 
+def natural(owners: np.ndarray, num_clients: int) -> list[np.ndarray]:
+    """The data's own clients: client ``k`` holds the images whose id is the ``k``-th smallest of ``owners``' ids.
+
+    Real federated data comes split already (LEAF's FEMNIST by writer, Caldas et al. 2018,
+    arXiv:1812.01097; one hospital's scans): the split is the experiment, so it is kept,
+    not redrawn. ``num_clients`` must be the number of distinct ids.
+    """
+    owners = np.asarray(owners)
+    ids = np.unique(owners)
+    if len(ids) != num_clients:
+        raise ConfigError(f"data.partition = 'natural': the training images name {len(ids)} clients (distinct "
+                          f"client ids), but data.num_clients = {num_clients}. Set data.num_clients = {len(ids)}.")
+    order = np.argsort(owners, kind="stable")
+    cuts = np.searchsorted(owners[order], ids[1:])
+    return [np.sort(part) for part in np.split(order, cuts)]
+
+
 def partition(labels: np.ndarray, num_clients: int, scheme: str, *, alpha: float = 0.5,
-              shards_per_client: int = 2, seed: int = 0) -> list[np.ndarray]:
-    """Dispatch to :func:`iid`, :func:`dirichlet` or :func:`shards`; returns one index array per client."""
+              shards_per_client: int = 2, seed: int = 0, owners: np.ndarray | None = None) -> list[np.ndarray]:
+    """Dispatch to :func:`iid`, :func:`dirichlet`, :func:`shards` or :func:`natural` (``owners``: a client id per
+    sample); returns one index array per client."""
+    if scheme == "natural":
+        if owners is None:
+            raise ConfigError("data.partition = 'natural' needs a client id per training image (an npz client_train "
+                              "array); this data has none. Choose data.partition = iid | dirichlet | shards.")
+        return natural(owners, num_clients)
     if num_clients > len(labels):
         raise ConfigError(
             f"data.num_clients = {num_clients} exceeds the {len(labels)} training samples; "
@@ -92,7 +115,7 @@ def partition(labels: np.ndarray, num_clients: int, scheme: str, *, alpha: float
         return dirichlet(labels, num_clients, alpha=alpha, seed=seed)
     if scheme == "shards":
         return shards(labels, num_clients, shards_per_client=shards_per_client, seed=seed)
-    raise ConfigError(f"data.partition must be one of 'iid', 'dirichlet', 'shards'; got {scheme!r}.")
+    raise ConfigError(f"data.partition must be one of 'iid', 'dirichlet', 'shards', 'natural'; got {scheme!r}.")
 
 
 @dataclass(frozen=True)

@@ -67,14 +67,15 @@ def bundled_mnist10k_dir() -> Path:
     return Path(str(resources.files("fed8.data") / "mnist10k"))
 
 
-def _dataset(images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], where: str) -> ImageDataset:
+def _dataset(images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], where: str,
+             owners: np.ndarray | None = None) -> ImageDataset:
     labels = np.asarray(labels, dtype=np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
         bad = labels[(labels < 0) | (labels >= len(classes))][0]
         raise DataError(f"{where}: label {bad} is out of range 0..{len(classes) - 1} ({len(classes)} classes). "
                         "Fix the labels, or set data.num_classes if the data really has more classes.")
     return ImageDataset(torch.from_numpy(np.array(images, dtype=np.uint8, order="C")),
-                        torch.from_numpy(labels), classes)
+                        torch.from_numpy(labels), classes, None if owners is None else torch.from_numpy(owners))
 
 
 def _read_idx_pair(root: Path, prefix: str, required: bool):
@@ -166,9 +167,9 @@ def load_splits(cfg: DataConfig) -> Splits:
         train, ev = _eval_split(train, test, classes, str(root), cfg.eval_fraction)
     elif src == "npz":
         path = _require(cfg.path, src, "file.npz with x_train, y_train[, x_test, y_test]")
-        (xtr, ytr), test, names = read_npz(path)
+        (xtr, ytr), test, names, owners = read_npz(path)
         classes = _npz_classes(path, names, [ytr] + ([test[1]] if test else []), cfg.num_classes)
-        train = _dataset(xtr, ytr, classes, str(path))
+        train = _dataset(xtr, ytr, classes, str(path), owners)
         train, ev = _eval_split(train, test, classes, str(path), cfg.eval_fraction)
     else:  # config validation makes this unreachable; keep the error for API callers
         raise DataError(f"data.source must be one of {', '.join(SOURCES)}; got {src!r}.")
@@ -177,5 +178,10 @@ def load_splits(cfg: DataConfig) -> Splits:
         train = train.take(perm[: cfg.subset])
     if len(train) == 0:
         raise DataError(f"data.source = {src!r} has no training images.")
+    if cfg.partition == "natural" and train.owners is None:
+        raise DataError(f"data.partition = 'natural' keeps the clients the data names, and data.source = {src!r}"
+                        + (f" ({cfg.path})" if cfg.path else "") + " names none. Give an npz with a client_train "
+                        "array (one client id per training image), or choose data.partition = iid | dirichlet | "
+                        "shards.")
     _check_classes(train, f"data.source = {src!r}" + (f" ({cfg.path})" if cfg.path else ""))
     return Splits(train=train, eval=ev, name=src)

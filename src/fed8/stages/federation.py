@@ -110,7 +110,8 @@ def load_federation(cfg: Config) -> Federation:
     train, ev = splits.train, splits.eval
     labels = train.labels.numpy()
     parts = partition(labels, cfg.data.num_clients, cfg.data.partition, alpha=cfg.data.alpha,
-                      shards_per_client=cfg.data.shards_per_client, seed=cfg.run.seed)
+                      shards_per_client=cfg.data.shards_per_client, seed=cfg.run.seed,
+                      owners=None if train.owners is None else train.owners.numpy())
     client_splits = [local_split(p, test_fraction=cfg.data.test_fraction, seed=cfg.run.seed, client=k)
                      for k, p in enumerate(parts)]
     # Lay the clients out contiguously so each client's tensors are views, not copies.
@@ -149,7 +150,8 @@ def load_node_data(cfg: Config, path: str, *, client: int, source: str | None = 
     if src == "mnist10k":
         raise DataError("node config data-source = 'mnist10k' is the bundled dataset, not a node's own data; give "
                         "data-path with data-source = idx | cifar10 | folder | npz, or use partition-id.")
-    splits = load_splits(dataclasses.replace(cfg.data, source=src, path=str(path), subset=0))
+    # the node's files are its own client's data: the run's partition (natural included) does not apply to them
+    splits = load_splits(dataclasses.replace(cfg.data, source=src, path=str(path), subset=0, partition="iid"))
     images = torch.cat([splits.train.images, splits.eval.images])
     labels = torch.cat([splits.train.labels, splits.eval.labels])
     s = local_split(np.arange(len(labels)), test_fraction=cfg.data.test_fraction, seed=cfg.run.seed, client=client)
