@@ -352,3 +352,32 @@ def test_natural_clients_need_ids_from_the_data(tmp_path):
                                   "model.hidden=8"])
     _, data = load_node_data(run, str(plain), client=0, source="npz")
     assert len(data.y_train) + len(data.y_test) == 20
+
+
+def test_a_folder_of_client_folders_is_a_natural_partition(tmp_path, caplog):
+    import json
+
+    import fed8
+
+    write_images(tmp_path / "clients" / "site-b", {"cat": 3, "dog": 2}, mode="L")
+    write_images(tmp_path / "clients" / "site-a", {"cat": 1, "emu": 4}, mode="L")  # classes need not match
+    write_images(tmp_path / "test", {"cat": 2, "dog": 1, "emu": 1}, mode="L")
+    s = load_splits(cfg(source="folder", path=str(tmp_path), image_size=8, partition="natural"))
+    assert s.train.classes == ("cat", "dog", "emu") and len(s.eval) == 4
+    assert s.train.owners.tolist() == [0] * 5 + [1] * 5  # site-a, then site-b: folder names in order
+    assert s.train.labels.tolist() == [0, 2, 2, 2, 2, 0, 0, 0, 1, 1]
+    r = fed8.run(fed8.load_config(None, ["data.source=folder", f"data.path={tmp_path}", "data.image_size=8",
+                                         "data.partition=natural", "data.num_clients=2", "train.rounds=1",
+                                         "quantize.enabled=false", "model.name=mlp", "model.hidden=8"]),
+                 out=tmp_path / "run", report=False)
+    hist = [c["label_histogram"] for c in json.loads((r.run_dir / "partition.json").read_text())["clients"]]
+    assert hist == [[1, 0, 4], [3, 2, 0]]
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="fed8"):
+        load_splits(cfg(source="folder", path=str(tmp_path), image_size=8, partition="iid"))
+    assert "data.partition = 'iid' draws a new split instead; set data.partition = 'natural' (data.num_clients = 2)" \
+        in caplog.text
+    with pytest.raises(DataError, match="no client folders"):
+        (tmp_path / "empty" / "clients").mkdir(parents=True)
+        load_splits(cfg(source="folder", path=str(tmp_path / "empty"), image_size=8))

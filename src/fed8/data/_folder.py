@@ -1,4 +1,6 @@
-"""Image folders: ``root/<class>/*.png|jpg``, optionally ``root/train/<class>`` and ``root/test/<class>``.
+"""Image folders: ``root/<class>/*.png|jpg``, optionally ``root/train/<class>`` and ``root/test/<class>``, or
+``root/clients/<client>/<class>`` (each client's own images: ``data.partition = "natural"``) with an optional
+``root/test/<class>``.
 
 Images are resized to ``size x size`` (bilinear). A dataset whose images are all
 grayscale loads with 1 channel, otherwise with 3 (RGB).
@@ -59,15 +61,36 @@ def _load_split(classes: dict[str, list[Path]], names: list[str], size: int):
     return np.stack(images), np.asarray(labels, dtype=np.int64), all(grays)
 
 
+def _client_dirs(root: Path) -> list[tuple[str, dict[str, list[Path]]]]:
+    clients = [(d.name, _class_dirs(d)) for d in sorted(p for p in root.iterdir()
+                                                         if p.is_dir() and not p.name.startswith("."))]
+    if not clients:
+        raise DataError(f"{root}: no client folders; expected {root}/<client>/<class>/*.png.")
+    return clients
+
+
 def read_folder(root: Path, *, size: int):
-    """Return ``(train, test_or_None, class_names)``; images ``[N, C, size, size]`` uint8."""
-    if (root / "train").is_dir():
-        train_dirs = _class_dirs(root / "train")
-        test_dirs = _class_dirs(root / "test") if (root / "test").is_dir() else None
+    """Return ``(train, test_or_None, class_names, client_ids_or_None)``; images ``[N, C, size, size]`` uint8.
+
+    With ``root/clients/``, client ids number the client folders in name order (0, 1, ...), and a
+    client folder need not hold every class.
+    """
+    owners = None
+    test_dirs = _class_dirs(root / "test") if (root / "test").is_dir() else None
+    if (root / "clients").is_dir():
+        clients = _client_dirs(root / "clients")
+        names = sorted({c for _, dirs in clients for c in dirs} | set(test_dirs or {}))
+        parts = [_load_split(dirs, names, size) for _, dirs in clients]
+        xtr, ytr = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        gray = all(p[2] for p in parts)
+        owners = np.repeat(np.arange(len(parts)), [len(p[1]) for p in parts])
     else:
-        train_dirs, test_dirs = _class_dirs(root), None
-    names = sorted(set(train_dirs) | set(test_dirs or {}))
-    xtr, ytr, gray = _load_split(train_dirs, names, size)
+        if (root / "train").is_dir():
+            train_dirs = _class_dirs(root / "train")
+        else:
+            train_dirs, test_dirs = _class_dirs(root), None
+        names = sorted(set(train_dirs) | set(test_dirs or {}))
+        xtr, ytr, gray = _load_split(train_dirs, names, size)
     test = None
     if test_dirs is not None:
         xte, yte, gray_te = _load_split(test_dirs, names, size)
@@ -77,4 +100,4 @@ def read_folder(root: Path, *, size: int):
         xtr = xtr[:, :1]
         if test is not None:
             test = (test[0][:, :1], test[1])
-    return (xtr, ytr), test, tuple(names)
+    return (xtr, ytr), test, tuple(names), owners

@@ -161,9 +161,9 @@ def load_splits(cfg: DataConfig) -> Splits:
         train = _dataset(xtr, ytr, classes, str(root))
         train, ev = _eval_split(train, test, classes, str(root), cfg.eval_fraction)
     elif src == "folder":
-        root = _require(cfg.path, src, "image folder root/<class>/*.png")
-        (xtr, ytr), test, classes = read_folder(root, size=cfg.image_size)
-        train = _dataset(xtr, ytr, classes, str(root))
+        root = _require(cfg.path, src, "image folder root/<class>/*.png (or root/clients/<client>/<class>/*.png)")
+        (xtr, ytr), test, classes, owners = read_folder(root, size=cfg.image_size)
+        train = _dataset(xtr, ytr, classes, str(root), owners)
         train, ev = _eval_split(train, test, classes, str(root), cfg.eval_fraction)
     elif src == "npz":
         path = _require(cfg.path, src, "file.npz with x_train, y_train[, x_test, y_test]")
@@ -181,7 +181,11 @@ def load_splits(cfg: DataConfig) -> Splits:
     if cfg.partition == "natural" and train.owners is None:
         raise DataError(f"data.partition = 'natural' keeps the clients the data names, and data.source = {src!r}"
                         + (f" ({cfg.path})" if cfg.path else "") + " names none. Give an npz with a client_train "
-                        "array (one client id per training image), or choose data.partition = iid | dirichlet | "
-                        "shards.")
+                        "array (one client id per training image) or a folder root/clients/<client>/<class>/*.png, "
+                        "or choose data.partition = iid | dirichlet | shards.")
+    if cfg.partition != "natural" and train.owners is not None:
+        log.warning("data.source = %r (%s) names each training image's client, and data.partition = %r draws a new "
+                    "split instead; set data.partition = 'natural' (data.num_clients = %d) to keep the data's own "
+                    "clients", src, cfg.path, cfg.partition, len(np.unique(train.owners.numpy())))
     _check_classes(train, f"data.source = {src!r}" + (f" ({cfg.path})" if cfg.path else ""))
     return Splits(train=train, eval=ev, name=src)
