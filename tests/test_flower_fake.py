@@ -307,3 +307,18 @@ def test_a_custom_model_trains_on_nodes_that_allow_it_and_only_those(tmp_path, u
     fed, _ = _federation(tmp_path / "b", sets, allowing)
     sim = fed8.run(fed8.load_config(None, BASE + sets), out=tmp_path / "sim", report=False)
     assert (fed / "model.safetensors").read_bytes() == (sim.run_dir / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("reports", ["auto", "on"])
+def test_under_dp_the_nodes_are_asked_nothing_outside_training_unless_client_reports_is_on(tmp_path, reports):
+    sets = ["privacy.dp=central", "privacy.noise_multiplier=0.5", "privacy.weighting=uniform", "train.rounds=2",
+            "quantize.enabled=true", "quantize.formats=int8", f"privacy.client_reports={reports}"]
+    fed, grid = _federation(tmp_path, sets)
+    kinds = {m.metadata.message_type for m in grid.sent}
+    outside = kinds - {"train", "query"}  # query: a node's partition id, asked once
+    if reports == "auto":
+        assert outside == set(), outside  # no evaluate, calibrate or evaluate.onnx message reached a node
+        assert all(r["client_accuracy_mean"] is None for r in _rows(fed))
+    else:
+        assert {"evaluate", "query.calibrate", "evaluate.onnx"} <= outside, outside
+        assert all(r["client_accuracy_mean"] is not None for r in _rows(fed))

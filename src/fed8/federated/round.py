@@ -36,7 +36,7 @@ from .aggregator import Aggregator
 from .client import ClientUpdate
 from .cohort import CohortUpdate
 from .optimizer import ServerOptimizer
-from .record import RoundRecord
+from .record import CLIENT_ACCURACY_KEYS, RoundRecord
 from .sampling import sample_clients
 
 __all__ = ["Reply", "RoundLoop", "Transport"]
@@ -103,6 +103,10 @@ class RoundLoop:
         Rounds to run; evaluate every ``eval_every`` rounds (0: the last only).
     evaluate_server
         ``state -> {"eval_loss", "eval_accuracy"}`` on the server's eval split, or None.
+    client_reports
+        Whether the clients evaluate each evaluated round's model on their local test splits and
+        report their counts (a release outside training that DP and secure aggregation do not
+        cover); False: the client accuracy fields stay None and no client is asked.
     """
 
     aggregator: Aggregator
@@ -117,6 +121,7 @@ class RoundLoop:
     evaluate_server: Callable[[Mapping[str, torch.Tensor]], dict] | None = None
     sampling_randomness: PrivacyRandomness | None = None
     optimizer_state: Tensors = field(default_factory=dict)
+    client_reports: bool = True
 
     def __post_init__(self) -> None:
         if self.sampling_randomness is None:
@@ -128,6 +133,8 @@ class RoundLoop:
 
     def evaluate(self, state: Mapping[str, torch.Tensor]) -> dict:
         out = dict(self.evaluate_server(state)) if self.evaluate_server is not None else {}
+        if not self.client_reports:
+            return {**out, **{k: None for k in CLIENT_ACCURACY_KEYS}}
         return {**out, **self.transport.evaluate_clients(state)}
 
     def sample(self, rnd: int) -> list[int]:

@@ -276,7 +276,7 @@ class Simulation(RoundLoop):
         As for :class:`InProcessTransport`.
     eval_x, eval_y
         The server's eval split.
-    aggregator, optimizer, rounds, fraction, sampling, eval_every, seed, sampling_randomness
+    aggregator, optimizer, rounds, fraction, sampling, eval_every, seed, sampling_randomness, client_reports
         As for :class:`RoundLoop`.
     eval_batch_size
         Batch size of every evaluation.
@@ -291,7 +291,7 @@ class Simulation(RoundLoop):
                  client_hooks: Sequence[ClientHook] = (),
                  sampling_randomness: PrivacyRandomness | None = None, client_batch_size: int = 1,
                  batch_when_slower: bool = False, device: torch.device | None = None, parallel_clients: int = 1,
-                 client_threads: int = 1) -> None:
+                 client_threads: int = 1, client_reports: bool = True) -> None:
         device = device if device is not None else torch.device("cpu")
         transport = InProcessTransport(model, clients, local, seed, wire, client_hooks, eval_batch_size,
                                        client_batch_size, batch_when_slower, device=device,
@@ -302,7 +302,7 @@ class Simulation(RoundLoop):
         super().__init__(aggregator=aggregator, optimizer=optimizer, transport=transport,
                          num_clients=len(clients), fraction=fraction, rounds=rounds, sampling=sampling,
                          eval_every=eval_every, seed=seed, evaluate_server=self._evaluate_server,
-                         sampling_randomness=sampling_randomness)
+                         sampling_randomness=sampling_randomness, client_reports=client_reports)
 
     # the in-process transport's pieces, for the quantize stage and tests
     wire = property(lambda self: self.transport.wire)

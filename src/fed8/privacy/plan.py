@@ -124,12 +124,26 @@ class PrivacyPlan:
         return self.epsilon(1) if self.mode == "local" else None
 
     def statement(self, rounds: int, *, secure: bool = False, threshold: float = 0.0, min_clients: int = 3,
-                  insecure_noise: bool = False) -> str:
+                  insecure_noise: bool = False, client_reports: bool = False) -> str:
         """The sentence a user can quote about the run.
 
         ``insecure_noise``: the run drew its noise from the seed in config.toml; the
         statement then says it has no privacy, whatever epsilon the mechanism would have.
+        ``client_reports``: the clients also sent numbers from their data outside training
+        (``privacy.client_reports``); where the run promises more than "the server saw every
+        update", the statement says that those are not covered.
         """
+        text = self._statement(rounds, secure=secure, threshold=threshold, min_clients=min_clients,
+                               insecure_noise=insecure_noise)
+        if client_reports and (self.spec is not None or secure) and not insecure_noise:
+            text += (" Not covered: each client also sent the server, alone and without noise, its correct-prediction "
+                     "count on its local test split in every evaluated round, and the quantize stage's calibration "
+                     "statistics and on-device accuracies (privacy.client_reports = on; auto keeps them on the "
+                     "clients).")
+        return text
+
+    def _statement(self, rounds: int, *, secure: bool, threshold: float, min_clients: int,
+                   insecure_noise: bool) -> str:
         sees = (f"the server only saw sums of at least {min_clients} clients' updates (secure aggregation, "
                 f"t = {threshold:.0%} of each round's clients)" if secure else "the server saw each client's update")
         if self.spec is None:

@@ -40,6 +40,21 @@ def expected_clients(cfg: Config) -> float:
     return q * n if cfg.train.sampling == "poisson" else float(num_sampled(n, q))
 
 
+def client_reports_on(cfg: Config) -> bool:
+    """Whether clients report numbers from their data outside training (``privacy.client_reports``).
+
+    Evaluation counts, calibration statistics and on-device accuracies are functions of a
+    client's data that no DP noise covers and that secure aggregation does not hide (each
+    client's come alone). ``auto`` keeps them on the clients where the run promises the server
+    less than every update (DP of any kind, or secure aggregation), so that promise covers all
+    the server receives; ``on`` / ``off`` as set.
+    """
+    p = cfg.privacy
+    if p.client_reports != "auto":
+        return p.client_reports == "on"
+    return p.dp == "none" and not p.secure_aggregation
+
+
 def adaptive_clipping_on(cfg: Config) -> bool:
     """Whether adaptive clipping (Andrew et al. 2021) runs for ``privacy.adaptive_clipping``.
 

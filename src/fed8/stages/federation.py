@@ -226,8 +226,8 @@ def prepare(cfg: Config, residuals: Path | None = None):
     from ..privacy import check_model_for_dp
     from ..privacy.randomness import privacy_randomness
     from .._device import native_bfloat16, resolve_device
-    from .aggregation import (check_combination, expected_clients, make_aggregator, make_server_optimizer,
-                              privacy_plan)
+    from .aggregation import (check_combination, client_reports_on, expected_clients, make_aggregator,
+                              make_server_optimizer, privacy_plan)
 
     check_combination(cfg)
     _warn_inactive_keys(cfg)
@@ -266,5 +266,6 @@ def prepare(cfg: Config, residuals: Path | None = None):
                          seed=cfg.run.seed),
                      client_batch_size=1 if cfg.run.client_batching == "off" else cfg.run.client_batch_size,
                      batch_when_slower=cfg.run.client_batching == "on",
-                     device=device, parallel_clients=parallel, client_threads=client_threads)
+                     device=device, parallel_clients=parallel, client_threads=client_threads,
+                     client_reports=client_reports_on(cfg))
     return Prepared(cfg, sim, state, fed.partition, fed.classes, fed.input_shape, count_parameters(model), plan)

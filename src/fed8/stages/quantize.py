@@ -330,6 +330,7 @@ def quantize_run(run_dir: str | Path, q: QuantizeConfig | None = None, *, calibr
     from ..data import PIXEL_MEAN, PIXEL_STD
     from ..errors import CheckpointError
     from ..rundir import RunDir
+    from .aggregation import client_reports_on
     from .federation import load_federation
 
     say = progress or (lambda s: None)
@@ -352,7 +353,8 @@ def quantize_run(run_dir: str | Path, q: QuantizeConfig | None = None, *, calibr
                            "formula": "x = (pixel / divisor - mean) / std", "layout": "NCHW",
                            "resize": list(fed.input_shape[1:]), "resample": "bilinear"}}
     with staged_dir(final) as out:
-        result = _quantize_run_into(out, final, fed, q, meta, calibration_data, say, devices, run_dir=rd.path)
+        result = _quantize_run_into(out, final, fed, q, meta, calibration_data, say, devices, run_dir=rd.path,
+                                    client_reports=client_reports_on(cfg))
     if final.resolve() == (rd.path / "deploy").resolve():
         _publish(rd, result)
     return result
@@ -373,7 +375,10 @@ def _publish(rd, result: dict[str, Any]) -> None:
 
 
 def _quantize_run_into(out: Path, final: Path, fed, q: QuantizeConfig, meta: dict,
-                       calibration_data: Sequence[str], say, devices=None, *, run_dir: Path) -> dict[str, Any]:
+                       calibration_data: Sequence[str], say, devices=None, *, run_dir: Path,
+                       client_reports: bool = True) -> dict[str, Any]:
+    """``client_reports`` False (``privacy.client_reports``): nothing from the clients' data; calibration and every
+    accuracy on the server's eval split (or the user's calibration data)."""
 
     from ..deploy.export import export_onnx, parity, read_metadata
     from ..deploy.images import load_images
@@ -402,15 +407,19 @@ def _quantize_run_into(out: Path, final: Path, fed, q: QuantizeConfig, meta: dic
         sets = [imgs.x]
         calibration = {"where": f"user data (centralized): {', '.join(map(str, calibration_data))}",
                        "samples": len(imgs.x)}
-    elif q.centralized_calibration:
+    elif q.centralized_calibration or not client_reports:
         sets = [ex[: n * len(clients)]]
-        calibration = {"where": "server eval split (centralized)", "samples": len(sets[0])}
+        calibration = {"where": "server eval split (centralized)" + (
+            "" if client_reports else "; privacy.client_reports = off: no statistics left the clients"),
+            "samples": len(sets[0])}
     else:
         sets = [c.x_train[:n].numpy() for c in clients]
         calibration = {"where": "clients (federated: only per-tensor statistics left each client)",
                        "clients": len(clients), "samples": int(sum(len(s) for s in sets))}
 
-    if devices is None:
+    if not client_reports:  # no client is asked anything: no on-device accuracy either
+        statistics = LocalStatistics(sets, threads=q.threads)
+    elif devices is None:
         statistics = LocalStatistics(sets, local_x, local_y, owner.numpy(), len(clients), q.threads)
     elif calibration_data or q.centralized_calibration:  # calibrate here, evaluate on the devices
         statistics = CalibrateHere(LocalStatistics(sets, threads=q.threads), devices)

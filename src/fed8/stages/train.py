@@ -100,7 +100,7 @@ def _summary(prep: Prepared, rows: list[dict], wall_s: float) -> dict:
 
 def _privacy_summary(prep: Prepared, rows: list[dict]) -> dict:
     from ..privacy.plan import noise_to_clip_ratio
-    from .aggregation import adaptive_clipping_on, expected_clients
+    from .aggregation import adaptive_clipping_on, client_reports_on, expected_clients
 
     cfg, plan = prep.config, prep.plan
     p = cfg.privacy
@@ -110,7 +110,9 @@ def _privacy_summary(prep: Prepared, rows: list[dict]) -> dict:
     return {
         "dp": p.dp, "secure_aggregation": p.secure_aggregation,
         "statement": plan.statement(done, secure=p.secure_aggregation, threshold=p.secagg_threshold,
-                                    min_clients=p.secagg_min_clients, insecure_noise=insecure),
+                                    min_clients=p.secagg_min_clients, insecure_noise=insecure,
+                                    client_reports=client_reports_on(cfg)),
+        "client_reports": client_reports_on(cfg),
         "insecure_reproducible_noise": insecure,
         "noise_source": None if spec is None else ("run.seed (insecure)" if insecure else "os.urandom"),
         "epsilon": plan.epsilon(done), "delta": spec.delta if spec else None,
