@@ -20,7 +20,7 @@ def _run(tmp_path, name, sets, quantize=False):
 @pytest.mark.parametrize("privacy", [DP, SECAGG], ids=["central-dp", "secure-aggregation"])
 def test_private_runs_keep_evaluation_and_calibration_on_the_clients_by_default(tmp_path, privacy):
     r = _run(tmp_path, "auto", privacy, quantize=True)
-    assert all(row[k] is None for row in r.metrics for k in CLIENT_KEYS)
+    assert all(row[k] is None for row in r.metrics for k in (*CLIENT_KEYS, "train_loss"))
     p = r.summary["privacy"]
     assert p["client_reports"] is False and "Not covered" not in p["statement"]
     import json
@@ -31,7 +31,7 @@ def test_private_runs_keep_evaluation_and_calibration_on_the_clients_by_default(
     assert all(f["on_device"] is None for f in deploy["formats"])
 
     on = _run(tmp_path, "on", privacy + ["privacy.client_reports=on"], quantize=True)
-    assert all(row[k] is not None for row in on.metrics for k in CLIENT_KEYS)
+    assert all(row[k] is not None for row in on.metrics for k in (*CLIENT_KEYS, "train_loss"))
     assert on.summary["privacy"]["client_reports"] is True
     assert "Not covered: each client also sent the server" in on.summary["privacy"]["statement"]
     deploy = json.loads((on.run_dir / "deploy" / "quantization.json").read_text())
@@ -48,3 +48,11 @@ def test_runs_without_a_privacy_promise_report_as_before(tmp_path):
     off = _run(tmp_path, "off", ["privacy.client_reports=off"])
     assert all(row[k] is None for row in off.metrics for k in CLIENT_KEYS)
     assert (off.run_dir / "model.safetensors").read_bytes() == (r.run_dir / "model.safetensors").read_bytes()
+
+
+def test_local_dp_refuses_weights_that_would_tell_the_server_each_sample_count(tmp_path):
+    from fed8.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="learn each client's sample count up to the cap, which local DP"):
+        _run(tmp_path, "x", ["privacy.dp=local", "privacy.noise_multiplier=1.0", "privacy.weighting=capped",
+                             "privacy.weight_cap=50"])

@@ -318,7 +318,20 @@ def test_under_dp_the_nodes_are_asked_nothing_outside_training_unless_client_rep
     outside = kinds - {"train", "query"}  # query: a node's partition id, asked once
     if reports == "auto":
         assert outside == set(), outside  # no evaluate, calibrate or evaluate.onnx message reached a node
-        assert all(r["client_accuracy_mean"] is None for r in _rows(fed))
+        assert all(r["client_accuracy_mean"] is None and r["train_loss"] is None for r in _rows(fed))
+        train = [r for r in grid.replies if "update" in r.content]  # uniform weights: the count is not needed
+        assert train and all(set(r.content["job"].keys()) == {"client", "round"} for r in train)
     else:
         assert {"evaluate", "query.calibrate", "evaluate.onnx"} <= outside, outside
         assert all(r["client_accuracy_mean"] is not None for r in _rows(fed))
+
+
+def test_secure_aggregation_replies_carry_only_the_masked_input_by_default(tmp_path):
+    fed, grid = _federation(tmp_path, SECAGG + ["train.rounds=1"])
+    train = [r for r in grid.replies if "update" in r.content]
+    assert train and all(set(r.content["job"].keys()) == {"client", "round"} for r in train)
+    assert _rows(fed)[0]["train_loss"] is None
+    fed, grid = _federation(tmp_path / "on", SECAGG + ["train.rounds=1", "privacy.client_reports=on"])
+    train = [r for r in grid.replies if "update" in r.content]
+    assert all({"num_samples", "train_loss"} <= set(r.content["job"].keys()) for r in train)
+    assert _rows(fed)[0]["train_loss"] is not None

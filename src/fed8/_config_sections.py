@@ -262,8 +262,9 @@ class PrivacyConfig:
         "(counted; they just do not help unmask)", choices=("before_input", "after_input"))
     client_reports: str = _key(
         "auto", "whether clients send the server numbers from their data outside training, which DP and secure "
-        "aggregation do not cover: each evaluated round's correct-prediction count on their local test split, and "
-        "the quantize stage's calibration statistics and on-device accuracies. auto (off under DP or secure "
+        "aggregation do not cover: their training loss (and, under secure aggregation, sample count) every round, "
+        "each evaluated round's correct-prediction count on their local test split, and the quantize stage's "
+        "calibration statistics and on-device accuracies. auto (off under DP or secure "
         "aggregation: clients report nothing else, calibration and evaluation use the server's eval split; on "
         "otherwise) | on (the privacy statement names them as not covered) | off",
         choices=("auto", "on", "off"))

@@ -87,7 +87,7 @@ class ClientUpdate:
     client: int
     delta: dict[str, torch.Tensor]
     num_samples: int
-    train_loss: float
+    train_loss: float | None  # None: the client kept it (privacy.client_reports off)
 
 
 def local_test_split(clients) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -104,9 +104,10 @@ class RoundLoop:
     evaluate_server
         ``state -> {"eval_loss", "eval_accuracy"}`` on the server's eval split, or None.
     client_reports
-        Whether the clients evaluate each evaluated round's model on their local test splits and
-        report their counts (a release outside training that DP and secure aggregation do not
-        cover); False: the client accuracy fields stay None and no client is asked.
+        Whether the clients report numbers from their data outside the training protocol: each
+        evaluated round's correct counts on their local test splits, and their training loss
+        (releases that DP and secure aggregation do not cover); False: the client accuracy
+        fields and ``train_loss`` stay None, and no client is asked to evaluate.
     """
 
     aggregator: Aggregator
@@ -153,12 +154,14 @@ class RoundLoop:
             up += reply.uplink_bytes
             down += reply.downlink_bytes
             if isinstance(u, CohortUpdate):  # clients already averaged (fed8.federated.cohort)
-                loss_sum += sum(loss * n for loss, n in zip(u.train_losses, u.num_samples))
-                n_sum += sum(u.num_samples)
+                if self.client_reports:
+                    loss_sum += sum(loss * n for loss, n in zip(u.train_losses, u.num_samples))
+                    n_sum += sum(u.num_samples)
                 self.aggregator.add_cohort(u)
             else:
-                loss_sum += u.train_loss * u.num_samples
-                n_sum += u.num_samples
+                if self.client_reports and u.train_loss is not None:  # a client's own loss: a client report
+                    loss_sum += u.train_loss * u.num_samples
+                    n_sum += u.num_samples
                 self.aggregator.add(u)
             del reply, u  # streaming: at most one update alive at a time
         aborted = None

@@ -30,7 +30,7 @@ class MaskedInput:
     client: int
     payload: bytes
     num_samples: int
-    train_loss: float
+    train_loss: float | None  # None: the client kept it (privacy.client_reports off)
 
 
 class SecureWeightedSum(Aggregator):

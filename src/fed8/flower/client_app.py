@@ -131,8 +131,7 @@ def train(msg: Message, context: Context) -> Message:
                            reply_to=msg)
         return Message(content=RecordDict({
             "update": ArrayRecord({"payload": bytes_array(payload)}),
-            "job": ConfigRecord({"client": k, "round": rnd, "num_samples": update.num_samples,
-                                 "train_loss": update.train_loss})}), reply_to=msg)
+            "job": ConfigRecord({"client": k, "round": rnd, **_reports(cfg, update)})}), reply_to=msg)
     wire = make_wire(cfg, cfg.data.num_clients)
     gen = torch_generator(cfg.run.seed, COMPRESS, rnd, k)
     if cfg.compression.error_feedback:
@@ -146,9 +145,19 @@ def train(msg: Message, context: Context) -> Message:
         payload = wire.uplink.encode(update.delta, generator=gen)
     return Message(content=RecordDict({
         "update": ArrayRecord({"payload": bytes_array(payload)}),
-        "job": ConfigRecord({"client": k, "round": rnd, "num_samples": update.num_samples,
-                             "train_loss": update.train_loss})}),
+        "job": ConfigRecord({"client": k, "round": rnd, **_reports(cfg, update)})}),
         reply_to=msg)
+
+
+def _reports(cfg, update) -> dict:
+    """What a train reply says besides the update: the sample count and the training loss, or (with
+    ``privacy.client_reports`` off) only what the server's side of the mechanism needs: the count where the server
+    weights the updates by it (capped weights under central DP without secure aggregation); nothing otherwise."""
+    from ..stages.aggregation import client_reports_on, server_weights_by_samples
+
+    if client_reports_on(cfg):
+        return {"num_samples": update.num_samples, "train_loss": update.train_loss}
+    return {"num_samples": update.num_samples} if server_weights_by_samples(cfg) else {}
 
 
 def _masked_input(cfg, k: int, rnd: int, update, content, node) -> bytes | None:

@@ -200,10 +200,10 @@ class FlowerTransport:
             payload = from_bytes_array(c["update"]["payload"])
             job = c["job"]
             if self.secure is not None:
-                yield Reply(MaskedInput(k, payload, int(job["num_samples"]), float(job["train_loss"])),
+                yield Reply(MaskedInput(k, payload, *_reported(job)),
                             len(payload), late.get(k, 0))
                 continue
-            yield Reply(ClientUpdate(k, decode(payload), int(job["num_samples"]), float(job["train_loss"])),
+            yield Reply(ClientUpdate(k, decode(payload), *_reported(job)),
                         len(payload), late.get(k, 0))
 
     def evaluate_clients(self, state: Mapping[str, torch.Tensor]) -> dict:
@@ -220,3 +220,10 @@ class FlowerTransport:
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         self.wire.load_state_dict(state)
+
+
+def _reported(job) -> tuple[int, float | None]:
+    """A train reply's sample count and training loss; 0 and None where the client kept them
+    (``privacy.client_reports`` off: the server's side of the mechanism does not use them)."""
+    return (int(job["num_samples"]) if "num_samples" in job else 0,
+            float(job["train_loss"]) if "train_loss" in job else None)

@@ -136,10 +136,10 @@ class PrivacyPlan:
         text = self._statement(rounds, secure=secure, threshold=threshold, min_clients=min_clients,
                                insecure_noise=insecure_noise)
         if client_reports and (self.spec is not None or secure) and not insecure_noise:
-            text += (" Not covered: each client also sent the server, alone and without noise, its correct-prediction "
-                     "count on its local test split in every evaluated round, and the quantize stage's calibration "
-                     "statistics and on-device accuracies (privacy.client_reports = on; auto keeps them on the "
-                     "clients).")
+            text += (" Not covered: each client also sent the server, alone and without noise, its training loss and "
+                     "sample count every round, its correct-prediction count on its local test split in every "
+                     "evaluated round, and the quantize stage's calibration statistics and on-device accuracies "
+                     "(privacy.client_reports = on; auto keeps them on the clients).")
         return text
 
     def _statement(self, rounds: int, *, secure: bool, threshold: float, min_clients: int,

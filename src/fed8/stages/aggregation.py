@@ -55,6 +55,12 @@ def client_reports_on(cfg: Config) -> bool:
     return p.dp == "none" and not p.secure_aggregation
 
 
+def server_weights_by_samples(cfg: Config) -> bool:
+    """Whether the server computes aggregation weights from the clients' sample counts (so a train reply must carry
+    the count): without secure aggregation (which weights on the client) and with a weighting that reads it."""
+    return not cfg.privacy.secure_aggregation and _weighting(cfg) != "uniform"
+
+
 def adaptive_clipping_on(cfg: Config) -> bool:
     """Whether adaptive clipping (Andrew et al. 2021) runs for ``privacy.adaptive_clipping``.
 
@@ -126,6 +132,11 @@ def check_combination(cfg: Config) -> None:
         raise ConfigError(
             f"privacy.accountant = {p.accountant!r} cannot analyse noise_placement = 'distributed': the distributed "
             "discrete Gaussian's privacy is the RDP bound of Kairouz et al. 2021. Set privacy.accountant = 'rdp'.")
+    if weighting == "capped" and p.dp == "local":
+        raise ConfigError(
+            "privacy.weighting = 'capped' with privacy.dp = 'local': the server would weight each update by "
+            "min(1, n_k / weight_cap), so it would learn each client's sample count up to the cap, which local DP "
+            "does not cover. Use privacy.weighting = 'uniform'.")
     if weighting == "capped" and p.weight_cap <= 0:
         raise ConfigError(
             "privacy.weighting = 'capped' needs privacy.weight_cap > 0: the cap sets each client's weight "
