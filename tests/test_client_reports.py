@@ -56,3 +56,11 @@ def test_local_dp_refuses_weights_that_would_tell_the_server_each_sample_count(t
     with pytest.raises(ConfigError, match="learn each client's sample count up to the cap, which local DP"):
         _run(tmp_path, "x", ["privacy.dp=local", "privacy.noise_multiplier=1.0", "privacy.weighting=capped",
                              "privacy.weight_cap=50"])
+
+
+def test_a_rejected_update_is_named_in_the_statement_as_not_covered(tmp_path):
+    r = _run(tmp_path, "bad", DP + ["attack.fraction=0.34", "attack.kind=non_finite"])
+    rejected = sum(row["rejected_updates"] for row in r.metrics)
+    assert rejected > 0
+    assert f"Not covered either: {rejected} client update(s) were not finite" in r.summary["privacy"]["statement"]
+    assert "Not covered" not in _run(tmp_path, "good", DP).summary["privacy"]["statement"]

@@ -124,14 +124,15 @@ class PrivacyPlan:
         return self.epsilon(1) if self.mode == "local" else None
 
     def statement(self, rounds: int, *, secure: bool = False, threshold: float = 0.0, min_clients: int = 3,
-                  insecure_noise: bool = False, client_reports: bool = False) -> str:
+                  insecure_noise: bool = False, client_reports: bool = False, rejected: int = 0) -> str:
         """The sentence a user can quote about the run.
 
         ``insecure_noise``: the run drew its noise from the seed in config.toml; the
         statement then says it has no privacy, whatever epsilon the mechanism would have.
         ``client_reports``: the clients also sent numbers from their data outside training
         (``privacy.client_reports``); where the run promises more than "the server saw every
-        update", the statement says that those are not covered.
+        update", the statement says that those are not covered. ``rejected``: client updates
+        that were not finite; the server learned which clients sent one, which no noise covers.
         """
         text = self._statement(rounds, secure=secure, threshold=threshold, min_clients=min_clients,
                                insecure_noise=insecure_noise)
@@ -140,6 +141,9 @@ class PrivacyPlan:
                      "sample count every round, its correct-prediction count on its local test split in every "
                      "evaluated round, and the quantize stage's calibration statistics and on-device accuracies "
                      "(privacy.client_reports = on; auto keeps them on the clients).")
+        if rejected and (self.spec is not None or secure) and not insecure_noise:
+            text += (f" Not covered either: {rejected} client update(s) were not finite and were rejected, and the "
+                     "server learned which clients sent them.")
         return text
 
     def _statement(self, rounds: int, *, secure: bool, threshold: float, min_clients: int,
