@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["bold_head", "console", "deploy_table", "fmt_bytes", "print_deploy", "print_deploy_details", "print_summary",
-           "progress_line"]
+__all__ = ["bold_head", "console", "deploy_table", "fmt_bytes", "print_comparison", "print_deploy", "print_deploy_details",
+           "print_summary", "progress_line"]
 
 
 def console():
@@ -167,3 +167,25 @@ def print_deploy_details(con, res: dict) -> None:
         con.print(f"{f}: fails max_accuracy_drop even with every layer in float; reported, not usable.", style="red")
     for note in res.get("notes", []):
         con.print(f"note: {note}", soft_wrap=True)
+
+
+def print_comparison(con, rows: list[dict], groups: list[dict] | None = None) -> None:
+    """``fed8 compare``'s terminal output: each run's number and folder, then one column per run (or per seed group),
+    one line per differing key and per number (:func:`fed8.report.compare.table`)."""
+    from rich.table import Table
+
+    from .report.compare import table
+
+    for r in rows:
+        con.print(f"{r['run']}  {r['path']}", soft_wrap=True)
+    shown = rows if groups is None else groups
+    what = f"{len(rows)} runs" + ("" if groups is None else
+                                  f" in {len(groups)} group{'s' if len(groups) > 1 else ''} of seeds")
+    out = Table(title=f"fed8 compare: {what}" + ("" if rows[0]["settings"] else " of the same config"))
+    lines = table(shown)
+    out.add_column("", no_wrap=True, min_width=min(28, max(len(name) for name, _ in lines)))
+    for r in shown:
+        out.add_column(r["run"], justify="right", overflow="fold")
+    for name, cells in lines:
+        out.add_row(name, *cells)
+    con.print(out)

@@ -12,7 +12,7 @@ from typing import Sequence
 from . import __version__
 from ._process import (exit_status, output_closed, quiet_after_broken_pipe, set_process_env, stop_on_signals,
                        tune_malloc, wait_policy)
-from ._terminal import bold_head, console, print_deploy, print_summary, progress_line
+from ._terminal import bold_head, console, print_comparison, print_deploy, print_summary, progress_line
 from .errors import CheckpointError, ConfigError, DataError, DeployError, Fed8Error, MissingExtraError, ParameterError
 
 __all__ = ["main"]
@@ -331,26 +331,12 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from rich.table import Table
-
-    from .report.compare import comparison, load_run, seed_groups, table, write_comparison
+    from .report.compare import comparison, load_run, seed_groups, write_comparison
 
     runs = [load_run(p) for p in args.run_dirs]
     rows = comparison(runs)
     con = console()
-    for r in rows:
-        con.print(f"{r['run']}  {r['path']}", soft_wrap=True)
-    shown = seed_groups(rows) if args.mean_over_seeds else rows
-    what = f"{len(runs)} runs" + (f" in {len(shown)} group{'s' if len(shown) > 1 else ''} of seeds"
-                                  if args.mean_over_seeds else "")
-    out = Table(title=f"fed8 compare: {what}" + ("" if rows[0]["settings"] else " of the same config"))
-    lines = table(shown)
-    out.add_column("", no_wrap=True, min_width=min(28, max(len(name) for name, _ in lines)))
-    for r in shown:
-        out.add_column(r["run"], justify="right", overflow="fold")
-    for name, cells in lines:
-        out.add_row(name, *cells)
-    con.print(out)
+    print_comparison(con, rows, seed_groups(rows) if args.mean_over_seeds else None)
     if args.out:
         written = write_comparison(runs, args.out, over_seeds=args.mean_over_seeds)
         con.print(f"wrote {written[-1]} (and {', '.join(p.name for p in written[:-1])})")
