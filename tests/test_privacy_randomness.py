@@ -108,7 +108,9 @@ def test_a_dp_round_with_nothing_to_add_still_releases_noise():
 
 
 def test_empty_poisson_rounds_under_dp_move_the_model(tmp_path, small):
-    cfg = fed8.load_config(None, small + DP + ["train.sampling=poisson", "train.fraction=0.01", "train.rounds=3"])
+    # client_reports = on: the clients report their training loss (under DP, auto keeps it on the clients)
+    cfg = fed8.load_config(None, small + DP + ["train.sampling=poisson", "train.fraction=0.01", "train.rounds=3",
+                                               "privacy.client_reports=on"])
     r = fed8.run(cfg, out=tmp_path / "e", report=False)
     empty = [row for row in r.metrics if row["num_clients"] == 0]
     assert empty and all("aborted" not in row and row["noise_std"] > 0 for row in empty)
