@@ -113,7 +113,7 @@ def train_clients_batched(model: nn.Module, global_state: dict[str, torch.Tensor
     schedule = []  # per client: (its epoch's images, a minibatch's indices) per step, epochs concatenated
     for d, g in zip(data, generators):  # train_client's draws, in its order
         steps = []
-        aug = augment_generator(g) if cfg.augment.active else None
+        aug = augment_generator(g, cfg.augment)
         for _ in range(cfg.epochs):
             xe = epoch_images(d.x_train, cfg.augment, aug)
             perm = torch.randperm(d.num_train, generator=g)

@@ -116,9 +116,12 @@ def loss_logits(out: torch.Tensor) -> torch.Tensor:
     return out.float() if out.dtype == torch.bfloat16 else out
 
 
-def augment_generator(generator: torch.Generator) -> torch.Generator:
-    """The generator of a client's augmentations: its own stream under the client's training generator's seed, so
-    the augmentations never shift the minibatch shuffles (and turning them on changes nothing else)."""
+def augment_generator(generator: torch.Generator, aug: Augmentation) -> torch.Generator | None:
+    """The generator of a client's augmentations (None when ``aug`` does nothing): its own stream under the client's
+    training generator's seed, so the augmentations never shift the minibatch shuffles (and turning them on changes
+    nothing else)."""
+    if not aug.active:
+        return None
     return torch.Generator().manual_seed(derive_seed(generator.initial_seed(), AUGMENT_STREAM))
 
 
@@ -193,7 +196,7 @@ def _local_sgd(model: nn.Module, global_state: Mapping[str, torch.Tensor], data:
     x, y, n, bs = data.x_train, data.y_train, data.num_train, cfg.batch_size
     device = x.device
     total, steps = torch.zeros((), device=device), 0
-    aug = augment_generator(generator) if cfg.augment.active else None
+    aug = augment_generator(generator, cfg.augment)
     for _ in range(cfg.epochs):
         xe = epoch_images(x, cfg.augment, aug)
         perm = torch.randperm(n, generator=generator).to(device)  # the shuffle is drawn on the CPU: any device
@@ -233,8 +236,7 @@ def _one_step_update(model: nn.Module, global_state: Mapping[str, torch.Tensor],
     """
     x, y, n = data.x_train, data.y_train, data.num_train
     params = dict(model.named_parameters())
-    if cfg.augment.active:
-        x = epoch_images(x, cfg.augment, augment_generator(generator))
+    x = epoch_images(x, cfg.augment, augment_generator(generator, cfg.augment))
     with _global_weights(model, params, global_state):
         idx = torch.randperm(n, generator=generator).to(x.device)  # the general loop's first draw
         with forward_precision(x.device, cfg.precision):

@@ -90,7 +90,7 @@ def train_cohort(model: nn.Module, global_state: Mapping[str, torch.Tensor], dat
     w = [weight(n) for n in sizes]
     total_w = float(sum(w))
     with_data = float(sum(wk for wk, n in zip(w, sizes) if n > 0))
-    x = torch.cat([epoch_images(d.x_train, cfg.augment, augment_generator(generators[k]) if cfg.augment.active
+    x = torch.cat([epoch_images(d.x_train, cfg.augment, augment_generator(generators[k], cfg.augment) if generators
                                 else None) for k, d in enumerate(data)])
     y = torch.cat([d.y_train for d in data])
     dev, dtype = x.device, x.dtype

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -15,16 +15,21 @@ __all__ = ["client_accuracy_from_counts", "client_accuracy_stats", "confusion_ma
            "predict_correct"]
 
 
-@torch.no_grad()
-def predict_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample cross-entropy loss and correctness (bool), in eval mode, on the CPU (computed on the model's device)."""
+def _batches(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(logits, labels)`` of ``model`` in eval mode, batch by batch, on the model's device (call under no_grad)."""
     fast_layout(model)
     model.eval()
     dev = next(model.parameters()).device
-    losses, correct = [], []
     for i in range(0, x.shape[0], batch_size):
-        logits = model(x[i : i + batch_size].to(dev))
-        yb = y[i : i + batch_size].to(dev)
+        yield model(x[i : i + batch_size].to(dev)), y[i : i + batch_size].to(dev)
+
+
+@torch.no_grad()
+def predict_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample cross-entropy loss and correctness (bool), in eval mode, on the CPU (computed on the model's device)."""
+    losses, correct = [], []
+    for logits, yb in _batches(model, x, y, batch_size):
         losses.append(F.cross_entropy(logits, yb, reduction="none"))
         correct.append(logits.argmax(1) == yb)
     if not losses:
@@ -36,13 +41,9 @@ def predict_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch
 def confusion_matrix(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, *,
                      batch_size: int = 500) -> torch.Tensor:
     """``C[i, j]``: images of class ``i`` that ``model`` (eval mode) labels ``j``, as int64 ``[K, K]`` on the CPU."""
-    fast_layout(model)
-    model.eval()
-    dev = next(model.parameters()).device
     c = torch.zeros(num_classes * num_classes, dtype=torch.int64)
-    for i in range(0, x.shape[0], batch_size):
-        pred = model(x[i : i + batch_size].to(dev)).argmax(1).cpu()
-        c += torch.bincount(y[i : i + batch_size].cpu() * num_classes + pred, minlength=num_classes * num_classes)
+    for logits, yb in _batches(model, x, y, batch_size):
+        c += torch.bincount((yb * num_classes + logits.argmax(1)).cpu(), minlength=num_classes * num_classes)
     return c.view(num_classes, num_classes)
 
 
