@@ -166,7 +166,7 @@ class RunDir:
         if (self.checkpoints / "state.json").exists():
             return
         before = getattr(self, "_preexisting", set())
-        for name in ("config.toml", "partition.json", "metrics.jsonl", "checkpoints", "residuals", ".lock"):
+        for name in ("config.toml", "partition.json", "metrics.jsonl", "checkpoints", "residuals", "controls", ".lock"):
             f = self.path / name
             if name in before:
                 continue

@@ -146,6 +146,7 @@ def train_client(
     *,
     generator: torch.Generator,
     client: int = -1,
+    correction: Mapping[str, torch.Tensor] | None = None,
 ) -> ClientUpdate:
     """Run ``cfg.epochs`` epochs of minibatch SGD and return the update.
 
@@ -165,6 +166,9 @@ def train_client(
         ``mu * (w - w_global)`` to each gradient. ``precision``: :func:`forward_precision`.
     generator
         Source of the minibatch shuffling; derive it from (seed, round, client).
+    correction
+        Added to the gradient of each named parameter at every step: SCAFFOLD's ``c - c_i``
+        (:mod:`fed8.federated.scaffold`); None: plain SGD.
 
     Returns
     -------
@@ -182,15 +186,19 @@ def train_client(
     model.train()
     with client_randomness(model, generator, data.x_train.device):  # dropout: seeded per client (model_rng)
         if cfg.epochs == 1 and 0 < data.num_train <= cfg.batch_size:
-            return _one_step_update(model, global_state, data, cfg, generator=generator, client=client)
-        return _local_sgd(model, global_state, data, cfg, generator=generator, client=client)
+            return _one_step_update(model, global_state, data, cfg, generator=generator, client=client,
+                                    correction=correction)
+        return _local_sgd(model, global_state, data, cfg, generator=generator, client=client, correction=correction)
 
 
 def _local_sgd(model: nn.Module, global_state: Mapping[str, torch.Tensor], data: ClientData, cfg: LocalTraining, *,
-               generator: torch.Generator, client: int) -> ClientUpdate:
+               generator: torch.Generator, client: int,
+               correction: Mapping[str, torch.Tensor] | None = None) -> ClientUpdate:
     """``cfg.epochs`` epochs of minibatch SGD from ``global_state`` (:func:`train_client`)."""
     model.load_state_dict(global_state)
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    fixes = _corrections(named, correction)
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     anchors = [p.detach().clone() for p in params] if cfg.prox_mu > 0 else None
     x, y, n, bs = data.x_train, data.y_train, data.num_train, cfg.batch_size
@@ -212,6 +220,10 @@ def _local_sgd(model: nn.Module, global_state: Mapping[str, torch.Tensor], data:
                     for p, a in zip(params, anchors):
                         if p.grad is not None:  # a parameter the forward pass did not use: SGD leaves it, as FedProx
                             p.grad.add_(p - a, alpha=cfg.prox_mu)
+            if fixes is not None:
+                for p, f in zip(params, fixes):
+                    if p.grad is not None and f is not None:  # as FedProx: an unused parameter stays where it is
+                        p.grad.add_(f)
             opt.step()
             total += loss.detach()
             steps += 1
@@ -221,8 +233,21 @@ def _local_sgd(model: nn.Module, global_state: Mapping[str, torch.Tensor], data:
     return ClientUpdate(client=client, delta=delta, num_samples=n, train_loss=float(total) / max(steps, 1))
 
 
+def _corrections(named, correction: Mapping[str, torch.Tensor] | None) -> list[torch.Tensor | None] | None:
+    """``correction``'s tensor for each of the ``(name, parameter)`` pairs (None where it has none), in the parameter's
+    dtype, device and memory layout; None when there is no correction."""
+    if correction is None:
+        return None
+    out = []
+    for k, p in named:
+        f = correction.get(k)
+        out.append(None if f is None else torch.empty_like(p).copy_(f.to(device=p.device, dtype=p.dtype)))
+    return out
+
+
 def _one_step_update(model: nn.Module, global_state: Mapping[str, torch.Tensor], data: ClientData,
-                     cfg: LocalTraining, *, generator: torch.Generator, client: int) -> ClientUpdate:
+                     cfg: LocalTraining, *, generator: torch.Generator, client: int,
+                     correction: Mapping[str, torch.Tensor] | None = None) -> ClientUpdate:
     """The update of a client that takes one SGD step from ``global_state``.
 
     One step of SGD is ``w_1 = w_0 - lr (g + wd w_0)`` whatever the momentum (its buffer starts as
@@ -255,6 +280,8 @@ def _one_step_update(model: nn.Module, global_state: Mapping[str, torch.Tensor],
                     delta[k] = torch.zeros_like(global_state[k])
                 else:
                     g = p.grad if cfg.weight_decay == 0 else p.grad.add_(p, alpha=cfg.weight_decay)
+                    if correction is not None and k in correction:  # SCAFFOLD's c - c_i
+                        g = g.add_(correction[k].to(device=g.device, dtype=g.dtype))
                     delta[k] = g.mul_(-cfg.lr).contiguous()
         model.zero_grad(set_to_none=True)  # the gradients now hold the update: keep them out of the next client
     return ClientUpdate(client=client, delta=delta, num_samples=n, train_loss=float(loss.detach()))

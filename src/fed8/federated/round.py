@@ -201,9 +201,9 @@ class RoundLoop:
         return {**self.aggregator.state_dict(), **self.optimizer_state, **self.transport.state_dict()}
 
     def load_server_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        self.aggregator.load_state_dict({k: v for k, v in state.items() if k.startswith("privacy.")})
+        self.aggregator.load_state_dict({k: v for k, v in state.items() if k.startswith(("privacy.", "scaffold."))})
         self.optimizer_state = self.optimizer.check_state(
-            {k: v for k, v in state.items() if not k.startswith(("privacy.", "wire."))})
+            {k: v for k, v in state.items() if not k.startswith(("privacy.", "scaffold.", "wire."))})
         self.transport.load_state_dict({k: v for k, v in state.items() if k.startswith("wire.")})
 
     def run(self, state: Tensors, *, start_round: int = 0,

@@ -32,9 +32,11 @@ from .optimizer import ServerOptimizer
 from .round import Reply, RoundLoop
 
 if TYPE_CHECKING:
+    from ..compression.feedback import ResidualStore
     from ..compression.wire import Wire
     from .distributed import Workers
     from .parallel import ClientThreads
+    from .scaffold import ScaffoldAggregate
 
 __all__ = ["ClientHook", "InProcessTransport", "Simulation"]
 
@@ -86,6 +88,10 @@ class InProcessTransport:
         ``client_threads`` torch threads (:mod:`fed8.federated.parallel`; from
         :func:`~fed8.federated.parallel.client_parallelism`); 1: one after another on this
         thread's torch threads.
+    scaffold, controls
+        SCAFFOLD (:mod:`fed8.federated.scaffold`): the server's side, whose ``c`` goes out with
+        each broadcast, and the store of the clients' own controls ``c_i``; clients then train one
+        by one (each has its own correction). None: plain local SGD.
     """
 
     model: nn.Module
@@ -101,6 +107,8 @@ class InProcessTransport:
     device: torch.device = torch.device("cpu")
     parallel_clients: int = 1
     client_threads: int = 1
+    scaffold: "ScaffoldAggregate | None" = None
+    controls: "ResidualStore | None" = None
 
     def __post_init__(self) -> None:
         if self.device.type != "cpu":  # once: the model and every client's images
@@ -117,6 +125,9 @@ class InProcessTransport:
 
     def broadcast(self, rnd: int, state: Mapping[str, torch.Tensor], clients: Sequence[int]) -> int:
         self._received, down = self.wire.broadcast(rnd, state, clients)
+        if self.scaffold is not None:  # SCAFFOLD's c goes with the model (float32; nothing while it is zero)
+            self._control = dict(self.scaffold.c)
+            down += sum(v.numel() * 4 for v in self._control.values()) * len(clients)
         return down
 
     def _updates(self, rnd: int, clients: Sequence[int]) -> Iterator[ClientUpdate]:
@@ -135,7 +146,8 @@ class InProcessTransport:
         if chunk != 1:
             from .batched import auto_chunk, batching_blocker, batching_slower
 
-            why = getattr(self, "_unbatchable", None) or batching_blocker(self.model)
+            why = getattr(self, "_unbatchable", None) or batching_blocker(self.model) or (
+                "SCAFFOLD corrects each client's steps by its own control" if self.scaffold is not None else None)
             if why is None and not self.batch_when_slower:
                 why = batching_slower(self.model, self.device)
             if why is not None:
@@ -179,9 +191,18 @@ class InProcessTransport:
         """``clients``' updates, each trained on its own (several at a time on client threads, if so configured)."""
         local = self.local.at_round(rnd)
 
-        def one(model: nn.Module, k: int) -> ClientUpdate:
+        def one(model: nn.Module, k: int, correction: Mapping[str, torch.Tensor] | None = None) -> ClientUpdate:
             return train_client(model, received, self.clients[k], local,
-                                generator=torch_generator(self.seed, TRAIN, rnd, k), client=k)
+                                generator=torch_generator(self.seed, TRAIN, rnd, k), client=k, correction=correction)
+
+        if self.scaffold is not None:
+            from .scaffold import scaffold_client
+
+            plain, keys = one, self.scaffold.keys
+
+            def one(model: nn.Module, k: int) -> ClientUpdate:  # type: ignore[misc]
+                return scaffold_client(lambda corr: plain(model, k, corr), self.controls, k, rnd, self._control,
+                                       keys, local)
 
         if self.parallel_clients > 1 and len(clients) > 1:
             yield from self._threads().map(one, clients, cost=lambda k: self.clients[k].num_train)
@@ -231,7 +252,7 @@ class InProcessTransport:
         """
         from .cohort import cohort_blocker, train_cohort
 
-        if (self.client_batch_size == 1 or self.workers is not None or self.client_hooks
+        if (self.client_batch_size == 1 or self.workers is not None or self.client_hooks or self.scaffold is not None
                 or self.wire.uplink.name != "float32" or self.wire.feedback is not None):
             return None
         data = [self.clients[k] for k in clients]
@@ -277,7 +298,10 @@ class Simulation(RoundLoop):
     eval_x, eval_y
         The server's eval split.
     aggregator, optimizer, rounds, fraction, sampling, eval_every, seed, sampling_randomness, client_reports
-        As for :class:`RoundLoop`.
+        As for :class:`RoundLoop`. An aggregator with a
+        :class:`~fed8.federated.scaffold.ScaffoldAggregate` in its chain trains with SCAFFOLD.
+    controls
+        Where SCAFFOLD's clients keep their controls (the run directory's ``controls/``); in memory if None.
     eval_batch_size
         Batch size of every evaluation.
     device
@@ -291,11 +315,20 @@ class Simulation(RoundLoop):
                  client_hooks: Sequence[ClientHook] = (),
                  sampling_randomness: PrivacyRandomness | None = None, client_batch_size: int = 1,
                  batch_when_slower: bool = False, device: torch.device | None = None, parallel_clients: int = 1,
-                 client_threads: int = 1, client_reports: bool = True) -> None:
+                 client_threads: int = 1, client_reports: bool = True,
+                 controls: "ResidualStore | None" = None) -> None:
         device = device if device is not None else torch.device("cpu")
+        from .scaffold import find_scaffold
+
+        scaffold = find_scaffold(aggregator)
+        if scaffold is not None and controls is None:
+            from ..compression.feedback import ResidualStore
+
+            controls = ResidualStore()  # in memory
         transport = InProcessTransport(model, clients, local, seed, wire, client_hooks, eval_batch_size,
                                        client_batch_size, batch_when_slower, device=device,
-                                       parallel_clients=parallel_clients, client_threads=client_threads)
+                                       parallel_clients=parallel_clients, client_threads=client_threads,
+                                       scaffold=scaffold, controls=controls)
         eval_x, eval_y = eval_x.to(device), eval_y.to(device)
         self.model, self.clients, self.eval_x, self.eval_y = model, clients, eval_x, eval_y
         self.eval_batch_size = eval_batch_size

@@ -1,7 +1,7 @@
 """Assemble the server's aggregator, its optimizer and the clients' hooks from a config.
 
-    ValidateUpdates( [NormBound]( WeightedMean | CoordinateMedian | TrimmedMean
-                                  | PrivateAggregate( WeightedMean | SecureWeightedSum ) ) )
+    ValidateUpdates( [NormBound]( [ScaffoldAggregate]( WeightedMean | CoordinateMedian | TrimmedMean
+                                  | PrivateAggregate( WeightedMean | SecureWeightedSum ) ) ) )
 
 The round loop only ever sees an :class:`~fed8.federated.aggregator.Aggregator` and a
 :class:`~fed8.federated.optimizer.ServerOptimizer`; every privacy and robustness feature
@@ -142,6 +142,8 @@ def check_combination(cfg: Config) -> None:
             "privacy.weighting = 'capped' needs privacy.weight_cap > 0: the cap sets each client's weight "
             "min(1, n_k / weight_cap) and must be a public number, not one taken from the clients' data. Set it to "
             "a typical client's sample count (e.g. --set privacy.weight_cap=400), or use weighting = 'uniform'.")
+    if cfg.train.scaffold:
+        _check_scaffold(cfg)
     if p.secure_aggregation:
         m = expected_clients(cfg)
         if m < p.secagg_min_clients:
@@ -149,6 +151,22 @@ def check_combination(cfg: Config) -> None:
                 f"privacy.secagg_min_clients = {p.secagg_min_clients} is more than the {m:g} clients per round "
                 f"(data.num_clients x train.fraction): every secure-aggregation round would be abandoned. Sample "
                 f"more clients per round, or lower secagg_min_clients (>= 2; a sum of one input reveals it).")
+
+
+def _check_scaffold(cfg: Config) -> None:
+    """Refuse SCAFFOLD where its server side would break a promise or a rule."""
+    p, robust = cfg.privacy, cfg.server.robust
+    if p.dp != "none" or p.secure_aggregation:
+        what = f"privacy.dp = {p.dp!r}" if p.dp != "none" else "privacy.secure_aggregation = true"
+        raise ConfigError(
+            f"train.scaffold = true cannot run with {what}: SCAFFOLD's server control c is computed from each "
+            "client's own update and step count and sent back to every client, a release that the DP noise does not "
+            "cover and that secure aggregation (the server sees only the sum) cannot compute. Turn one of them off.")
+    if robust in ("median", "trimmed_mean"):
+        raise ConfigError(
+            f"train.scaffold = true with server.robust = {robust!r}: c is a mean over every accepted update, so "
+            "one client's update would move it without the robust rule's bound. Use server.robust = 'norm_bound' or "
+            "'none'.")
 
 
 def _adaptive(cfg: Config, plan) -> AdaptiveClipping | None:
@@ -204,9 +222,12 @@ def weight_cap(cfg: Config, client_sizes: Sequence[int]) -> float:
     return float(max(client_sizes, default=1))
 
 
-def make_aggregator(cfg: Config, plan, *, client_sizes: Sequence[int],
-                    expected: Mapping[str, Sequence[int]]) -> tuple[Aggregator, list]:
-    """The aggregator chain and the client hooks for ``cfg`` and its privacy ``plan``."""
+def make_aggregator(cfg: Config, plan, *, client_sizes: Sequence[int], expected: Mapping[str, Sequence[int]],
+                    params: Sequence[str] = ()) -> tuple[Aggregator, list]:
+    """The aggregator chain and the client hooks for ``cfg`` and its privacy ``plan``.
+
+    ``params``: the model's parameter names (SCAFFOLD's controls cover these; ``train.scaffold``).
+    """
     check_combination(cfg)
     p, seed = cfg.privacy, cfg.run.seed
     weighting = _weighting(cfg)
@@ -244,6 +265,11 @@ def make_aggregator(cfg: Config, plan, *, client_sizes: Sequence[int],
         agg = WeightedMean(capped_weight(float(p.weight_cap)))
     else:
         agg = WeightedMean(samples_weight)
+    if cfg.train.scaffold:  # inside the bounds: c follows what is aggregated
+        from ..federated.scaffold import ScaffoldAggregate
+        from .federation import local_training
+
+        agg = ScaffoldAggregate(agg, keys=params, num_clients=len(client_sizes), local=local_training(cfg.train))
     if cfg.server.robust == "norm_bound":
         agg = NormBound(agg, cfg.server.norm_bound)
     return ValidateUpdates(agg, expected), hooks

@@ -33,6 +33,10 @@ def run_distributed(config=None, **kwargs: Any):
     from .train import run
 
     def factory(prep):
+        if prep.config.train.scaffold:
+            raise ConfigError("train.scaffold = true is not supported under torchrun: each client's SCAFFOLD control "
+                              "lives with the process that trains it, and ranks train different clients each round. "
+                              "Run it in one process (fed8 run without torchrun).")
         broadcast_text(to_toml(prep.config))
         transport = prep.simulation.transport
         transport.workers = Workers(prep.state)  # stopped by transport.close() when the rounds are over

@@ -215,10 +215,20 @@ def make_wire(cfg: Config, num_clients: int, residuals: Path | None = None):
                 num_clients=num_clients, downlink_mode=c.downlink_mode, residuals=store)
 
 
-def prepare(cfg: Config, residuals: Path | None = None):
+def _control_store(cfg: Config, root: Path | None):
+    """SCAFFOLD's client controls under ``root`` (None: in memory), or None without ``train.scaffold``."""
+    if not cfg.train.scaffold:
+        return None
+    from ..compression import ResidualStore
+
+    return ResidualStore(root)
+
+
+def prepare(cfg: Config, residuals: Path | None = None, controls: Path | None = None):
     """Load data, partition it, build the clients, the model, the aggregator, the optimizer and the wire.
 
     ``residuals``: folder for error-feedback residuals (the run directory's); in memory if None.
+    ``controls``: the same for SCAFFOLD's client controls (``train.scaffold``).
     """
 
     from ..federated import Simulation
@@ -246,7 +256,8 @@ def prepare(cfg: Config, residuals: Path | None = None):
     buffers = [k for k, v in state.items() if v.is_floating_point() and k not in param_names]
     aggregator, hooks = make_aggregator(
         cfg, plan, client_sizes=[c.num_train for c in clients],
-        expected={k: tuple(v.shape) for k, v in state.items() if v.is_floating_point()})
+        expected={k: tuple(v.shape) for k, v in state.items() if v.is_floating_point()},
+        params=[k for k, p in model.named_parameters() if p.requires_grad and p.is_floating_point()])
     t = cfg.train
     device = resolve_device(cfg.run.device)
     if t.precision == "bfloat16" and not native_bfloat16(device):
@@ -267,5 +278,5 @@ def prepare(cfg: Config, residuals: Path | None = None):
                      client_batch_size=1 if cfg.run.client_batching == "off" else cfg.run.client_batch_size,
                      batch_when_slower=cfg.run.client_batching == "on",
                      device=device, parallel_clients=parallel, client_threads=client_threads,
-                     client_reports=client_reports_on(cfg))
+                     client_reports=client_reports_on(cfg), controls=_control_store(cfg, controls))
     return Prepared(cfg, sim, state, fed.partition, fed.classes, fed.input_shape, count_parameters(model), plan)

@@ -215,11 +215,19 @@ def run(
             raise
 
 
+def _client_stores(sim) -> list:
+    """What the simulated clients keep across rounds in the run directory (error-feedback residuals, SCAFFOLD's
+    controls): committed with each round's checkpoint, rolled back to it on resume."""
+    stores = [sim.wire.feedback.store] if sim.wire.feedback is not None else []
+    controls = getattr(sim.transport, "controls", None)
+    return stores + ([controls] if controls is not None else [])
+
+
 def _train(cfg: Config, rd: RunDir, ck, resumed: bool, progress, on_round, report: bool, t0: float,
            quantize: bool = True, transport_factory=None, stage=None) -> RunResult:
     torch.set_num_threads(cfg.run.threads or os.cpu_count() or 1)
 
-    prep = prepare(cfg, residuals=rd.path / "residuals")
+    prep = prepare(cfg, residuals=rd.path / "residuals", controls=rd.path / "controls")
     sim, state = prep.simulation, prep.state
     if transport_factory is not None:  # the same round logic over another transport (Flower)
         sim.transport = transport_factory(prep)
@@ -233,8 +241,8 @@ def _train(cfg: Config, rd: RunDir, ck, resumed: bool, progress, on_round, repor
             start, state = ck["round"], ck["model"]
             sim.load_server_state(ck["server"])
             extra = int(ck["meta"].get("extra_releases", 0))
-        if sim.wire.feedback is not None:
-            sim.wire.feedback.store.rollback(start)
+        for store in _client_stores(sim):
+            store.rollback(start)
         rows = [r for r in rd.read_metrics() if r["round"] <= start]
         if ck is not None and (not rows or rows[-1]["round"] < start) and "row" in ck["meta"]:
             rows.append(ck["meta"]["row"])  # killed between the commit and the metrics write
@@ -261,8 +269,8 @@ def _train(cfg: Config, rd: RunDir, ck, resumed: bool, progress, on_round, repor
                            {**meta, "extra_releases": prep.plan.extra_releases, "row": row})
         rows.append(row)
         rd.write_metrics(rows)
-        if sim.wire.feedback is not None:
-            sim.wire.feedback.store.commit(rnd)
+        for store in _client_stores(sim):
+            store.commit(rnd)
         if progress is not None:
             progress(row)
         if on_round is not None:
