@@ -10,6 +10,11 @@ Part ``lr``: the default run with the client learning rate constant (0.05), deca
 per round (0.019 in round 20), and cosine-annealed over the 20 rounds; and constant and
 cosine from twice the rate (0.1).
 
+Part ``scaffold``: FedAvg, SCAFFOLD (``train.scaffold``) and FedProx (mu 0.01) where the
+clients drift: 5 local epochs at lr 0.01 (momentum 0.9, the default), on data far from IID:
+Dirichlet(0.1) over the labels (``dir0.1``), and two label-sorted shards per client
+(``shards2``: most clients hold two digits).
+
 Per setting and seed: final eval accuracy, the mean client accuracy, seconds. The quantize
 stage is off (neither recipe touches it). Runs are interleaved by seed so that a busy
 moment of the machine hits every setting alike.
@@ -18,6 +23,7 @@ moment of the machine hits every setting alike.
     python bench/recipes.py --part augment --seeds 2 3 --data full
     python bench/recipes.py --part lr --seeds 0 1
     python bench/recipes.py --part lr --only "cosine lr 0.1" "constant lr 0.1"
+    python bench/recipes.py --part scaffold --seeds 0 1 --rounds 12
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import fed8  # noqa: E402
 
-DATA = {"full": [], "2k": ["data.subset=2000"]}
+DATA = {"full": [], "2k": ["data.subset=2000"], "dir0.1": ["data.alpha=0.1"],
+        "shards2": ["data.partition=shards", "data.shards_per_client=2"]}
 PARTS = {
     "augment": {"none": ["train.augment=none"], "crop": ["train.augment=crop"],
                 "crop pad 2": ["train.augment=crop", "train.augment_pad=2"]},
@@ -43,7 +50,11 @@ PARTS = {
            "cosine": ["train.lr_schedule=cosine"],
            "constant lr 0.1": ["train.lr_schedule=constant", "train.lr=0.1"],
            "cosine lr 0.1": ["train.lr_schedule=cosine", "train.lr=0.1"]},
+    "scaffold": {"fedavg": ["train.scaffold=false"], "scaffold": ["train.scaffold=true"],
+                 "fedprox 0.01": ["train.prox_mu=0.01"]},
 }
+# Part scaffold trains where clients drift: 5 local epochs (65 steps of the default 400-image client), lr 0.01.
+PART_BASE = {"scaffold": ["train.local_epochs=5", "train.lr=0.01"]}
 
 
 def main() -> None:
@@ -56,13 +67,13 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", metavar="SETTING", help="run only these settings of the part (by name)")
     args = ap.parse_args()
     variants = {k: v for k, v in PARTS[args.part].items() if not args.only or k in args.only}
-    data_sets = args.data or (["full", "2k"] if args.part == "augment" else ["full"])
+    data_sets = args.data or {"augment": ["full", "2k"], "scaffold": ["dir0.1", "shards2"]}.get(args.part, ["full"])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for data in data_sets:
             for seed in args.seeds:
                 for name, sets in variants.items():
-                    cfg = fed8.load_config(None, DATA[data] + sets + [
+                    cfg = fed8.load_config(None, PART_BASE.get(args.part, []) + DATA[data] + sets + [
                         f"run.seed={seed}", f"train.rounds={args.rounds}", "quantize.enabled=false"])
                     t0 = time.perf_counter()
                     r = fed8.run(cfg, out=Path(tmp) / f"{data}-{seed}-{name}", report=False)
@@ -71,12 +82,12 @@ def main() -> None:
                                seconds=round(time.perf_counter() - t0, 1))
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-    print(f"\n{'data':<5} {args.part:<11} {'eval acc (mean over seeds)':>27} {'seconds':>8}")
+    print(f"\n{'data':<7} {args.part:<12} {'eval acc (mean over seeds)':>27} {'seconds':>8}")
     for data in data_sets:
         for name in variants:
             sel = [r for r in rows if r["data"] == data and r["setting"] == name]
             accs = [r["eval_accuracy"] for r in sel]
-            print(f"{data:<5} {name:<11} {statistics.mean(accs):>20.4f} ({', '.join(f'{a:.4f}' for a in accs)})"
+            print(f"{data:<7} {name:<12} {statistics.mean(accs):>20.4f} ({', '.join(f'{a:.4f}' for a in accs)})"
                   f" {statistics.mean(r['seconds'] for r in sel):>8.1f}")
 
 

@@ -30,6 +30,7 @@ class FakeGrid:
         self.drop_in_round: dict[int, set[int]] = {}  # {round: partitions that do not answer its train message}
         self.restart_in_round: dict[int, int] = {}  # {round: partition whose node dies then restarts (new id)}
         self.replay_in_round: dict[int, int] = {}  # {round: partition whose reply is replaced by its previous one}
+        self.lose_reply_in_round: dict[int, set[int]] = {}  # {round: partitions that train but whose reply is lost}
         self.last_reply: dict[int, Message] = {}
         self.replies: list[Message] = []
 
@@ -71,6 +72,8 @@ class FakeGrid:
             reply = client_app.app(m, ctx)  # the ClientApp routes by message type, as on a SuperNode
             if m.metadata.message_type == "train":
                 self.last_reply[pid] = reply
+                if job is not None and pid in self.lose_reply_in_round.get(int(job["round"]), set()):
+                    continue  # the node trained (and kept what it keeps); its reply never arrives
             self.replies.append(reply)
             out.append(reply)
         return out

@@ -40,6 +40,9 @@ def _rows(path):
                   "train.fraction=0.67"], id="delta-downlink-partial-participation"),
     pytest.param(["compression.uplink=topk", "compression.error_feedback=true"], id="error-feedback-on-the-node"),
     pytest.param(["attack.fraction=0.34", "server.robust=median"], id="attack-on-the-node"),
+    pytest.param(["train.scaffold=true", "train.fraction=0.67", "train.local_epochs=2"], id="scaffold"),
+    pytest.param(["train.scaffold=true", "model.name=cnn", "train.batch_size=128", "compression.uplink=int8",
+                  "privacy.client_reports=off"], id="scaffold-one-step-int8"),
     pytest.param(["privacy.dp=central", "privacy.noise_multiplier=0.5", "privacy.weighting=uniform",
                   "privacy.insecure_reproducible_noise=true"], id="central-dp"),
     pytest.param(["privacy.dp=local", "privacy.noise_multiplier=0.3", "privacy.weighting=uniform",
@@ -60,6 +63,30 @@ def test_error_feedback_residuals_live_on_the_node_not_the_server(tmp_path):
         assert files[-1] == f"c{k:06d}-r000003.safetensors" and len(files) <= 2
         assert all(f.startswith(f"c{k:06d}-") for f in files)
     assert not list(fed.rglob("residuals/*.safetensors"))  # the server holds none
+
+
+def test_scaffold_controls_live_on_the_nodes_and_a_resumed_run_ends_with_the_simulation_model(tmp_path):
+    from fed8.errors import RoundFailedError
+
+    sets = ["train.scaffold=true", "train.rounds=3", "federation.min_replies=3"]
+    cfg = fed8.load_config(None, BASE + sets)
+    rd = RunDir.create(tmp_path / "fed", cfg)
+    grid = FakeGrid(3, tmp_path / "nodes")
+    grid.lose_reply_in_round = {2: {1}}  # client 1 trains round 2 (its control moves on its node), the reply is lost
+    with pytest.raises(RoundFailedError):
+        run_server_app(rd.path, grid)
+    assert any((tmp_path / "nodes" / "1").rglob("controls/c000001-r000002.safetensors"))
+    grid.lose_reply_in_round = {}
+    run_server_app(rd.path, grid)  # resumed from round 1: node 1 rolls its control back to round 1's
+    sim = fed8.run(cfg, out=tmp_path / "sim", report=False)
+    assert (rd.path / "model.safetensors").read_bytes() == (sim.run_dir / "model.safetensors").read_bytes()
+    for k in range(3):
+        files = sorted(p.name for p in (tmp_path / "nodes" / str(k)).rglob("controls/*.safetensors"))
+        assert files[-1] == f"c{k:06d}-r000003.safetensors"
+    sent = [m for m in grid.sent if m.metadata.message_type == "train"]
+    assert not any("control" in m.content for m in sent if int(m.content["job"]["round"]) == 1)  # c = 0
+    assert all("control" in m.content for m in sent if int(m.content["job"]["round"]) > 1)
+    assert not (rd.path / "controls").exists() or not any((rd.path / "controls").iterdir())  # none on the server
 
 
 def test_local_dp_noise_is_drawn_on_the_node_from_the_os(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ import fed8
 from fed8._io import load_tensors
 from fed8._rng import TRAIN, torch_generator
 from fed8.errors import ConfigError
-from fed8.federated.scaffold import control_correction, local_steps, next_control
+from fed8.federated.scaffold import control_correction, effective_steps, local_steps, next_control
 from fed8.stages.federation import prepare
 
 from conftest import interrupted_run
@@ -24,7 +24,8 @@ BASE = ["data.subset=600", "data.num_clients=6", "train.fraction=0.5", "train.ro
 def _reference(prep, rounds: int) -> dict:
     """Algorithm 1 of Karimireddy et al. 2020 (option II) written out: clients upload y_i - x and c_i+ - c_i; the
     server averages the first by sample count and moves c by (1 / N) sum of the second. Same data, sample,
-    shuffles and optimizer as the run."""
+    shuffles and optimizer as the run. Under momentum beta, option II divides by the displacement per unit gradient
+    of the client's K heavy-ball steps, sum_t (1 - beta^t) / (1 - beta), summed here step by step."""
     sim, cfg = prep.simulation, prep.config
     t = cfg.train
     model = copy.deepcopy(sim.model)
@@ -41,7 +42,7 @@ def _reference(prep, rounds: int) -> dict:
             params = dict(model.named_parameters())
             opt = torch.optim.SGD(params.values(), lr=t.lr, momentum=t.momentum)
             g = torch_generator(cfg.run.seed, TRAIN, rnd, k)
-            steps = 0
+            steps, reach, unit = 0, 0.0, 0.0  # reach: how far a unit gradient has moved the weights so far
             for _ in range(t.local_epochs):
                 perm = torch.randperm(data.num_train, generator=g)
                 for i in range(0, data.num_train, t.batch_size):
@@ -53,8 +54,10 @@ def _reference(prep, rounds: int) -> dict:
                         p.grad += c[n] - c_i[k][n]
                     opt.step()
                     steps += 1
+                    unit = t.momentum * unit + 1.0  # the momentum buffer of a constant unit gradient
+                    reach += unit
             y = {n: p.detach().clone() for n, p in params.items()}
-            new = {n: c_i[k][n] - c[n] + (x[n] - y[n]) / (steps * t.lr) for n in names}
+            new = {n: c_i[k][n] - c[n] + (x[n] - y[n]) / (reach * t.lr) for n in names}
             dcs.append({n: new[n] - c_i[k][n] for n in names})
             c_i[k] = new
             ys.append(y)
@@ -66,6 +69,7 @@ def _reference(prep, rounds: int) -> dict:
 
 
 @pytest.mark.parametrize("local", [["train.local_epochs=2", "train.batch_size=32"],  # ragged last minibatches
+                                   ["train.local_epochs=2", "train.batch_size=32", "train.momentum=0"],  # the paper's
                                    ["train.local_epochs=1", "train.batch_size=512"]])  # one-step clients
 def test_the_run_is_algorithm_1_of_the_paper(local):
     cfg = fed8.load_config(None, BASE + local)
@@ -106,6 +110,8 @@ def test_scaffold_changes_the_model_and_its_pieces_are_the_formulas():
     a, b = off.simulation.run(off.state), on.simulation.run(on.state)
     assert any(not torch.equal(a[k], b[k]) for k in a)
     assert local_steps(0, 2, 32) == 0 and local_steps(33, 2, 32) == 4 and local_steps(32, 1, 32) == 1
+    assert effective_steps(4, 0.0) == 4 and effective_steps(1, 0.9) == pytest.approx(1.0)
+    assert effective_steps(3, 0.5) == pytest.approx(1 + 1.5 + 1.75)  # buffers 1, 1 + b, 1 + b + b^2
     assert control_correction({}, None) is None
     c, ci = {"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([0.5, 0.5])}
     assert torch.equal(control_correction(c, ci)["w"], torch.tensor([0.5, 1.5]))
@@ -123,7 +129,8 @@ def test_the_control_travels_with_the_model_and_is_counted(tmp_path):
     params = sum(v.numel() for k, v in load_tensors(on.run_dir / "model.safetensors").items())  # the mlp: no buffers
     m = 3  # clients per round
     assert on.metrics[0]["downlink_bytes"] == off.metrics[0]["downlink_bytes"]  # c = 0 is not sent
-    assert on.metrics[1]["downlink_bytes"] == off.metrics[1]["downlink_bytes"] + 4 * params * m
+    extra = on.metrics[1]["downlink_bytes"] - off.metrics[1]["downlink_bytes"]
+    assert extra % m == 0 and 4 * params <= extra // m <= 4 * params + 1024  # c as a float32 payload (its header)
     assert on.metrics[1]["uplink_bytes"] == off.metrics[1]["uplink_bytes"]  # clients upload delta alone
     assert on.metrics[-1]["scaffold_c_norm"] > 0 and "scaffold_c_norm" not in off.metrics[-1]
 

@@ -6,6 +6,7 @@ corrects every local step by the difference (Algorithm 1)::
 
     y <- y - lr (g_i(y) + c - c_i)                      K_i local steps from the global x
     c_i+ = c_i - c + (x - y_i) / (K_i lr)               option II: no extra gradient pass
+                                                        (K_i: effective_steps under momentum)
     x   <- x + lr_g * mean_i (y_i - x)                  the server optimizer, as in FedAvg
     c   <- c + (1 / N) sum_{i in S} (c_i+ - c_i)
 
@@ -34,7 +35,7 @@ import torch
 from .aggregator import AggregatorWrapper
 from .client import ClientUpdate, LocalTraining
 
-__all__ = ["ScaffoldAggregate", "control_correction", "find_scaffold", "local_steps", "next_control",
+__all__ = ["ScaffoldAggregate", "control_correction", "effective_steps", "find_scaffold", "local_steps", "next_control",
            "scaffold_client"]
 
 Tensors = dict[str, torch.Tensor]
@@ -46,6 +47,25 @@ def local_steps(num_samples: int, epochs: int, batch_size: int) -> int:
     return epochs * math.ceil(num_samples / batch_size) if num_samples > 0 else 0
 
 
+def effective_steps(steps: int, momentum: float) -> float:
+    """How many plain SGD steps ``steps`` steps with heavy-ball ``momentum`` move the weights, for a constant gradient.
+
+    Option II reads the client's mean gradient off its displacement: ``(x - y_i) / (K lr)``,
+    exact for plain SGD on a constant gradient ``g``. With momentum ``beta`` (the buffer starts
+    at zero every round, as fed8's clients do) step ``t`` moves by ``lr g (1 - beta^t) / (1 - beta)``,
+    so ``K`` steps move by ``lr g K_eff`` with::
+
+        K_eff = sum_{t=1..K} (1 - beta^t) / (1 - beta) = (K - beta (1 - beta^K) / (1 - beta)) / (1 - beta)
+
+    and fed8 divides by ``K_eff lr``; ``K_eff = K`` at ``beta = 0``. Dividing by ``K lr`` instead
+    would overstate the gradient, and so the corrections, by up to ``1 / (1 - beta)`` (10x at 0.9).
+    """
+    if steps <= 0 or momentum == 0:
+        return float(max(steps, 0))
+    b = momentum
+    return (steps - b * (1.0 - b**steps) / (1.0 - b)) / (1.0 - b)
+
+
 def control_correction(c: Mapping[str, torch.Tensor], c_i: Mapping[str, torch.Tensor] | None) -> Tensors | None:
     """``c - c_i``, the term added to each of the client's gradients; None while both are zero (round 1)."""
     if not c and not c_i:
@@ -55,9 +75,10 @@ def control_correction(c: Mapping[str, torch.Tensor], c_i: Mapping[str, torch.Te
 
 
 def next_control(c_i: Mapping[str, torch.Tensor] | None, c: Mapping[str, torch.Tensor], delta: Mapping[str, torch.Tensor],
-                 keys: Sequence[str], *, steps: int, lr: float) -> Tensors | None:
-    """``c_i+ = c_i - c - delta / (steps lr)`` over ``keys`` (option II), or None where the client keeps ``c_i``:
-    it took no step, or its update is not finite (the server rejects that update, so it adds nothing to ``c``)."""
+                 keys: Sequence[str], *, steps: float, lr: float) -> Tensors | None:
+    """``c_i+ = c_i - c - delta / (steps lr)`` over ``keys`` (option II; ``steps``: :func:`effective_steps`), or None
+    where the client keeps ``c_i``: it took no step, or its update is not finite (the server rejects that update, so it
+    adds nothing to ``c``)."""
     if steps <= 0 or not all(bool(torch.isfinite(delta[k]).all()) for k in keys):
         return None
     scale = 1.0 / (steps * lr)
@@ -82,8 +103,8 @@ def scaffold_client(train: Callable[[Tensors | None], ClientUpdate], store, clie
     """
     c_i = store.get(client)
     update = train(control_correction(c, c_i))
-    new = next_control(c_i, c, update.delta, keys, lr=local.lr,
-                       steps=local_steps(update.num_samples, local.epochs, local.batch_size))
+    new = next_control(c_i, c, update.delta, keys, lr=local.lr, steps=effective_steps(
+        local_steps(update.num_samples, local.epochs, local.batch_size), local.momentum))
     if new is not None:
         store.put(client, rnd, new)
     return update
@@ -121,7 +142,8 @@ class ScaffoldAggregate(AggregatorWrapper):
 
     def add(self, update: ClientUpdate) -> None:
         self.inner.add(update)  # first: an update the inner aggregator refuses adds nothing to c
-        steps = local_steps(update.num_samples, self.local.epochs, self.local.batch_size)
+        steps = effective_steps(local_steps(update.num_samples, self.local.epochs, self.local.batch_size),
+                                self.local.momentum)
         if steps <= 0:
             return
         scale = 1.0 / (steps * self._lr)

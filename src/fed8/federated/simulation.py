@@ -125,9 +125,9 @@ class InProcessTransport:
 
     def broadcast(self, rnd: int, state: Mapping[str, torch.Tensor], clients: Sequence[int]) -> int:
         self._received, down = self.wire.broadcast(rnd, state, clients)
-        if self.scaffold is not None:  # SCAFFOLD's c goes with the model (float32; nothing while it is zero)
+        if self.scaffold is not None:  # SCAFFOLD's c goes with the model (a float32 payload; nothing while it is zero)
             self._control = dict(self.scaffold.c)
-            down += sum(v.numel() * 4 for v in self._control.values()) * len(clients)
+            down += self.wire.float32_bytes(self._control)[0] * len(clients) if self._control else 0
         return down
 
     def _updates(self, rnd: int, clients: Sequence[int]) -> Iterator[ClientUpdate]:

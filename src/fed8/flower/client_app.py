@@ -119,8 +119,23 @@ def train(msg: Message, context: Context) -> Message:
     if state is None:  # a delta without the reference it applies to: ask for the base
         return Message(content=RecordDict({"job": ConfigRecord({"client": k, "round": rnd, "missing-ref": rnd - 1})}),
                        reply_to=msg)
-    update = train_client(model, state, data, local_training(cfg.train).at_round(rnd),
-                          generator=torch_generator(cfg.run.seed, TRAIN, rnd, k), client=k)
+    local = local_training(cfg.train).at_round(rnd)
+
+    def train_with(correction=None):
+        return train_client(model, state, data, local, generator=torch_generator(cfg.run.seed, TRAIN, rnd, k),
+                            client=k, correction=correction)
+
+    if cfg.train.scaffold:  # this client's control c_i lives on the node, rolled back with the server's rounds
+        from ..federated.scaffold import scaffold_client
+
+        store = node.controls()
+        store.rollback(rnd - 1)
+        store.commit(rnd - 1)
+        c = state_from_record(msg.content["control"]) if "control" in msg.content else {}
+        update = scaffold_client(train_with, store, k, rnd, c,
+                                 [n for n, p in model.named_parameters() if p.requires_grad], local)
+    else:
+        update = train_with()
     local_plan = _plan(cfg) if cfg.privacy.dp == "local" else None
     for hook in make_client_hooks(cfg, local_plan, cfg.data.num_clients):  # attacks, local DP (this node's CSPRNG)
         update = hook(rnd, update)
@@ -157,7 +172,8 @@ def _reports(cfg, update) -> dict:
 
     if client_reports_on(cfg):
         return {"num_samples": update.num_samples, "train_loss": update.train_loss}
-    return {"num_samples": update.num_samples} if server_weights_by_samples(cfg) else {}
+    # SCAFFOLD's server side needs each client's step count, a function of its sample count (no privacy under it)
+    return {"num_samples": update.num_samples} if server_weights_by_samples(cfg) or cfg.train.scaffold else {}
 
 
 def _masked_input(cfg, k: int, rnd: int, update, content, node) -> bytes | None:

@@ -9,6 +9,7 @@ lives on the node's disk, never on the server:
   round (after a server crash) rewrites the same bytes.
 * ``residuals/``: the error-feedback residuals (:class:`fed8.compression.ResidualStore`),
   rolled back to the round the server resumed from, exactly as the simulation's.
+* ``controls/``: SCAFFOLD's client control ``c_i`` (``train.scaffold``), kept the same way.
 
 The folder is ``<state-dir>/<run key>``: ``state-dir`` from the node config
 (``fed8 federation`` sets ``RUN_DIR/nodes/<partition>``), else
@@ -61,6 +62,12 @@ class NodeState:
         from ..compression import ResidualStore
 
         return ResidualStore(self.root / "residuals")
+
+    def controls(self):
+        """SCAFFOLD's control of this node's client (:mod:`fed8.federated.scaffold`), round by round."""
+        from ..compression import ResidualStore
+
+        return ResidualStore(self.root / "controls")
 
     # -- secure aggregation: this client's protocol state between stages (private keys: owner-only file) ----------
     def _secagg(self, rnd: int) -> Path:

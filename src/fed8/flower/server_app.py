@@ -41,6 +41,9 @@ def main(grid: Grid, context: Context) -> None:
             run_key=Path(run_dir).name, min_replies=f.min_replies, round_retries=f.round_retries)
         if cfg.privacy.secure_aggregation:  # the protocol's client halves run on the nodes
             _remote_secure_sum(cfg, prep, t)
+        from ..federated.scaffold import find_scaffold
+
+        t.scaffold = find_scaffold(prep.simulation.aggregator)  # its c goes out with each train message
         return t
 
     from .._io import atomic_write_text

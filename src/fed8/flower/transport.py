@@ -94,6 +94,8 @@ class FlowerTransport:
         self.round_timeout_s, self.run_key = round_timeout_s, run_key
         self.min_replies, self.round_retries = min_replies, round_retries
         self.secure = None  # a fed8.flower.secagg.FlowerSecureSum when the run uses secure aggregation
+        self.scaffold = None  # the server's side of SCAFFOLD (fed8.federated.scaffold) when train.scaffold is on
+        self._control = None
         self._asked: set[int] = set()  # node ids already asked for their partition
         self._model = self._with_base = None
         self._is_delta, self._base_bytes = False, 0
@@ -103,6 +105,10 @@ class FlowerTransport:
         self._model, self._with_base = broadcast_records(b)
         self._is_delta, self._stale = b.base is not None, b.stale
         self._base_bytes = self.wire.float32_bytes(b.base)[0] if b.base is not None else 0
+        self._control = None
+        if self.scaffold is not None and self.scaffold.c:  # SCAFFOLD's c goes with the model, as in simulation
+            self._control, nbytes = state_to_record(self.scaffold.c)
+            return b.nbytes + nbytes * len(clients)
         return b.nbytes
 
     def message(self, kind: str, rnd: int, k: int, model, *, extra: Mapping | None = None, **job):
@@ -133,10 +139,10 @@ class FlowerTransport:
 
     def _train_message(self, rnd: int, k: int, base: bool):
         model = self._with_base if base else self._model
-        extra = None
+        extra = {"control": self._control} if self._control is not None else {}
         if self.secure is not None:  # stage 2 of secure aggregation: the shares addressed to k, the encoding
             inbox, params = self.secure.train_records(k)
-            extra = {"inbox": inbox, "secagg": params}
+            extra.update({"inbox": inbox, "secagg": params})
         return self.message("train", rnd, k, model, extra=extra, **{"is-delta": self._is_delta,
                                                                      "keep-ref": self.wire.mode == "delta"})
 
