@@ -64,3 +64,15 @@ def test_a_rejected_update_is_named_in_the_statement_as_not_covered(tmp_path):
     assert rejected > 0
     assert f"Not covered either: {rejected} client update(s) were not finite" in r.summary["privacy"]["statement"]
     assert "Not covered" not in _run(tmp_path, "good", DP).summary["privacy"]["statement"]
+
+
+@pytest.mark.parametrize("privacy", [DP, SECAGG], ids=["central-dp", "secure-aggregation"])
+def test_a_client_whose_training_diverged_sends_zeros_and_the_server_does_not_learn_it(tmp_path, privacy, caplog):
+    diverge = ["train.lr=1e30"]  # every client's local SGD overflows to NaN
+    r = _run(tmp_path, "auto", privacy + diverge)
+    assert all(row["rejected_updates"] == 0 for row in r.metrics)
+    assert "Not covered" not in r.summary["privacy"]["statement"]
+    assert "update is not finite (its local training diverged); it sends zeros" in caplog.text
+    told = _run(tmp_path, "on", privacy + diverge + ["privacy.client_reports=on"])  # the client tells, the server rejects
+    assert sum(row["rejected_updates"] for row in told.metrics) == 12
+    assert "Not covered either: 12 client update(s) were not finite" in told.summary["privacy"]["statement"]

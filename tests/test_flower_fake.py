@@ -362,3 +362,12 @@ def test_secure_aggregation_replies_carry_only_the_masked_input_by_default(tmp_p
     train = [r for r in grid.replies if "update" in r.content]
     assert all({"num_samples", "train_loss"} <= set(r.content["job"].keys()) for r in train)
     assert _rows(fed)[0]["train_loss"] is not None
+
+
+def test_a_diverged_client_sends_a_masked_zero_input_not_a_rejection(tmp_path):
+    sets = ["privacy.secure_aggregation=true", "train.lr=1e30", "train.rounds=1"]
+    fed, grid = _federation(tmp_path, sets)
+    replies = [r for r in grid.replies if "update" in r.content or ("job" in r.content and "rejected" in r.content["job"])]
+    assert replies and all("update" in r.content and "rejected" not in r.content["job"] for r in replies)
+    sim = fed8.run(fed8.load_config(None, BASE + sets), out=tmp_path / "sim", report=False)
+    assert _rows(fed) == [{k: v for k, v in r.items() if k != "seconds"} for r in sim.metrics]

@@ -155,3 +155,10 @@ def test_resume_is_bit_identical_and_batching_falls_back(tmp_path):
 def test_combinations_that_would_break_a_promise_are_refused(sets, match):
     with pytest.raises(ConfigError, match=match):
         prepare(fed8.load_config(None, BASE + sets))
+
+
+def test_torchrun_is_refused_before_any_rank_trains(tmp_path):
+    from fed8.stages.distributed import run_distributed
+
+    with pytest.raises(ConfigError, match="not supported under torchrun"):
+        run_distributed(fed8.load_config(None, BASE), out=tmp_path / "r", report=False)

@@ -5,10 +5,13 @@
   release is a Gaussian mechanism with replace-one sensitivity ``2 C``; see
   :mod:`fed8.privacy.accounting` for the epsilon it gets.
 * :class:`Attack`: simulated malicious clients for robustness experiments.
+* :class:`WithholdNonFinite`: an honest client whose update is not finite (its training
+  diverged) sends zeros of weight 0 instead, so the server does not learn that fact.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -18,7 +21,9 @@ from ..privacy.dp import add_gaussian_noise, clip_by_norm
 from ..privacy.randomness import PrivacyRandomness
 from .client import ClientUpdate
 
-__all__ = ["Attack", "LocalDP", "malicious_clients"]
+__all__ = ["Attack", "LocalDP", "WithholdNonFinite", "malicious_clients"]
+
+log = logging.getLogger("fed8")
 
 
 @dataclass(frozen=True)
@@ -59,3 +64,26 @@ class Attack:
         else:
             bad = {k: -self.scale * v for k, v in update.delta.items()}
         return ClientUpdate(update.client, bad, update.num_samples, update.train_loss)
+
+
+@dataclass(frozen=True)
+class WithholdNonFinite:
+    """A client whose own update is not finite sends zeros with sample count 0 (weight 0 under capped or sample
+    weights) instead, and says so in its own log.
+
+    A non-finite update is a fact about the client's data and training. Sent as it is, the server
+    rejects it and learns which client sent it, in the clear, outside what DP noise or secure
+    aggregation covers. Under ``privacy.client_reports`` off (the default wherever the run has DP
+    or secure aggregation) every client runs this first, so what the server receives stays
+    within the mechanism: a zero update is a valid input to the clipped, noised or masked sum
+    (under uniform weights it still counts as one client with a zero update). Simulated
+    attackers (:class:`Attack`) come after it, so their non-finite updates are still rejected.
+    """
+
+    def __call__(self, rnd: int, update: ClientUpdate) -> ClientUpdate:
+        if all(bool(torch.isfinite(v).all()) for v in update.delta.values()):
+            return update
+        log.warning("round %d: client %d's update is not finite (its local training diverged); it sends zeros with "
+                    "weight 0 instead, so the server does not learn it (lower train.lr if this repeats)", rnd,
+                    update.client)
+        return ClientUpdate(update.client, {k: torch.zeros_like(v) for k, v in update.delta.items()}, 0, None)

@@ -252,7 +252,10 @@ class InProcessTransport:
         """
         from .cohort import cohort_blocker, train_cohort
 
-        if (self.client_batch_size == 1 or self.workers is not None or self.client_hooks or self.scaffold is not None
+        from .hooks import WithholdNonFinite  # a finite mean has no non-finite client in it: nothing to withhold
+
+        hooks = [h for h in self.client_hooks if not isinstance(h, WithholdNonFinite)]
+        if (self.client_batch_size == 1 or self.workers is not None or hooks or self.scaffold is not None
                 or self.wire.uplink.name != "float32" or self.wire.feedback is not None):
             return None
         data = [self.clients[k] for k in clients]

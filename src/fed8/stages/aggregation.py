@@ -17,7 +17,7 @@ from .._config_sections import ADAPTIVE_AUTO_MIN_CLIENTS
 from ..config import Config
 from ..errors import ConfigError
 from ..privacy.randomness import privacy_randomness
-from ..federated.hooks import Attack, LocalDP, malicious_clients
+from ..federated.hooks import Attack, LocalDP, WithholdNonFinite, malicious_clients
 from ..federated.aggregator import Aggregator, WeightedMean, samples_weight
 from ..federated.optimizer import ServerOptimizer, make_optimizer
 from ..federated.private import AdaptiveClipping, PrivateAggregate, capped_weight, uniform_weight
@@ -193,12 +193,16 @@ def make_server_optimizer(cfg: Config, *, buffers: Sequence[str] = ()) -> Server
 
 
 def make_client_hooks(cfg: Config, plan, num_clients: int) -> list:
-    """What each client does to its update before encoding it: simulated attacks, then local DP.
+    """What each client does to its update before encoding it: its own check (a non-finite update becomes zeros where
+    clients report nothing outside the mechanism: :class:`~fed8.federated.hooks.WithholdNonFinite`), simulated attacks,
+    then local DP.
 
     Runs where the client runs (this process in simulation, the SuperNode on Flower); local
     DP's noise comes from that machine's OS CSPRNG.
     """
     p, hooks = cfg.privacy, []
+    if not client_reports_on(cfg):
+        hooks.append(WithholdNonFinite())
     if cfg.attack.fraction > 0:
         hooks.append(Attack(malicious_clients(num_clients, cfg.attack.fraction, cfg.run.seed), cfg.attack.kind,
                             cfg.attack.scale))
