@@ -65,7 +65,13 @@ def main() -> None:
                     help="default: full and 2k for part augment, full for part lr")
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--only", nargs="+", metavar="SETTING", help="run only these settings of the part (by name)")
+    ap.add_argument("--scaffold-steps", choices=("reach", "plain"), default="reach",
+                    help="ablation: option II divides by the steps' reach under momentum (fed8's) or by K (plain)")
     args = ap.parse_args()
+    if args.scaffold_steps == "plain":  # both sides (client and server) look the function up at call time
+        import fed8.federated.scaffold as scaffold
+
+        scaffold.effective_steps = lambda steps, momentum: float(max(steps, 0))
     variants = {k: v for k, v in PARTS[args.part].items() if not args.only or k in args.only}
     data_sets = args.data or {"augment": ["full", "2k"], "scaffold": ["dir0.1", "shards2"]}.get(args.part, ["full"])
     rows = []

@@ -227,10 +227,12 @@ def weight_cap(cfg: Config, client_sizes: Sequence[int]) -> float:
 
 
 def make_aggregator(cfg: Config, plan, *, client_sizes: Sequence[int], expected: Mapping[str, Sequence[int]],
-                    params: Sequence[str] = ()) -> tuple[Aggregator, list]:
+                    params: Sequence[str] = (), local=None) -> tuple[Aggregator, list]:
     """The aggregator chain and the client hooks for ``cfg`` and its privacy ``plan``.
 
-    ``params``: the model's parameter names (SCAFFOLD's controls cover these; ``train.scaffold``).
+    ``params``, ``local``: the model's parameter names and the clients' LocalTraining values, for
+    ``train.scaffold`` (its controls cover those parameters; its server side needs each round's
+    rate and the clients' step counts).
     """
     check_combination(cfg)
     p, seed = cfg.privacy, cfg.run.seed
@@ -271,9 +273,13 @@ def make_aggregator(cfg: Config, plan, *, client_sizes: Sequence[int], expected:
         agg = WeightedMean(samples_weight)
     if cfg.train.scaffold:  # inside the bounds: c follows what is aggregated
         from ..federated.scaffold import ScaffoldAggregate
-        from .federation import local_training
 
-        agg = ScaffoldAggregate(agg, keys=params, num_clients=len(client_sizes), local=local_training(cfg.train))
+        if local is None:
+            from ..errors import ParameterError
+
+            raise ParameterError("make_aggregator(local=None) with train.scaffold = true: pass the clients' "
+                                 "LocalTraining values (fed8.stages.federation.local_training(cfg.train)).")
+        agg = ScaffoldAggregate(agg, keys=params, num_clients=len(client_sizes), local=local)
     if cfg.server.robust == "norm_bound":
         agg = NormBound(agg, cfg.server.norm_bound)
     return ValidateUpdates(agg, expected), hooks

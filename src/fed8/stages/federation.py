@@ -257,7 +257,8 @@ def prepare(cfg: Config, residuals: Path | None = None, controls: Path | None = 
     aggregator, hooks = make_aggregator(
         cfg, plan, client_sizes=[c.num_train for c in clients],
         expected={k: tuple(v.shape) for k, v in state.items() if v.is_floating_point()},
-        params=[k for k, p in model.named_parameters() if p.requires_grad and p.is_floating_point()])
+        params=[k for k, p in model.named_parameters() if p.requires_grad and p.is_floating_point()],
+        local=local_training(cfg.train))
     t = cfg.train
     device = resolve_device(cfg.run.device)
     if t.precision == "bfloat16" and not native_bfloat16(device):
