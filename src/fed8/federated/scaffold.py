@@ -22,8 +22,8 @@ simulation, the node's disk on Flower), committed and rolled back with the round
 With a lossless uplink the server's ``c`` is the mean of the ``N`` clients' ``c_i`` after every
 round (``tests/test_scaffold.py``). With a lossy codec the server's side follows the decoded
 updates and each client's its own exact update, so ``c`` is that mean up to the codec's error
-(with error feedback, what one round drops arrives in a later one). Controls cover the model's parameters, not its buffers (BatchNorm statistics are
-averaged as usual).
+(with error feedback, what one round drops arrives in a later one). Controls cover the
+model's parameters, not its buffers (BatchNorm statistics are averaged as usual).
 """
 
 from __future__ import annotations
