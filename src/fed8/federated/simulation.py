@@ -191,19 +191,17 @@ class InProcessTransport:
         """``clients``' updates, each trained on its own (several at a time on client threads, if so configured)."""
         local = self.local.at_round(rnd)
 
-        def one(model: nn.Module, k: int, correction: Mapping[str, torch.Tensor] | None = None) -> ClientUpdate:
+        def plain(model: nn.Module, k: int, correction: Mapping[str, torch.Tensor] | None = None) -> ClientUpdate:
             return train_client(model, received, self.clients[k], local,
                                 generator=torch_generator(self.seed, TRAIN, rnd, k), client=k, correction=correction)
 
-        if self.scaffold is not None:
+        def with_controls(model: nn.Module, k: int) -> ClientUpdate:  # SCAFFOLD: corrected, then c_i stored
             from .scaffold import scaffold_client
 
-            plain, keys = one, self.scaffold.keys
+            return scaffold_client(lambda corr: plain(model, k, corr), self.controls, k, rnd, self._control,
+                                   self.scaffold.keys, local)
 
-            def one(model: nn.Module, k: int) -> ClientUpdate:  # type: ignore[misc]
-                return scaffold_client(lambda corr: plain(model, k, corr), self.controls, k, rnd, self._control,
-                                       keys, local)
-
+        one = plain if self.scaffold is None else with_controls
         if self.parallel_clients > 1 and len(clients) > 1:
             yield from self._threads().map(one, clients, cost=lambda k: self.clients[k].num_train)
         else:
