@@ -162,3 +162,12 @@ def test_torchrun_is_refused_before_any_rank_trains(tmp_path):
 
     with pytest.raises(ConfigError, match="not supported under torchrun"):
         run_distributed(fed8.load_config(None, BASE), out=tmp_path / "r", report=False)
+
+
+def test_parallel_clients_keep_their_own_controls(tmp_path):
+    one = fed8.run(fed8.load_config(None, BASE), out=tmp_path / "one", report=False)  # run.threads=1: one by one
+    two = fed8.run(fed8.load_config(None, BASE + ["run.threads=2", "run.parallel_clients=2"]), out=tmp_path / "two",
+                   report=False)  # two clients at a time, one torch thread each: the same arithmetic
+    assert (two.run_dir / "model.safetensors").read_bytes() == (one.run_dir / "model.safetensors").read_bytes()
+    for f in sorted((one.run_dir / "controls").iterdir()):
+        assert (two.run_dir / "controls" / f.name).read_bytes() == f.read_bytes()
