@@ -36,8 +36,7 @@ class ResidualStore:
         self.root = Path(root) if root is not None else None
         self._mem: dict[int, dict[str, torch.Tensor]] = {}
         self._rounds: dict[int, list[int]] = {}
-        if self.root is not None:
-            self.root.mkdir(parents=True, exist_ok=True)
+        if self.root is not None:  # the folder appears with the first file (a store nobody writes leaves none)
             for f in self.root.glob("c*-r*.safetensors"):
                 m = _NAME.search(f.name)
                 if m:
@@ -60,6 +59,7 @@ class ResidualStore:
         if self.root is None:
             self._mem[client] = {k: v.clone() for k, v in residual.items()}
             return
+        self.root.mkdir(parents=True, exist_ok=True)
         save_tensors(self._file(client, rnd), residual)
         rounds = self._rounds.setdefault(client, [])
         if not rounds or rounds[-1] != rnd:
