@@ -36,8 +36,8 @@ import torch
 from .aggregator import AggregatorWrapper
 from .client import ClientUpdate, LocalTraining
 
-__all__ = ["ScaffoldAggregate", "control_correction", "effective_steps", "find_scaffold", "local_steps", "next_control",
-           "scaffold_client"]
+__all__ = ["ScaffoldAggregate", "client_steps", "control_correction", "effective_steps", "find_scaffold", "local_steps",
+           "next_control", "scaffold_client"]
 
 Tensors = dict[str, torch.Tensor]
 PREFIX = "scaffold.c."
@@ -67,12 +67,18 @@ def effective_steps(steps: int, momentum: float) -> float:
     return (steps - b * (1.0 - b**steps) / (1.0 - b)) / (1.0 - b)
 
 
+def client_steps(num_samples: int, local: LocalTraining) -> float:
+    """The ``K_eff`` a client with ``num_samples`` images divides by under the values ``local`` (client and server alike)."""
+    return effective_steps(local_steps(num_samples, local.epochs, local.batch_size), local.momentum)
+
+
 def control_correction(c: Mapping[str, torch.Tensor], c_i: Mapping[str, torch.Tensor] | None) -> Tensors | None:
     """``c - c_i``, the term added to each of the client's gradients; None while both are zero (round 1)."""
-    if not c and not c_i:
-        return None
-    keys = c.keys() if c else c_i.keys()  # type: ignore[union-attr]
-    return {k: (c[k] if c else torch.zeros_like(c_i[k])) - (c_i[k] if c_i else 0) for k in keys}  # type: ignore[index]
+    if not c_i:
+        return {k: v.clone() for k, v in c.items()} if c else None
+    if not c:
+        return {k: -v for k, v in c_i.items()}
+    return {k: c[k] - c_i[k] for k in c}
 
 
 def next_control(c_i: Mapping[str, torch.Tensor] | None, c: Mapping[str, torch.Tensor], delta: Mapping[str, torch.Tensor],
@@ -104,8 +110,7 @@ def scaffold_client(train: Callable[[Tensors | None], ClientUpdate], store, clie
     """
     c_i = store.get(client)
     update = train(control_correction(c, c_i))
-    new = next_control(c_i, c, update.delta, keys, lr=local.lr, steps=effective_steps(
-        local_steps(update.num_samples, local.epochs, local.batch_size), local.momentum))
+    new = next_control(c_i, c, update.delta, keys, lr=local.lr, steps=client_steps(update.num_samples, local))
     if new is not None:
         store.put(client, rnd, new)
     return update
@@ -143,8 +148,7 @@ class ScaffoldAggregate(AggregatorWrapper):
 
     def add(self, update: ClientUpdate) -> None:
         self.inner.add(update)  # first: an update the inner aggregator refuses adds nothing to c
-        steps = effective_steps(local_steps(update.num_samples, self.local.epochs, self.local.batch_size),
-                                self.local.momentum)
+        steps = client_steps(update.num_samples, self.local)
         if steps <= 0:
             return
         scale = 1.0 / (steps * self._lr)
