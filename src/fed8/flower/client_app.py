@@ -137,7 +137,7 @@ def train(msg: Message, context: Context) -> Message:
     else:
         update = train_with()
     local_plan = _plan(cfg) if cfg.privacy.dp == "local" else None
-    for hook in make_client_hooks(cfg, local_plan, cfg.data.num_clients):  # attacks, local DP (this node's CSPRNG)
+    for hook in make_client_hooks(cfg, local_plan, cfg.data.num_clients):  # own check, attacks, local DP (node CSPRNG)
         update = hook(rnd, update)
     if "secagg" in msg.content:  # secure aggregation, stage 2: only the masked ring input leaves the node
         payload = _masked_input(cfg, k, rnd, update, msg.content, node)
