@@ -15,6 +15,14 @@ clients drift: 5 local epochs at lr 0.01 (momentum 0.9, the default), on data fa
 Dirichlet(0.1) over the labels (``dir0.1``), and two label-sorted shards per client
 (``shards2``: most clients hold two digits).
 
+Part ``server``: the default run under each server optimizer (``server.strategy``): FedAvg,
+FedAvgM (server momentum 0.9, lr 1), and FedAdam, FedYogi and FedAdagrad (Reddi et al. 2021) at
+server learning rates 1, 0.1, 0.01 and 0.001 (the grid behind ``server.lr = 0``'s choice for
+the adaptive ones).
+
+Part ``fednova``: FedAvg against FedNova's normalized averaging (``server.fednova``) on the
+default run and on Dirichlet(0.1), where client sizes, and so local step counts, differ most.
+
 Per setting and seed: final eval accuracy, its mean over the last 3 evaluated rounds (``last3``:
 non-IID runs swing from round to round), the mean client accuracy, seconds. The quantize
 stage is off (neither recipe touches it). Runs are interleaved by seed so that a busy
@@ -25,6 +33,8 @@ moment of the machine hits every setting alike.
     python bench/recipes.py --part lr --seeds 0 1
     python bench/recipes.py --part lr --only "cosine lr 0.1" "constant lr 0.1"
     python bench/recipes.py --part scaffold --seeds 0 1 --rounds 12
+    python bench/recipes.py --part server --seeds 0
+    python bench/recipes.py --part fednova --seeds 0 1
 """
 
 from __future__ import annotations
@@ -53,6 +63,11 @@ PARTS = {
            "cosine lr 0.1": ["train.lr_schedule=cosine", "train.lr=0.1"]},
     "scaffold": {"fedavg": ["train.scaffold=false"], "scaffold": ["train.scaffold=true"],
                  "fedprox 0.01": ["train.prox_mu=0.01"]},
+    "fednova": {"fedavg": ["server.fednova=false"], "fednova": ["server.fednova=true"]},
+    "server": {"fedavg": ["server.strategy=fedavg"],
+               "fedavgm lr 1": ["server.strategy=fedavgm", "server.lr=1.0"],
+               **{f"{s} lr {lr}": [f"server.strategy={s}", f"server.lr={lr}"]
+                  for s in ("fedadam", "fedyogi", "fedadagrad") for lr in ("1.0", "0.1", "0.01", "0.001")}},
 }
 # Part scaffold trains where clients drift: 5 local epochs (65 steps of the default 400-image client), lr 0.01.
 PART_BASE = {"scaffold": ["train.local_epochs=5", "train.lr=0.01"]}
@@ -74,7 +89,8 @@ def main() -> None:
 
         scaffold.effective_steps = lambda steps, momentum: float(max(steps, 0))
     variants = {k: v for k, v in PARTS[args.part].items() if not args.only or k in args.only}
-    data_sets = args.data or {"augment": ["full", "2k"], "scaffold": ["dir0.1", "shards2"]}.get(args.part, ["full"])
+    data_sets = args.data or {"augment": ["full", "2k"], "scaffold": ["dir0.1", "shards2"],
+                                 "fednova": ["full", "dir0.1"]}.get(args.part, ["full"])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for data in data_sets:

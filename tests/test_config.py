@@ -119,3 +119,28 @@ def test_every_inactive_rule_is_tested_and_a_run_warns(tmp_path, caplog):
                                     "quantize.enabled=false", "server.momentum=0.5"]), out=tmp_path / "r", report=False)
     assert ("config: server.momentum = 0.5 has no effect: it applies only with server.strategy = 'fedavgm' "
             "(here 'fedavg')") in caplog.text
+
+
+def test_adaptive_strategies_keys_and_server_lr_auto():
+    from fed8._config_sections import ADAPTIVE_STRATEGIES
+    from fed8._inactive import inactive_keys
+    from fed8.federated.optimizer import ADAPTIVE, OPTIMIZERS
+    from fed8.stages.aggregation import make_server_optimizer, server_lr
+
+    assert ADAPTIVE_STRATEGIES == ADAPTIVE and set(OPTIMIZERS) == set(_server_choices("strategy"))
+    assert inactive_keys(load_config(None, ["server.beta1=0.5", "server.tau=0.01", "server.strategy=fedyogi"])) == []
+    said = inactive_keys(load_config(None, ["server.beta2=0.9", "server.strategy=fedadagrad"]))
+    assert len(said) == 1 and said[0].startswith("server.beta2 = 0.9 has no effect")
+    assert inactive_keys(load_config(None, ["server.beta2=0.9", "server.strategy=fedyogi"])) == []
+    auto = {s: server_lr(load_config(None, [f"server.strategy={s}"])) for s in OPTIMIZERS}
+    assert auto == {"fedavg": 1.0, "fedavgm": 1.0, "fedadagrad": 0.01, "fedadam": 0.01, "fedyogi": 0.01}
+    assert server_lr(load_config(None, ["server.strategy=fedyogi", "server.lr=0.3"])) == 0.3
+    assert make_server_optimizer(load_config(None, ["server.strategy=fedadam"])).lr == 0.01
+    with pytest.raises(ConfigError, match="server.lr"):
+        load_config(None, ["server.lr=-1"])
+
+
+def _server_choices(name):
+    from fed8._config_sections import ServerConfig
+
+    return next(f for f in dataclasses.fields(ServerConfig) if f.name == name).metadata["choices"]

@@ -7,6 +7,7 @@ from conftest import server_round
 from fed8.errors import CheckpointError, ConfigError, EmptyRoundError
 from fed8.federated import (ClientData, ClientUpdate, FedAdam, FedAvg, FedAvgM, LocalTraining, WeightedMean,
                             WeightedSum, make_optimizer, sample_clients, train_client)
+from fed8.federated.optimizer import FedAdagrad, FedYogi
 from fed8.federated.evaluate import client_accuracy_stats
 
 G = {"w": torch.tensor([1.0, 2.0]), "bn.running_mean": torch.tensor([0.0])}
@@ -70,8 +71,46 @@ def test_fedadam_known_answer():
     assert set(state) == {"m.w", "v.w"}
 
 
+def _second_moment(name, v, d, b2):
+    """Reddi et al. 2021, Algorithm 2, written out per coordinate."""
+    if name == "fedadagrad":
+        return v + d * d
+    if name == "fedadam":
+        return b2 * v + (1 - b2) * d * d
+    return v - (1 - b2) * d * d * math.copysign(1.0, v - d * d) if v != d * d else v  # fedyogi
+
+
+@pytest.mark.parametrize("name", ["fedadagrad", "fedadam", "fedyogi"])
+def test_adaptive_optimizers_follow_the_paper_over_rounds(name):
+    """Three rounds whose Delta^2 first exceeds v, then falls below it (both branches of Yogi's sign)."""
+    b1, b2, tau, lr = 0.9, 0.99, 1e-3, 0.1
+    s = make_optimizer(name, lr=lr, beta1=b1, beta2=b2, tau=tau, buffers=["bn.running_mean"])
+    deltas = [[0.5, -3.0], [0.01, 2.0], [-0.02, 0.001]]
+    w, state = {"w": torch.tensor([1.0, 2.0], dtype=torch.float64), "bn.running_mean": torch.zeros(1, dtype=torch.float64)}, {}
+    ref_w, m, v = [1.0, 2.0], [0.0, 0.0], [tau**2, tau**2]
+    for d in deltas:
+        w, state = s.apply(state, w, {"w": torch.tensor(d, dtype=torch.float64),
+                                      "bn.running_mean": torch.tensor([1.0], dtype=torch.float64)})
+        for i in range(2):
+            m[i] = b1 * m[i] + (1 - b1) * d[i]
+            v[i] = _second_moment(name, v[i], d[i], b2)
+            ref_w[i] += lr * m[i] / (math.sqrt(v[i]) + tau)
+        assert w["w"].tolist() == pytest.approx(ref_w, rel=1e-12)
+        assert state["v.w"].tolist() == pytest.approx(v, rel=1e-12)
+    assert w["bn.running_mean"].tolist() == [3.0]  # statistics: plain averaging, no optimizer
+    others = [n for n in ("fedadagrad", "fedadam", "fedyogi") if n != name]  # the three really differ here
+    for other in others:
+        o, ost = make_optimizer(other, lr=lr, beta1=b1, beta2=b2, tau=tau), {}
+        ow = {"w": torch.tensor([1.0, 2.0], dtype=torch.float64)}
+        for d in deltas:
+            ow, ost = o.apply(ost, ow, {"w": torch.tensor(d, dtype=torch.float64)})
+        assert not torch.allclose(ow["w"], w["w"], rtol=1e-6)
+
+
 def test_make_optimizer():
     assert isinstance(make_optimizer("fedadam", lr=0.01), FedAdam)
+    assert isinstance(make_optimizer("fedyogi", lr=0.01), FedYogi)
+    assert isinstance(make_optimizer("fedadagrad", lr=0.01), FedAdagrad)
     assert isinstance(make_optimizer("fedavgm", lr=1.0), FedAvgM)
     with pytest.raises(ConfigError, match="server.strategy"):
         make_optimizer("x", lr=1.0)

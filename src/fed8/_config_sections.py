@@ -155,23 +155,35 @@ class TrainConfig:
         choices=("fixed", "poisson"))
 
 
+#: server.strategy's adaptive optimizers (fed8.federated.optimizer.ADAPTIVE, named here without importing torch)
+ADAPTIVE_STRATEGIES = ("fedadagrad", "fedadam", "fedyogi")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """How the server turns the averaged client update into the next global model."""
 
     strategy: str = _key(
         "fedavg",
-        "fedavg (McMahan et al. 2017) | fedavgm (server momentum, Hsu et al. 2019) | "
-        "fedadam (Reddi et al. 2021)",
-        choices=("fedavg", "fedavgm", "fedadam"),
+        "fedavg (McMahan et al. 2017) | fedavgm (server momentum, Hsu et al. 2019) | fedadagrad | fedadam | "
+        "fedyogi (adaptive server optimizers, Reddi et al. 2021)",
+        choices=("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi"),
     )
     lr: float = _key(
-        1.0, "server learning rate; fedavg with lr = 1 is exactly the weighted average", gt=0.0
+        0.0, "server learning rate; 0 = auto: 1 for fedavg and fedavgm (fedavg with lr = 1 is exactly the weighted "
+        "average), 0.01 for fedadagrad, fedadam and fedyogi (their step moves each weight by about lr a round)",
+        ge=0.0
     )
     momentum: float = _key(0.9, "server momentum beta for fedavgm", ge=0.0, lt=1.0)
-    beta1: float = _key(0.9, "first-moment decay for fedadam", ge=0.0, lt=1.0)
-    beta2: float = _key(0.99, "second-moment decay for fedadam", ge=0.0, lt=1.0)
-    tau: float = _key(1e-3, "adaptivity (epsilon) of fedadam", gt=0.0)
+    beta1: float = _key(0.9, "first-moment decay for fedadagrad, fedadam and fedyogi (0 = no server momentum)",
+                        ge=0.0, lt=1.0)
+    beta2: float = _key(0.99, "second-moment decay for fedadam and fedyogi", ge=0.0, lt=1.0)
+    tau: float = _key(1e-3, "adaptivity (epsilon) of fedadagrad, fedadam and fedyogi", gt=0.0)
+    fednova: bool = _key(
+        False, "normalized averaging (FedNova, Wang et al. 2020): each update divided by its client's local steps (how "
+        "far they reach under momentum, weight decay and prox_mu), the mean rescaled to the clients' average steps, so "
+        "clients with more data (more steps) stop pulling the model toward their own optimum. Server-side only: "
+        "clients and bytes are unchanged. Not with DP, secure aggregation, median or trimmed_mean")
     robust: str = _key(
         "none", "robust aggregation: none | norm_bound (clip each update to norm_bound) | median "
         "(coordinate-wise) | trimmed_mean (drop trim_fraction largest and smallest per coordinate)",

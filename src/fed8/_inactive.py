@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ._config_sections import ADAPTIVE_STRATEGIES as _ADAPTIVE
 from .config import Config
 
 __all__ = ["inactive_keys"]
@@ -19,9 +20,9 @@ _Rule = tuple[str, Callable[[Config], bool], str]
 
 _RULES: tuple[_Rule, ...] = (
     ("server.momentum", lambda c: c.server.strategy == "fedavgm", "server.strategy = 'fedavgm'"),
-    ("server.beta1", lambda c: c.server.strategy == "fedadam", "server.strategy = 'fedadam'"),
-    ("server.beta2", lambda c: c.server.strategy == "fedadam", "server.strategy = 'fedadam'"),
-    ("server.tau", lambda c: c.server.strategy == "fedadam", "server.strategy = 'fedadam'"),
+    ("server.beta1", lambda c: c.server.strategy in _ADAPTIVE, "server.strategy = 'fedadagrad', 'fedadam' or 'fedyogi'"),
+    ("server.beta2", lambda c: c.server.strategy in ("fedadam", "fedyogi"), "server.strategy = 'fedadam' or 'fedyogi'"),
+    ("server.tau", lambda c: c.server.strategy in _ADAPTIVE, "server.strategy = 'fedadagrad', 'fedadam' or 'fedyogi'"),
     ("server.norm_bound", lambda c: c.server.robust == "norm_bound", "server.robust = 'norm_bound'"),
     ("server.trim_fraction", lambda c: c.server.robust == "trimmed_mean", "server.robust = 'trimmed_mean'"),
     ("train.lr_decay", lambda c: c.train.lr_schedule == "exponential", "train.lr_schedule = 'exponential'"),

@@ -1,4 +1,4 @@
-"""Server optimizers: FedAvg, FedAvgM, FedAdam as pure steps over an explicit server state.
+"""Server optimizers: FedAvg, FedAvgM, FedAdagrad, FedAdam, FedYogi as pure steps over an explicit server state.
 
 The aggregator (:mod:`fed8.federated.aggregator`) turns a round's updates into one mean
 update ``Delta``; a server optimizer turns ``Delta`` into the next global model (Reddi et
@@ -6,7 +6,7 @@ al. 2021, "Adaptive Federated Optimization", arXiv:2003.00295, Algorithm 2)::
 
     new_params, new_state = optimizer.apply(state, params, Delta)
 
-The state is a flat dict of tensors (the momentum of FedAvgM, the moments of FedAdam),
+The state is a flat dict of tensors (the momentum of FedAvgM, the moments of the adaptive ones),
 held by the round loop and checkpointed with the model, as FedJAX's ``ServerState``.
 Floating-point buffers (BatchNorm running statistics) are always set to ``w + Delta``
 (plain averaging): an optimizer on statistics is meaningless.
@@ -20,10 +20,13 @@ import torch
 
 from ..errors import CheckpointError, ConfigError
 
-__all__ = ["FedAdam", "FedAvg", "FedAvgM", "OPTIMIZERS", "ServerOptimizer", "make_optimizer"]
+__all__ = ["ADAPTIVE", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedYogi", "OPTIMIZERS", "ServerOptimizer",
+           "make_optimizer"]
 
 Tensors = dict[str, torch.Tensor]
-OPTIMIZERS = ("fedavg", "fedavgm", "fedadam")
+OPTIMIZERS = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
+#: the adaptive optimizers of Reddi et al. 2021: their server learning rate is a step size, not a mixing weight
+ADAPTIVE = ("fedadagrad", "fedadam", "fedyogi")
 
 
 class ServerOptimizer:
@@ -98,7 +101,9 @@ class FedAdam(ServerOptimizer):
 
     ``m <- b1 m + (1 - b1) Delta``;  ``v <- b2 v + (1 - b2) Delta^2``;
     ``w <- w + lr * m / (sqrt(v) + tau)``. No bias correction, as in the paper. State:
-    ``m.<name>``, ``v.<name>`` (``v`` starts at ``tau^2``).
+    ``m.<name>``, ``v.<name>`` (``v`` starts at ``tau^2``, the paper's ``v_{-1} >= tau^2``).
+    :class:`FedAdagrad` and :class:`FedYogi` change only the update of ``v``
+    (:meth:`second_moment`).
     """
 
     state_prefixes = ("m.", "v.")
@@ -108,16 +113,44 @@ class FedAdam(ServerOptimizer):
         super().__init__(lr=lr, buffers=buffers)
         self.beta1, self.beta2, self.tau = beta1, beta2, tau
 
+    def second_moment(self, v: torch.Tensor, d: torch.Tensor) -> None:
+        """Adam: ``v <- b2 v + (1 - b2) Delta^2``, in place."""
+        v.mul_(self.beta2).addcmul_(d, d, value=1 - self.beta2)
+
     def step(self, state: Tensors, delta: Tensors) -> tuple[Tensors, Tensors]:
         out = {}
         for k, d in delta.items():
             m = state[f"m.{k}"].clone() if f"m.{k}" in state else torch.zeros_like(d)
             v = state[f"v.{k}"].clone() if f"v.{k}" in state else torch.full_like(d, self.tau**2)
             m.mul_(self.beta1).add_(d, alpha=1 - self.beta1)
-            v.mul_(self.beta2).addcmul_(d, d, value=1 - self.beta2)
+            self.second_moment(v, d)
             state[f"m.{k}"], state[f"v.{k}"] = m, v
             out[k] = self.lr * m / (v.sqrt() + self.tau)
         return out, state
+
+
+class FedAdagrad(FedAdam):
+    """FedAdagrad (Reddi et al. 2021, Algorithm 2): ``v <- v + Delta^2``; ``m`` and the step as in :class:`FedAdam`.
+
+    ``beta2`` is unused. The paper keeps ``m`` with ``beta1`` for all three optimizers; ``beta1 = 0``
+    gives the plain Adagrad step ``w <- w + lr * Delta / (sqrt(v) + tau)`` (Flower's default).
+    """
+
+    def second_moment(self, v: torch.Tensor, d: torch.Tensor) -> None:
+        v.addcmul_(d, d)
+
+
+class FedYogi(FedAdam):
+    """FedYogi (Reddi et al. 2021, Algorithm 2; Yogi: Zaheer et al. 2018).
+
+    ``v <- v - (1 - b2) Delta^2 sign(v - Delta^2)``: ``v`` moves towards ``Delta^2`` by at most
+    ``(1 - b2) Delta^2`` a round, so one large round cannot shrink the step of the next ones the way
+    Adam's ``v`` does. ``m`` and the step as in :class:`FedAdam`.
+    """
+
+    def second_moment(self, v: torch.Tensor, d: torch.Tensor) -> None:
+        d2 = d * d
+        v.addcmul_(d2, torch.sign(v - d2), value=-(1 - self.beta2))
 
 
 def make_optimizer(name: str, *, lr: float, momentum: float = 0.9, beta1: float = 0.9, beta2: float = 0.99,
@@ -127,6 +160,7 @@ def make_optimizer(name: str, *, lr: float, momentum: float = 0.9, beta1: float 
         return FedAvg(lr=lr, buffers=buffers)
     if name == "fedavgm":
         return FedAvgM(lr=lr, momentum=momentum, buffers=buffers)
-    if name == "fedadam":
-        return FedAdam(lr=lr, beta1=beta1, beta2=beta2, tau=tau, buffers=buffers)
+    adaptive = {"fedadagrad": FedAdagrad, "fedadam": FedAdam, "fedyogi": FedYogi}
+    if name in adaptive:
+        return adaptive[name](lr=lr, beta1=beta1, beta2=beta2, tau=tau, buffers=buffers)
     raise ConfigError(f"server.strategy must be one of {', '.join(OPTIMIZERS)}; got {name!r}.")

@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..privacy.randomness import privacy_randomness
 from ..federated.hooks import Attack, LocalDP, WithholdNonFinite, malicious_clients
 from ..federated.aggregator import Aggregator, WeightedMean, samples_weight
-from ..federated.optimizer import ServerOptimizer, make_optimizer
+from ..federated.optimizer import ADAPTIVE, ServerOptimizer, make_optimizer
 from ..federated.private import AdaptiveClipping, PrivateAggregate, capped_weight, uniform_weight
 from ..federated.robust import CoordinateMedian, NormBound, TrimmedMean, ValidateUpdates
 from ..federated.sampling import num_sampled
@@ -144,6 +144,8 @@ def check_combination(cfg: Config) -> None:
             "a typical client's sample count (e.g. --set privacy.weight_cap=400), or use weighting = 'uniform'.")
     if cfg.train.scaffold:
         _check_scaffold(cfg)
+    if cfg.server.fednova:
+        _check_fednova(cfg)
     if p.secure_aggregation:
         m = expected_clients(cfg)
         if m < p.secagg_min_clients:
@@ -169,6 +171,22 @@ def _check_scaffold(cfg: Config) -> None:
             "'none'.")
 
 
+def _check_fednova(cfg: Config) -> None:
+    """Refuse FedNova where the server cannot or must not normalize each update."""
+    p, robust = cfg.privacy, cfg.server.robust
+    if p.dp != "none" or p.secure_aggregation:
+        what = f"privacy.dp = {p.dp!r}" if p.dp != "none" else "privacy.secure_aggregation = true"
+        raise ConfigError(
+            f"server.fednova = true cannot run with {what}: FedNova divides each client's update by its local step "
+            "count, a function of the client's sample count, which the server must not learn there (and, under secure "
+            "aggregation, never sees an update to divide). Turn one of them off.")
+    if robust in ("median", "trimmed_mean"):
+        raise ConfigError(
+            f"server.fednova = true with server.robust = {robust!r}: FedNova rescales a weighted mean; a "
+            "coordinate-wise median or trimmed mean has no weights to normalize. Use server.robust = 'norm_bound' "
+            "or 'none'.")
+
+
 def _adaptive(cfg: Config, plan) -> AdaptiveClipping | None:
     p = cfg.privacy
     if adaptive_clipping_on(cfg):
@@ -185,11 +203,25 @@ def _weighting(cfg: Config) -> str:
     return w
 
 
+def server_lr(cfg: Config) -> float:
+    """``server.lr``, with 0 (auto) resolved: 1 for fedavg and fedavgm, 0.01 for the adaptive optimizers.
+
+    An adaptive step ``lr * m / (sqrt(v) + tau)`` moves every weight by about ``lr`` a round whatever the
+    size of the update, so the weighted average's ``lr = 1`` would move each weight by about 1 a round;
+    0.01 is Reddi et al.'s (2021) and Flower's default ``eta`` (docs/BENCHMARKS.md, "Adaptive server
+    optimizers", for the measurement behind it).
+    """
+    s = cfg.server
+    if s.lr > 0:
+        return s.lr
+    return 0.01 if s.strategy in ADAPTIVE else 1.0
+
+
 def make_server_optimizer(cfg: Config, *, buffers: Sequence[str] = ()) -> ServerOptimizer:
     """The server optimizer of ``[server]``."""
     s = cfg.server
-    return make_optimizer(s.strategy, lr=s.lr, momentum=s.momentum, beta1=s.beta1, beta2=s.beta2, tau=s.tau,
-                          buffers=buffers)
+    return make_optimizer(s.strategy, lr=server_lr(cfg), momentum=s.momentum, beta1=s.beta1, beta2=s.beta2,
+                          tau=s.tau, buffers=buffers)
 
 
 def make_client_hooks(cfg: Config, plan, num_clients: int) -> list:
@@ -226,13 +258,23 @@ def weight_cap(cfg: Config, client_sizes: Sequence[int]) -> float:
     return float(max(client_sizes, default=1))
 
 
+def _need_local(local, key: str):
+    """``local`` (the clients' LocalTraining), which ``key = true``'s server side needs."""
+    if local is None:
+        from ..errors import ParameterError
+
+        raise ParameterError(f"make_aggregator(local=None) with {key} = true: pass the clients' LocalTraining values "
+                             "(fed8.stages.federation.local_training(cfg.train)).")
+    return local
+
+
 def make_aggregator(cfg: Config, plan, *, client_sizes: Sequence[int], expected: Mapping[str, Sequence[int]],
                     params: Sequence[str] = (), local=None) -> tuple[Aggregator, list]:
     """The aggregator chain and the client hooks for ``cfg`` and its privacy ``plan``.
 
     ``params``, ``local``: the model's parameter names and the clients' LocalTraining values, for
-    ``train.scaffold`` (its controls cover those parameters; its server side needs each round's
-    rate and the clients' step counts).
+    ``train.scaffold`` and ``server.fednova`` (their server sides cover those parameters and need
+    each round's rate and the clients' step counts).
     """
     check_combination(cfg)
     p, seed = cfg.privacy, cfg.run.seed
@@ -265,21 +307,23 @@ def make_aggregator(cfg: Config, plan, *, client_sizes: Sequence[int], expected:
         agg = CoordinateMedian()
     elif cfg.server.robust == "trimmed_mean":
         agg = TrimmedMean(cfg.server.trim_fraction)
-    elif weighting == "uniform":
-        agg = WeightedMean(uniform_weight)
-    elif weighting == "capped":
-        agg = WeightedMean(capped_weight(float(p.weight_cap)))
     else:
-        agg = WeightedMean(samples_weight)
+        if weighting == "uniform":
+            weight = uniform_weight
+        elif weighting == "capped":
+            weight = capped_weight(float(p.weight_cap))
+        else:
+            weight = samples_weight
+        agg = WeightedMean(weight)
+        if cfg.server.fednova:  # innermost: it normalizes what the weighted mean averages
+            from ..federated.fednova import FedNovaAggregate
+
+            agg = FedNovaAggregate(agg, keys=params, local=_need_local(local, "server.fednova"), weight=weight)
     if cfg.train.scaffold:  # inside the bounds: c follows what is aggregated
         from ..federated.scaffold import ScaffoldAggregate
 
-        if local is None:
-            from ..errors import ParameterError
-
-            raise ParameterError("make_aggregator(local=None) with train.scaffold = true: pass the clients' "
-                                 "LocalTraining values (fed8.stages.federation.local_training(cfg.train)).")
-        agg = ScaffoldAggregate(agg, keys=params, num_clients=len(client_sizes), local=local)
+        agg = ScaffoldAggregate(agg, keys=params, num_clients=len(client_sizes),
+                                local=_need_local(local, "train.scaffold"))
     if cfg.server.robust == "norm_bound":
         agg = NormBound(agg, cfg.server.norm_bound)
     return ValidateUpdates(agg, expected), hooks
