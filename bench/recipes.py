@@ -17,8 +17,8 @@ Dirichlet(0.1) over the labels (``dir0.1``), and two label-sorted shards per cli
 
 Part ``server``: the default run under each server optimizer (``server.strategy``): FedAvg,
 FedAvgM (server momentum 0.9, lr 1), and FedAdam, FedYogi and FedAdagrad (Reddi et al. 2021) at
-server learning rates 1, 0.1, 0.01 and 0.001 (the grid behind ``server.lr = 0``'s choice for
-the adaptive ones).
+server learning rates 1, 0.1, 0.01 and 0.001, and FedAdagrad also at 0.3 and 0.03 (the grid
+behind ``server.lr = 0``'s choice for the adaptive ones).
 
 Part ``fednova``: FedAvg against FedNova's normalized averaging (``server.fednova``) on the
 default run and on Dirichlet(0.1), where client sizes, and so local step counts, differ most.
@@ -67,7 +67,8 @@ PARTS = {
     "server": {"fedavg": ["server.strategy=fedavg"],
                "fedavgm lr 1": ["server.strategy=fedavgm", "server.lr=1.0"],
                **{f"{s} lr {lr}": [f"server.strategy={s}", f"server.lr={lr}"]
-                  for s in ("fedadam", "fedyogi", "fedadagrad") for lr in ("1.0", "0.1", "0.01", "0.001")}},
+                  for s in ("fedadam", "fedyogi", "fedadagrad") for lr in ("1.0", "0.1", "0.01", "0.001")},
+               **{f"fedadagrad lr {lr}": ["server.strategy=fedadagrad", f"server.lr={lr}"] for lr in ("0.3", "0.03")}},
 }
 # Part scaffold trains where clients drift: 5 local epochs (65 steps of the default 400-image client), lr 0.01.
 PART_BASE = {"scaffold": ["train.local_epochs=5", "train.lr=0.01"]}

@@ -133,7 +133,7 @@ def test_adaptive_strategies_keys_and_server_lr_auto():
     assert len(said) == 1 and said[0].startswith("server.beta2 = 0.9 has no effect")
     assert inactive_keys(load_config(None, ["server.beta2=0.9", "server.strategy=fedyogi"])) == []
     auto = {s: server_lr(load_config(None, [f"server.strategy={s}"])) for s in OPTIMIZERS}
-    assert auto == {"fedavg": 1.0, "fedavgm": 1.0, "fedadagrad": 0.01, "fedadam": 0.01, "fedyogi": 0.01}
+    assert auto == {"fedavg": 1.0, "fedavgm": 1.0, "fedadagrad": 0.1, "fedadam": 0.01, "fedyogi": 0.01}
     assert server_lr(load_config(None, ["server.strategy=fedyogi", "server.lr=0.3"])) == 0.3
     assert make_server_optimizer(load_config(None, ["server.strategy=fedadam"])).lr == 0.01
     with pytest.raises(ConfigError, match="server.lr"):

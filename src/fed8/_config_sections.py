@@ -171,7 +171,8 @@ class ServerConfig:
     )
     lr: float = _key(
         0.0, "server learning rate; 0 = auto: 1 for fedavg and fedavgm (fedavg with lr = 1 is exactly the weighted "
-        "average), 0.01 for fedadagrad, fedadam and fedyogi (their step moves each weight by about lr a round)",
+        "average), 0.01 for fedadam and fedyogi, 0.1 for fedadagrad (an adaptive step moves each weight by about lr "
+        "a round; the best of a grid on the default run)",
         ge=0.0
     )
     momentum: float = _key(0.9, "server momentum beta for fedavgm", ge=0.0, lt=1.0)

@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..privacy.randomness import privacy_randomness
 from ..federated.hooks import Attack, LocalDP, WithholdNonFinite, malicious_clients
 from ..federated.aggregator import Aggregator, WeightedMean, samples_weight
-from ..federated.optimizer import ADAPTIVE, ServerOptimizer, make_optimizer
+from ..federated.optimizer import ServerOptimizer, make_optimizer
 from ..federated.private import AdaptiveClipping, PrivateAggregate, capped_weight, uniform_weight
 from ..federated.robust import CoordinateMedian, NormBound, TrimmedMean, ValidateUpdates
 from ..federated.sampling import num_sampled
@@ -204,17 +204,22 @@ def _weighting(cfg: Config) -> str:
 
 
 def server_lr(cfg: Config) -> float:
-    """``server.lr``, with 0 (auto) resolved: 1 for fedavg and fedavgm, 0.01 for the adaptive optimizers.
+    """``server.lr``, with 0 (auto) resolved: 1 for fedavg and fedavgm, 0.1 for fedadagrad, 0.01 for fedadam and fedyogi.
 
     An adaptive step ``lr * m / (sqrt(v) + tau)`` moves every weight by about ``lr`` a round whatever the
-    size of the update, so the weighted average's ``lr = 1`` would move each weight by about 1 a round;
-    0.01 is Reddi et al.'s (2021) and Flower's default ``eta`` (docs/BENCHMARKS.md, "Adaptive server
-    optimizers", for the measurement behind it).
+    size of the update, so the weighted average's ``lr = 1`` diverges. Measured on the default run
+    (``bench/recipes.py --part server``, two seeds; docs/BENCHMARKS.md, "RECIPES: server optimizers"):
+    FedAdam and FedYogi were best at 0.01 of 1, 0.1, 0.01, 0.001 (Reddi et al.'s and Flower's default
+    ``eta``) and failed at 0.1; FedAdagrad, whose ``v`` only grows, was best at 0.1 of 0.3, 0.1, 0.03, 0.01.
     """
     s = cfg.server
     if s.lr > 0:
         return s.lr
-    return 0.01 if s.strategy in ADAPTIVE else 1.0
+    return SERVER_LR_AUTO.get(s.strategy, 1.0)
+
+
+#: server.lr = 0's choice per adaptive strategy (measured; server_lr)
+SERVER_LR_AUTO = {"fedadagrad": 0.1, "fedadam": 0.01, "fedyogi": 0.01}
 
 
 def make_server_optimizer(cfg: Config, *, buffers: Sequence[str] = ()) -> ServerOptimizer:
