@@ -200,3 +200,40 @@ def test_a_module_in_the_current_folder_can_import_its_neighbours_when_called(tm
     assert str(tmp_path) not in sys.path
     result = fed8.run(fed8.load_config(None, _small(small, f"{net}:build")), out=tmp_path / "r", report=False)
     assert result.summary["parameters"] == 28 * 28 * 10 + 10 and str(tmp_path) in sys.path
+
+
+TIED = '''
+import torch
+from torch import nn
+
+
+class Tied(nn.Module):
+    def __init__(self, d, num_classes):
+        super().__init__()
+        self.enc, self.a, self.b, self.out = nn.Linear(d, 16), nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, num_classes)
+        self.b.weight = self.a.weight  # one tensor, two names in the state dict
+
+    def forward(self, x):
+        h = torch.relu(self.enc(x.flatten(1)))
+        return self.out(torch.relu(self.b(torch.relu(self.a(h)))))
+
+
+def tied(in_channels, height, width, num_classes):
+    return Tied(in_channels * height * width, num_classes)
+'''
+
+
+@pytest.mark.parametrize("sets", [["server.strategy=fedadam"], ["server.strategy=fedavgm", "server.fednova=true"]])
+def test_tied_parameters_stay_one_tensor_under_every_server_optimizer(tmp_path, user_module, caplog, sets):
+    import logging
+
+    from fed8._io import load_tensors
+
+    name = user_module(TIED)
+    cfg = fed8.load_config(None, [f"model.name={name}:tied", "data.subset=300", "data.num_clients=3", "train.rounds=2",
+                                  "quantize.enabled=false", "run.threads=1", *sets])
+    with caplog.at_level(logging.WARNING, logger="fed8"):
+        fed8.run(cfg, out=tmp_path / "r", report=False)
+    assert "the model ties parameters (b.weight is a.weight)" in caplog.text
+    w = load_tensors(tmp_path / "r/model.safetensors")
+    assert torch.equal(w["a.weight"], w["b.weight"])  # the optimizer's step, not b's plain mean, in both copies

@@ -9,7 +9,9 @@ al. 2021, "Adaptive Federated Optimization", arXiv:2003.00295, Algorithm 2)::
 The state is a flat dict of tensors (the momentum of FedAvgM, the moments of the adaptive ones),
 held by the round loop and checkpointed with the model, as FedJAX's ``ServerState``.
 Floating-point buffers (BatchNorm running statistics) are always set to ``w + Delta``
-(plain averaging): an optimizer on statistics is meaningless.
+(plain averaging): an optimizer on statistics is meaningless. A tied parameter (one tensor under
+two names in the state dict, ``tied``: alias -> name) is stepped once, under its name, and its
+aliases are set to the result, so the copies that travel stay equal.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from ..errors import CheckpointError, ConfigError
 
 __all__ = ["ADAPTIVE", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedYogi", "OPTIMIZERS", "ServerOptimizer",
-           "make_optimizer"]
+           "make_optimizer", "tied_aliases"]
 
 Tensors = dict[str, torch.Tensor]
 OPTIMIZERS = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
@@ -38,13 +40,17 @@ class ServerOptimizer:
         Server learning rate; FedAvg with ``lr = 1`` is exactly the weighted average.
     buffers
         Float entries that are statistics, not parameters: always ``w + Delta``.
+    tied
+        ``alias -> name`` for parameters the model ties (:func:`tied_aliases`): each alias gets its
+        name's new value, not a step of its own.
     """
 
     state_prefixes: tuple[str, ...] = ()
 
-    def __init__(self, *, lr: float = 1.0, buffers: Iterable[str] = ()) -> None:
+    def __init__(self, *, lr: float = 1.0, buffers: Iterable[str] = (), tied: Mapping[str, str] | None = None) -> None:
         self.lr = lr
-        self.buffers = frozenset(buffers)
+        self.tied = dict(tied or {})
+        self.buffers = frozenset(buffers) - self.tied.keys()
 
     def init(self) -> Tensors:
         """The server state before round 1 (moments are created lazily, shaped like ``Delta``)."""
@@ -57,10 +63,15 @@ class ServerOptimizer:
     def apply(self, state: Mapping[str, torch.Tensor], params: Mapping[str, torch.Tensor],
               delta: Mapping[str, torch.Tensor]) -> tuple[Tensors, Tensors]:
         """The next global model and server state for the mean update ``delta``."""
-        change, new_state = self.step(dict(state), {k: d for k, d in delta.items() if k not in self.buffers})
+        change, new_state = self.step(dict(state), {k: d for k, d in delta.items()
+                                                    if k not in self.buffers and k not in self.tied})
         new = dict(params)
         for k, d in delta.items():
-            new[k] = params[k] + (d if k in self.buffers else change[k])
+            if k not in self.tied:
+                new[k] = params[k] + (d if k in self.buffers else change[k])
+        for alias, name in self.tied.items():
+            if alias in delta:
+                new[alias] = new[name].clone()
         return new, new_state
 
     def check_state(self, state: Mapping[str, torch.Tensor]) -> Tensors:
@@ -85,8 +96,9 @@ class FedAvgM(ServerOptimizer):
 
     state_prefixes = ("v.",)
 
-    def __init__(self, *, lr: float = 1.0, momentum: float = 0.9, buffers: Iterable[str] = ()) -> None:
-        super().__init__(lr=lr, buffers=buffers)
+    def __init__(self, *, lr: float = 1.0, momentum: float = 0.9, buffers: Iterable[str] = (),
+                 tied: Mapping[str, str] | None = None) -> None:
+        super().__init__(lr=lr, buffers=buffers, tied=tied)
         self.momentum = momentum
 
     def step(self, state: Tensors, delta: Tensors) -> tuple[Tensors, Tensors]:
@@ -109,8 +121,8 @@ class FedAdam(ServerOptimizer):
     state_prefixes = ("m.", "v.")
 
     def __init__(self, *, lr: float = 1e-2, beta1: float = 0.9, beta2: float = 0.99,
-                 tau: float = 1e-3, buffers: Iterable[str] = ()) -> None:
-        super().__init__(lr=lr, buffers=buffers)
+                 tau: float = 1e-3, buffers: Iterable[str] = (), tied: Mapping[str, str] | None = None) -> None:
+        super().__init__(lr=lr, buffers=buffers, tied=tied)
         self.beta1, self.beta2, self.tau = beta1, beta2, tau
 
     def second_moment(self, v: torch.Tensor, d: torch.Tensor) -> None:
@@ -154,13 +166,25 @@ class FedYogi(FedAdam):
 
 
 def make_optimizer(name: str, *, lr: float, momentum: float = 0.9, beta1: float = 0.9, beta2: float = 0.99,
-                   tau: float = 1e-3, buffers: Iterable[str] = ()) -> ServerOptimizer:
+                   tau: float = 1e-3, buffers: Iterable[str] = (), tied: Mapping[str, str] | None = None) -> ServerOptimizer:
     """The server optimizer called ``name`` (``server.strategy``)."""
     if name == "fedavg":
-        return FedAvg(lr=lr, buffers=buffers)
+        return FedAvg(lr=lr, buffers=buffers, tied=tied)
     if name == "fedavgm":
-        return FedAvgM(lr=lr, momentum=momentum, buffers=buffers)
+        return FedAvgM(lr=lr, momentum=momentum, buffers=buffers, tied=tied)
     adaptive = {"fedadagrad": FedAdagrad, "fedadam": FedAdam, "fedyogi": FedYogi}
     if name in adaptive:
-        return adaptive[name](lr=lr, beta1=beta1, beta2=beta2, tau=tau, buffers=buffers)
+        return adaptive[name](lr=lr, beta1=beta1, beta2=beta2, tau=tau, buffers=buffers, tied=tied)
     raise ConfigError(f"server.strategy must be one of {', '.join(OPTIMIZERS)}; got {name!r}.")
+
+
+def tied_aliases(model: torch.nn.Module) -> dict[str, str]:
+    """``alias -> name`` for every parameter ``model`` holds under several names (weight tying), ``name`` the first.
+
+    ``state_dict()`` lists a tied tensor once per name, so it travels and is averaged once per
+    name; ``named_parameters()`` lists it once, under ``name``.
+    """
+    groups: dict[int, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(n)
+    return {alias: names[0] for names in groups.values() for alias in names[1:]}

@@ -222,11 +222,12 @@ def server_lr(cfg: Config) -> float:
 SERVER_LR_AUTO = {"fedadagrad": 0.1, "fedadam": 0.01, "fedyogi": 0.01}
 
 
-def make_server_optimizer(cfg: Config, *, buffers: Sequence[str] = ()) -> ServerOptimizer:
-    """The server optimizer of ``[server]``."""
+def make_server_optimizer(cfg: Config, *, buffers: Sequence[str] = (),
+                          tied: Mapping[str, str] | None = None) -> ServerOptimizer:
+    """The server optimizer of ``[server]`` (``tied``: the model's tied parameters, alias -> name)."""
     s = cfg.server
     return make_optimizer(s.strategy, lr=server_lr(cfg), momentum=s.momentum, beta1=s.beta1, beta2=s.beta2,
-                          tau=s.tau, buffers=buffers)
+                          tau=s.tau, buffers=buffers, tied=tied)
 
 
 def make_client_hooks(cfg: Config, plan, num_clients: int) -> list:

@@ -234,6 +234,7 @@ def prepare(cfg: Config, residuals: Path | None = None, controls: Path | None = 
     from ..federated import Simulation
     from ..models import count_parameters
     from ..privacy import check_model_for_dp
+    from ..federated.optimizer import tied_aliases
     from ..privacy.randomness import privacy_randomness
     from .._device import native_bfloat16, resolve_device
     from .aggregation import (check_combination, client_reports_on, expected_clients, make_aggregator,
@@ -253,7 +254,12 @@ def prepare(cfg: Config, residuals: Path | None = None, controls: Path | None = 
         plan = privacy_plan(cfg, dim=dim)
     _warn_if_noise_swamps(plan, dim=dim, clients_per_round=expected_clients(cfg))
     param_names = {k for k, _ in model.named_parameters()}
-    buffers = [k for k, v in state.items() if v.is_floating_point() and k not in param_names]
+    tied = tied_aliases(model)
+    if tied:
+        log.warning("the model ties parameters (%s): each name travels as its own tensor (counted in the bytes), and "
+                    "the server sets every alias to its parameter's new value each round",
+                    ", ".join(f"{a} is {n}" for a, n in sorted(tied.items())[:3]) + (", ..." if len(tied) > 3 else ""))
+    buffers = [k for k, v in state.items() if v.is_floating_point() and k not in param_names and k not in tied]
     aggregator, hooks = make_aggregator(
         cfg, plan, client_sizes=[c.num_train for c in clients],
         expected={k: tuple(v.shape) for k, v in state.items() if v.is_floating_point()},
@@ -268,7 +274,7 @@ def prepare(cfg: Config, residuals: Path | None = None, controls: Path | None = 
     parallel, client_threads = client_parallelism_of(cfg, model, device.type, tell=True)
     # A privacy budget may cut the rounds (privacy.budget = "stop"); the saved config keeps the plan's input.
     sim = Simulation(model=model, clients=clients, eval_x=fed.eval_x, eval_y=fed.eval_y,
-                     aggregator=aggregator, optimizer=make_server_optimizer(cfg, buffers=buffers),
+                     aggregator=aggregator, optimizer=make_server_optimizer(cfg, buffers=buffers, tied=tied),
                      local=local_training(t),
                      rounds=plan.rounds, fraction=t.fraction, sampling=t.sampling, eval_every=cfg.eval.every,
                      eval_batch_size=cfg.eval.batch_size, seed=cfg.run.seed,
