@@ -35,6 +35,7 @@ moment of the machine hits every setting alike.
     python bench/recipes.py --part scaffold --seeds 0 1 --rounds 12
     python bench/recipes.py --part server --seeds 0
     python bench/recipes.py --part fednova --seeds 0 1
+    python bench/recipes.py --part fednova --data dir0.1 --rounds 12 --extra train.local_epochs=5 train.lr=0.01
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def main() -> None:
                     help="default: full and 2k for part augment, full for part lr")
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--only", nargs="+", metavar="SETTING", help="run only these settings of the part (by name)")
+    ap.add_argument("--extra", nargs="+", default=[], metavar="KEY=VALUE", help="more settings for every run")
     ap.add_argument("--scaffold-steps", choices=("reach", "plain"), default="reach",
                     help="ablation: option II divides by the steps' reach under momentum (fed8's) or by K (plain)")
     args = ap.parse_args()
@@ -97,7 +99,7 @@ def main() -> None:
         for data in data_sets:
             for seed in args.seeds:
                 for name, sets in variants.items():
-                    cfg = fed8.load_config(None, PART_BASE.get(args.part, []) + DATA[data] + sets + [
+                    cfg = fed8.load_config(None, PART_BASE.get(args.part, []) + DATA[data] + args.extra + sets + [
                         f"run.seed={seed}", f"train.rounds={args.rounds}", "quantize.enabled=false"])
                     t0 = time.perf_counter()
                     r = fed8.run(cfg, out=Path(tmp) / f"{data}-{seed}-{name}", report=False)

@@ -335,3 +335,11 @@ def test_a_federation_with_a_stray_data_path_is_refused_before_anything_starts(t
     assert main(args) == 2
     assert "is not read with data.source = 'mnist10k'" in capsys.readouterr().err
     assert not (tmp_path / "fed").exists()
+
+
+def test_a_refused_combination_names_no_run_directory(tmp_path, capsys):
+    assert main(["run", "--set", "server.fednova=true", "--set", "server.robust=median", "--out",
+                 str(tmp_path / "r")]) == 2
+    captured = capsys.readouterr()
+    assert "server.fednova = true with server.robust = 'median'" in captured.err
+    assert "run directory" not in captured.out and not (tmp_path / "r").exists()

@@ -182,8 +182,9 @@ class ServerConfig:
     tau: float = _key(1e-3, "adaptivity (epsilon) of fedadagrad, fedadam and fedyogi", gt=0.0)
     fednova: bool = _key(
         False, "normalized averaging (FedNova, Wang et al. 2020): each update divided by its client's local steps (how "
-        "far they reach under momentum, weight decay and prox_mu), the mean rescaled to the clients' average steps, so "
-        "clients with more data (more steps) stop pulling the model toward their own optimum. Server-side only: "
+        "far they reach under momentum, weight decay and prox_mu), the mean rescaled to the clients' average steps, so a "
+        "client counts by its weight alone, not by its weight times its step count (FedAvg's bias toward clients with "
+        "more data, which take more steps). Server-side only: "
         "clients and bytes are unchanged. Not with DP, secure aggregation, median or trimmed_mean")
     robust: str = _key(
         "none", "robust aggregation: none | norm_bound (clip each update to norm_bound) | median "

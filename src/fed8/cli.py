@@ -190,6 +190,9 @@ def _cmd_run(args) -> int:
         cfg = load_config(args.config, args.overrides)
         out = Path(args.out) if args.out else default_run_dir(cfg)
         done = []
+    from .stages.aggregation import check_combination
+
+    check_combination(cfg)  # a refused combination is said before a run directory is named
     con.print(bold_head("fed8 run", f"{cfg.model.name} on {cfg.data.source}: {cfg.data.num_clients} clients "
                                     f"({cfg.data.partition}), {cfg.train.rounds} rounds, run directory {out}"))
     if runner is not run:
