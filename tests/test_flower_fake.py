@@ -45,6 +45,8 @@ def _rows(path):
                   "privacy.client_reports=off"], id="scaffold-one-step-int8"),
     pytest.param(["server.fednova=true", "train.fraction=0.67", "train.local_epochs=2", "train.prox_mu=0.01",
                   "server.strategy=fedyogi"], id="fednova-fedyogi"),
+    pytest.param(["server.fednova=true", "privacy.client_reports=off", "privacy.weighting=uniform"],
+                 id="fednova-uniform-weights-reports-off"),  # the count still travels: a_i needs it
     pytest.param(["privacy.dp=central", "privacy.noise_multiplier=0.5", "privacy.weighting=uniform",
                   "privacy.insecure_reproducible_noise=true"], id="central-dp"),
     pytest.param(["privacy.dp=local", "privacy.noise_multiplier=0.3", "privacy.weighting=uniform",

@@ -172,8 +172,10 @@ def _reports(cfg, update) -> dict:
 
     if client_reports_on(cfg):
         return {"num_samples": update.num_samples, "train_loss": update.train_loss}
-    # SCAFFOLD's server side needs each client's step count, a function of its sample count (no privacy under it)
-    return {"num_samples": update.num_samples} if server_weights_by_samples(cfg) or cfg.train.scaffold else {}
+    # SCAFFOLD's and FedNova's server sides need each client's step count, a function of its sample count (neither
+    # runs under DP or secure aggregation)
+    needs_count = server_weights_by_samples(cfg) or cfg.train.scaffold or cfg.server.fednova
+    return {"num_samples": update.num_samples} if needs_count else {}
 
 
 def _masked_input(cfg, k: int, rnd: int, update, content, node) -> bytes | None:

@@ -155,36 +155,38 @@ def check_combination(cfg: Config) -> None:
                 f"more clients per round, or lower secagg_min_clients (>= 2; a sum of one input reveals it).")
 
 
-def _check_scaffold(cfg: Config) -> None:
-    """Refuse SCAFFOLD where its server side would break a promise or a rule."""
-    p, robust = cfg.privacy, cfg.server.robust
+def _refuse_per_update_server_side(cfg: Config, key: str, *, private: str, robust: str) -> None:
+    """Refuse ``key = true``, whose server side reads each update with its sample count, under DP or secure
+    aggregation (``private``: why) and under a median or trimmed mean (``robust``: why)."""
+    p, rule = cfg.privacy, cfg.server.robust
     if p.dp != "none" or p.secure_aggregation:
         what = f"privacy.dp = {p.dp!r}" if p.dp != "none" else "privacy.secure_aggregation = true"
-        raise ConfigError(
-            f"train.scaffold = true cannot run with {what}: SCAFFOLD's server control c is computed from each "
-            "client's own update and step count and sent back to every client, a release that the DP noise does not "
-            "cover and that secure aggregation (the server sees only the sum) cannot compute. Turn one of them off.")
-    if robust in ("median", "trimmed_mean"):
-        raise ConfigError(
-            f"train.scaffold = true with server.robust = {robust!r}: c is a mean over every accepted update, so "
-            "one client's update would move it without the robust rule's bound. Use server.robust = 'norm_bound' or "
-            "'none'.")
+        raise ConfigError(f"{key} = true cannot run with {what}: {private} Turn one of them off.")
+    if rule in ("median", "trimmed_mean"):
+        raise ConfigError(f"{key} = true with server.robust = {rule!r}: {robust} Use server.robust = 'norm_bound' or "
+                          "'none'.")
+
+
+def _check_scaffold(cfg: Config) -> None:
+    """Refuse SCAFFOLD where its server side would break a promise or a rule."""
+    _refuse_per_update_server_side(
+        cfg, "train.scaffold",
+        private="SCAFFOLD's server control c is computed from each client's own update and step count and sent back "
+                "to every client, a release that the DP noise does not cover and that secure aggregation (the server "
+                "sees only the sum) cannot compute.",
+        robust="c is a mean over every accepted update, so one client's update would move it without the robust "
+               "rule's bound.")
 
 
 def _check_fednova(cfg: Config) -> None:
     """Refuse FedNova where the server cannot or must not normalize each update."""
-    p, robust = cfg.privacy, cfg.server.robust
-    if p.dp != "none" or p.secure_aggregation:
-        what = f"privacy.dp = {p.dp!r}" if p.dp != "none" else "privacy.secure_aggregation = true"
-        raise ConfigError(
-            f"server.fednova = true cannot run with {what}: FedNova divides each client's update by its local step "
-            "count, a function of the client's sample count, which the server must not learn there (and, under secure "
-            "aggregation, never sees an update to divide). Turn one of them off.")
-    if robust in ("median", "trimmed_mean"):
-        raise ConfigError(
-            f"server.fednova = true with server.robust = {robust!r}: FedNova rescales a weighted mean; a "
-            "coordinate-wise median or trimmed mean has no weights to normalize. Use server.robust = 'norm_bound' "
-            "or 'none'.")
+    _refuse_per_update_server_side(
+        cfg, "server.fednova",
+        private="FedNova divides each client's update by its local step count, a function of the client's sample "
+                "count, which the server must not learn there (and, under secure aggregation, never sees an update "
+                "to divide).",
+        robust="FedNova rescales a weighted mean; a coordinate-wise median or trimmed mean has no weights to "
+               "normalize.")
 
 
 def _adaptive(cfg: Config, plan) -> AdaptiveClipping | None:
