@@ -43,6 +43,7 @@ def _rows(path):
     pytest.param(["train.scaffold=true", "train.fraction=0.67", "train.local_epochs=2"], id="scaffold"),
     pytest.param(["train.scaffold=true", "model.name=cnn", "train.batch_size=128", "compression.uplink=int8",
                   "privacy.client_reports=off"], id="scaffold-one-step-int8"),
+    pytest.param(["train.feddyn_alpha=0.05", "train.fraction=0.67", "train.local_epochs=2"], id="feddyn"),
     pytest.param(["server.fednova=true", "train.fraction=0.67", "train.local_epochs=2", "train.prox_mu=0.01",
                   "server.strategy=fedyogi"], id="fednova-fedyogi"),
     pytest.param(["server.fednova=true", "privacy.client_reports=off", "privacy.weighting=uniform"],
@@ -69,10 +70,12 @@ def test_error_feedback_residuals_live_on_the_node_not_the_server(tmp_path):
     assert not list(fed.rglob("residuals/*.safetensors"))  # the server holds none
 
 
-def test_scaffold_controls_live_on_the_nodes_and_a_resumed_run_ends_with_the_simulation_model(tmp_path):
+@pytest.mark.parametrize("algorithm", ["train.scaffold=true", "train.feddyn_alpha=0.05"])
+def test_client_state_lives_on_the_nodes_and_a_resumed_run_ends_with_the_simulation_model(tmp_path, algorithm):
+    """SCAFFOLD's c_i and FedDyn's g_k: kept by the node, rolled back with the server's rounds."""
     from fed8.errors import RoundFailedError
 
-    sets = ["train.scaffold=true", "train.rounds=3", "federation.min_replies=3"]
+    sets = [algorithm, "train.rounds=3", "federation.min_replies=3"]
     cfg = fed8.load_config(None, BASE + sets)
     rd = RunDir.create(tmp_path / "fed", cfg)
     grid = FakeGrid(3, tmp_path / "nodes")
@@ -89,7 +92,8 @@ def test_scaffold_controls_live_on_the_nodes_and_a_resumed_run_ends_with_the_sim
         assert files[-1] == f"c{k:06d}-r000003.safetensors"
     sent = [m for m in grid.sent if m.metadata.message_type == "train"]
     assert not any("control" in m.content for m in sent if int(m.content["job"]["round"]) == 1)  # c = 0
-    assert all("control" in m.content for m in sent if int(m.content["job"]["round"]) > 1)
+    scaffold = algorithm.startswith("train.scaffold")  # FedDyn sends nothing besides the model
+    assert all(("control" in m.content) == scaffold for m in sent if int(m.content["job"]["round"]) > 1)
     assert not (rd.path / "controls").exists()  # none on the server
 
 

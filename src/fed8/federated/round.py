@@ -41,6 +41,9 @@ from .sampling import sample_clients
 
 __all__ = ["Reply", "RoundLoop", "Transport"]
 
+#: server-state prefixes that belong to the aggregator chain (DP's adaptive clip, SCAFFOLD's c, FedDyn's h)
+AGGREGATOR_STATE = ("privacy.", "scaffold.", "feddyn.")
+
 log = logging.getLogger("fed8")
 
 Tensors = dict[str, torch.Tensor]
@@ -201,9 +204,9 @@ class RoundLoop:
         return {**self.aggregator.state_dict(), **self.optimizer_state, **self.transport.state_dict()}
 
     def load_server_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        self.aggregator.load_state_dict({k: v for k, v in state.items() if k.startswith(("privacy.", "scaffold."))})
+        self.aggregator.load_state_dict({k: v for k, v in state.items() if k.startswith(AGGREGATOR_STATE)})
         self.optimizer_state = self.optimizer.check_state(
-            {k: v for k, v in state.items() if not k.startswith(("privacy.", "scaffold.", "wire."))})
+            {k: v for k, v in state.items() if not k.startswith((*AGGREGATOR_STATE, "wire."))})
         self.transport.load_state_dict({k: v for k, v in state.items() if k.startswith("wire.")})
 
     def run(self, state: Tensors, *, start_round: int = 0,

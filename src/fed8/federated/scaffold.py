@@ -36,8 +36,8 @@ import torch
 from .aggregator import AggregatorWrapper
 from .client import ClientUpdate, LocalTraining
 
-__all__ = ["ScaffoldAggregate", "client_steps", "control_correction", "effective_steps", "find_scaffold", "local_steps",
-           "next_control", "scaffold_client"]
+__all__ = ["ClientStateAggregate", "ScaffoldAggregate", "client_steps", "control_correction", "effective_steps",
+           "find_scaffold", "local_steps", "next_control", "scaffold_client"]
 
 Tensors = dict[str, torch.Tensor]
 PREFIX = "scaffold.c."
@@ -116,7 +116,23 @@ def scaffold_client(train: Callable[[Tensors | None], ClientUpdate], store, clie
     return update
 
 
-class ScaffoldAggregate(AggregatorWrapper):
+class ClientStateAggregate(AggregatorWrapper):
+    """The server's side of an algorithm whose clients keep state across rounds (SCAFFOLD, FedDyn).
+
+    The transports look for it in the aggregator chain (:func:`find_scaffold`): its ``c`` goes out
+    with the model while it is not empty, each client trains through :meth:`client_round` with its
+    own state in a store, and clients train one by one (not batched, not in one pass).
+    """
+
+    c: Tensors = {}  # sent to every client with the model; empty: nothing to send
+
+    def client_round(self, train: Callable[[Tensors | None], ClientUpdate], store, client: int, rnd: int,
+                     c: Mapping[str, torch.Tensor], local: LocalTraining) -> ClientUpdate:
+        """Client ``client``'s round ``rnd``: ``train(correction)`` with its state from ``store``, the state updated."""
+        raise NotImplementedError
+
+
+class ScaffoldAggregate(ClientStateAggregate):
     """The server's side of SCAFFOLD around any aggregator: ``c`` from the updates the inner one accepts.
 
     Parameters
@@ -140,6 +156,9 @@ class ScaffoldAggregate(AggregatorWrapper):
         self.c: Tensors = {}  # empty: zero (before the first round that had updates)
         self._sum: Tensors = {}
         self._added = 0
+
+    def client_round(self, train, store, client: int, rnd: int, c, local: LocalTraining) -> ClientUpdate:
+        return scaffold_client(train, store, client, rnd, c, self.keys, local)
 
     def begin(self, rnd: int, clients: Sequence[int] = ()) -> None:
         super().begin(rnd, clients)
@@ -180,10 +199,10 @@ class ScaffoldAggregate(AggregatorWrapper):
         self.inner.load_state_dict({k: v for k, v in state.items() if not k.startswith(PREFIX)})
 
 
-def find_scaffold(aggregator) -> ScaffoldAggregate | None:
-    """The :class:`ScaffoldAggregate` in ``aggregator``'s chain of wrappers, or None."""
+def find_scaffold(aggregator) -> ClientStateAggregate | None:
+    """The :class:`ClientStateAggregate` (SCAFFOLD's or FedDyn's) in ``aggregator``'s chain of wrappers, or None."""
     while aggregator is not None:
-        if isinstance(aggregator, ScaffoldAggregate):
+        if isinstance(aggregator, ClientStateAggregate):
             return aggregator
         aggregator = getattr(aggregator, "inner", None)
     return None

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from ..compression.wire import Wire
     from .distributed import Workers
     from .parallel import ClientThreads
-    from .scaffold import ScaffoldAggregate
+    from .scaffold import ClientStateAggregate
 
 __all__ = ["ClientHook", "InProcessTransport", "Simulation"]
 
@@ -89,9 +89,10 @@ class InProcessTransport:
         :func:`~fed8.federated.parallel.client_parallelism`); 1: one after another on this
         thread's torch threads.
     scaffold, controls
-        SCAFFOLD (:mod:`fed8.federated.scaffold`): the server's side, whose ``c`` goes out with
-        each broadcast, and the store of the clients' own controls ``c_i``; clients then train one
-        by one (each has its own correction). None: plain local SGD.
+        SCAFFOLD or FedDyn (a :class:`~fed8.federated.scaffold.ClientStateAggregate`): the server's
+        side, whose ``c`` (SCAFFOLD's) goes out with each broadcast, and the store of the clients'
+        own state (``c_i``, FedDyn's ``g_k``); clients then train one by one (each has its own
+        correction). None: plain local SGD.
     """
 
     model: nn.Module
@@ -107,7 +108,7 @@ class InProcessTransport:
     device: torch.device = torch.device("cpu")
     parallel_clients: int = 1
     client_threads: int = 1
-    scaffold: "ScaffoldAggregate | None" = None
+    scaffold: "ClientStateAggregate | None" = None
     controls: "ResidualStore | None" = None
 
     def __post_init__(self) -> None:
@@ -147,7 +148,8 @@ class InProcessTransport:
             from .batched import auto_chunk, batching_blocker, batching_slower
 
             why = getattr(self, "_unbatchable", None) or batching_blocker(self.model) or (
-                "SCAFFOLD corrects each client's steps by its own control" if self.scaffold is not None else None)
+                "each client's steps are corrected by its own state (SCAFFOLD, FedDyn)" if self.scaffold is not None
+                else None)
             if why is None and not self.batch_when_slower:
                 why = batching_slower(self.model, self.device)
             if why is not None:
@@ -195,11 +197,9 @@ class InProcessTransport:
             return train_client(model, received, self.clients[k], local,
                                 generator=torch_generator(self.seed, TRAIN, rnd, k), client=k, correction=correction)
 
-        def with_controls(model: nn.Module, k: int) -> ClientUpdate:  # SCAFFOLD: corrected, then c_i stored
-            from .scaffold import scaffold_client
-
-            return scaffold_client(lambda corr: plain(model, k, corr), self.controls, k, rnd, self._control,
-                                   self.scaffold.keys, local)
+        def with_controls(model: nn.Module, k: int) -> ClientUpdate:  # SCAFFOLD, FedDyn: corrected, then state stored
+            return self.scaffold.client_round(lambda corr: plain(model, k, corr), self.controls, k, rnd,
+                                              self._control, local)
 
         one = plain if self.scaffold is None else with_controls
         if self.parallel_clients > 1 and len(clients) > 1:

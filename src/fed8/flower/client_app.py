@@ -125,15 +125,19 @@ def train(msg: Message, context: Context) -> Message:
         return train_client(model, state, data, local, generator=torch_generator(cfg.run.seed, TRAIN, rnd, k),
                             client=k, correction=correction)
 
-    if cfg.train.scaffold:  # this client's control c_i lives on the node, rolled back with the server's rounds
+    if cfg.train.scaffold or cfg.train.feddyn_alpha > 0:  # the client's state lives on the node, rolled back with
+        from ..federated.feddyn import feddyn_client  # the server's rounds: SCAFFOLD's c_i, FedDyn's g_k
         from ..federated.scaffold import scaffold_client
 
         store = node.controls()
         store.rollback(rnd - 1)
         store.commit(rnd - 1)
-        c = state_from_record(msg.content["control"]) if "control" in msg.content else {}
-        update = scaffold_client(train_with, store, k, rnd, c,
-                                 [n for n, p in model.named_parameters() if p.requires_grad], local)
+        keys = [n for n, p in model.named_parameters() if p.requires_grad]
+        if cfg.train.scaffold:
+            c = state_from_record(msg.content["control"]) if "control" in msg.content else {}
+            update = scaffold_client(train_with, store, k, rnd, c, keys, local)
+        else:
+            update = feddyn_client(train_with, store, k, rnd, keys, alpha=cfg.train.feddyn_alpha)
     else:
         update = train_with()
     local_plan = _plan(cfg) if cfg.privacy.dp == "local" else None

@@ -9,7 +9,8 @@ lives on the node's disk, never on the server:
   round (after a server crash) rewrites the same bytes.
 * ``residuals/``: the error-feedback residuals (:class:`fed8.compression.ResidualStore`),
   rolled back to the round the server resumed from, exactly as the simulation's.
-* ``controls/``: SCAFFOLD's client control ``c_i`` (``train.scaffold``), kept the same way.
+* ``controls/``: SCAFFOLD's client control ``c_i`` (``train.scaffold``) or FedDyn's ``g_k``
+  (``train.feddyn_alpha``), kept the same way.
 
 The folder is ``<state-dir>/<run key>``: ``state-dir`` from the node config
 (``fed8 federation`` sets ``RUN_DIR/nodes/<partition>``), else
@@ -64,7 +65,8 @@ class NodeState:
         return ResidualStore(self.root / "residuals")
 
     def controls(self):
-        """SCAFFOLD's control of this node's client (:mod:`fed8.federated.scaffold`), round by round."""
+        """The state this node's client keeps across rounds, round by round: SCAFFOLD's control
+        (:mod:`fed8.federated.scaffold`) or FedDyn's gradient estimate (:mod:`fed8.federated.feddyn`)."""
         from ..compression import ResidualStore
 
         return ResidualStore(self.root / "controls")

@@ -146,6 +146,8 @@ def check_combination(cfg: Config) -> None:
         _check_scaffold(cfg)
     if cfg.server.fednova:
         _check_fednova(cfg)
+    if cfg.train.feddyn_alpha > 0:
+        _check_feddyn(cfg)
     if p.secure_aggregation:
         m = expected_clients(cfg)
         if m < p.secagg_min_clients:
@@ -155,22 +157,22 @@ def check_combination(cfg: Config) -> None:
                 f"more clients per round, or lower secagg_min_clients (>= 2; a sum of one input reveals it).")
 
 
-def _refuse_per_update_server_side(cfg: Config, key: str, *, private: str, robust: str) -> None:
-    """Refuse ``key = true``, whose server side reads each update with its sample count, under DP or secure
+def _refuse_per_update_server_side(cfg: Config, setting: str, *, private: str, robust: str) -> None:
+    """Refuse ``setting`` (``"train.scaffold = true"``), whose server side reads each update, under DP or secure
     aggregation (``private``: why) and under a median or trimmed mean (``robust``: why)."""
     p, rule = cfg.privacy, cfg.server.robust
     if p.dp != "none" or p.secure_aggregation:
         what = f"privacy.dp = {p.dp!r}" if p.dp != "none" else "privacy.secure_aggregation = true"
-        raise ConfigError(f"{key} = true cannot run with {what}: {private} Turn one of them off.")
+        raise ConfigError(f"{setting} cannot run with {what}: {private} Turn one of them off.")
     if rule in ("median", "trimmed_mean"):
-        raise ConfigError(f"{key} = true with server.robust = {rule!r}: {robust} Use server.robust = 'norm_bound' or "
+        raise ConfigError(f"{setting} with server.robust = {rule!r}: {robust} Use server.robust = 'norm_bound' or "
                           "'none'.")
 
 
 def _check_scaffold(cfg: Config) -> None:
     """Refuse SCAFFOLD where its server side would break a promise or a rule."""
     _refuse_per_update_server_side(
-        cfg, "train.scaffold",
+        cfg, "train.scaffold = true",
         private="SCAFFOLD's server control c is computed from each client's own update and step count and sent back "
                 "to every client, a release that the DP noise does not cover and that secure aggregation (the server "
                 "sees only the sum) cannot compute.",
@@ -181,12 +183,30 @@ def _check_scaffold(cfg: Config) -> None:
 def _check_fednova(cfg: Config) -> None:
     """Refuse FedNova where the server cannot or must not normalize each update."""
     _refuse_per_update_server_side(
-        cfg, "server.fednova",
+        cfg, "server.fednova = true",
         private="FedNova divides each client's update by its local step count, a function of the client's sample "
                 "count, which the server must not learn there (and, under secure aggregation, never sees an update "
                 "to divide).",
         robust="FedNova rescales a weighted mean; a coordinate-wise median or trimmed mean has no weights to "
                "normalize.")
+
+
+def _check_feddyn(cfg: Config) -> None:
+    """Refuse FedDyn where its server side would break a promise or where it would stack with another correction."""
+    t = cfg.train
+    for key, on in (("train.prox_mu", t.prox_mu > 0), ("train.scaffold", t.scaffold), ("server.fednova", cfg.server.fednova)):
+        if on:
+            raise ConfigError(
+                f"train.feddyn_alpha = {t.feddyn_alpha} cannot be combined with {key}: FedDyn's alpha is its own "
+                "proximal term and its client state its own drift correction, and its server state h assumes the "
+                f"plain weighted mean. Turn {key} off, or set train.feddyn_alpha = 0.")
+    _refuse_per_update_server_side(
+        cfg, f"train.feddyn_alpha = {cfg.train.feddyn_alpha}",
+        private="each client's gradient estimate g_k and the server's h are functions of each client's own update "
+                "(h is sent back into every later model), a release that the DP noise does not cover and that secure "
+                "aggregation is not set up to compute.",
+        robust="h is a sum over every accepted update, so one client's update would move it without the robust "
+               "rule's bound.")
 
 
 def _adaptive(cfg: Config, plan) -> AdaptiveClipping | None:
@@ -327,6 +347,10 @@ def make_aggregator(cfg: Config, plan, *, client_sizes: Sequence[int], expected:
             from ..federated.fednova import FedNovaAggregate
 
             agg = FedNovaAggregate(agg, keys=params, local=_need_local(local, "server.fednova"), weight=weight)
+    if cfg.train.feddyn_alpha > 0:  # inside the bounds, like SCAFFOLD: h follows what is aggregated
+        from ..federated.feddyn import FedDynAggregate
+
+        agg = FedDynAggregate(agg, keys=params, num_clients=len(client_sizes), alpha=cfg.train.feddyn_alpha)
     if cfg.train.scaffold:  # inside the bounds: c follows what is aggregated
         from ..federated.scaffold import ScaffoldAggregate
 

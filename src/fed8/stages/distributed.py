@@ -33,10 +33,12 @@ def run_distributed(config=None, **kwargs: Any):
     from .train import run
 
     def factory(prep):
-        if prep.config.train.scaffold:
-            raise ConfigError("train.scaffold = true is not supported under torchrun: each client's SCAFFOLD control "
-                              "lives with the process that trains it, and ranks train different clients each round. "
-                              "Run it in one process (fed8 run without torchrun).")
+        t = prep.config.train
+        if t.scaffold or t.feddyn_alpha > 0:
+            what = "train.scaffold = true" if t.scaffold else f"train.feddyn_alpha = {t.feddyn_alpha}"
+            raise ConfigError(f"{what} is not supported under torchrun: each client's state (SCAFFOLD's control, "
+                              "FedDyn's gradient estimate) lives with the process that trains it, and ranks train "
+                              "different clients each round. Run it in one process (fed8 run without torchrun).")
         broadcast_text(to_toml(prep.config))
         transport = prep.simulation.transport
         transport.workers = Workers(prep.state)  # stopped by transport.close() when the rounds are over

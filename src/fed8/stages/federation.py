@@ -49,12 +49,13 @@ class Federation:
 
 
 def local_training(train) -> "LocalTraining":
-    """The client step's values from the ``[train]`` section."""
+    """The client step's values from the ``[train]`` section (FedDyn's ``feddyn_alpha`` as the proximal term)."""
     from ..data.augment import Augmentation
     from ..federated.client import LocalTraining
 
     return LocalTraining(epochs=train.local_epochs, batch_size=train.batch_size, lr=train.lr,
-                         momentum=train.momentum, weight_decay=train.weight_decay, prox_mu=train.prox_mu,
+                         momentum=train.momentum, weight_decay=train.weight_decay,
+                         prox_mu=train.feddyn_alpha or train.prox_mu,  # FedDyn's alpha is its proximal term
                          precision=train.precision, augment=Augmentation(train.augment, train.augment_pad),
                          lr_schedule=train.lr_schedule, lr_decay=train.lr_decay, rounds=train.rounds)
 
@@ -216,8 +217,9 @@ def make_wire(cfg: Config, num_clients: int, residuals: Path | None = None):
 
 
 def _control_store(cfg: Config, root: Path | None):
-    """SCAFFOLD's client controls under ``root`` (None: in memory), or None without ``train.scaffold``."""
-    if not cfg.train.scaffold:
+    """The clients' own state under ``root`` (None: in memory): SCAFFOLD's controls, FedDyn's gradient estimates; None
+    without either."""
+    if not (cfg.train.scaffold or cfg.train.feddyn_alpha > 0):
         return None
     from ..compression import ResidualStore
 

@@ -1,0 +1,127 @@
+"""FedDyn (train.feddyn_alpha): against a hand-written Algorithm 1, resume, bytes, parallel clients and refusals."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fed8
+from fed8._rng import TRAIN, torch_generator
+from fed8.errors import ConfigError
+from fed8.federated.feddyn import next_gradient
+from fed8.stages.federation import prepare
+
+from conftest import interrupted_run
+
+ALPHA = 0.05
+# 6 clients of unequal size (Dirichlet), 3 sampled per round: partial participation, h moves by alpha / N.
+BASE = ["data.subset=600", "data.num_clients=6", "train.fraction=0.5", "train.rounds=3", "run.threads=1",
+        "quantize.enabled=false", "model.name=mlp", "model.hidden=32", "data.partition=dirichlet", "data.alpha=0.3",
+        f"train.feddyn_alpha={ALPHA}"]
+
+
+def _reference(prep, rounds: int) -> dict:
+    """Algorithm 1 of Acar et al. 2021 written out: each client minimizes L_k(theta) - <g_k, theta> + alpha/2 ||theta -
+    x||^2 by the run's local SGD (same data, sample, shuffles, optimizer), keeps g_k <- g_k - alpha (theta_k - x); the
+    server keeps h <- h - alpha / N sum (theta_k - x) and sets x <- weighted mean of theta_k - h / alpha."""
+    sim, cfg = prep.simulation, prep.config
+    t = cfg.train
+    model = copy.deepcopy(sim.model)
+    x = {k: v.clone() for k, v in prep.state.items()}
+    names = [k for k, _ in model.named_parameters()]
+    h = {k: torch.zeros_like(x[k]) for k in names}
+    g = [{k: torch.zeros_like(x[k]) for k in names} for _ in sim.clients]
+    for rnd in range(1, rounds + 1):
+        ys, ns = [], []
+        for k in sim.sample(rnd):
+            data = sim.clients[k]
+            model.load_state_dict(x)
+            params = dict(model.named_parameters())
+            opt = torch.optim.SGD(params.values(), lr=t.lr, momentum=t.momentum)
+            gen = torch_generator(cfg.run.seed, TRAIN, rnd, k)
+            for _ in range(t.local_epochs):
+                perm = torch.randperm(data.num_train, generator=gen)
+                for i in range(0, data.num_train, t.batch_size):
+                    idx = perm[i:i + t.batch_size]
+                    loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+                    opt.zero_grad()
+                    loss.backward()
+                    with torch.no_grad():
+                        for n, p in params.items():
+                            p.grad += ALPHA * (p - x[n]) - g[k][n]
+                    opt.step()
+            y = {n: p.detach().clone() for n, p in params.items()}
+            g[k] = {n: g[k][n] - ALPHA * (y[n] - x[n]) for n in names}
+            h = {n: h[n] - ALPHA / len(sim.clients) * (y[n] - x[n]) for n in names}
+            ys.append(y)
+            ns.append(data.num_train)
+        total = sum(ns)
+        x = {n: sum(w / total * y[n] for w, y in zip(ns, ys)) - h[n] / ALPHA for n in x}
+    return {"x": x, "h": h, "g": g}
+
+
+@pytest.mark.parametrize("local", [["train.local_epochs=2", "train.batch_size=32"],  # momentum 0.9, ragged batches
+                                   ["train.local_epochs=2", "train.batch_size=32", "train.momentum=0"]])  # the paper's
+def test_the_run_is_algorithm_1_of_the_paper(local):
+    cfg = fed8.load_config(None, BASE + local)
+    ref = _reference(prepare(cfg), 3)
+    prep = prepare(cfg)
+    sim = prep.simulation
+    state = sim.run(prep.state)
+    for k, v in ref["x"].items():
+        torch.testing.assert_close(state[k], v, rtol=1e-4, atol=1e-6)
+    for k, v in ref["h"].items():  # the server derived h from the updates alone
+        torch.testing.assert_close(sim.transport.scaffold.h[k], v, rtol=1e-4, atol=1e-7)
+    store = sim.transport.controls
+    for i, want in enumerate(ref["g"]):
+        got = store.get(i)
+        if got is None:  # never sampled: g_k is still zero
+            assert all(bool((v == 0).all()) for v in want.values())
+            continue
+        for k, v in want.items():
+            torch.testing.assert_close(got[k], v, rtol=1e-4, atol=1e-7)
+
+
+def test_feddyn_changes_the_model_uploads_the_update_alone_and_sends_nothing_extra(tmp_path):
+    off = fed8.run(fed8.load_config(None, BASE[:-1]), out=tmp_path / "off", report=False)
+    on = fed8.run(fed8.load_config(None, BASE), out=tmp_path / "on", report=False)
+    assert (on.run_dir / "model.safetensors").read_bytes() != (off.run_dir / "model.safetensors").read_bytes()
+    assert [r["uplink_bytes"] for r in on.metrics] == [r["uplink_bytes"] for r in off.metrics]
+    assert [r["downlink_bytes"] for r in on.metrics] == [r["downlink_bytes"] for r in off.metrics]
+    assert on.metrics[-1]["feddyn_h_norm"] > 0 and (on.run_dir / "controls").is_dir()
+    d = {"w": torch.tensor([0.5, -1.0])}
+    assert torch.equal(next_gradient(None, d, ["w"], alpha=0.1)["w"], torch.tensor([-0.05, 0.1]))
+    assert next_gradient(None, {"w": torch.tensor([float("inf"), 0.0])}, ["w"], alpha=0.1) is None
+
+
+def test_resume_is_bit_identical_and_parallel_clients_keep_their_own_state(tmp_path):
+    cfg = fed8.load_config(None, BASE + ["train.rounds=4"])
+    whole = fed8.run(cfg, out=tmp_path / "whole", report=False)
+    interrupted_run(cfg, tmp_path / "cut", 2)
+    fed8.run(resume=tmp_path / "cut", report=False)
+    want = (whole.run_dir / "model.safetensors").read_bytes()
+    assert (tmp_path / "cut" / "model.safetensors").read_bytes() == want
+    two = fed8.run(fed8.load_config(None, BASE + ["train.rounds=4", "run.threads=2", "run.parallel_clients=2",
+                                                  "run.client_batching=on"]), out=tmp_path / "two", report=False)
+    assert (two.run_dir / "model.safetensors").read_bytes() == want  # one torch thread per client, never batched
+
+
+@pytest.mark.parametrize("sets, match", [
+    (["privacy.dp=central", "privacy.noise_multiplier=1.0"], "privacy.dp = 'central'"),
+    (["privacy.secure_aggregation=true", "privacy.secagg_min_clients=2"], "secure_aggregation"),
+    (["server.robust=trimmed_mean"], "server.robust = 'trimmed_mean'"),
+    (["train.prox_mu=0.01"], "cannot be combined with train.prox_mu"),
+    (["train.scaffold=true"], "cannot be combined with train.scaffold"),
+    (["server.fednova=true"], "cannot be combined with server.fednova"),
+])
+def test_combinations_are_refused(sets, match):
+    with pytest.raises(ConfigError, match=match):
+        prepare(fed8.load_config(None, BASE + sets))
+
+
+def test_torchrun_is_refused_before_any_rank_trains(tmp_path):
+    from fed8.stages.distributed import run_distributed
+
+    with pytest.raises(ConfigError, match="feddyn_alpha = 0.05 is not supported under torchrun"):
+        run_distributed(fed8.load_config(None, BASE), out=tmp_path / "r", report=False)
