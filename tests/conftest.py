@@ -87,3 +87,29 @@ def user_module(tmp_path, monkeypatch):
     yield write
     for name in names:
         sys.modules.pop(name, None)
+
+
+def assert_run_matches_reference(cfg, reference, server_state: str, *, atol_state: float = 1e-7) -> None:
+    """Run ``cfg`` (SCAFFOLD or FedDyn) and compare it with ``reference(prepare(cfg), 3)``'s ``{"x", server_state,
+    "clients"}``: the model, the server's state (``sim.transport.scaffold.<server_state>``) and every client's state in
+    the store (a never-sampled client has none, and its reference state is zero)."""
+    import torch
+
+    from fed8.stages.federation import prepare
+
+    ref = reference(prepare(cfg), 3)
+    prep = prepare(cfg)
+    sim = prep.simulation
+    state = sim.run(prep.state)
+    for k, v in ref["x"].items():
+        torch.testing.assert_close(state[k], v, rtol=1e-4, atol=1e-6)
+    for k, v in ref[server_state].items():  # the server derived its state from the updates alone
+        torch.testing.assert_close(getattr(sim.transport.scaffold, server_state)[k], v, rtol=1e-4, atol=atol_state)
+    store = sim.transport.controls
+    for i, want in enumerate(ref["clients"]):
+        got = store.get(i)
+        if got is None:  # never sampled: still zero
+            assert all(bool((v == 0).all()) for v in want.values())
+            continue
+        for k, v in want.items():
+            torch.testing.assert_close(got[k], v, rtol=1e-4, atol=atol_state)
