@@ -82,6 +82,7 @@ class FedDynAggregate(ClientStateAggregate):
     def __init__(self, inner, *, keys: Sequence[str], num_clients: int, alpha: float) -> None:
         super().__init__(inner)
         self.keys, self.num_clients, self.alpha = list(keys), num_clients, alpha
+        self.c: Tensors = {}  # FedDyn sends nothing besides the model
         self.h: Tensors = {}
         self._sum: Tensors = {}
 

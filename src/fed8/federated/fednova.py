@@ -91,12 +91,13 @@ class FedNovaAggregate(AggregatorWrapper):
         super().__init__(inner)
         self.keys, self.local, self.weight = frozenset(keys), local, weight
         self._tau = self._weight = 0.0
+        self._last_tau: float | None = None  # the last applied round's tau_eff
 
     def begin(self, rnd: int, clients: Sequence[int] = ()) -> None:
         super().begin(rnd, clients)
         self._round_local = self.local.at_round(rnd)
         self._tau = self._weight = 0.0
-        self._last_tau: float | None = None
+        self._last_tau = None
 
     def add(self, update: ClientUpdate) -> None:
         a = client_reach(update.num_samples, self._round_local)
@@ -123,5 +124,5 @@ class FedNovaAggregate(AggregatorWrapper):
         return {k: v * tau if k in self.keys else v for k, v in mean.items()}
 
     def metrics(self) -> dict:
-        tau = getattr(self, "_last_tau", None)
+        tau = self._last_tau
         return {**self.inner.metrics(), **({"fednova_tau_eff": round(tau, 4)} if tau is not None else {})}

@@ -124,7 +124,7 @@ class ClientStateAggregate(AggregatorWrapper):
     own state in a store, and clients train one by one (not batched, not in one pass).
     """
 
-    c: Tensors = {}  # sent to every client with the model; empty: nothing to send
+    c: Tensors  # sent to every client with the model; empty: nothing to send (each subclass sets it)
 
     def client_round(self, train: Callable[[Tensors | None], ClientUpdate], store, client: int, rnd: int,
                      c: Mapping[str, torch.Tensor], local: LocalTraining) -> ClientUpdate:
