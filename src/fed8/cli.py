@@ -128,35 +128,39 @@ def _cmd_info(args) -> int:
         return ", ".join(next(f for f in fields(cls) if f.name == name).metadata["choices"])
 
     con = console()
-    con.print(f"fed8 {__version__}")
-    con.print(f"python {platform.python_version()} ({platform.platform()})")
-    con.print(f"torch {torch.__version__}; threads {torch.get_num_threads()} (cores {os.cpu_count()}); "
-              f"cuda {'yes' if torch.cuda.is_available() else 'no'}")
+
+    def say(line: str) -> None:  # one line per fact, never wrapped: fed8 info | grep finds it whole
+        con.print(line, soft_wrap=True)
+
+    say(f"fed8 {__version__}")
+    say(f"python {platform.python_version()} ({platform.platform()})")
+    say(f"torch {torch.__version__}; threads {torch.get_num_threads()} (cores {os.cpu_count()}); "
+        f"cuda {'yes' if torch.cuda.is_available() else 'no'}")
     for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
         p = torch.cuda.get_device_properties(i)
-        con.print(f"gpu {i}: {p.name}, compute capability {p.major}.{p.minor}, {p.total_memory / 2**30:.0f} GiB")
-    con.print("run.device = auto trains on " + ("cuda" if torch.cuda.is_available() else "the cpu"))
-    con.print(f"OpenMP wait policy: {wait_policy()}")
+        say(f"gpu {i}: {p.name}, compute capability {p.major}.{p.minor}, {p.total_memory / 2**30:.0f} GiB")
+    say("run.device = auto trains on " + ("cuda" if torch.cuda.is_available() else "the cpu"))
+    say(f"OpenMP wait policy: {wait_policy()}")
     from .deploy.fp8_linear import fp8_compute_available
 
     ok, why = fp8_compute_available()
-    con.print(f"FP8 compute (torch_float8_e4m3fn): {'yes, ' + why if ok else 'no: ' + why}", soft_wrap=True)
+    say(f"FP8 compute (torch_float8_e4m3fn): {'yes, ' + why if ok else 'no: ' + why}")
     from ._device import native_bfloat16, resolve_device
 
     dev = resolve_device("auto")
-    con.print(f"bfloat16 compute (train.precision = bfloat16) on the {dev.type}: "
-              + ("native" if native_bfloat16(dev) else "emulated, slower than float32"))
+    say(f"bfloat16 compute (train.precision = bfloat16) on the {dev.type}: "
+        + ("native" if native_bfloat16(dev) else "emulated, slower than float32"))
     for mod in ("onnx", "onnxruntime", "openvino", "litert_torch", "ai_edge_litert", "flwr", "dp_accounting"):
         try:
             from importlib.metadata import version
-            con.print(f"{mod} {version(mod.replace('_', '-'))}")
+            say(f"{mod} {version(mod.replace('_', '-'))}")
         except Exception:
-            con.print(f"{mod} not installed")
-    con.print(f"datasets: {choices(DataConfig, 'source')}")
-    con.print(f"partitions: {choices(DataConfig, 'partition')}")
+            say(f"{mod} not installed")
+    say(f"datasets: {choices(DataConfig, 'source')}")
+    say(f"partitions: {choices(DataConfig, 'partition')}")
     from .models import MODELS
 
-    con.print(f"models: {', '.join(MODELS)}, or your own as model.name = 'package.module:function'")
+    say(f"models: {', '.join(MODELS)}, or your own as model.name = 'package.module:function'")
     return 0
 
 
