@@ -114,8 +114,10 @@ def test_plan_budget_refuse_stop_and_calibrate():
     assert cal.calibrated and cal.rounds == 50 and cal.epsilon(50) <= 2.0
     with pytest.raises(ConfigError, match="needs noise"):
         make_plan(_priv(dp="central"), **kw)
-    with pytest.raises(ConfigError, match="no effect with privacy.dp = 'none'"):
-        make_plan(_priv(dp="none", noise_multiplier=1.0), **kw)
+    with pytest.raises(ConfigError, match=r"^privacy.noise_multiplier = 1.0 has no effect with privacy.dp = 'none'"):
+        make_plan(_priv(dp="none", noise_multiplier=1.0), **kw)  # names only what was set
+    with pytest.raises(ConfigError, match=r"noise_multiplier = 1.0 and privacy.target_epsilon = 2.0 have no effect"):
+        make_plan(_priv(dp="none", noise_multiplier=1.0, target_epsilon=2.0), **kw)
     ad = make_plan(_priv(dp="central", noise_multiplier=1.0), adaptive=True, **kw)
     assert ad.count_stddev == pytest.approx(math.sqrt(10) / 2)  # 10 / 20 would spend too much of the budget
     assert ad.update_noise_multiplier == pytest.approx(1.0 / math.sqrt(0.9))  # the count takes 10% of 1/z^2

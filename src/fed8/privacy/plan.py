@@ -253,9 +253,11 @@ def make_plan(privacy, *, num_clients: int, clients_per_round: float, sampling: 
     p = privacy
     if p.dp == "none":
         if p.noise_multiplier > 0 or p.target_epsilon > 0:
+            given = [f"privacy.{k} = {v}" for k, v in (("noise_multiplier", p.noise_multiplier),
+                                                          ("target_epsilon", p.target_epsilon)) if v > 0]
             raise ConfigError(
-                f"privacy.noise_multiplier = {p.noise_multiplier} / target_epsilon = {p.target_epsilon} have no "
-                "effect with privacy.dp = 'none'. Set privacy.dp = 'central' or 'local', or remove them.")
+                f"{' and '.join(given)} {'has' if len(given) == 1 else 'have'} no effect with privacy.dp = 'none'. "
+                f"Set privacy.dp = 'central' or 'local', or remove {'it' if len(given) == 1 else 'them'}.")
         return PrivacyPlan("none", None, 0.0, 0.0, 0.0, rounds)
     spec = PrivacySpec(p.dp, sampling, num_clients, clients_per_round, p.delta, p.accountant)
     if p.noise_multiplier <= 0 and p.target_epsilon <= 0:
