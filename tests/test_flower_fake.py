@@ -46,6 +46,8 @@ def _rows(path):
     pytest.param(["train.feddyn_alpha=0.05", "train.fraction=0.67", "train.local_epochs=2"], id="feddyn"),
     pytest.param(["server.fednova=true", "train.fraction=0.67", "train.local_epochs=2", "train.prox_mu=0.01",
                   "server.strategy=fedyogi"], id="fednova-fedyogi"),
+    pytest.param(["server.fednova=true", "train.local_epochs=3", "train.local_epochs_min=1", "train.fraction=0.67"],
+                 id="fednova-unequal-epochs"),  # each node draws its epochs as the simulation does
     pytest.param(["server.fednova=true", "privacy.client_reports=off", "privacy.weighting=uniform"],
                  id="fednova-uniform-weights-reports-off"),  # the count still travels: a_i needs it
     pytest.param(["privacy.dp=central", "privacy.noise_multiplier=0.5", "privacy.weighting=uniform",

@@ -11,6 +11,7 @@ from fed8._io import load_tensors
 from fed8._rng import TRAIN, torch_generator
 from fed8.errors import ConfigError
 from fed8.federated.scaffold import control_correction, effective_steps, local_steps, next_control
+from fed8.federated.schedule import client_epochs
 from fed8.stages.federation import prepare
 
 from conftest import assert_run_matches_reference, interrupted_run
@@ -43,7 +44,7 @@ def _reference(prep, rounds: int) -> dict:
             opt = torch.optim.SGD(params.values(), lr=t.lr, momentum=t.momentum)
             g = torch_generator(cfg.run.seed, TRAIN, rnd, k)
             steps, reach, unit = 0, 0.0, 0.0  # reach: how far a unit gradient has moved the weights so far
-            for _ in range(t.local_epochs):
+            for _ in range(client_epochs(cfg.run.seed, rnd, k, low=t.local_epochs_min, high=t.local_epochs)):
                 perm = torch.randperm(data.num_train, generator=g)
                 for i in range(0, data.num_train, t.batch_size):
                     idx = perm[i:i + t.batch_size]
@@ -70,7 +71,9 @@ def _reference(prep, rounds: int) -> dict:
 
 @pytest.mark.parametrize("local", [["train.local_epochs=2", "train.batch_size=32"],  # ragged last minibatches
                                    ["train.local_epochs=2", "train.batch_size=32", "train.momentum=0"],  # the paper's
-                                   ["train.local_epochs=1", "train.batch_size=512"]])  # one-step clients
+                                   ["train.local_epochs=1", "train.batch_size=512"],  # one-step clients
+                                   ["train.local_epochs=3", "train.local_epochs_min=1", "train.batch_size=32"]],
+                         ids=["momentum", "plain-sgd", "one-step", "unequal-epochs"])  # K_i from each client's draw
 def test_the_run_is_algorithm_1_of_the_paper(local):
     assert_run_matches_reference(fed8.load_config(None, BASE + local), _reference, "c", atol_state=1e-6)
 

@@ -118,6 +118,11 @@ class TrainConfig:
     rounds: int = _key(20, "number of federated rounds", ge=1)
     fraction: float = _key(0.5, "fraction of clients sampled each round", gt=0.0, le=1.0)
     local_epochs: int = _key(2, "local epochs E per round on each sampled client", ge=1)
+    local_epochs_min: int = _key(
+        0, "unequal local work (systems heterogeneity: slow or busy devices finish less): each sampled client trains "
+        "a number of epochs drawn uniformly from local_epochs_min..local_epochs every round, from (seed, round, "
+        "client), as in FedNova's experiments (Wang et al. 2020: 2..5); 0 = every client trains local_epochs. "
+        "SCAFFOLD and FedNova count each client's own steps", ge=0)
     batch_size: int = _key(32, "local minibatch size B", ge=1)
     lr: float = _key(0.05, "client SGD learning rate", gt=0.0)
     lr_schedule: str = _key(

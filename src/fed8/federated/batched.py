@@ -98,8 +98,12 @@ def _used_parameters(model: nn.Module, x: torch.Tensor, precision: str) -> froze
 
 def train_clients_batched(model: nn.Module, global_state: dict[str, torch.Tensor], data: Sequence[ClientData],
                           cfg: LocalTraining, *, generators: Sequence[torch.Generator],
-                          clients: Sequence[int]) -> list[ClientUpdate]:
-    """Local SGD of every client in ``data`` at once; one :class:`ClientUpdate` per client, in order."""
+                          clients: Sequence[int], epochs: Sequence[int] | None = None) -> list[ClientUpdate]:
+    """Local SGD of every client in ``data`` at once; one :class:`ClientUpdate` per client, in order.
+
+    ``epochs``: each client's epochs (``cfg.for_client``'s, under unequal local work); default ``cfg.epochs`` for
+    all. A client that runs out of steps first is masked, as a client with fewer images is.
+    """
     from torch.func import functional_call, grad_and_value, vmap
 
     used = _used_parameters(model, data[0].x_train[:1], cfg.precision)
@@ -111,10 +115,10 @@ def train_clients_batched(model: nn.Module, global_state: dict[str, torch.Tensor
     fixed = {k: v for k, v in global_state.items() if k not in base}  # integer buffers etc., shared
 
     schedule = []  # per client: (its epoch's images, a minibatch's indices) per step, epochs concatenated
-    for d, g in zip(data, generators):  # train_client's draws, in its order
-        steps = []
+    for d, g, e in zip(data, generators, epochs if epochs is not None else [cfg.epochs] * len(data)):
+        steps = []  # train_client's draws, in its order
         aug = augment_generator(g, cfg.augment)
-        for _ in range(cfg.epochs):
+        for _ in range(e):
             xe = epoch_images(d.x_train, cfg.augment, aug)
             perm = torch.randperm(d.num_train, generator=g)
             steps += [(xe, perm[i : i + bs].to(d.x_train.device)) for i in range(0, d.num_train, bs)]

@@ -45,9 +45,15 @@ class LocalTraining:
     lr_schedule: str = "constant"  # lr round by round (fed8.federated.schedule): constant | exponential | cosine
     lr_decay: float = 1.0  # exponential: lr * lr_decay^(round - 1)
     rounds: int = 0  # the planned rounds, for cosine
+    epochs_min: int = 0  # > 0: each client trains epochs_min..epochs epochs, drawn per round (for_client); 0: epochs
+    seed: int = 0  # the run's seed, which those draws come from
 
     def __post_init__(self) -> None:
         from .schedule import LR_SCHEDULES
+
+        if not 0 <= self.epochs_min <= self.epochs:
+            raise ParameterError(f"LocalTraining.epochs_min must be in 0..epochs ({self.epochs}); got "
+                                 f"{self.epochs_min}. Use 0 for every client training epochs epochs.")
 
         if self.precision not in PRECISIONS:
             raise ParameterError(f"LocalTraining.precision must be one of {PRECISIONS}; got {self.precision!r}. Use "
@@ -64,6 +70,22 @@ class LocalTraining:
 
         lr = client_lr(self.lr, self.lr_schedule, rnd, rounds=self.rounds, decay=self.lr_decay)
         return dataclasses.replace(self, lr=lr, lr_schedule="constant")
+
+    @property
+    def unequal_epochs(self) -> bool:
+        """Whether clients draw their epochs (``0 < epochs_min < epochs``)."""
+        return 0 < self.epochs_min < self.epochs
+
+    def for_client(self, rnd: int, client: int) -> "LocalTraining":
+        """These values with ``epochs`` client ``client``'s draw in round ``rnd``
+        (:func:`fed8.federated.schedule.client_epochs`; itself unless :attr:`unequal_epochs`). Every runtime trains
+        a client with ``local.at_round(rnd).for_client(rnd, client)``, and the server counts its steps with it."""
+        if not self.unequal_epochs:
+            return self
+        from .schedule import client_epochs
+
+        e = client_epochs(self.seed, rnd, client, low=self.epochs_min, high=self.epochs)
+        return dataclasses.replace(self, epochs=e, epochs_min=0)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """FedNova: normalized averaging against objective inconsistency (Wang et al. 2020, arXiv:2007.07481).
 
 A client that takes more local steps moves further. With a fixed number of local epochs a
-client's steps grow with its data, so FedAvg's mean of updates, ``sum_i p_i delta_i`` with
+client's steps grow with its data (and under unequal local work, ``train.local_epochs_min``,
+with the epochs it drew that round, as in the paper's experiments), so FedAvg's mean of updates, ``sum_i p_i delta_i`` with
 ``delta_i ~ -lr a_i g_i``, follows ``sum_i p_i a_i F_i`` instead of ``sum_i p_i F_i``: it
 weights a client by about ``n_i^2``, not ``n_i``, and converges to the optimum of another
 objective. FedNova divides each update by its client's ``a_i`` and gives the mean the size of
@@ -10,11 +11,13 @@ an average client's::
     Delta = tau_eff * sum_i p_i delta_i / a_i,        tau_eff = sum_i p_i a_i
 
 ``a_i`` is the paper's ``||a_i||_1``: the coefficient of a constant gradient in the client's
-displacement after its ``K_i = epochs * ceil(n_i / batch_size)`` steps. ``K_i`` for plain SGD,
+displacement after its ``K_i = E_i * ceil(n_i / batch_size)`` steps (``E_i``: its epochs this round,
+:meth:`~fed8.federated.client.LocalTraining.for_client`). ``K_i`` for plain SGD,
 ``sum_t (1 - beta^t) / (1 - beta)`` under heavy-ball momentum, ``(1 - (1 - lr mu)^K) / (lr mu)``
 under FedProx's proximal term (the paper's Section 4). :func:`steps_reach` runs the local
 optimizer's own recurrence on one number, so momentum, weight decay and the proximal term
-combine. The server has every input (each update's sample count and the round's local values),
+combine. The server has every input (each update's sample count, the round's local values and the
+client's epochs, a public function of the seed),
 so clients and the bytes they send do not change, in either runtime.
 
 With equal ``a_i`` (every client the same size, or one step each) FedNova is FedAvg. Only the
@@ -95,12 +98,12 @@ class FedNovaAggregate(AggregatorWrapper):
 
     def begin(self, rnd: int, clients: Sequence[int] = ()) -> None:
         super().begin(rnd, clients)
-        self._round_local = self.local.at_round(rnd)
+        self._rnd, self._round_local = rnd, self.local.at_round(rnd)
         self._tau = self._weight = 0.0
         self._last_tau = None
 
     def add(self, update: ClientUpdate) -> None:
-        a = client_reach(update.num_samples, self._round_local)
+        a = client_reach(update.num_samples, self._round_local.for_client(self._rnd, update.client))
         if a > 0 and a != 1.0:
             update = dataclasses.replace(update, delta={k: v / a if k in self.keys else v for k, v in update.delta.items()})
         self.inner.add(update)  # first: an update the inner aggregator refuses counts nowhere

@@ -11,7 +11,8 @@ corrects every local step by the difference (Algorithm 1)::
     c   <- c + (1 / N) sum_{i in S} (c_i+ - c_i)
 
 ``c_i+ - c_i = -(c + delta_i / (K_i lr))`` is a function of the client's update
-``delta_i = y_i - x``, its step count ``K_i = epochs * ceil(n_i / batch_size)``, the round's
+``delta_i = y_i - x``, its step count ``K_i = E_i * ceil(n_i / batch_size)`` (``E_i``: its epochs that
+round, :meth:`~fed8.federated.client.LocalTraining.for_client`), the round's
 learning rate and ``c``: all things the server has. So the server computes its side from the
 updates it already receives (:class:`ScaffoldAggregate`) and the clients upload ``delta_i``
 alone, where the paper's clients also upload ``c_i+ - c_i`` (twice the bytes). The server
@@ -163,11 +164,11 @@ class ScaffoldAggregate(ClientStateAggregate):
     def begin(self, rnd: int, clients: Sequence[int] = ()) -> None:
         super().begin(rnd, clients)
         self._sum, self._added = {}, 0
-        self._lr = self.local.at_round(rnd).lr
+        self._rnd, self._lr = rnd, self.local.at_round(rnd).lr
 
     def add(self, update: ClientUpdate) -> None:
         self.inner.add(update)  # first: an update the inner aggregator refuses adds nothing to c
-        steps = client_steps(update.num_samples, self.local)
+        steps = client_steps(update.num_samples, self.local.for_client(self._rnd, update.client))
         if steps <= 0:
             return
         scale = 1.0 / (steps * self._lr)

@@ -165,9 +165,11 @@ class InProcessTransport:
         for i in range(0, len(clients), chunk):
             ks = list(clients[i : i + chunk])
             try:
+                local = self.local.at_round(rnd)
                 updates = train_clients_batched(
-                    self.model, received, [self.clients[k] for k in ks], self.local.at_round(rnd),
-                    generators=[torch_generator(self.seed, TRAIN, rnd, k) for k in ks], clients=ks)
+                    self.model, received, [self.clients[k] for k in ks], local,
+                    generators=[torch_generator(self.seed, TRAIN, rnd, k) for k in ks], clients=ks,
+                    epochs=[local.for_client(rnd, k).epochs for k in ks])
             except Exception as e:  # noqa: BLE001 - torch.func could not trace this model: one by one, said once
                 if getattr(self, "_batched_once", False):
                     raise  # it traced before: a real error, not a model vmap cannot batch
@@ -194,12 +196,12 @@ class InProcessTransport:
         local = self.local.at_round(rnd)
 
         def plain(model: nn.Module, k: int, correction: Mapping[str, torch.Tensor] | None = None) -> ClientUpdate:
-            return train_client(model, received, self.clients[k], local,
+            return train_client(model, received, self.clients[k], local.for_client(rnd, k),
                                 generator=torch_generator(self.seed, TRAIN, rnd, k), client=k, correction=correction)
 
         def with_controls(model: nn.Module, k: int) -> ClientUpdate:  # SCAFFOLD, FedDyn: corrected, then state stored
             return self.scaffold.client_round(lambda corr: plain(model, k, corr), self.controls, k, rnd,
-                                              self._control, local)
+                                              self._control, local.for_client(rnd, k))
 
         one = plain if self.scaffold is None else with_controls
         if self.parallel_clients > 1 and len(clients) > 1:

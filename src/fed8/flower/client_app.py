@@ -119,7 +119,7 @@ def train(msg: Message, context: Context) -> Message:
     if state is None:  # a delta without the reference it applies to: ask for the base
         return Message(content=RecordDict({"job": ConfigRecord({"client": k, "round": rnd, "missing-ref": rnd - 1})}),
                        reply_to=msg)
-    local = local_training(cfg.train).at_round(rnd)
+    local = local_training(cfg.train, seed=cfg.run.seed).at_round(rnd).for_client(rnd, k)
 
     def train_with(correction=None):
         return train_client(model, state, data, local, generator=torch_generator(cfg.run.seed, TRAIN, rnd, k),

@@ -142,6 +142,11 @@ def check_combination(cfg: Config) -> None:
             "privacy.weighting = 'capped' needs privacy.weight_cap > 0: the cap sets each client's weight "
             "min(1, n_k / weight_cap) and must be a public number, not one taken from the clients' data. Set it to "
             "a typical client's sample count (e.g. --set privacy.weight_cap=400), or use weighting = 'uniform'.")
+    if cfg.train.local_epochs_min > cfg.train.local_epochs:
+        raise ConfigError(
+            f"train.local_epochs_min = {cfg.train.local_epochs_min} is more than train.local_epochs = "
+            f"{cfg.train.local_epochs}: each client draws its epochs from local_epochs_min..local_epochs. Lower "
+            "local_epochs_min, raise local_epochs, or set local_epochs_min = 0 for equal work.")
     if cfg.train.scaffold:
         _check_scaffold(cfg)
     if cfg.server.fednova:
@@ -292,7 +297,7 @@ def _need_local(local, key: str):
         from ..errors import ParameterError
 
         raise ParameterError(f"make_aggregator(local=None) with {key} = true: pass the clients' LocalTraining values "
-                             "(fed8.stages.federation.local_training(cfg.train)).")
+                             "(fed8.stages.federation.local_training(cfg.train, seed=cfg.run.seed)).")
     return local
 
 

@@ -48,8 +48,9 @@ class Federation:
         return local_test_split(self.clients)
 
 
-def local_training(train) -> "LocalTraining":
-    """The client step's values from the ``[train]`` section (FedDyn's ``feddyn_alpha`` as the proximal term)."""
+def local_training(train, *, seed: int) -> "LocalTraining":
+    """The client step's values from the ``[train]`` section (FedDyn's ``feddyn_alpha`` as the proximal term) and the
+    run's ``seed`` (each client's epochs under ``train.local_epochs_min``)."""
     from ..data.augment import Augmentation
     from ..federated.client import LocalTraining
 
@@ -57,7 +58,8 @@ def local_training(train) -> "LocalTraining":
                          momentum=train.momentum, weight_decay=train.weight_decay,
                          prox_mu=train.feddyn_alpha or train.prox_mu,  # FedDyn's alpha is its proximal term
                          precision=train.precision, augment=Augmentation(train.augment, train.augment_pad),
-                         lr_schedule=train.lr_schedule, lr_decay=train.lr_decay, rounds=train.rounds)
+                         lr_schedule=train.lr_schedule, lr_decay=train.lr_decay, rounds=train.rounds,
+                         epochs_min=train.local_epochs_min, seed=seed)
 
 
 def client_parallelism_of(cfg: Config, model: torch.nn.Module, device_type: str, *,
@@ -266,7 +268,7 @@ def prepare(cfg: Config, residuals: Path | None = None, controls: Path | None = 
         cfg, plan, client_sizes=[c.num_train for c in clients],
         expected={k: tuple(v.shape) for k, v in state.items() if v.is_floating_point()},
         params=[k for k, p in model.named_parameters() if p.requires_grad and p.is_floating_point()],
-        local=local_training(cfg.train))
+        local=local_training(cfg.train, seed=cfg.run.seed))
     t = cfg.train
     device = resolve_device(cfg.run.device)
     if t.precision == "bfloat16" and not native_bfloat16(device):
@@ -277,7 +279,7 @@ def prepare(cfg: Config, residuals: Path | None = None, controls: Path | None = 
     # A privacy budget may cut the rounds (privacy.budget = "stop"); the saved config keeps the plan's input.
     sim = Simulation(model=model, clients=clients, eval_x=fed.eval_x, eval_y=fed.eval_y,
                      aggregator=aggregator, optimizer=make_server_optimizer(cfg, buffers=buffers, tied=tied),
-                     local=local_training(t),
+                     local=local_training(t, seed=cfg.run.seed),
                      rounds=plan.rounds, fraction=t.fraction, sampling=t.sampling, eval_every=cfg.eval.every,
                      eval_batch_size=cfg.eval.batch_size, seed=cfg.run.seed,
                      wire=make_wire(cfg, len(clients), residuals), client_hooks=hooks,
