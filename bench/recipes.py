@@ -26,6 +26,11 @@ default run and on Dirichlet(0.1), where client sizes, and so local step counts,
 Part ``feddyn``: FedAvg against FedDyn (``train.feddyn_alpha`` 0.01 and 0.1) where clients drift:
 SCAFFOLD's setting (5 local epochs at lr 0.01) on two label shards per client and on Dirichlet(0.1).
 
+Part ``unequal``: unequal local work (``train.local_epochs_min``: each client draws its epochs
+every round), as in FedNova's experiments (Wang et al. 2020: 2 to 5 epochs); FedAvg, FedNova,
+FedProx (mu 0.01), SCAFFOLD and FedDyn (alpha 0.01), on Dirichlet(0.1) at SCAFFOLD's drift rate
+(lr 0.01), 2 to 5 epochs; and FedAvg with 5 epochs for every client (``fedavg, equal``).
+
 Per setting and seed: final eval accuracy, its mean over the last 3 evaluated rounds (``last3``:
 non-IID runs swing from round to round), the mean client accuracy, seconds. The quantize
 stage is off (neither recipe touches it). Runs are interleaved by seed so that a busy
@@ -40,6 +45,7 @@ moment of the machine hits every setting alike.
     python bench/recipes.py --part fednova --seeds 0 1
     python bench/recipes.py --part fednova --data dir0.1 --rounds 12 --extra train.local_epochs=5 train.lr=0.01
     python bench/recipes.py --part feddyn --seeds 0 1 --rounds 12
+    python bench/recipes.py --part unequal --seeds 0 1 --rounds 12
 """
 
 from __future__ import annotations
@@ -69,6 +75,9 @@ PARTS = {
     "scaffold": {"fedavg": ["train.scaffold=false"], "scaffold": ["train.scaffold=true"],
                  "fedprox 0.01": ["train.prox_mu=0.01"]},
     "fednova": {"fedavg": ["server.fednova=false"], "fednova": ["server.fednova=true"]},
+    "unequal": {"fedavg, equal": ["train.local_epochs_min=0"], "fedavg": [], "fednova": ["server.fednova=true"],
+                "fedprox 0.01": ["train.prox_mu=0.01"],
+                "scaffold": ["train.scaffold=true"], "feddyn 0.01": ["train.feddyn_alpha=0.01"]},
     "feddyn": {"fedavg": ["train.feddyn_alpha=0"], "feddyn 0.01": ["train.feddyn_alpha=0.01"],
                "feddyn 0.1": ["train.feddyn_alpha=0.1"]},
     "server": {"fedavg": ["server.strategy=fedavg"],
@@ -78,7 +87,8 @@ PARTS = {
                **{f"fedadagrad lr {lr}": ["server.strategy=fedadagrad", f"server.lr={lr}"] for lr in ("0.3", "0.03")}},
 }
 # Part scaffold trains where clients drift: 5 local epochs (65 steps of the default 400-image client), lr 0.01.
-PART_BASE = {"scaffold": ["train.local_epochs=5", "train.lr=0.01"], "feddyn": ["train.local_epochs=5", "train.lr=0.01"]}
+PART_BASE = {"scaffold": ["train.local_epochs=5", "train.lr=0.01"], "feddyn": ["train.local_epochs=5", "train.lr=0.01"],
+             "unequal": ["train.local_epochs=5", "train.local_epochs_min=2", "train.lr=0.01"]}
 
 
 def main() -> None:
@@ -99,7 +109,8 @@ def main() -> None:
         scaffold.effective_steps = lambda steps, momentum: float(max(steps, 0))
     variants = {k: v for k, v in PARTS[args.part].items() if not args.only or k in args.only}
     data_sets = args.data or {"augment": ["full", "2k"], "scaffold": ["dir0.1", "shards2"],
-                                 "fednova": ["full", "dir0.1"], "feddyn": ["shards2", "dir0.1"]}.get(args.part, ["full"])
+                                 "fednova": ["full", "dir0.1"], "feddyn": ["shards2", "dir0.1"],
+                                 "unequal": ["dir0.1"]}.get(args.part, ["full"])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for data in data_sets:

@@ -219,10 +219,12 @@ def test_the_deploy_stage_calibrates_and_evaluates_on_the_nodes_and_builds_the_s
 SECAGG = ["privacy.secure_aggregation=true", "data.num_clients=4", "privacy.secagg_threshold=0.6"]
 
 
-def test_secure_aggregation_runs_its_stages_on_the_nodes_and_gives_the_simulation_model(tmp_path):
-    cfg = fed8.load_config(None, BASE + SECAGG)
+@pytest.mark.parametrize("extra", [[], ["train.feddyn_alpha=0.05", "privacy.weighting=uniform", "train.local_epochs=2"]],
+                         ids=["fedavg", "feddyn"])  # FedDyn: h from the unmasked sums, g_k on the nodes
+def test_secure_aggregation_runs_its_stages_on_the_nodes_and_gives_the_simulation_model(tmp_path, extra):
+    cfg = fed8.load_config(None, BASE + SECAGG + extra)
     grid = FakeGrid(4, tmp_path / "nodes")
-    fed, _ = _federation(tmp_path, SECAGG, grid)
+    fed, _ = _federation(tmp_path, SECAGG + extra, grid)
     sim = fed8.run(cfg, out=tmp_path / "sim", report=False)
     assert (fed / "model.safetensors").read_bytes() == (sim.run_dir / "model.safetensors").read_bytes()
     assert _rows(fed) == [{k: v for k, v in r.items() if k != "seconds"} for r in sim.metrics]  # bytes too

@@ -143,8 +143,9 @@ class TrainConfig:
     feddyn_alpha: float = _key(
         0.0, "FedDyn (Acar et al. 2021) regularization alpha; 0 = off. Each client keeps its own gradient estimate g_k, "
         "subtracts it from every local gradient and trains with a proximal term alpha toward the global model; the "
-        "server derives its state h from the updates (upload and download unchanged); typical 0.01-0.1; not with "
-        "prox_mu, SCAFFOLD, FedNova, DP, secure aggregation, median / trimmed_mean or torchrun", ge=0.0)
+        "server derives its state h from the updates (upload and download unchanged; under secure aggregation from the "
+        "sums, with privacy.weighting = uniform); typical 0.01-0.1; not with prox_mu, SCAFFOLD, FedNova, DP, median / "
+        "trimmed_mean or torchrun", ge=0.0)
     precision: str = _key(
         "float32", "precision of the clients' forward and backward passes: float32 | bfloat16 (mixed precision under "
         "torch.autocast: convolutions and matrix products in bfloat16, weights, gradients, optimizer state and updates "

@@ -18,6 +18,12 @@ down. Clients keep ``g_k`` where SCAFFOLD keeps its controls (the run directory 
 the node on Flower), committed and rolled back with the rounds. The mean is fed8's weighted
 one (sample counts by default; the paper's is uniform over the round's clients:
 ``privacy.weighting = uniform``). Only the model's parameters carry ``g_k`` and ``h``.
+
+**Under secure aggregation** the server never sees an update, only the round's sum. With uniform
+weights the released mean is that sum over the number of inputs ``m_t``, so ``h`` moves by
+``-(alpha / N) m_t mean`` (:class:`FedDynAggregate` with ``from_sum=True``): a function of the
+sums alone, so the promise that the server learns only the sum holds. The sum is of the clipped,
+ring-encoded updates the protocol adds, so ``h`` follows them as it follows a lossy codec's.
 """
 
 from __future__ import annotations
@@ -74,14 +80,17 @@ class FedDynAggregate(ClientStateAggregate):
         ``N``: ``h`` moves by ``alpha / N`` of the sum of the round's updates.
     alpha
         FedDyn's regularization ``alpha`` (``train.feddyn_alpha``).
+    from_sum
+        Secure aggregation (uniform weights): ``h`` from the released mean times the round's number
+        of inputs (the inner chain's ``secagg_inputs`` metric), never from an update (module docstring).
 
     ``h`` moves only when the round's update is applied; checkpointed as ``feddyn.h.<name>``.
     Metric ``feddyn_h_norm``.
     """
 
-    def __init__(self, inner, *, keys: Sequence[str], num_clients: int, alpha: float) -> None:
+    def __init__(self, inner, *, keys: Sequence[str], num_clients: int, alpha: float, from_sum: bool = False) -> None:
         super().__init__(inner)
-        self.keys, self.num_clients, self.alpha = list(keys), num_clients, alpha
+        self.keys, self.num_clients, self.alpha, self.from_sum = list(keys), num_clients, alpha, from_sum
         self.c: Tensors = {}  # FedDyn sends nothing besides the model
         self.h: Tensors = {}
         self._sum: Tensors = {}
@@ -95,6 +104,8 @@ class FedDynAggregate(ClientStateAggregate):
 
     def add(self, update: ClientUpdate) -> None:
         self.inner.add(update)  # first: an update the inner aggregator refuses moves nothing
+        if self.from_sum:  # a masked input, or an update the secure sum is about to mask: h waits for the sum
+            return
         for k in self.keys:
             d = update.delta[k].to(torch.float32)
             if k in self._sum:
@@ -104,6 +115,9 @@ class FedDynAggregate(ClientStateAggregate):
 
     def result(self, params: Mapping[str, torch.Tensor]) -> Tensors:
         mean = self.inner.result(params)  # EmptyRoundError: the round is abandoned, h stays
+        if self.from_sum:
+            inputs = self.inner.metrics().get("secagg_inputs", 0)
+            self._sum = {k: mean[k] * float(inputs) for k in self.keys} if inputs else {}
         if self._sum:
             scale = self.alpha / self.num_clients
             self.h = {k: (self.h[k] if self.h else 0.0) - scale * self._sum[k] for k in self.keys}

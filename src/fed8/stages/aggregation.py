@@ -162,11 +162,13 @@ def check_combination(cfg: Config) -> None:
                 f"more clients per round, or lower secagg_min_clients (>= 2; a sum of one input reveals it).")
 
 
-def _refuse_per_update_server_side(cfg: Config, setting: str, *, private: str, robust: str) -> None:
+def _refuse_per_update_server_side(cfg: Config, setting: str, *, private: str, robust: str,
+                                   sums_suffice: bool = False) -> None:
     """Refuse ``setting`` (``"train.scaffold = true"``), whose server side reads each update, under DP or secure
-    aggregation (``private``: why) and under a median or trimmed mean (``robust``: why)."""
+    aggregation (``private``: why; ``sums_suffice``: its server side can work from the secure sum, so secure
+    aggregation without DP is allowed) and under a median or trimmed mean (``robust``: why)."""
     p, rule = cfg.privacy, cfg.server.robust
-    if p.dp != "none" or p.secure_aggregation:
+    if p.dp != "none" or (p.secure_aggregation and not sums_suffice):
         what = f"privacy.dp = {p.dp!r}" if p.dp != "none" else "privacy.secure_aggregation = true"
         raise ConfigError(f"{setting} cannot run with {what}: {private} Turn one of them off.")
     if rule in ("median", "trimmed_mean"):
@@ -205,11 +207,18 @@ def _check_feddyn(cfg: Config) -> None:
                 f"train.feddyn_alpha = {t.feddyn_alpha} cannot be combined with {key}: FedDyn's alpha is its own "
                 "proximal term and its client state its own drift correction, and its server state h assumes the "
                 f"plain weighted mean. Turn {key} off, or set train.feddyn_alpha = 0.")
+    p = cfg.privacy
+    if p.secure_aggregation and p.dp == "none" and _weighting(cfg) != "uniform":
+        raise ConfigError(
+            f"train.feddyn_alpha = {t.feddyn_alpha} with privacy.secure_aggregation needs privacy.weighting = "
+            f"'uniform' (got {p.weighting!r}, which weights by sample count): the server learns only the weighted sum, "
+            "and FedDyn's h needs the plain sum of the updates (the paper's uniform mean). Set privacy.weighting = "
+            "'uniform'.")
     _refuse_per_update_server_side(
-        cfg, f"train.feddyn_alpha = {cfg.train.feddyn_alpha}",
+        cfg, f"train.feddyn_alpha = {cfg.train.feddyn_alpha}", sums_suffice=True,  # h from the sums (feddyn.py)
         private="each client's gradient estimate g_k and the server's h are functions of each client's own update "
-                "(h is sent back into every later model), a release that the DP noise does not cover and that secure "
-                "aggregation is not set up to compute.",
+                "(h is sent back into every later model), a release that the DP noise does not cover. Secure "
+                "aggregation alone works (privacy.dp = 'none', privacy.weighting = 'uniform').",
         robust="h is a sum over every accepted update, so one client's update would move it without the robust "
                "rule's bound.")
 
@@ -355,7 +364,8 @@ def make_aggregator(cfg: Config, plan, *, client_sizes: Sequence[int], expected:
     if cfg.train.feddyn_alpha > 0:  # inside the bounds, like SCAFFOLD: h follows what is aggregated
         from ..federated.feddyn import FedDynAggregate
 
-        agg = FedDynAggregate(agg, keys=params, num_clients=len(client_sizes), alpha=cfg.train.feddyn_alpha)
+        agg = FedDynAggregate(agg, keys=params, num_clients=len(client_sizes), alpha=cfg.train.feddyn_alpha,
+                              from_sum=p.secure_aggregation)
     if cfg.train.scaffold:  # inside the bounds: c follows what is aggregated
         from ..federated.scaffold import ScaffoldAggregate
 
