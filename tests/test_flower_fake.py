@@ -50,6 +50,7 @@ def _rows(path):
                  id="fednova-unequal-epochs"),  # each node draws its epochs as the simulation does
     pytest.param(["server.fednova=true", "privacy.client_reports=off", "privacy.weighting=uniform"],
                  id="fednova-uniform-weights-reports-off"),  # the count still travels: a_i needs it
+    pytest.param(["eval.finetune_epochs=1", "train.lr_schedule=cosine"], id="fine-tuned-accuracy-on-the-nodes"),
     pytest.param(["privacy.dp=central", "privacy.noise_multiplier=0.5", "privacy.weighting=uniform",
                   "privacy.insecure_reproducible_noise=true"], id="central-dp"),
     pytest.param(["privacy.dp=local", "privacy.noise_multiplier=0.3", "privacy.weighting=uniform",

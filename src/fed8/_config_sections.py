@@ -293,7 +293,8 @@ class PrivacyConfig:
     client_reports: str = _key(
         "auto", "whether clients send the server numbers from their data outside training, which DP and secure "
         "aggregation do not cover: their training loss (and, under secure aggregation, sample count) every round, "
-        "each evaluated round's correct-prediction count on their local test split, and the quantize stage's "
+        "each evaluated round's correct-prediction count on their local test split (and after fine-tuning, "
+        "eval.finetune_epochs), and the quantize stage's "
         "calibration statistics and on-device accuracies. auto (off under DP or secure "
         "aggregation: clients report nothing else, calibration and evaluation use the server's eval split; on "
         "otherwise) | on (the privacy statement names them as not covered) | off",
@@ -356,6 +357,11 @@ class EvalConfig:
         ge=0,
     )
     batch_size: int = _key(500, "batch size for evaluation", ge=1)
+    finetune_epochs: int = _key(
+        0, "after the last round, every client fine-tunes the global model this many epochs on its own training "
+        "images (the run's local SGD, plain) and evaluates it on its local test split: client_accuracy_finetuned_mean "
+        "/ p10 / min, what adapting to each client adds to one global model (FedAvg-FT); 0 = off. A client report: "
+        "needs privacy.client_reports (off by default under DP or secure aggregation)", ge=0)
 
 
 DEPLOY_FORMATS = ("int8", "float8_e4m3fn", "float8_e5m2", "litert_int8", "litert_fp32", "torch_float8_e4m3fn")

@@ -10,14 +10,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["ATTACK", "COMPRESS", "DOWNLINK", "DP_NOISE", "INIT", "LOCAL_NOISE", "LOCAL_WORK", "SAMPLE", "SECAGG", "TRAIN",
-           "derive_seed",
+__all__ = ["ATTACK", "COMPRESS", "DOWNLINK", "DP_NOISE", "FINETUNE", "INIT", "LOCAL_NOISE", "LOCAL_WORK", "SAMPLE",
+           "SECAGG", "TRAIN", "derive_seed",
            "numpy_rng", "torch_generator"]
 
 # Stream tags keep the streams of different purposes independent.
 INIT, SAMPLE, TRAIN, COMPRESS, DOWNLINK = 1, 2, 3, 4, 5
 DP_NOISE, LOCAL_NOISE, SECAGG, ATTACK = 6, 7, 8, 9
 LOCAL_WORK = 10  # how many epochs each client trains in a round (train.local_epochs_min)
+FINETUNE = 11  # the shuffles of a client's fine-tuning after the last round (eval.finetune_epochs)
 
 
 def derive_seed(seed: int, *keys: int) -> int:

@@ -81,7 +81,11 @@ def print_summary(con, run_dir: Path, s: dict, title: str, *, report: bool) -> N
         ("client accuracy mean / p10 / min", " / ".join(
             f"{f[k]:.4f}" if f[k] is not None else "-"
             for k in ("client_accuracy_mean", "client_accuracy_p10", "client_accuracy_min"))),
-    ] + ([("worst class (eval accuracy)", f"{s['eval_per_class']['worst_class']} "
+    ] + ([("  after fine-tuning", " / ".join(
+            f"{f[k]:.4f}" if f[k] is not None else "-"
+            for k in ("client_accuracy_finetuned_mean", "client_accuracy_finetuned_p10",
+                      "client_accuracy_finetuned_min")))] if "client_accuracy_finetuned_mean" in f else []) + (
+        [("worst class (eval accuracy)", f"{s['eval_per_class']['worst_class']} "
                                             f"({s['eval_per_class']['worst_class_accuracy']:.4f})")]
          if (s.get("eval_per_class") or {}).get("worst_class") is not None else []) + [
         ("uplink / downlink", f"{fmt_bytes(s['total_uplink_bytes'])} / {fmt_bytes(s['total_downlink_bytes'])}"),

@@ -80,6 +80,10 @@ class Transport(Protocol):
     def evaluate_clients(self, state: Mapping[str, torch.Tensor]) -> dict:
         """``client_accuracy_mean / p10 / min`` of ``state`` on every client's local test split."""
 
+    def evaluate_finetuned(self, state: Mapping[str, torch.Tensor], rnd: int, epochs: int) -> dict:
+        """``client_accuracy_finetuned_*``: every client's accuracy after fine-tuning ``state`` (the model after
+        round ``rnd``) for ``epochs`` local epochs (:mod:`fed8.federated.finetune`)."""
+
     def float32_bytes(self, state: Mapping[str, torch.Tensor]) -> tuple[int, int]:
         """What one float32 upload / download of ``state`` would cost."""
 
@@ -111,6 +115,10 @@ class RoundLoop:
         evaluated round's correct counts on their local test splits, and their training loss
         (releases that DP and secure aggregation do not cover); False: the client accuracy
         fields and ``train_loss`` stay None, and no client is asked to evaluate.
+    finetune_epochs
+        > 0: after the last round, every client fine-tunes the model that many epochs and reports its
+        accuracy (``client_accuracy_finetuned_*`` in the last round's record; a client report, so only
+        with ``client_reports``).
     """
 
     aggregator: Aggregator
@@ -126,6 +134,7 @@ class RoundLoop:
     sampling_randomness: PrivacyRandomness | None = None
     optimizer_state: Tensors = field(default_factory=dict)
     client_reports: bool = True
+    finetune_epochs: int = 0  # > 0: after the last round, each client's accuracy after that much fine-tuning
 
     def __post_init__(self) -> None:
         if self.sampling_randomness is None:
@@ -184,6 +193,8 @@ class RoundLoop:
                           rejected_updates=extra.pop("rejected_updates", 0), extra=extra, aborted=aborted)
         if self.is_eval_round(rnd):
             rec = rec.with_eval(self.evaluate(new_state))
+        if rnd == self.rounds and self.finetune_epochs > 0 and self.client_reports:
+            rec.extra.update(self.transport.evaluate_finetuned(new_state, rnd, self.finetune_epochs))
         rec.seconds = time.perf_counter() - t0
         return new_state, rec
 

@@ -281,6 +281,24 @@ class InProcessTransport:
         _, correct = predict_correct(self.model, self.local_x, self.local_y, batch_size=self.eval_batch_size)
         return client_accuracy_stats(correct, self.owner, len(self.clients))
 
+    def evaluate_finetuned(self, state: Mapping[str, torch.Tensor], rnd: int, epochs: int) -> dict:
+        """``client_accuracy_finetuned_*``: every client fine-tunes ``state`` for ``epochs`` epochs, then evaluates
+        (:mod:`fed8.federated.finetune`)."""
+        from .finetune import finetune_correct, finetuned_stats, finetuning
+
+        local, state = finetuning(self.local, rnd, epochs), self._on_device(state)
+
+        def one(model: nn.Module, k: int) -> tuple[int, int]:
+            return finetune_correct(model, state, self.clients[k], local, seed=self.seed, client=k,
+                                    batch_size=self.eval_batch_size)
+
+        clients = range(len(self.clients))
+        if self.parallel_clients > 1 and len(clients) > 1:  # the thread count each client trains with in the rounds
+            counts = list(self._threads().map(one, clients, cost=lambda k: self.clients[k].num_train))
+        else:
+            counts = [one(self.model, k) for k in clients]
+        return finetuned_stats(counts)
+
     def float32_bytes(self, state: Mapping[str, torch.Tensor]) -> tuple[int, int]:
         return self.wire.float32_bytes(state)
 
@@ -300,7 +318,8 @@ class Simulation(RoundLoop):
         As for :class:`InProcessTransport`.
     eval_x, eval_y
         The server's eval split.
-    aggregator, optimizer, rounds, fraction, sampling, eval_every, seed, sampling_randomness, client_reports
+    aggregator, optimizer, rounds, fraction, sampling, eval_every, seed, sampling_randomness, client_reports,
+    finetune_epochs
         As for :class:`RoundLoop`. An aggregator with a
         :class:`~fed8.federated.scaffold.ScaffoldAggregate` in its chain trains with SCAFFOLD.
     controls
@@ -319,7 +338,7 @@ class Simulation(RoundLoop):
                  sampling_randomness: PrivacyRandomness | None = None, client_batch_size: int = 1,
                  batch_when_slower: bool = False, device: torch.device | None = None, parallel_clients: int = 1,
                  client_threads: int = 1, client_reports: bool = True,
-                 controls: "ResidualStore | None" = None) -> None:
+                 controls: "ResidualStore | None" = None, finetune_epochs: int = 0) -> None:
         device = device if device is not None else torch.device("cpu")
         from .scaffold import find_scaffold
 
@@ -338,7 +357,8 @@ class Simulation(RoundLoop):
         super().__init__(aggregator=aggregator, optimizer=optimizer, transport=transport,
                          num_clients=len(clients), fraction=fraction, rounds=rounds, sampling=sampling,
                          eval_every=eval_every, seed=seed, evaluate_server=self._evaluate_server,
-                         sampling_randomness=sampling_randomness, client_reports=client_reports)
+                         sampling_randomness=sampling_randomness, client_reports=client_reports,
+                         finetune_epochs=finetune_epochs)
 
     # the in-process transport's pieces, for the quantize stage and tests
     wire = property(lambda self: self.transport.wire)

@@ -238,6 +238,22 @@ def evaluate(msg: Message, context: Context) -> Message:
         {"client": k, "round": rnd, "correct": int(correct.sum()), "count": int(correct.numel())})}), reply_to=msg)
 
 
+@app.evaluate("finetuned")
+def evaluate_finetuned(msg: Message, context: Context) -> Message:
+    """The node's correct count on its local test split after fine-tuning the sent model on its own training images
+    (:mod:`fed8.federated.finetune`); the fine-tuned model stays here."""
+    from ..federated.finetune import finetune_correct, finetuning
+    from ..stages.federation import local_training
+
+    cfg, model, data, k, rnd = _setup(msg, context)
+    _train_threads(cfg, model, context)
+    local = finetuning(local_training(cfg.train, seed=cfg.run.seed), rnd, int(msg.content["job"]["epochs"]))
+    correct, count = finetune_correct(model, state_from_record(msg.content["model"]), data, local, seed=cfg.run.seed,
+                                      client=k, batch_size=cfg.eval.batch_size)
+    return Message(content=RecordDict({"job": ConfigRecord(
+        {"client": k, "round": rnd, "correct": correct, "count": count})}), reply_to=msg)
+
+
 # -- the quantize stage on the node: statistics of its own images, on-device accuracy ------------------------------
 
 def _onnx(msg: Message, folder: str):

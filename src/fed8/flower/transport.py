@@ -218,6 +218,17 @@ class FlowerTransport:
         return client_accuracy_from_counts([(int(replies[k]["job"]["correct"]), int(replies[k]["job"]["count"]))
                                             if k in replies else (0, 0) for k in sorted(self.nodes)])
 
+    def evaluate_finetuned(self, state: Mapping[str, torch.Tensor], rnd: int, epochs: int) -> dict:
+        """Every node fine-tunes ``state`` on its own data and sends back its correct count (the ClientApp's
+        ``evaluate.finetuned``); a node that does not reply counts as no test images."""
+        from ..federated.finetune import finetuned_stats
+
+        model, _ = state_to_record(state)
+        replies = self.send("evaluate.finetuned", rnd, {
+            k: self.message("evaluate.finetuned", rnd, k, model, epochs=epochs) for k in sorted(self.nodes)})
+        return finetuned_stats([(int(replies[k]["job"]["correct"]), int(replies[k]["job"]["count"]))
+                                if k in replies else (0, 0) for k in sorted(self.nodes)])
+
     def float32_bytes(self, state: Mapping[str, torch.Tensor]) -> tuple[int, int]:
         return self.wire.float32_bytes(state)
 

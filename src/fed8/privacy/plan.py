@@ -139,7 +139,8 @@ class PrivacyPlan:
         if client_reports and (self.spec is not None or secure) and not insecure_noise:
             text += (" Not covered: each client also sent the server, alone and without noise, its training loss and "
                      "sample count every round, its correct-prediction count on its local test split in every "
-                     "evaluated round, and the quantize stage's calibration statistics and on-device accuracies "
+                     "evaluated round (with eval.finetune_epochs > 0 also after fine-tuning), and the quantize "
+                     "stage's calibration statistics and on-device accuracies "
                      "(privacy.client_reports = on; auto keeps them on the clients).")
         if rejected and (self.spec is not None or secure) and not insecure_noise:
             text += (f" Not covered either: {rejected} client update(s) were not finite and were rejected, and the "

@@ -107,6 +107,7 @@ def comparison(runs: Sequence[RunView]) -> list[dict[str, Any]]:
             "best_eval_accuracy": max((r["eval_accuracy"] for r in evaluated), default=None),
             "client_accuracy_mean": last.get("client_accuracy_mean"),
             "client_accuracy_p10": last.get("client_accuracy_p10"),
+            "client_accuracy_finetuned_mean": last.get("client_accuracy_finetuned_mean"),
             "worst_class_accuracy": (run.summary.get("eval_per_class") or {}).get("worst_class_accuracy"),
             "uplink_bytes": up, "uplink_vs_float32": up / up32 if up32 else None,
             "downlink_bytes": sum(r.get("downlink_bytes") or 0 for r in rows),
@@ -194,6 +195,7 @@ def seed_groups(rows: Sequence[dict]) -> list[dict]:
 COLUMNS = [  # (heading, row key, format: "acc" | "bytes" | "ratio" | "eps" | "s")
     ("eval acc", "eval_accuracy", "acc"), ("best eval acc", "best_eval_accuracy", "acc"),
     ("client acc mean", "client_accuracy_mean", "acc"), ("client acc p10", "client_accuracy_p10", "acc"),
+    ("fine-tuned client acc mean", "client_accuracy_finetuned_mean", "acc"),
     ("worst class acc", "worst_class_accuracy", "acc"),
     ("uplink", "uplink_bytes", "bytes"), ("uplink vs float32", "uplink_vs_float32", "ratio"),
     ("downlink", "downlink_bytes", "bytes"), ("epsilon", "epsilon", "eps"), ("train s", "train_seconds", "s"),

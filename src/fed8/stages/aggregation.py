@@ -142,6 +142,12 @@ def check_combination(cfg: Config) -> None:
             "privacy.weighting = 'capped' needs privacy.weight_cap > 0: the cap sets each client's weight "
             "min(1, n_k / weight_cap) and must be a public number, not one taken from the clients' data. Set it to "
             "a typical client's sample count (e.g. --set privacy.weight_cap=400), or use weighting = 'uniform'.")
+    if cfg.eval.finetune_epochs > 0 and not client_reports_on(cfg):
+        raise ConfigError(
+            f"eval.finetune_epochs = {cfg.eval.finetune_epochs} needs client reports: each client's fine-tuned "
+            "accuracy is a count from its own data sent outside training, which DP and secure aggregation do not "
+            "cover, and privacy.client_reports is off here. Set privacy.client_reports = 'on' (the privacy statement "
+            "then names these reports as not covered), or eval.finetune_epochs = 0.")
     if cfg.train.local_epochs_min > cfg.train.local_epochs:
         raise ConfigError(
             f"train.local_epochs_min = {cfg.train.local_epochs_min} is more than train.local_epochs = "

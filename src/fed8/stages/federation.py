@@ -289,5 +289,6 @@ def prepare(cfg: Config, residuals: Path | None = None, controls: Path | None = 
                      client_batch_size=1 if cfg.run.client_batching == "off" else cfg.run.client_batch_size,
                      batch_when_slower=cfg.run.client_batching == "on",
                      device=device, parallel_clients=parallel, client_threads=client_threads,
-                     client_reports=client_reports_on(cfg), controls=_control_store(cfg, controls))
+                     client_reports=client_reports_on(cfg), controls=_control_store(cfg, controls),
+                     finetune_epochs=cfg.eval.finetune_epochs)
     return Prepared(cfg, sim, state, fed.partition, fed.classes, fed.input_shape, count_parameters(model), plan)

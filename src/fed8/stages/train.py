@@ -70,6 +70,7 @@ def _resume_config(rd: RunDir, overrides: Sequence[str]) -> Config:
 
 
 def _summary(prep: Prepared, rows: list[dict], wall_s: float) -> dict:
+    from ..federated.finetune import FINETUNED_KEYS
     from ..federated.record import CLIENT_ACCURACY_KEYS, RoundRecord
 
     cfg = prep.config
@@ -82,8 +83,9 @@ def _summary(prep: Prepared, rows: list[dict], wall_s: float) -> dict:
         "dataset": cfg.data.source, "model": cfg.model.name, "parameters": prep.num_parameters,
         "input_shape": list(prep.input_shape), "classes": list(prep.classes),
         "num_clients": cfg.data.num_clients, "rounds": recs[-1].round if recs else 0,
-        "final": {k: getattr(final, k) if final else None
-                  for k in ("round", "eval_accuracy", "eval_loss", *CLIENT_ACCURACY_KEYS)},
+        "final": {**{k: getattr(final, k) if final else None
+                     for k in ("round", "eval_accuracy", "eval_loss", *CLIENT_ACCURACY_KEYS)},
+                  **{k: recs[-1].get(k) for k in FINETUNED_KEYS if recs and k in recs[-1].extra}},
         "best_eval_accuracy": max((r.eval_accuracy for r in evals), default=None),
         "total_uplink_bytes": up,
         "total_downlink_bytes": down,
