@@ -193,6 +193,9 @@ def render_html(run_dir: Path, summary: dict, rows: list[dict], config_text: str
     eps = (summary.get("privacy") or {}).get("epsilon")
     if eps is not None:
         facts.insert(5, ("epsilon (delta)", f"{eps:.3g} ({summary['privacy'].get('delta'):g})"))
+    if "client_accuracy_finetuned_mean" in final:
+        tuned = " / ".join(fmt(final.get(f"client_accuracy_finetuned_{s}")) for s in ("mean", "p10", "min"))
+        facts.insert(4, ("client accuracy after fine-tuning (eval.finetune_epochs)", tuned))
     imgs = "".join(
         f'<img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">' for p in plots
     )
