@@ -63,6 +63,11 @@ def test_every_client_fine_tunes_the_final_model_and_reports_its_accuracy(tmp_pa
     assert last["client_accuracy_finetuned_mean"] > last["client_accuracy_mean"] + 0.05  # adapting to two digits
     summary = json.loads((tmp_path / "run/summary.json").read_text())
     assert summary["final"]["client_accuracy_finetuned_mean"] == last["client_accuracy_finetuned_mean"]
+    from fed8.cli import main
+
+    assert main(["report", str(tmp_path / "run")]) == 0
+    assert f"after fine-tuning (eval.finetune_epochs)</td><td>{last['client_accuracy_finetuned_mean']:.4f}" in \
+        (tmp_path / "run/report.html").read_text()
     # the run's model is the global one: fine-tuning changed nothing the server keeps
     plain = fed8.run(fed8.load_config(None, BASE + ["eval.finetune_epochs=0"]), out=tmp_path / "plain", report=False)
     assert (tmp_path / "plain/model.safetensors").read_bytes() == (tmp_path / "run/model.safetensors").read_bytes()
