@@ -170,6 +170,13 @@ def test_run_with_quantize_stage(tmp_path, small):
         assert rows[f]["top1_agreement_with_float32"] > 0.95
         assert rows[f]["on_device"]["client_accuracy_mean"] is not None
         assert rows[f]["latency_ms_batch1"] > 0 and rows[f]["latency_ms_batch256"] > 0
+    from fed8.deploy.export import read_metadata
+    from fed8.deploy.runtime import int8_pair_saturation
+
+    bits = 7 if int8_pair_saturation() else 8  # auto: 7-bit weights where this CPU's u8s8 kernels saturate
+    assert rows["int8"]["weight_bits"] == bits
+    assert read_metadata(tmp_path / "r/deploy/int8.onnx")["int8_weight_bits"] == bits
+    assert any("weights in 7 bits" in n for n in q["notes"]) == (bits == 7)
     for f in ("float32", "int8"):
         assert read_metadata(tmp_path / f"r/deploy/{rows[f]['file']}")["preprocess"]["std"] == 0.5
     assert "no FP8 arithmetic" in q["notes"][0]

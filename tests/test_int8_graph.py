@@ -10,7 +10,7 @@ from fed8.deploy.calibrate import client_ranges, merge_ranges
 from fed8.deploy.export import export_onnx, read_metadata
 from fed8.deploy.int8_graph import tune_for_int8
 from fed8.deploy.quantize import quantize_int8_model
-from fed8.deploy.runtime import run_logits, session
+from fed8.deploy.runtime import int8_pair_saturation, run_logits, saturation_reason, session
 from fed8.models import build_model
 
 
@@ -138,3 +138,39 @@ def test_gate_kept_float_layer_is_not_rewritten(cnn):
     assert "/conv1/Conv" in names  # still there, in float
     ref = run_logits(session(path), x)
     assert (run_logits(session(q), x).argmax(1) == ref.argmax(1)).mean() > 0.9
+
+
+def _int8_weights(path) -> list[np.ndarray]:
+    """The int8 weight initializers of a QDQ model (the inputs of its weight DequantizeLinear nodes)."""
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    return [inits[n.input[0]] for n in m.graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].dtype == np.int8]
+
+
+def test_reduce_range_keeps_int8_weights_in_seven_bits_and_auto_follows_the_cpu(tmp_path):
+    path, x, d = _cnn(tmp_path, 1, 28)
+    ranges = merge_ranges([client_ranges(path, x)])
+    full = quantize_int8_model(path, d / "full.onnx", ranges, reduce_range=False)
+    seven = quantize_int8_model(path, d / "seven.onnx", ranges, reduce_range=True)
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in _int8_weights(full)) == 127  # symmetric, per channel
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in _int8_weights(seven)) <= 64  # 255 * 64 * 2 < 2^15
+    assert read_metadata(full)["int8_weight_bits"] == 8 and read_metadata(seven)["int8_weight_bits"] == 7
+    auto = quantize_int8_model(path, d / "auto.onnx", ranges)
+    assert read_metadata(auto)["int8_weight_bits"] == (7 if int8_pair_saturation() else 8)
+    a, b = run_logits(session(seven), x), run_logits(session(full), x)
+    assert (a.argmax(1) == b.argmax(1)).mean() > 0.9  # one bit less weight precision, the same model
+
+
+@pytest.mark.parametrize("machine, flags, saturates", [
+    ("x86_64", ["sse4_1", "avx2", "fma"], True),  # AMD Zen 2/3, Intel Haswell-Skylake
+    ("x86_64", ["avx2", "avx512f", "avx512bw"], True),  # AVX-512 without VNNI (Skylake-SP)
+    ("x86_64", ["avx2", "avx512f", "avx512_vnni"], False),  # Cascade Lake and later, Zen 4
+    ("AMD64", ["avx2", "avx_vnni"], False),  # Alder Lake's AVX-VNNI
+    ("x86_64", None, True),  # flags unknown: the cautious answer
+    ("aarch64", None, False), ("arm64", ["asimd"], False),  # ARM's dot products add in 32 bits
+])
+def test_which_cpus_saturate(machine, flags, saturates):
+    assert (saturation_reason(machine, flags) is not None) == saturates

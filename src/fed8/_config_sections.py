@@ -425,6 +425,12 @@ class QuantizeConfig:
         "the pixel phases; "
         "flatten in NHWC order); the integers computed are the same"
     )
+    int8_reduce_range: str = _key(
+        "auto", "INT8 weights in 7 bits ([-64, 64]) instead of 8: ONNX Runtime's uint8 x int8 kernels on x86 CPUs "
+        "without VNNI (AVX2: AMD Zen 2/3, Intel before Cascade Lake) add pairs of products in 16 bits with "
+        "saturation, which silently corrupts 8-bit weights' results. auto (on where the machine that builds and "
+        "measures the models is such a CPU) | on (for models deployed to such CPUs) | off (for VNNI x86 and ARM)",
+        choices=("auto", "on", "off"))
     threads: int = _key(2, "inference threads for evaluation and latency (ONNX Runtime and OpenVINO)", ge=1)
     openvino: str = _key(
         "off",

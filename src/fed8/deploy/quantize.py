@@ -61,8 +61,12 @@ def _hoist(src: str, producers: dict, consumers: dict) -> tuple[str, str | None]
 
 def quantize_int8_model(fp32_path: str | Path, out_path: str | Path, ranges: Mapping[str, tuple[float, float]], *,
                         per_channel: bool = True, nodes_to_exclude: list[str] | None = None,
-                        tune_graph: bool = True) -> Path:
+                        tune_graph: bool = True, reduce_range: bool | None = None) -> Path:
     """INT8 QDQ model via ``onnxruntime.quantization.quantize_static`` with the given activation ranges.
+
+    ``reduce_range``: weights in 7 bits (``[-64, 64]``), so that ONNX Runtime's uint8 x int8 kernels
+    on x86 CPUs without VNNI cannot saturate (:func:`fed8.deploy.runtime.int8_pair_saturation`);
+    None: where this CPU is one of them. Stored in the model's metadata (``int8_weight_bits``).
 
     With ``tune_graph`` the float graph is first rewritten by :func:`fed8.deploy.int8_graph.tune_for_int8`
     (exact rewrites that ORT's CPU integer kernels run faster; the integers computed are
@@ -79,6 +83,10 @@ def quantize_int8_model(fp32_path: str | Path, out_path: str | Path, ranges: Map
 
     out_path = Path(out_path)
     source = fp32_path
+    if reduce_range is None:
+        from .runtime import int8_pair_saturation
+
+        reduce_range = int8_pair_saturation() is not None
     with tempfile.TemporaryDirectory(prefix="fed8-q-") as tmp:
         rewrites: list[str] = []
         exclude = list(nodes_to_exclude or [])
@@ -103,16 +111,17 @@ def quantize_int8_model(fp32_path: str | Path, out_path: str | Path, ranges: Map
             quantize_static(str(fp32_path), str(out_path), None, quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
                             calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(cache),
-                            nodes_to_exclude=exclude,
+                            nodes_to_exclude=exclude, reduce_range=reduce_range,
                             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
         finally:
             root.setLevel(level)
+        q = onnx.load(str(out_path))
         if rewrites:
-            q = onnx.load(str(out_path))
             pin_quantize(q, set(tuned.pinned_inputs))
-            set_metadata(q, {**read_metadata(out_path), "int8_graph_rewrites": rewrites})
-            onnx.checker.check_model(q)
-            onnx.save(q, str(out_path))
+        set_metadata(q, {**read_metadata(out_path), "int8_weight_bits": 7 if reduce_range else 8,
+                         **({"int8_graph_rewrites": rewrites} if rewrites else {})})
+        onnx.checker.check_model(q)
+        onnx.save(q, str(out_path))
 
     used = kernel_ops(out_path)
     compute = {n.name for n in onnx.load(str(source)).graph.node if n.op_type in COMPUTE_OPS}

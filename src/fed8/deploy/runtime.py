@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FP8_CPU_SESSION_CONFIG", "INTEGER_OPS", "RUNTIMES", "kernel_ops", "latency_ms", "openvino_available",
-           "run_logits", "session"]
+__all__ = ["FP8_CPU_SESSION_CONFIG", "INTEGER_OPS", "RUNTIMES", "int8_pair_saturation", "kernel_ops", "latency_ms",
+           "openvino_available", "run_logits", "saturation_reason", "session"]
 
 RUNTIMES = ("onnxruntime", "openvino")
 
@@ -31,6 +31,46 @@ INTEGER_OPS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger
 # at load, instead of on every run (batch-1 latency drops ~7x on the MNIST cnn; the
 # file stays 8-bit). Activations still round to FP8 in every run.
 FP8_CPU_SESSION_CONFIG = {"session.disable_quant_qdq": "1"}
+
+
+def int8_pair_saturation() -> str | None:
+    """Why ONNX Runtime's INT8 kernels can saturate on this CPU, or None where they cannot.
+
+    On x86 CPUs without VNNI (SSE4.1, AVX2 and AVX-512 without ``avx512_vnni`` / ``avx_vnni``:
+    AMD Zen 2 and 3, Intel before Cascade Lake and Alder Lake) MLAS multiplies uint8 activations
+    by int8 weights with ``vpmaddubsw``, which adds each pair of products into a 16-bit integer
+    with saturation: ``255 * 127 * 2 = 64,770`` does not fit ``32,767``, and the result is silently
+    wrong (ONNX Runtime's quantization docs; oneDNN's "Nuances of int8 computations"). Weights in
+    7 bits (``[-64, 64]``: ``255 * 64 * 2 = 32,640``) cannot saturate. VNNI's ``vpdpbusd`` adds
+    into 32 bits, and ARM's dot products have no such limit. x86 CPUs whose flags cannot be read
+    (no ``/proc/cpuinfo``) count as saturating: the cautious answer costs one bit of weight precision.
+    """
+    import platform
+
+    machine = platform.machine()
+    if machine.lower() not in _X86:
+        return None
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        flags = None
+    return saturation_reason(machine, flags)
+
+
+_X86 = ("x86_64", "amd64", "x86", "i386", "i686")
+
+
+def saturation_reason(machine: str, flags: list[str] | None) -> str | None:
+    """:func:`int8_pair_saturation` for a CPU of architecture ``machine`` with the instruction-set ``flags`` of
+    ``/proc/cpuinfo`` (None: unknown)."""
+    if machine.lower() not in _X86:
+        return None
+    if flags is None:
+        return "an x86 CPU whose instruction sets could not be read (no /proc/cpuinfo)"
+    if {"avx512_vnni", "avx_vnni"} & set(flags):
+        return None
+    return "this x86 CPU has no VNNI (" + ("AVX2" if "avx2" in flags else "no AVX2") + ")"
 
 
 def openvino_available() -> bool:

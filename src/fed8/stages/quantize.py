@@ -109,7 +109,7 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
     from ..federated.evaluate import client_accuracy_from_counts
     from ..deploy.quantize import fp8_activation_scales, quantize_fp8_model, quantize_int8_model
     from ..deploy.measure import Measure, add_ratios
-    from ..deploy.runtime import FP8_CPU_SESSION_CONFIG, run_logits, session
+    from ..deploy.runtime import FP8_CPU_SESSION_CONFIG, int8_pair_saturation, run_logits, session
     from ..deploy.litert import LITERT_FORMATS, litert_available
     from ..deploy.fp8_linear import TORCH_FP8_FORMAT
 
@@ -117,6 +117,8 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
     lite_fmts = [f for f in _formats(q) if f in LITERT_FORMATS]
     torch_fp8 = TORCH_FP8_FORMAT in _formats(q)
     use_openvino = _use_openvino(q)
+    saturation = int8_pair_saturation()
+    reduce_range = q.int8_reduce_range == "on" or (q.int8_reduce_range == "auto" and saturation is not None)
     stats = data.statistics
     say("calibrating" + (" on the clients" if len(data.calib_sets) != 1 else ""))
     ranges = merge_ranges(stats.ranges(fp32))
@@ -180,7 +182,7 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
         if fmt == "int8":
             def make(keep: Sequence[str] = ()) -> None:
                 quantize_int8_model(fp32, path, act_ranges, nodes_to_exclude=list(keep),
-                                    tune_graph=q.int8_graph_tuning)
+                                    tune_graph=q.int8_graph_tuning, reduce_range=reduce_range)
             fp8_scales = None
         else:
             candidates = ["amax", "std"] if q.fp8_activation_scale == "auto" else [q.fp8_activation_scale]
@@ -214,7 +216,8 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
         if not res.passed:  # report the fully quantized model, marked failed
             make(())
         rewrites = read_metadata(path).get("int8_graph_rewrites", []) if fmt == "int8" else []
-        stamp_metadata(path, {**meta, "format": fmt, **({"int8_graph_rewrites": rewrites} if rewrites else {}),
+        bits = {"int8_weight_bits": 7 if reduce_range else 8} if fmt == "int8" else {}
+        stamp_metadata(path, {**meta, "format": fmt, **bits, **({"int8_graph_rewrites": rewrites} if rewrites else {}),
                               **({"ort_session_config": FP8_CPU_SESSION_CONFIG} if fmt != "int8" else {})})
         sess = session(path, threads=q.threads)
         logits = eval_logits(path, sess)
@@ -225,11 +228,13 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
             if fmt == "int8" and rewrites:  # the rewrites are for ORT's kernels; OpenVINO runs the plain graph
                 ov_path = out / "int8_openvino.onnx"
                 keep = [r.node for r in res.kept_float] if res.passed else []
-                quantize_int8_model(fp32, ov_path, act_ranges, nodes_to_exclude=keep, tune_graph=False)
+                quantize_int8_model(fp32, ov_path, act_ranges, nodes_to_exclude=keep, tune_graph=False,
+                                    reduce_range=reduce_range)
                 stamp_metadata(ov_path, {**meta, "format": fmt, "runtime": "openvino"})
             row["openvino"] = measure_openvino(ov_path, logits)
         if fmt == "int8":
             row["graph_rewrites"] = rewrites
+            row["weight_bits"] = 7 if reduce_range else 8
         row["status"] = "ok" if res.passed else "failed"
         row["layers_kept_float"] = [
             {"node": r.node, "op": r.op, "sqnr_db": r.sqnr_db, "weight_sqnr_db": r.weight_db,
@@ -240,6 +245,10 @@ def deploy_formats(fp32: Path, out: Path, q: QuantizeConfig, data: DeployData, m
         row["gate"] = _gate_info(q, res)
         rows.append(row)
     notes = [NOTE_FP8_CPU] if any(f.startswith("float8") for f in fmts) else []
+    if "int8" in fmts and reduce_range and q.int8_reduce_range == "auto":
+        notes.append(f"int8: weights in 7 bits ([-64, 64]) because {saturation}: ONNX Runtime's uint8 x int8 kernels "
+                     "would saturate their 16-bit pair sums with 8-bit weights. For a model that will run only on "
+                     "VNNI x86 or ARM CPUs, set quantize.int8_reduce_range = off.")
     if lite_fmts and data.model is None:
         notes.append(NOTE_LITERT_NO_MODEL)
     elif lite_fmts and not litert_available():
