@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -45,6 +45,8 @@ log = logging.getLogger("fed8")
 Tensors = dict[str, torch.Tensor]
 # A client-side transform of an update before it is sent: (round, update) -> update.
 ClientHook = Callable[[int, ClientUpdate], ClientUpdate]
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -203,7 +205,11 @@ class InProcessTransport:
             return self.scaffold.client_round(lambda corr: plain(model, k, corr), self.controls, k, rnd,
                                               self._control, local.for_client(rnd, k))
 
-        one = plain if self.scaffold is None else with_controls
+        yield from self._each_client(plain if self.scaffold is None else with_controls, clients)
+
+    def _each_client(self, one: Callable[[nn.Module, int], T], clients: Sequence[int]) -> Iterator[T]:
+        """``one(model, k)`` for each client in order: on the client threads (largest first, each on its own
+        model copy and thread count) where parallel clients are on, else one after another on the main model."""
         if self.parallel_clients > 1 and len(clients) > 1:
             yield from self._threads().map(one, clients, cost=lambda k: self.clients[k].num_train)
         else:
@@ -292,12 +298,8 @@ class InProcessTransport:
             return finetune_correct(model, state, self.clients[k], local, seed=self.seed, client=k,
                                     batch_size=self.eval_batch_size)
 
-        clients = range(len(self.clients))
-        if self.parallel_clients > 1 and len(clients) > 1:  # the thread count each client trains with in the rounds
-            counts = list(self._threads().map(one, clients, cost=lambda k: self.clients[k].num_train))
-        else:
-            counts = [one(self.model, k) for k in clients]
-        return finetuned_stats(counts)
+        # the thread count each client trains with in the rounds
+        return finetuned_stats(list(self._each_client(one, range(len(self.clients)))))
 
     def float32_bytes(self, state: Mapping[str, torch.Tensor]) -> tuple[int, int]:
         return self.wire.float32_bytes(state)
