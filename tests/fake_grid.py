@@ -33,6 +33,8 @@ class FakeGrid:
         self.lose_reply_in_round: dict[int, set[int]] = {}  # {round: partitions that train but whose reply is lost}
         self.last_reply: dict[int, Message] = {}
         self.replies: list[Message] = []
+        self._msg_ids = itertools.count(1)
+        self._outbox: list[Message] = []
 
     def get_node_ids(self):
         return [n for n in self.configs if n not in self.down]
@@ -48,7 +50,22 @@ class FakeGrid:
         self.configs[new] = dict(self.configs[old])
         return new
 
-    def send_and_receive(self, messages, *, timeout=None):
+    def push_messages(self, messages):
+        """Each message is answered at once (as its node would); :meth:`pull_messages` hands the replies out."""
+        messages = list(messages)
+        for m in messages:
+            m.metadata.__dict__["_message_id"] = f"m{next(self._msg_ids)}"  # as a real Grid's push sets it
+        self._outbox.extend(self.answer(messages))
+        return [m.metadata.message_id for m in messages]
+
+    def pull_messages(self, message_ids):
+        ids = set(message_ids)
+        out = [r for r in self._outbox if r.metadata.reply_to_message_id in ids]
+        self._outbox = [r for r in self._outbox if r.metadata.reply_to_message_id not in ids]
+        return out
+
+    def answer(self, messages):
+        """The replies to ``messages`` (none from a node that is down, dropped or whose reply is lost)."""
         out = []
         for m in messages:
             self.sent.append(m)
@@ -66,7 +83,8 @@ class FakeGrid:
                     self.restart(pid)  # killed mid-round: no reply; it comes back with a new id
                     continue
                 if self.replay_in_round.get(rnd) == pid and pid in self.last_reply:
-                    out.append(self.last_reply[pid])  # a stale reply of an earlier round
+                    # a stale reply of an earlier round, as the answer to this message
+                    out.append(Message(content=self.last_reply[pid].content, reply_to=m))
                     continue
             ctx = Context(run_id=1, node_id=nid, node_config=self.configs[nid], state=RecordDict(), run_config={})
             reply = client_app.app(m, ctx)  # the ClientApp routes by message type, as on a SuperNode
@@ -90,10 +108,26 @@ def task_identity():
         TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
-def run_server_app(run_dir: Path, grid: FakeGrid) -> None:
-    """fed8's ServerApp main on ``grid`` for the run in ``run_dir``."""
-    from fed8.flower import server_app
+class FakeClock:
+    """Virtual time for the exchange's polling: the fake nodes answer at push time, so a message
+    with no reply waits its whole timeout; here ``sleep`` advances the clock instead of waiting."""
 
-    with task_identity():
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def run_server_app(run_dir: Path, grid: FakeGrid) -> None:
+    """fed8's ServerApp main on ``grid`` for the run in ``run_dir`` (polling on a :class:`FakeClock`)."""
+    from unittest import mock
+
+    from fed8.flower import exchange, server_app
+
+    with task_identity(), mock.patch.object(exchange, "time", FakeClock()):
         server_app.main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
                                       run_config={"run-dir": str(run_dir)}))

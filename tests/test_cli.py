@@ -136,14 +136,18 @@ def test_cli_sets_passive_openmp_wait_policy_before_torch_loads(user):
 def test_flower_processes_get_the_wait_policy_and_malloc_thresholds(monkeypatch, tmp_path):
     from fed8.flower.launcher import flower_env
 
-    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+                 "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"):
         monkeypatch.delenv(name, raising=False)
     env = flower_env(tmp_path)
     assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["MALLOC_MMAP_THRESHOLD_"] == str(1 << 30)
+    assert float(env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"]) < 1  # Flower's default is 1 s per message per node
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")
+    monkeypatch.setenv("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "2")
     env = flower_env(tmp_path)
     assert env["OMP_WAIT_POLICY"] == "ACTIVE" and env["MALLOC_TRIM_THRESHOLD_"] == "0"
+    assert env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "2"
     monkeypatch.delenv("OMP_WAIT_POLICY")
     monkeypatch.setenv("GOMP_SPINCOUNT", "300000")  # libgomp's default spin count, asked for: no policy on top
     assert "OMP_WAIT_POLICY" not in flower_env(tmp_path)

@@ -17,9 +17,12 @@ SMALL = ["data.subset=300", "data.num_clients=3", "train.rounds=2", "train.local
          "run.threads=1", "compression.uplink=int8", "quantize.enabled=false"]
 # the real-process test also carries what lives on the nodes' disks: delta-downlink references, EF residuals
 RICH = SMALL + ["compression.downlink=int8", "compression.downlink_mode=delta", "compression.error_feedback=true"]
-# ... and the deploy stage on the nodes (calibration statistics from them, the INT8 model evaluated on them)
-DEPLOY = ["quantize.enabled=true", "quantize.formats=int8", "quantize.openvino=off",
-          "quantize.calibration_samples_per_client=32"]
+# ... and the deploy stage on the nodes (calibration statistics from them, the INT8 model evaluated on them).
+# Each message costs a real node seconds (Flower's SuperNode polls every 3 s and starts a ClientApp process per
+# message), so this test sends few: the last round only is evaluated, and minmax ranges need no histograms (the
+# fake-grid tests in test_flower_fake.py cover every message kind)
+DEPLOY = ["quantize.enabled=true", "quantize.formats=int8", "quantize.openvino=off", "quantize.calibration=minmax",
+          "quantize.calibration_samples_per_client=32", "eval.every=0"]
 
 
 def _processes_of(home: Path) -> list[int]:

@@ -114,16 +114,15 @@ def test_a_node_that_lost_its_downlink_reference_gets_the_base_and_it_is_counted
     grid = FakeGrid(3, tmp_path / "nodes")
     rd = RunDir.create(tmp_path / "fed", cfg)
 
-    real = grid.send_and_receive
+    real = grid.answer
 
-    def wipe_then_send(messages, *, timeout=None):
-        messages = list(messages)
+    def wipe_then_answer(messages):
         if messages and messages[0].metadata.message_type == "train" and int(messages[0].content["job"]["round"]) == 2:
             for f in (tmp_path / "nodes" / "1").rglob("downlink-r000001.safetensors"):
                 f.unlink()  # node 1 lost its disk state (or missed the broadcast)
-        return real(messages, timeout=timeout)
+        return real(messages)
 
-    grid.send_and_receive = wipe_then_send
+    grid.answer = wipe_then_answer
     run_server_app(rd.path, grid)
     sim = fed8.run(cfg, out=tmp_path / "sim", report=False)
     assert (rd.path / "model.safetensors").read_bytes() == (sim.run_dir / "model.safetensors").read_bytes()

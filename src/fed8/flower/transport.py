@@ -30,6 +30,7 @@ from ..federated.client import ClientUpdate
 from ..federated.evaluate import client_accuracy_from_counts
 from ..federated.round import Reply
 from ..federated.secure import MaskedInput
+from .exchange import send_and_receive
 from .messages import broadcast_records, from_bytes_array, state_to_record
 
 __all__ = ["FlowerTransport", "discover_nodes"]
@@ -44,7 +45,7 @@ def _partitions(grid, node_ids, timeout_s: float) -> dict[int, int]:
     msgs = [Message(content=RecordDict({"q": ConfigRecord({"what": "partition-id"})}), dst_node_id=n,
                     message_type="query", ttl=max(1.0, timeout_s)) for n in node_ids]
     return {int(r.content["a"]["partition-id"]): r.metadata.src_node_id
-            for r in grid.send_and_receive(msgs, timeout=max(1.0, timeout_s)) if not r.has_error()}
+            for r in send_and_receive(grid, msgs, timeout=max(1.0, timeout_s)) if not r.has_error()}
 
 
 def discover_nodes(grid, num_clients: int, *, timeout_s: float) -> dict[int, int]:
@@ -121,7 +122,7 @@ class FlowerTransport:
 
     def send(self, kind: str, rnd: int, messages: Mapping[int, object]) -> dict[int, object]:
         replies = {}
-        for r in self.grid.send_and_receive(list(messages.values()), timeout=self.round_timeout_s):
+        for r in send_and_receive(self.grid, messages.values(), timeout=self.round_timeout_s):
             if r.has_error():
                 log.warning("round %d: a %s reply is an error (%s); counted as a dropout", rnd, kind, r.error.reason)
                 continue
