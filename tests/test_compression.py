@@ -182,7 +182,8 @@ def _strip(rows):
 def test_compressed_run_counts_real_bytes_and_resumes_bit_identical(tmp_path, small, monkeypatch):
     from fed8.compression.wire import Wire
 
-    cfg = fed8.load_config(None, small + ["train.rounds=3", "compression.uplink=topk", "compression.topk_fraction=0.1",
+    cfg = fed8.load_config(None, small + ["model.name=mlp", "model.hidden=64", "train.rounds=3",
+                                          "compression.uplink=topk", "compression.topk_fraction=0.1",
                                           "compression.error_feedback=true", "compression.downlink=float8_e4m3fn",
                                           "compression.downlink_mode=delta", "compression.rounding=stochastic"])
     lengths = []

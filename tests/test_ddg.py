@@ -12,6 +12,13 @@ from fed8.privacy.ddg import DDG, calibrate_ddg, ddg_for_noise_multiplier
 from fed8.privacy.randomness import PrivacyRandomness
 from fed8.privacy.secagg.ring import from_ring
 
+
+@pytest.fixture
+def small(small):
+    """These tests are about the privacy machinery, not the model: a small mlp keeps them fast."""
+    return small + ["model.name=mlp", "model.hidden=64"]
+
+
 BETA = math.exp(-0.5)
 
 

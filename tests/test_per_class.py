@@ -47,3 +47,29 @@ def test_a_run_reports_its_classes(tmp_path, small, capsys):
     assert "<h2>Per class</h2>" in page and (res.run_dir / "plots" / "confusion.png").exists()
     assert main(["compare", str(res.run_dir)]) == 0
     assert "worst class acc" in capsys.readouterr().out
+
+
+def test_the_final_model_is_passed_over_the_eval_split_once(tmp_path, small, monkeypatch):
+    """The last round's evaluation gives the loss, the accuracy and the confusion matrix: one pass, same numbers."""
+    from fed8.federated import simulation
+
+    passes, real = [], simulation.predict
+
+    def counting(model, x, y, *, batch_size):
+        passes.append(int(x.shape[0]))
+        return real(model, x, y, batch_size=batch_size)
+
+    monkeypatch.setattr(simulation, "predict", counting)
+    cfg = fed8.load_config(None, small + ["model.name=mlp", "model.hidden=16", "train.rounds=3", "eval.every=2"])
+    res = fed8.run(cfg, out=tmp_path / "r", report=False)
+    assert passes == [2000, 2000]  # rounds 2 and 3 (the last), nothing for the summary's confusion matrix
+    from safetensors.torch import load_file
+
+    from fed8.stages.federation import load_federation
+
+    fed = load_federation(cfg)
+    fed.model.load_state_dict(load_file(res.run_dir / "model.safetensors"))
+    again = confusion_matrix(fed.model, fed.eval_x, fed.eval_y, 10)
+    assert again.tolist() == res.summary["eval_per_class"]["confusion"]
+    loss, acc = evaluate(fed.model, fed.eval_x, fed.eval_y)
+    assert (loss, acc) == (res.final["eval_loss"], res.final["eval_accuracy"])

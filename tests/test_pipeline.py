@@ -53,8 +53,12 @@ def test_eval_every_and_fraction(tmp_path, small):
     assert all(r["num_clients"] == 2 for r in res.metrics)
 
 
+# a small mlp where the model does not matter (test_killed_process_resumes_bit_identical resumes the default cnn)
+MLP = ["model.name=mlp", "model.hidden=64"]
+
+
 def test_determinism(tmp_path, small):
-    cfg = fed8.load_config(None, small + ["data.partition=shards", "server.strategy=fedavgm"])
+    cfg = fed8.load_config(None, small + MLP + ["data.partition=shards", "server.strategy=fedavgm"])
     a = fed8.run(cfg, out=tmp_path / "a", report=False)
     b = fed8.run(cfg, out=tmp_path / "b", report=False)
     assert _strip(a.metrics) == _strip(b.metrics)
@@ -65,7 +69,7 @@ def test_determinism(tmp_path, small):
 
 @pytest.mark.parametrize("strategy", ["fedavg", "fedadam", "fedyogi"])
 def test_resume_after_interrupt_is_bit_identical(tmp_path, small, strategy):
-    cfg = fed8.load_config(None, small + ["train.rounds=4", f"server.strategy={strategy}"])
+    cfg = fed8.load_config(None, small + MLP + ["train.rounds=4", f"server.strategy={strategy}"])
     full = fed8.run(cfg, out=tmp_path / "full", report=False)
 
     interrupted_run(cfg, tmp_path / "cut", 2)

@@ -19,6 +19,12 @@ from fed8.privacy.accounting import Accountant
 from fed8.privacy.randomness import PrivacyRandomness, SeededDraws
 
 
+@pytest.fixture
+def small(small):
+    """These tests are about the privacy machinery, not the model: a small mlp keeps them fast."""
+    return small + ["model.name=mlp", "model.hidden=64"]
+
+
 def test_clip_by_norm_known_answers():
     out, norm = clip_by_norm({"a": torch.tensor([3.0]), "b": torch.tensor([4.0])}, 1.0)
     assert norm == 5.0
@@ -259,7 +265,8 @@ def test_refused_combinations(tmp_path, small):
 
 
 def test_dp_run_reports_epsilon_every_round_and_the_statement(tmp_path, small):
-    cfg = fed8.load_config(None, small + ["train.rounds=3", "data.num_clients=8", "privacy.dp=central",
+    # the default model here (the others in this file train a small mlp)
+    cfg = fed8.load_config(None, small + ["model.name=cnn", "train.rounds=3", "data.num_clients=8", "privacy.dp=central",
                                           "privacy.target_epsilon=20", "train.sampling=poisson",
                                           "train.fraction=0.5", "privacy.adaptive_clipping=true",
                                           "privacy.adaptive_count_stddev=2.0"])

@@ -16,6 +16,12 @@ from fed8.privacy.secagg.ring import from_ring, pack_bits, rotate, unpack_bits, 
 from fed8.privacy.secagg.shamir import combine, split
 
 
+@pytest.fixture
+def small(small):
+    """These tests are about the privacy machinery, not the model: a small mlp keeps them fast."""
+    return small + ["model.name=mlp", "model.hidden=64"]
+
+
 def test_shamir_any_t_shares_recover_and_fewer_do_not():
     secret = bytes(range(32))
     shares = split(secret, threshold=3, holders=[0, 1, 2, 3, 4])

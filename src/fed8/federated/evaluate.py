@@ -11,8 +11,8 @@ from torch import nn
 
 from ..models.layout import fast_layout
 
-__all__ = ["client_accuracy_from_counts", "client_accuracy_stats", "confusion_matrix", "evaluate", "per_class",
-           "predict_correct"]
+__all__ = ["client_accuracy_from_counts", "client_accuracy_stats", "confusion_from_predictions", "confusion_matrix",
+           "evaluate", "per_class", "predict", "predict_correct"]
 
 
 def _batches(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -26,25 +26,34 @@ def _batches(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 @torch.no_grad()
-def predict_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample cross-entropy loss and correctness (bool), in eval mode, on the CPU (computed on the model's device)."""
-    losses, correct = [], []
+def predict(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample cross-entropy loss and predicted label (top-1), in eval mode, on the CPU (computed on the model's
+    device): one pass gives the loss, the accuracy and the confusion matrix."""
+    losses, preds = [], []
     for logits, yb in _batches(model, x, y, batch_size):
         losses.append(F.cross_entropy(logits, yb, reduction="none"))
-        correct.append(logits.argmax(1) == yb)
+        preds.append(logits.argmax(1))
     if not losses:
-        return torch.zeros(0), torch.zeros(0, dtype=torch.bool)
-    return torch.cat(losses).cpu(), torch.cat(correct).cpu()
+        return torch.zeros(0), torch.zeros(0, dtype=torch.int64)
+    return torch.cat(losses).cpu(), torch.cat(preds).cpu()
 
 
-@torch.no_grad()
+def predict_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample cross-entropy loss and correctness (bool), in eval mode, on the CPU (computed on the model's device)."""
+    loss, pred = predict(model, x, y, batch_size=batch_size)
+    return loss, pred == y.cpu()
+
+
+def confusion_from_predictions(y: torch.Tensor, pred: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``C[i, j]``: images of class ``i`` predicted as ``j``, as int64 ``[K, K]`` on the CPU."""
+    flat = y.cpu().long() * num_classes + pred.cpu().long()
+    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
 def confusion_matrix(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, *,
                      batch_size: int = 500) -> torch.Tensor:
     """``C[i, j]``: images of class ``i`` that ``model`` (eval mode) labels ``j``, as int64 ``[K, K]`` on the CPU."""
-    c = torch.zeros(num_classes * num_classes, dtype=torch.int64)
-    for logits, yb in _batches(model, x, y, batch_size):
-        c += torch.bincount((yb * num_classes + logits.argmax(1)).cpu(), minlength=num_classes * num_classes)
-    return c.view(num_classes, num_classes)
+    return confusion_from_predictions(y, predict(model, x, y, batch_size=batch_size)[1], num_classes)
 
 
 def per_class(confusion: torch.Tensor, classes: Sequence[str]) -> dict:

@@ -27,7 +27,7 @@ from .._rng import TRAIN, torch_generator
 from ..privacy.randomness import PrivacyRandomness
 from .aggregator import Aggregator
 from .client import ClientData, ClientUpdate, LocalTraining, local_test_split, to_device, train_client
-from .evaluate import client_accuracy_stats, evaluate, predict_correct
+from .evaluate import client_accuracy_stats, predict, predict_correct
 from .optimizer import ServerOptimizer
 from .round import Reply, RoundLoop
 
@@ -356,6 +356,7 @@ class Simulation(RoundLoop):
         eval_x, eval_y = eval_x.to(device), eval_y.to(device)
         self.model, self.clients, self.eval_x, self.eval_y = model, clients, eval_x, eval_y
         self.eval_batch_size = eval_batch_size
+        self._last_eval: tuple | None = None  # (state, (loss, predictions)) of the last eval-split pass
         super().__init__(aggregator=aggregator, optimizer=optimizer, transport=transport,
                          num_clients=len(clients), fraction=fraction, rounds=rounds, sampling=sampling,
                          eval_every=eval_every, seed=seed, evaluate_server=self._evaluate_server,
@@ -369,13 +370,28 @@ class Simulation(RoundLoop):
     owner = property(lambda self: self.transport.owner)
 
     def eval_confusion(self, state: Mapping[str, torch.Tensor], num_classes: int) -> torch.Tensor:
-        """The confusion matrix of ``state`` on the server's eval split (:func:`~fed8.federated.evaluate.confusion_matrix`)."""
-        from .evaluate import confusion_matrix
+        """The confusion matrix of ``state`` on the server's eval split (:func:`~fed8.federated.evaluate.confusion_matrix`).
 
+        When ``state`` is the model the last round evaluated (the last round always is), its
+        predictions are reused: the same numbers without a second pass over the eval split.
+        """
+        from .evaluate import confusion_from_predictions
+
+        return confusion_from_predictions(self.eval_y, self._eval_predictions(state)[1], num_classes)
+
+    def _eval_predictions(self, state: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image loss and predicted label of ``state`` on the eval split (kept for the last state evaluated)."""
+        memo = self._last_eval
+        if memo is not None and memo[0].keys() == state.keys() and all(
+                torch.equal(memo[0][k], v) for k, v in state.items()):
+            return memo[1]
         self.model.load_state_dict(state)
-        return confusion_matrix(self.model, self.eval_x, self.eval_y, num_classes, batch_size=self.eval_batch_size)
+        out = predict(self.model, self.eval_x, self.eval_y, batch_size=self.eval_batch_size)
+        self._last_eval = ({k: v.detach().clone() for k, v in state.items()}, out)
+        return out
 
     def _evaluate_server(self, state: Mapping[str, torch.Tensor]) -> dict:
-        self.model.load_state_dict(state)
-        loss, acc = evaluate(self.model, self.eval_x, self.eval_y, batch_size=self.eval_batch_size)
-        return {"eval_loss": loss, "eval_accuracy": acc}
+        loss, pred = self._eval_predictions(state)
+        if loss.numel() == 0:
+            return {"eval_loss": float("nan"), "eval_accuracy": float("nan")}
+        return {"eval_loss": float(loss.mean()), "eval_accuracy": float((pred == self.eval_y.cpu()).float().mean())}
