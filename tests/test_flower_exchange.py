@@ -1,4 +1,4 @@
-"""fed8's push-and-pull exchange on a Flower Grid: replies taken soon after they arrive, a timeout kept."""
+"""Latency of a message round on Flower: fed8's exchange polls briefly, and a node's light stages start without torch."""
 
 from types import SimpleNamespace
 from unittest import mock
@@ -56,3 +56,40 @@ def test_a_message_the_superlink_refused_is_not_waited_for():
     assert got == ["a"] and now <= 1.5
     got, now, grid = _exchange({}, ["b"], timeout=600, refused={"b"})
     assert got == [] and now == 0 and grid.pulls == []
+
+
+def test_a_nodes_query_and_key_stages_start_without_torch(tmp_path):
+    """Flower starts a ClientApp process per message: the partition query and the secure-aggregation key stages
+    answer without importing torch (about 1.3-2.5 s of each such process's start on this machine)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from fake_grid import task_identity
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from fed8.flower import client_app
+from fed8.flower.messages import bytes_array, from_bytes_array
+
+def ctx(k):
+    return Context(run_id=1, node_id=100 + k, node_config={{"partition-id": k, "state-dir": {str(tmp_path)!r} + f"/{{k}}"}},
+                   state=RecordDict(), run_config={{}})
+
+def msg(kind, k, records):
+    job = ConfigRecord({{"round": 1, "client": k, "run-key": "r", "t": 2, "ring-bits": 10, "length": 8}})
+    return Message(content=RecordDict({{**records, "job": job}}), dst_node_id=100 + k, message_type=kind)
+
+with task_identity():
+    assert int(client_app.app(msg("query", 1, {{}}), ctx(1)).content["a"]["partition-id"]) == 1
+    adverts = {{str(k): client_app.app(msg("query.secagg_keys", k, {{}}), ctx(k)).content["secagg"]["advert"]
+               for k in range(3)}}
+    for k in range(3):
+        cts = client_app.app(msg("query.secagg_shares", k, {{"secagg": ArrayRecord(adverts)}}), ctx(k)).content["secagg"]
+        assert sorted(int(v) for v in cts) == [v for v in range(3) if v != k]
+print("torch" in sys.modules)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "False"

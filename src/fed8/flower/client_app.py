@@ -22,7 +22,6 @@ import tomllib
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from .._rng import COMPRESS, TRAIN, torch_generator
 from .messages import bytes_array, state_from_record
 
 __all__ = ["app"]
@@ -104,6 +103,7 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    from .._rng import COMPRESS, TRAIN, torch_generator
     from ..federated.client import train_client
     from ..stages.aggregation import make_client_hooks
     from ..stages.federation import local_training, make_wire
@@ -340,7 +340,7 @@ def _secagg_reply(msg: Message, k: int, rnd: int, arrays: dict) -> Message:
 @app.query("secagg_keys")
 def secagg_keys(msg: Message, context: Context) -> Message:
     """Stage 0: fresh key pairs (from the OS); the public keys go to the server, the rest stays on the node."""
-    from ..privacy.secagg import SecAggClient
+    from ..privacy.secagg.protocol import SecAggClient
 
     job, k, rnd, node = _secagg_node(msg, context)
     client = SecAggClient(k, rnd=rnd, threshold=int(job["t"]), k=int(job["ring-bits"]), length=int(job["length"]))

@@ -8,9 +8,10 @@ the node exactly as the simulation's wire decodes it (:func:`received_state`).
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-import torch
+if TYPE_CHECKING:  # imported where a state is read or written (safetensors.torch): a query needs no torch
+    import torch
 
 __all__ = ["broadcast_records", "bytes_array", "from_bytes_array", "received_state", "state_from_record",
            "state_to_record"]

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-import torch
-
-from .._io import load_tensors, save_tensors
+if TYPE_CHECKING:  # torch is imported where tensors are read or written: the secure-aggregation stages need none
+    import torch
 
 __all__ = ["NodeState"]
 
@@ -48,11 +47,15 @@ class NodeState:
 
     def reference(self, rnd: int) -> dict[str, torch.Tensor] | None:
         """The model decoded in round ``rnd``, or None if this node did not receive that broadcast."""
+        from .._io import load_tensors
+
         path = self._ref(rnd)
         return load_tensors(path) if path.exists() else None
 
     def keep_reference(self, rnd: int, floats: Mapping[str, torch.Tensor]) -> None:
         """Store round ``rnd``'s decoded model; drop references older than ``rnd - 1``."""
+        from .._io import save_tensors
+
         self.root.mkdir(parents=True, exist_ok=True)
         save_tensors(self._ref(rnd), floats)
         for f in self.root.glob("downlink-r*.safetensors"):
@@ -101,7 +104,7 @@ class NodeState:
     def secagg_client(self, rnd: int, client: int):
         """The client's :class:`~fed8.privacy.secagg.SecAggClient` of round ``rnd``, from its state file."""
         from ..errors import SecAggError
-        from ..privacy.secagg import SecAggClient
+        from ..privacy.secagg.protocol import SecAggClient
 
         state = self.load_secagg(rnd)
         if state is None:

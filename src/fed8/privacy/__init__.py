@@ -5,13 +5,30 @@
 DP), ``secagg`` (secure aggregation; imports ``cryptography`` lazily).
 """
 
-from .accounting import Accountant, PrivacySpec, calibrate_noise_multiplier, epsilon, max_rounds_within
-from .dp import adaptive_clip_step, add_gaussian_noise, clip_by_norm, global_norm, split_noise_multiplier
-from .plan import PrivacyPlan, make_plan
-from .validate import check_model_for_dp, dp_problems
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = [
     "Accountant", "PrivacyPlan", "PrivacySpec", "adaptive_clip_step", "add_gaussian_noise",
     "calibrate_noise_multiplier", "check_model_for_dp", "clip_by_norm", "dp_problems", "epsilon",
     "global_norm", "make_plan", "max_rounds_within", "split_noise_multiplier",
 ]
+
+_LAZY = {
+    **dict.fromkeys(("Accountant", "PrivacySpec", "calibrate_noise_multiplier", "epsilon", "max_rounds_within"),
+                    ".accounting"),
+    **dict.fromkeys(("adaptive_clip_step", "add_gaussian_noise", "clip_by_norm", "global_norm",
+                     "split_noise_multiplier"), ".dp"),
+    **dict.fromkeys(("PrivacyPlan", "make_plan"), ".plan"),
+    **dict.fromkeys(("check_model_for_dp", "dp_problems"), ".validate"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    # lazily: a SuperNode's secure-aggregation stages import fed8.privacy.secagg.protocol without torch
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -34,7 +34,7 @@ import numpy as np
 
 from ...errors import SecAggError
 from .crypto import KeyPair, aead_decrypt, aead_encrypt, prg_words
-from .ring import pack_bits, unpack_bits
+from .bits import pack_bits, unpack_bits
 from .shamir import SHARE_BYTES, combine, split
 
 __all__ = ["SecAggClient", "SecAggServer", "threshold_for"]

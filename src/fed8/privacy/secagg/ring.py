@@ -24,6 +24,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from .bits import pack_bits, unpack_bits  # noqa: F401  (re-exported: the ring's wire format)
+
 __all__ = ["flatten", "from_ring", "pack_bits", "ring_bits", "rotate", "shared_scale", "to_ring",
            "unflatten", "unpack_bits", "unrotate"]
 
@@ -95,17 +97,3 @@ def from_ring(v: np.ndarray, k: int) -> np.ndarray:
     """Centered lift Z_(2^k) -> [-2^(k-1), 2^(k-1)) as int64."""
     v = v.astype(np.int64) & ((1 << k) - 1)
     return np.where(v >= 1 << (k - 1), v - (1 << k), v)
-
-
-def pack_bits(values: np.ndarray, k: int) -> bytes:
-    """``k`` bits per value, little-endian bit order: ``ceil(len * k / 8)`` bytes."""
-    bits = np.unpackbits(values.astype("<u4").view(np.uint8).reshape(-1, 4), axis=1, bitorder="little")
-    return np.packbits(bits[:, :k].reshape(-1), bitorder="little").tobytes()
-
-
-def unpack_bits(data: bytes, k: int, count: int) -> np.ndarray:
-    """Inverse of :func:`pack_bits`."""
-    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")[: count * k].reshape(count, k)
-    full = np.zeros((count, 32), dtype=np.uint8)
-    full[:, :k] = bits
-    return np.packbits(full, axis=1, bitorder="little").reshape(-1).view("<u4").astype(np.uint32)
