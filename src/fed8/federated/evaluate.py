@@ -12,7 +12,7 @@ from torch import nn
 from ..models.layout import fast_layout
 
 __all__ = ["client_accuracy_from_counts", "client_accuracy_stats", "confusion_from_predictions", "confusion_matrix",
-           "evaluate", "per_class", "predict", "predict_correct"]
+           "evaluate", "loss_and_accuracy", "per_class", "predict", "predict_correct"]
 
 
 def _batches(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -73,7 +73,11 @@ def per_class(confusion: torch.Tensor, classes: Sequence[str]) -> dict:
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 500) -> tuple[float, float]:
     """Mean loss and top-1 accuracy of ``model`` on ``(x, y)``."""
-    loss, correct = predict_correct(model, x, y, batch_size=batch_size)
+    return loss_and_accuracy(*predict_correct(model, x, y, batch_size=batch_size))
+
+
+def loss_and_accuracy(loss: torch.Tensor, correct: torch.Tensor) -> tuple[float, float]:
+    """Mean of the per-sample ``loss`` and of ``correct`` (NaN, NaN without samples)."""
     if loss.numel() == 0:
         return float("nan"), float("nan")
     return float(loss.mean()), float(correct.float().mean())

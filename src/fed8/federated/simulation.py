@@ -27,7 +27,7 @@ from .._rng import TRAIN, torch_generator
 from ..privacy.randomness import PrivacyRandomness
 from .aggregator import Aggregator
 from .client import ClientData, ClientUpdate, LocalTraining, local_test_split, to_device, train_client
-from .evaluate import client_accuracy_stats, predict, predict_correct
+from .evaluate import client_accuracy_stats, loss_and_accuracy, predict, predict_correct
 from .optimizer import ServerOptimizer
 from .round import Reply, RoundLoop
 
@@ -392,6 +392,5 @@ class Simulation(RoundLoop):
 
     def _evaluate_server(self, state: Mapping[str, torch.Tensor]) -> dict:
         loss, pred = self._eval_predictions(state)
-        if loss.numel() == 0:
-            return {"eval_loss": float("nan"), "eval_accuracy": float("nan")}
-        return {"eval_loss": float(loss.mean()), "eval_accuracy": float((pred == self.eval_y.cpu()).float().mean())}
+        loss, acc = loss_and_accuracy(loss, pred == self.eval_y.cpu())
+        return {"eval_loss": loss, "eval_accuracy": acc}
