@@ -7,7 +7,7 @@ DP), ``secagg`` (secure aggregation; imports ``cryptography`` lazily).
 
 from __future__ import annotations
 
-from typing import Any
+from .._lazy import lazy_exports
 
 __all__ = [
     "Accountant", "PrivacyPlan", "PrivacySpec", "adaptive_clip_step", "add_gaussian_noise",
@@ -23,12 +23,5 @@ _LAZY = {
     **dict.fromkeys(("PrivacyPlan", "make_plan"), ".plan"),
     **dict.fromkeys(("check_model_for_dp", "dp_problems"), ".validate"),
 }
-
-
-def __getattr__(name: str) -> Any:
-    # lazily: a SuperNode's secure-aggregation stages import fed8.privacy.secagg.protocol without torch
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# lazily: a SuperNode's secure-aggregation stages import fed8.privacy.secagg.protocol without torch
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -7,18 +7,10 @@ unmasking stages start without importing torch.
 
 from __future__ import annotations
 
-from typing import Any
-
+from ..._lazy import lazy_exports
 from .protocol import SecAggClient, SecAggServer, threshold_for
 
 __all__ = ["SecAggClient", "SecAggServer", "SecureSum", "SumResult", "ring_bits", "threshold_for"]
 
-_LAZY = {"ring_bits": ".ring", "SecureSum": ".summer", "SumResult": ".summer"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# the ring encoding and the sum need torch: loaded on first use
+__getattr__ = lazy_exports(__name__, {"ring_bits": ".ring", "SecureSum": ".summer", "SumResult": ".summer"})

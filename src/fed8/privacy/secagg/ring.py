@@ -24,7 +24,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from .bits import pack_bits, unpack_bits  # noqa: F401  (re-exported: the ring's wire format)
+from .bits import pack_bits, unpack_bits  # re-exported: the ring's wire format
 
 __all__ = ["flatten", "from_ring", "pack_bits", "ring_bits", "rotate", "shared_scale", "to_ring",
            "unflatten", "unpack_bits", "unrotate"]
